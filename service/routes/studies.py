@@ -1,0 +1,86 @@
+"""/v1/studies: create, list, read and control studies, and read their trials."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response, status
+from optuna.trial import TrialState
+
+from service.dependencies import Repository
+from service.schemas import ErrorRead, StudyRead, TrialPage, TrialRead
+from studies import StudySpec
+from studies.repository import RUNNING, STOPPED
+
+router = APIRouter(prefix="/v1/studies", tags=["studies"])
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorRead, "description": "no such study"}}
+TrialStateName = Literal["running", "complete", "pruned", "fail", "waiting"]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyRead,
+    responses={409: {"model": ErrorRead, "description": "the name is taken"}},
+)
+def create_study(spec: StudySpec, repository: Repository, response: Response) -> StudyRead:
+    """Create a study from a spec; workers start pulling its trials at once."""
+    record = repository.create(spec)
+    response.headers["Location"] = f"/v1/studies/{record.name}"
+    return StudyRead.from_progress(repository.progress(record))
+
+
+@router.get("", response_model=list[StudyRead])
+def list_studies(repository: Repository) -> list[StudyRead]:
+    """Every study with its state, trial counts and best value, newest first."""
+    return [StudyRead.from_progress(repository.progress(record)) for record in repository.list_studies()]
+
+
+@router.get("/{study_name}", response_model=StudyRead, responses=NOT_FOUND)
+def get_study(study_name: str, repository: Repository) -> StudyRead:
+    """One study: spec, state, progress and best trial."""
+    return StudyRead.from_progress(repository.progress(repository.get(study_name)))
+
+
+@router.post("/{study_name}/stop", response_model=StudyRead, responses=NOT_FOUND)
+def stop_study(study_name: str, repository: Repository) -> StudyRead:
+    """Stop claiming new trials; running trials stop at their next epoch boundary."""
+    repository.get(study_name)
+    return StudyRead.from_progress(
+        repository.progress(repository.set_state(study_name, STOPPED, "stopped by user"))
+    )
+
+
+@router.post("/{study_name}/resume", response_model=StudyRead, responses=NOT_FOUND)
+def resume_study(study_name: str, repository: Repository) -> StudyRead:
+    """Reopen a stopped study for claims."""
+    repository.get(study_name)
+    return StudyRead.from_progress(repository.progress(repository.set_state(study_name, RUNNING)))
+
+
+@router.get("/{study_name}/trials", response_model=TrialPage, responses=NOT_FOUND)
+def list_trials(
+    study_name: str,
+    repository: Repository,
+    state: Annotated[TrialStateName | None, Query(description="only trials in this state")] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> TrialPage:
+    """The study's trials in number order, a page at a time."""
+    record = repository.get(study_name)
+    states = [TrialState[state.upper()]] if state else None
+    total, trials = repository.trials(record, states=states, offset=offset, limit=limit)
+    return TrialPage(
+        total=total, offset=offset, limit=limit, items=[TrialRead.from_frozen(t) for t in trials]
+    )
+
+
+@router.get(
+    "/{study_name}/trials/{number}",
+    response_model=TrialRead,
+    responses={404: {"model": ErrorRead, "description": "no such study or trial"}},
+)
+def get_trial(study_name: str, number: int, repository: Repository) -> TrialRead:
+    """One trial: parameters, per-epoch values, outcome and worker."""
+    return TrialRead.from_frozen(repository.trial(repository.get(study_name), number))

@@ -1,0 +1,109 @@
+"""API response schemas (requests use studies.StudySpec directly: the spec is the one definition)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from optuna.trial import FrozenTrial
+from pydantic import BaseModel, Field
+
+from studies import StudyProgress
+from studies.repository import TRIAL_STATE_NAMES
+
+
+class ErrorRead(BaseModel):
+    """Every non-validation error: a readable detail and a stable machine code."""
+
+    detail: str
+    code: str
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no NaN or infinity; a diverged value is reported as null (its reason is in fail_reason).
+    return value if value is not None and math.isfinite(value) else None
+
+
+class TrialRead(BaseModel):
+    """One trial: parameters, per-epoch validation values, outcome and who ran it."""
+
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    intermediate_values: dict[int, float | None] = Field(description="validation metric by epoch")
+    fail_reason: str | None
+    user_attrs: dict[str, Any]
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+    duration_s: float | None
+
+    @classmethod
+    def from_frozen(cls, trial: FrozenTrial) -> TrialRead:
+        """Build from Optuna's FrozenTrial."""
+        duration = trial.duration.total_seconds() if trial.duration is not None else None
+        return cls(
+            number=trial.number,
+            state=TRIAL_STATE_NAMES[trial.state],
+            value=_finite(trial.value) if trial.values is not None else None,
+            params=trial.params,
+            intermediate_values={k: _finite(v) for k, v in sorted(trial.intermediate_values.items())},
+            fail_reason=trial.user_attrs.get("fail_reason"),
+            user_attrs=trial.user_attrs,
+            datetime_start=trial.datetime_start,
+            datetime_complete=trial.datetime_complete,
+            duration_s=duration,
+        )
+
+
+class TrialPage(BaseModel):
+    """A page of trials in number order."""
+
+    total: int
+    offset: int
+    limit: int
+    items: list[TrialRead]
+
+
+class StudyRead(BaseModel):
+    """A study's spec, state, progress and best trial."""
+
+    name: str
+    state: str
+    state_reason: str | None
+    n_trials: int = Field(description="the budget")
+    n_claimed: int
+    n_finished: int
+    trial_counts: dict[str, int]
+    best_value: float | None
+    best_trial: TrialRead | None
+    created_at: datetime
+    dashboard_url: str
+    spec: dict[str, Any]
+
+    @classmethod
+    def from_progress(cls, progress: StudyProgress) -> StudyRead:
+        """Build from the repository's progress view."""
+        record = progress.record
+        best = TrialRead.from_frozen(progress.best_trial) if progress.best_trial is not None else None
+        return cls(
+            name=record.name,
+            state=progress.state,
+            state_reason=record.state_reason,
+            n_trials=record.spec.budget.n_trials,
+            n_claimed=record.n_claimed,
+            n_finished=progress.n_finished,
+            trial_counts=progress.trial_counts,
+            best_value=best.value if best is not None else None,
+            best_trial=best,
+            created_at=record.created_at,
+            dashboard_url=f"/dashboard/studies/{record.optuna_study_id}",
+            spec=record.spec.model_dump(mode="json"),
+        )
+
+
+class HealthRead(BaseModel):
+    """Liveness or readiness."""
+
+    status: str

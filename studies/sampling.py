@@ -1,0 +1,76 @@
+"""Builds the Optuna sampler and pruner a spec names, identically on every worker."""
+
+from __future__ import annotations
+
+import hashlib
+
+import optuna
+
+from studies.space import grid
+from studies.spec import (
+    HyperbandPruner,
+    MedianPruner,
+    NoPruner,
+    PercentilePruner,
+    StudySpec,
+    SuccessiveHalvingPruner,
+)
+
+
+def derived_seed(base_seed: int, *salt: object) -> int:
+    """A 31-bit seed from a base seed and a salt; stable across processes, unlike hash()."""
+    digest = hashlib.sha256(repr((base_seed, *salt)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
+
+
+def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded per claim so parallel workers never replay the same random stream."""
+    # Every worker builds its own sampler; with one shared seed, two workers' first random
+    # suggestions would be identical. Seeding by the study's claim counter keeps the run
+    # reproducible from the spec while giving each claim its own stream.
+    seed = derived_seed(spec.sampler.seed or 0, "sampler", claim_index)
+    startup = spec.sampler.n_startup_trials
+    name = spec.sampler.name
+    if name == "tpe":
+        # The constant liar makes TPE treat running trials as bad results, so workers spread out.
+        return optuna.samplers.TPESampler(
+            seed=seed, constant_liar=True, n_startup_trials=10 if startup is None else startup
+        )
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid(spec.space), seed=seed)
+    if name == "qmc":
+        # QMC draws its points by trial number from one sequence; the study seed (not the claim) fixes it.
+        return optuna.samplers.QMCSampler(seed=spec.sampler.seed or 0, scramble=True)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup or 1)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10 if startup is None else startup)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner; resources are epochs, up to the space's largest epoch count."""
+    p = spec.pruner
+    if isinstance(p, NoPruner):
+        return optuna.pruners.NopPruner()
+    if isinstance(p, MedianPruner):
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    if isinstance(p, PercentilePruner):
+        return optuna.pruners.PercentilePruner(
+            p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    if isinstance(p, SuccessiveHalvingPruner):
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource or "auto", reduction_factor=p.reduction_factor
+        )
+    if isinstance(p, HyperbandPruner):
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource,
+            max_resource=spec.space.max_epochs(),
+            reduction_factor=p.reduction_factor,
+        )
+    raise ValueError(f"unknown pruner {p!r}")

@@ -1,0 +1,50 @@
+"""Turns a spec's search space into Optuna distributions and grids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from studies.spec import Param, Space
+
+
+def to_distribution(param: Param) -> BaseDistribution:
+    """The Optuna distribution of one parameter; a fixed value is a one-point distribution."""
+    if param.type == "float":
+        assert param.low is not None and param.high is not None
+        return FloatDistribution(float(param.low), float(param.high), log=param.log, step=param.step)
+    if param.type == "int":
+        assert param.low is not None and param.high is not None
+        return IntDistribution(int(param.low), int(param.high), log=param.log, step=int(param.step or 1))
+    if param.type == "categorical":
+        return CategoricalDistribution(list(param.choices or []))
+    # A fixed value still goes through Optuna so every trial records the full configuration,
+    # and the dashboard shows it beside the searched ones.
+    value = param.value
+    if isinstance(value, int):
+        return IntDistribution(value, value)
+    if isinstance(value, float):
+        return FloatDistribution(value, value)
+    return CategoricalDistribution([value])
+
+
+def distributions(space: Space) -> dict[str, BaseDistribution]:
+    """Every parameter of the space as an Optuna distribution, by name."""
+    return {name: to_distribution(param) for name, param in space.params().items()}
+
+
+def grid(space: Space) -> dict[str, list[Any]]:
+    """The grid sampler's search space; the spec has already checked every range is discrete."""
+    points: dict[str, list[Any]] = {}
+    for name, param in space.params().items():
+        values = param.discrete_values()
+        if values is None:
+            raise ValueError(f"space.{name} is continuous; the grid sampler needs a discrete space")
+        points[name] = values
+    return points

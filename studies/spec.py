@@ -1,0 +1,419 @@
+"""The study spec (DESIGN.md section 3) as pydantic models: the one place a search space is defined."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from studies.names import (
+    ACTIVATION_NAMES,
+    BUILTIN_DATA,
+    BUILTIN_MODELS,
+    OPTIMIZER_NAMES,
+    SAMPLER_NAMES,
+    STUDY_NAME_PATTERN,
+)
+
+Scalar = StrictInt | StrictFloat | StrictStr
+MAX_CHOICES = 64
+MAX_N_TRIALS = 100_000
+# A grid larger than this is a typo, not a search plan; it would also be slow to enumerate.
+MAX_GRID_POINTS = 100_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_RANGE_KEYS: dict[str, set[str]] = {
+    "float": {"low", "high", "log", "step"},
+    "int": {"low", "high", "log", "step"},
+    "categorical": {"choices"},
+    "fixed": {"value"},
+}
+
+
+class Param(_Strict):
+    """One hyperparameter: a float or int range, a list of choices, or a fixed value (written bare)."""
+
+    type: Literal["float", "int", "categorical", "fixed"]
+    low: StrictInt | StrictFloat | None = None
+    high: StrictInt | StrictFloat | None = None
+    log: bool = False
+    step: StrictInt | StrictFloat | None = None
+    choices: list[Scalar] | None = None
+    value: Scalar | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_value_is_fixed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return data
+        return {"type": "fixed", "value": data}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        stray = sorted((self.model_fields_set - {"type"}) - _RANGE_KEYS[self.type])
+        if stray:
+            raise ValueError(f"{', '.join(stray)} does not apply to a {self.type} parameter")
+        if self.type in ("float", "int"):
+            self._check_range()
+        elif self.type == "categorical":
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            if len(self.choices) > MAX_CHOICES:
+                raise ValueError(f"at most {MAX_CHOICES} choices are allowed, got {len(self.choices)}")
+            if len(set(map(repr, self.choices))) != len(self.choices):
+                raise ValueError("choices must not repeat")
+        elif self.value is None:
+            raise ValueError("a fixed value must not be null")
+        return self
+
+    def _check_range(self) -> None:
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} range needs both low and high")
+        for bound in (self.low, self.high, self.step):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError("low, high and step must be finite numbers")
+        if self.type == "int" and not all(
+            isinstance(v, int) for v in (self.low, self.high, self.step) if v is not None
+        ):
+            raise ValueError("an int range needs integer low, high and step")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got low={self.low}")
+        if self.step is not None:
+            if self.step <= 0:
+                raise ValueError("step must be positive")
+            if self.log:
+                raise ValueError("step cannot be combined with log")
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        if self.type == "fixed":
+            return self.value
+        return {k: v for k, v in handler(self).items() if k == "type" or k in self.model_fields_set}
+
+    def discrete_values(self) -> list[Scalar] | None:
+        """Every value this parameter can take, or None for a continuous range."""
+        if self.type == "fixed":
+            assert self.value is not None
+            return [self.value]
+        if self.type == "categorical":
+            return list(self.choices or [])
+        assert self.low is not None and self.high is not None
+        if self.type == "int":
+            step = int(self.step or 1)
+            if self.log and self.step is None and self.high - self.low + 1 > MAX_GRID_POINTS:
+                return None
+            return list(range(int(self.low), int(self.high) + 1, step))
+        if self.step is None:
+            return None
+        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        return [round(self.low + i * self.step, 12) for i in range(count)]
+
+    def bounds(self) -> tuple[float, float]:
+        """The smallest and largest numeric value this parameter can take."""
+        if self.type in ("float", "int"):
+            assert self.low is not None and self.high is not None
+            return float(self.low), float(self.high)
+        values = self.discrete_values() or []
+        numbers = [float(v) for v in values if isinstance(v, int | float)]
+        return min(numbers), max(numbers)
+
+
+def _check_numeric(
+    name: str, param: Param, *, integer: bool, minimum: float, maximum: float, strictly_above: bool = False
+) -> Param:
+    kinds = {"int", "categorical", "fixed"} if integer else {"float", "categorical", "fixed"}
+    if param.type not in kinds:
+        wanted = "an int range" if integer else "a float range"
+        raise ValueError(
+            f"{name} must be {wanted}, a list of choices or a fixed value, not a {param.type} range"
+        )
+    values: list[Any] = (
+        [param.low, param.high] if param.type in ("float", "int") else list(param.discrete_values() or [])
+    )
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or (integer and not isinstance(v, int)):
+            raise ValueError(f"{name} values must be {'integers' if integer else 'numbers'}, got {v!r}")
+        too_low = v <= minimum if strictly_above else v < minimum
+        if too_low or v > maximum or not math.isfinite(v):
+            low_text = f"> {minimum:g}" if strictly_above else f">= {minimum:g}"
+            raise ValueError(f"{name} values must be {low_text} and <= {maximum:g}, got {v!r}")
+    return param
+
+
+def _check_names(name: str, param: Param, known: tuple[str, ...]) -> Param:
+    if param.type not in ("categorical", "fixed"):
+        raise ValueError(f"{name} must be a list of choices or a fixed value, not a {param.type} range")
+    for v in param.discrete_values() or []:
+        if v not in known:
+            raise ValueError(f"unknown {name} {v!r}; choose from {', '.join(known)}")
+    return param
+
+
+def _param(default: Any) -> Any:
+    return Field(default_factory=lambda: Param.model_validate(default))
+
+
+class Space(_Strict):
+    """The seven searchable hyperparameters of a fine-tuning trial."""
+
+    learning_rate: Param = _param({"type": "float", "low": 1e-4, "high": 1e-1, "log": True})
+    batch_size: Param = _param({"type": "categorical", "choices": [16, 32, 64, 128]})
+    epochs: Param = _param({"type": "int", "low": 1, "high": 10})
+    depth: Param = _param({"type": "int", "low": 0, "high": 2})
+    width: Param = _param({"type": "int", "low": 32, "high": 512, "log": True})
+    activation: Param = _param({"type": "categorical", "choices": ["relu", "gelu", "tanh"]})
+    optimizer: Param = _param({"type": "categorical", "choices": ["adam", "adamw", "sgd"]})
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _learning_rate(cls, p: Param) -> Param:
+        return _check_numeric(
+            "learning_rate", p, integer=False, minimum=0.0, maximum=10.0, strictly_above=True
+        )
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, p: Param) -> Param:
+        return _check_numeric("batch_size", p, integer=True, minimum=1, maximum=65536)
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, p: Param) -> Param:
+        return _check_numeric("epochs", p, integer=True, minimum=1, maximum=10_000)
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, p: Param) -> Param:
+        return _check_numeric("depth", p, integer=True, minimum=0, maximum=16)
+
+    @field_validator("width")
+    @classmethod
+    def _width(cls, p: Param) -> Param:
+        return _check_numeric("width", p, integer=True, minimum=1, maximum=65536)
+
+    @field_validator("activation")
+    @classmethod
+    def _activation(cls, p: Param) -> Param:
+        return _check_names("activation", p, ACTIVATION_NAMES)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, p: Param) -> Param:
+        return _check_names("optimizer", p, OPTIMIZER_NAMES)
+
+    def params(self) -> dict[str, Param]:
+        """The parameters by name, in a stable order."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+    def max_epochs(self) -> int:
+        """The most epochs any trial can run: the pruners' max resource."""
+        return int(self.epochs.bounds()[1])
+
+
+class Task(_Strict):
+    """What a trial fine-tunes, on which data, and how."""
+
+    kind: Literal["text-classification"] = "text-classification"
+    model: str = Field("builtin:all-MiniLM-L6-v2", min_length=1, max_length=4096)
+    data: str = Field("builtin:bbc-news", min_length=1, max_length=4096)
+    finetune: str = "head"
+    max_length: int = Field(128, ge=8, le=512, description="tokens per text fed to the encoder")
+    max_examples: int | None = Field(
+        None, ge=10, le=10_000_000, description="a seeded subset of the data, for quick studies"
+    )
+    validation_fraction: float = Field(0.2, ge=0.05, le=0.5)
+    data_seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if "\x00" in v:
+            raise ValueError("model must not contain NUL characters")
+        if v.startswith("builtin:") and v.removeprefix("builtin:") not in BUILTIN_MODELS:
+            raise ValueError(f"unknown built-in model {v!r}; built-in: {', '.join(BUILTIN_MODELS)}")
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: str) -> str:
+        if v.removeprefix("builtin:") not in BUILTIN_DATA or not v.startswith("builtin:"):
+            raise ValueError(
+                f"unknown data set {v!r}; available: {', '.join('builtin:' + d for d in BUILTIN_DATA)}"
+                " (local data files are not supported yet)"
+            )
+        return v
+
+    @field_validator("finetune")
+    @classmethod
+    def _finetune(cls, v: str) -> str:
+        if v != "head":
+            raise ValueError(
+                f"finetune {v!r} is not available yet; use 'head' (frozen encoder, trained head)"
+            )
+        return v
+
+
+class Objective(_Strict):
+    """What a trial's value is and which way is better."""
+
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    direction: Literal["minimize", "maximize"] | None = None
+    value: Literal["best", "final"] = Field(
+        "best", description="the best epoch's metric, or the last epoch's"
+    )
+
+    @model_validator(mode="after")
+    def _direction_matches_metric(self) -> Objective:
+        natural = "minimize" if self.metric == "val_loss" else "maximize"
+        if self.direction is None:
+            object.__setattr__(self, "direction", natural)
+        elif self.direction != natural:
+            raise ValueError(
+                f"direction {self.direction!r} would reward worse models: {self.metric} is {natural}d"
+            )
+        return self
+
+
+class Sampler(_Strict):
+    """Which Optuna sampler suggests the hyperparameters."""
+
+    name: Literal["tpe", "random", "grid", "qmc", "cmaes", "gp"] = "tpe"
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    n_startup_trials: int | None = Field(None, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _startup_applies(self) -> Sampler:
+        if self.n_startup_trials is not None and self.name not in ("tpe", "gp", "cmaes"):
+            raise ValueError(f"n_startup_trials does not apply to the {self.name} sampler")
+        return self
+
+
+assert set(SAMPLER_NAMES) == set(Sampler.model_fields["name"].annotation.__args__)  # type: ignore[union-attr]
+
+
+class NoPruner(_Strict):
+    """Never prune."""
+
+    name: Literal["none"]
+
+
+class MedianPruner(_Strict):
+    """Prune a trial worse than the median of earlier trials at the same epoch."""
+
+    name: Literal["median"]
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(0, ge=0)
+
+
+class PercentilePruner(_Strict):
+    """Prune a trial outside the best percentile of earlier trials at the same epoch."""
+
+    name: Literal["percentile"]
+    percentile: float = Field(25.0, gt=0, lt=100)
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(0, ge=0)
+
+
+class SuccessiveHalvingPruner(_Strict):
+    """Asynchronous successive halving (ASHA)."""
+
+    name: Literal["successive_halving"]
+    min_resource: int | None = Field(None, ge=1)
+    reduction_factor: int = Field(3, ge=2, le=100)
+
+
+class HyperbandPruner(_Strict):
+    """Hyperband over epochs, from min_resource up to the space's largest epoch count."""
+
+    name: Literal["hyperband"]
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2, le=100)
+
+
+Pruner = Annotated[
+    NoPruner | MedianPruner | PercentilePruner | SuccessiveHalvingPruner | HyperbandPruner,
+    Field(discriminator="name"),
+]
+
+
+class Budget(_Strict):
+    """How many trials a study may run, and for how long."""
+
+    n_trials: int = Field(20, ge=1, le=MAX_N_TRIALS)
+    timeout_s: float | None = Field(None, gt=0, le=365 * 24 * 3600)
+    max_retries: int = Field(1, ge=0, le=10, description="re-runs of a trial whose worker died")
+
+
+class StudySpec(_Strict):
+    """Everything a worker needs to run any trial of a study, persisted beside the Optuna study."""
+
+    name: str = Field(pattern=STUDY_NAME_PATTERN, max_length=128)
+    description: str = Field("", max_length=4096)
+    task: Task = Field(default_factory=Task)
+    objective: Objective = Field(default_factory=Objective)
+    space: Space = Field(default_factory=Space)
+    sampler: Sampler = Field(default_factory=Sampler)
+    pruner: Pruner = Field(default_factory=lambda: HyperbandPruner(name="hyperband"))
+    budget: Budget = Field(default_factory=Budget)
+    priority: int = Field(0, ge=-1000, le=1000, description="higher runs first when studies compete")
+
+    @model_validator(mode="after")
+    def _grid_needs_a_discrete_space(self) -> StudySpec:
+        if self.sampler.name != "grid":
+            return self
+        points = 1
+        for name, param in self.space.params().items():
+            values = param.discrete_values()
+            if values is None:
+                raise ValueError(
+                    f"space.{name}: the grid sampler needs a discrete space; give this range a step or choices"
+                )
+            points *= len(values)
+        if points > MAX_GRID_POINTS:
+            raise ValueError(f"space: the grid has {points} points, more than {MAX_GRID_POINTS}")
+        return self
+
+    @model_validator(mode="after")
+    def _pruner_resources_fit(self) -> StudySpec:
+        min_resource = getattr(self.pruner, "min_resource", None)
+        if min_resource is not None and min_resource > self.space.max_epochs():
+            raise ValueError(
+                f"pruner.min_resource ({min_resource}) exceeds the largest epochs value ({self.space.max_epochs()})"
+            )
+        return self
+
+
+def load_spec_file(path: Path) -> dict[str, Any]:
+    """Read a YAML (or JSON) study spec file into a plain dict, ready for StudySpec.model_validate."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a study spec must be a mapping, got {type(data).__name__}")
+    return data
+
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of a ready-made spec in studies/presets/."""
+    return PRESETS_DIR / f"{name}.yaml"

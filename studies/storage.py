@@ -1,0 +1,60 @@
+"""Opens the shared SQL store: Optuna's RDBStorage on SQLite (WAL) or PostgreSQL, with a small bounded pool."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy.engine import make_url
+
+DEFAULT_DATABASE_URL = "sqlite:///tunefleet.db"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for a bare postgresql:// URL, as our dependencies install it and not psycopg2."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe to log or show."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _prepare_sqlite(url: str) -> None:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # WAL lets the service read while workers write; the mode is stored in the file, so set it once here.
+    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+def engine_kwargs(url: str, *, pool_size: int) -> dict[str, Any]:
+    """SQLAlchemy engine options for the store: pre-ping and a small pool on servers, a busy timeout on SQLite."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    return {
+        "pool_pre_ping": True,
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+        "pool_recycle": 1800,
+    }
+
+
+def open_storage(url: str, *, pool_size: int = 2) -> optuna.storages.RDBStorage:
+    """Open (and create if needed) the shared store at `url`."""
+    url = normalize_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        _prepare_sqlite(url)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url, pool_size=pool_size))

@@ -1,0 +1,90 @@
+"""Shared fixtures: the store on both backends, unique study names, an app client, a tiny task."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from service import ServiceSettings, create_app
+from studies import StudyRepository, open_storage
+from studies.storage import normalize_url
+
+POSTGRES_URL = os.environ.get(
+    "TUNEFLEET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _postgres_reachable(url: str) -> str | None:
+    try:
+        engine = sa.create_engine(normalize_url(url))
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test PostgreSQL; CI must have it, a laptop without it skips these tests."""
+    problem = _postgres_reachable(POSTGRES_URL)
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required in CI: {problem}")
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} unreachable: {problem}")
+    return POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same contract on both backends: a fresh SQLite file, or the shared test PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def repository(store_url: str) -> Iterator[StudyRepository]:
+    """A repository on a fresh (SQLite) or shared (PostgreSQL) store."""
+    repo = StudyRepository(open_storage(store_url))
+    yield repo
+    repo.engine.dispose()
+
+
+@pytest.fixture
+def study_name() -> str:
+    """A name no other test uses, so tests can share the PostgreSQL database."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def client(repository: StudyRepository) -> Iterator[TestClient]:
+    """A real app instance on the repository's store."""
+    app = create_app(ServiceSettings(database_url="unused://"), repository=repository)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def tiny_spec(name: str, **overrides: Any) -> dict[str, Any]:
+    """A study spec on a small seeded subset of BBC News: trials take well under a second on a CPU."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "task": {"max_examples": 100, "max_length": 32},
+        "space": {
+            "epochs": {"type": "int", "low": 1, "high": 3},
+            "width": {"type": "int", "low": 8, "high": 64},
+        },
+        "sampler": {"name": "tpe", "seed": 7},
+        "budget": {"n_trials": 3},
+    }
+    spec.update(overrides)
+    return spec

@@ -1,0 +1,127 @@
+"""End to end with real processes: the service, two pulling workers, and the demo `make run` runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tunefleet(*args: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - the process owns it
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunefleet", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TUNEFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'tunefleet.db'}",
+        "TUNEFLEET_CACHE_DIR": str(tmp_path / "cache"),
+        "TUNEFLEET_POLL_INTERVAL_S": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture
+def service(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    process = tunefleet("serve", "--port", str(port), env=env, log=tmp_path / "service.log")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("service did not start: " + (tmp_path / "service.log").read_text())
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_service_and_two_workers_run_a_study_to_the_end(
+    service: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    spec = tiny_spec("e2e-bbc", budget={"n_trials": 6}, pruner={"name": "none"})
+    spec["task"] = {"max_examples": 120, "max_length": 48}
+    created = httpx.post(f"{service}/v1/studies", json=spec)
+    assert created.status_code == 201, created.text
+
+    workers = [
+        tunefleet(
+            "worker", "--study", "e2e-bbc", "--exit-when-idle", env=env, log=tmp_path / f"worker-{i}.log"
+        )
+        for i in range(2)
+    ]
+    for worker in workers:
+        assert worker.wait(timeout=180) == 0, (tmp_path / "worker-0.log").read_text()
+
+    study = httpx.get(f"{service}/v1/studies/e2e-bbc").json()
+    assert study["state"] == "completed"
+    assert study["trial_counts"]["complete"] == 6
+    trials = httpx.get(f"{service}/v1/studies/e2e-bbc/trials").json()["items"]
+    assert sorted(t["number"] for t in trials) == list(range(6))
+    for trial in trials:
+        assert trial["value"] is not None and trial["value"] > 0
+        assert len(trial["intermediate_values"]) == trial["params"]["epochs"]
+        assert trial["user_attrs"]["val_accuracy"] >= 0
+    # Both processes took part: each trial records the worker that ran it.
+    assert len({t["user_attrs"]["worker"] for t in trials}) == 2
+
+    dashboard = httpx.get(f"{service}/api/studies").json()
+    assert "e2e-bbc" in {s["study_name"] for s in dashboard["study_summaries"]}
+
+
+def test_demo_runs_a_study_through_the_api_and_prints_the_best_trial(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    spec = tiny_spec("demo-bbc", budget={"n_trials": 4})
+    spec_file = tmp_path / "demo.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tunefleet",
+            "demo",
+            "--exit",
+            "--preset",
+            str(spec_file),
+            "--port",
+            str(free_port()),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "created study demo-bbc through POST /v1/studies" in result.stdout
+    assert "best trial #" in result.stdout
+    assert "dashboard: http://127.0.0.1:" in result.stdout

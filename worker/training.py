@@ -1,0 +1,227 @@
+"""Train a classification head on cached encoder features, one seeded run per trial."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from worker.features import Features
+from worker.model import ACTIVATIONS, build_head
+
+OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw")
+SGD_MOMENTUM = 0.9
+# Validation runs in chunks so a large local data set with a wide head does not exhaust memory.
+_EVAL_CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """The sampled hyperparameters of one head-training run."""
+
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    depth: int
+    width: int
+    activation: str
+    optimizer: str
+
+    def __post_init__(self) -> None:
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be positive and finite, got {self.learning_rate}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.depth < 0:
+            raise ValueError(f"depth must be at least 0, got {self.depth}")
+        if self.width < 1:
+            raise ValueError(f"width must be at least 1, got {self.width}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+class NonFiniteLoss(Exception):
+    """Training produced NaN or inf; the message says at which epoch."""
+
+
+class StopTraining(Exception):
+    """Raised by an epoch callback to end training early (pruned or stopped).
+
+    train_head attaches the results so far as `result` before letting it propagate.
+    """
+
+    result: TrainResult | None = None
+
+
+@dataclass
+class EpochResult:
+    """The losses and accuracy after one epoch (1-based)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+
+
+@dataclass
+class TrainResult:
+    """A training run: every epoch, and the best (lowest validation loss) and final scores and weights."""
+
+    epochs: list[EpochResult]
+    best_epoch: int
+    best_val_loss: float
+    final_val_loss: float
+    best_val_accuracy: float
+    final_val_accuracy: float
+    best_state: dict[str, torch.Tensor]
+    train_s: float
+
+
+def make_optimizer(
+    name: str, parameters: Iterable[torch.nn.Parameter], learning_rate: float
+) -> torch.optim.Optimizer:
+    """Return the named optimizer (sgd with momentum 0.9, adagrad, adam or adamw) over parameters."""
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=learning_rate, momentum=SGD_MOMENTUM)
+    if name == "adagrad":
+        return torch.optim.Adagrad(parameters, lr=learning_rate)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=learning_rate)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _describe_non_finite(value: float) -> str:
+    return "NaN" if math.isnan(value) else "inf"
+
+
+def _evaluate(head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Return (mean cross-entropy, accuracy) of the head on a whole set."""
+    head.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    correct = torch.zeros((), dtype=torch.int64, device=inputs.device)
+    with torch.no_grad():
+        for start in range(0, inputs.shape[0], _EVAL_CHUNK_ROWS):
+            logits = head(inputs[start : start + _EVAL_CHUNK_ROWS])
+            chunk_labels = labels[start : start + _EVAL_CHUNK_ROWS]
+            loss_sum += torch.nn.functional.cross_entropy(logits, chunk_labels, reduction="sum").double()
+            correct += (logits.argmax(dim=1) == chunk_labels).sum()
+    n_rows = inputs.shape[0]
+    return loss_sum.item() / n_rows, correct.item() / n_rows
+
+
+def _check_features(features: Features) -> None:
+    n_classes = len(features.label_names)
+    for name, inputs, labels in (
+        ("train", features.train, features.train_labels),
+        ("validation", features.validation, features.validation_labels),
+    ):
+        if inputs.ndim != 2 or inputs.shape[0] == 0:
+            raise ValueError(
+                f"{name} features must be a non-empty 2-D tensor, got shape {tuple(inputs.shape)}"
+            )
+        if labels.shape != (inputs.shape[0],):
+            raise ValueError(f"{name} labels have shape {tuple(labels.shape)}, expected ({inputs.shape[0]},)")
+        if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
+            raise ValueError(f"{name} labels fall outside the {n_classes} label names")
+    if features.train.shape[1] != features.validation.shape[1]:
+        raise ValueError("train and validation features differ in width")
+
+
+def train_head(
+    *,
+    features: Features,
+    params: HeadParams,
+    seed: int,
+    device: torch.device,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> TrainResult:
+    """Train a fresh head on the features, evaluating after every epoch; same seed and device, same losses.
+
+    on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`.
+    """
+    _check_features(features)
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    # A generator of its own keeps the shuffling order independent of anything else using the global RNG.
+    shuffle_generator = torch.Generator(device="cpu").manual_seed(seed)
+    # Features are moved once; every minibatch is then an index into tensors already on the device.
+    train_inputs = features.train.to(device=device, dtype=torch.float32)
+    train_labels = features.train_labels.to(device=device, dtype=torch.int64)
+    val_inputs = features.validation.to(device=device, dtype=torch.float32)
+    val_labels = features.validation_labels.to(device=device, dtype=torch.int64)
+    n_train = train_inputs.shape[0]
+
+    head = build_head(
+        input_size=train_inputs.shape[1],
+        n_classes=len(features.label_names),
+        depth=params.depth,
+        width=params.width,
+        activation=params.activation,
+    ).to(device)
+    optimizer = make_optimizer(params.optimizer, head.parameters(), params.learning_rate)
+
+    history: list[EpochResult] = []
+    best: EpochResult | None = None
+    best_state: dict[str, torch.Tensor] = {}
+
+    def result_so_far() -> TrainResult:
+        assert best is not None
+        return TrainResult(
+            epochs=list(history),
+            best_epoch=best.epoch,
+            best_val_loss=best.val_loss,
+            final_val_loss=history[-1].val_loss,
+            best_val_accuracy=best.val_accuracy,
+            final_val_accuracy=history[-1].val_accuracy,
+            best_state=best_state,
+            train_s=time.perf_counter() - started,
+        )
+
+    for epoch in range(1, params.epochs + 1):
+        head.train()
+        order = torch.randperm(n_train, generator=shuffle_generator).to(device)
+        loss_sum = 0.0
+        for start in range(0, n_train, params.batch_size):
+            batch = order[start : start + params.batch_size]
+            loss = torch.nn.functional.cross_entropy(head(train_inputs[batch]), train_labels[batch])
+            # Checked every step (one sync, cheap next to the step) so a diverged trial fails at once
+            # instead of burning its remaining epochs on NaN weights.
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(f"{_describe_non_finite(loss_value)} loss at epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss_value * batch.shape[0]
+
+        val_loss, val_accuracy = _evaluate(head, val_inputs, val_labels)
+        if not math.isfinite(val_loss):
+            raise NonFiniteLoss(f"{_describe_non_finite(val_loss)} validation loss at epoch {epoch}")
+        current = EpochResult(
+            epoch=epoch, train_loss=loss_sum / n_train, val_loss=val_loss, val_accuracy=val_accuracy
+        )
+        history.append(current)
+        if best is None or current.val_loss < best.val_loss:
+            best = current
+            best_state = {
+                name: value.detach().to("cpu", copy=True) for name, value in head.state_dict().items()
+            }
+
+        if on_epoch is not None:
+            try:
+                on_epoch(current)
+            except StopTraining as stop:
+                stop.result = result_so_far()
+                raise
+    return result_so_far()
