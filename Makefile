@@ -14,6 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	@# The browser test drives Debian's Chromium (never `playwright install`, which downloads its own build).
+	@# Without root or apt-get the test skips locally (and fails in CI), so install does not stop here.
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "chromium is not installed: the dashboard browser test will skip (apt-get install chromium)"
 	touch $@
 
 run: install

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from service.dashboard import mount_dashboard
 from service.errors import install_error_handlers
-from service.routes import health, studies
+from service.reaper import ReaperThread
+from service.routes import health, studies, workers
 from service.settings import ServiceSettings
 from studies import StudyRepository, open_storage
 
@@ -15,7 +19,21 @@ def create_app(settings: ServiceSettings, repository: StudyRepository | None = N
     """Build the app on the store the settings name (or on a repository given by the caller)."""
     if repository is None:
         repository = StudyRepository(open_storage(settings.database_url, pool_size=settings.pool_size))
+    store = repository
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reaper = ReaperThread(
+            store, grace_s=settings.grace_period_s, interval_s=settings.heartbeat_interval_s
+        )
+        reaper.start()
+        try:
+            yield
+        finally:
+            reaper.done.set()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="tunefleet",
         version="0.1.0",
         description="Hyperparameter search for fine-tuning pretrained PyTorch models on a fleet of workers.",
@@ -25,6 +43,7 @@ def create_app(settings: ServiceSettings, repository: StudyRepository | None = N
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(studies.router)
+    app.include_router(workers.router)
     if settings.mount_dashboard:
         mount_dashboard(app, repository.storage)
     return app

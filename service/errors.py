@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import optuna
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -55,4 +56,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TunefleetError, _domain_error)
     app.add_exception_handler(sqlalchemy.exc.OperationalError, _store_error)
     app.add_exception_handler(sqlalchemy.exc.InterfaceError, _store_error)
+    app.add_exception_handler(optuna.exceptions.StorageInternalError, _store_error)
     app.add_exception_handler(Exception, _unexpected)

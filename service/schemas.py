@@ -91,7 +91,7 @@ class StudyRead(BaseModel):
             name=record.name,
             state=progress.state,
             state_reason=record.state_reason,
-            n_trials=record.spec.budget.n_trials,
+            n_trials=record.n_trials,
             n_claimed=record.n_claimed,
             n_finished=progress.n_finished,
             trial_counts=progress.trial_counts,

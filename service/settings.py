@@ -1,5 +1,6 @@
 """Service settings from TUNEFLEET_* environment variables, built at start-up and passed in."""
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from studies import DEFAULT_DATABASE_URL
@@ -15,3 +16,5 @@ class ServiceSettings(BaseSettings):
     port: int = 8000
     pool_size: int = 4
     mount_dashboard: bool = True
+    heartbeat_interval_s: float = Field(10.0, gt=0, description="how often the service reaps lost workers")
+    grace_period_s: float = Field(60.0, gt=0, description="silence after which a worker is declared lost")

@@ -6,47 +6,26 @@ import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage
-from optuna.storages._rdb.models import TrialModel
+
+# Optuna's table models: counting and paging trials in SQL beats loading tens of thousands of them.
+from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialModel
 from optuna.trial import FrozenTrial, TrialState
 
 from studies.errors import InvalidStudyState, StudyAlreadyExists, StudyNotFound, TrialNotFound
-from studies.sampling import build_pruner, build_sampler, derived_seed
+from studies.sampling import build_pruner, build_sampler, derived_seed, grid_points
 from studies.space import distributions
 from studies.spec import StudySpec
-
-metadata = sa.MetaData()
-
-# Our own table beside Optuna's: the spec every worker rebuilds the study from, the study's
-# control state, and the claim counter that makes the budget exact however many workers race.
-studies_table = sa.Table(
-    "tunefleet_studies",
-    metadata,
-    sa.Column("study_name", sa.String(128), primary_key=True),
-    sa.Column("optuna_study_id", sa.Integer, nullable=False),
-    sa.Column("spec", sa.JSON, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("state_reason", sa.Text, nullable=True),
-    sa.Column("priority", sa.Integer, nullable=False),
-    sa.Column("n_trials", sa.Integer, nullable=False),
-    sa.Column("n_claimed", sa.Integer, nullable=False),
-    sa.Column("deadline_at", sa.DateTime, nullable=True),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
-)
+from studies.tables import metadata, studies_table, utcnow
 
 RUNNING, STOPPED, FAILED, COMPLETED, STOPPING = "running", "stopped", "failed", "completed", "stopping"
+WORKER_LOST = "worker lost"
 TRIAL_STATE_NAMES = {s: s.name.lower() for s in TrialState}
-
-
-def _now() -> datetime:
-    # Naive UTC: SQLite keeps no time zone, and both backends must compare the same way.
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -58,6 +37,7 @@ class StudyRecord:
     spec: StudySpec
     state: str
     state_reason: str | None
+    n_trials: int
     n_claimed: int
     deadline_at: datetime | None
     created_at: datetime
@@ -85,6 +65,7 @@ class WorkerIdentity:
     host: str
     pid: int
     device: str
+    worker_id: str = ""
 
     @property
     def label(self) -> str:
@@ -112,6 +93,7 @@ def _record(row: Any) -> StudyRecord:
         spec=StudySpec.model_validate(row.spec),
         state=row.state,
         state_reason=row.state_reason,
+        n_trials=row.n_trials,
         n_claimed=row.n_claimed,
         deadline_at=row.deadline_at,
         created_at=row.created_at,
@@ -149,7 +131,7 @@ class StudyRepository:
             )
         except optuna.exceptions.DuplicatedStudyError as error:
             raise StudyAlreadyExists(spec.name) from error
-        now = _now()
+        now = utcnow()
         deadline = now + timedelta(seconds=spec.budget.timeout_s) if spec.budget.timeout_s else None
         try:
             with self._begin() as connection:
@@ -161,7 +143,7 @@ class StudyRepository:
                         state=RUNNING,
                         state_reason=None,
                         priority=spec.priority,
-                        n_trials=spec.budget.n_trials,
+                        n_trials=self._trial_cap(spec),
                         n_claimed=0,
                         deadline_at=deadline,
                         created_at=now,
@@ -171,6 +153,13 @@ class StudyRepository:
         except sa.exc.IntegrityError as error:
             raise StudyAlreadyExists(spec.name) from error
         return self.get(spec.name)
+
+    @staticmethod
+    def _trial_cap(spec: StudySpec) -> int:
+        # A grid is exhausted after its last point: more trials would only repeat points.
+        if spec.sampler.name == "grid":
+            return min(spec.budget.n_trials, len(grid_points(spec)))
+        return spec.budget.n_trials
 
     def _all_optuna_study_names(self) -> set[str]:
         return {s.study_name for s in self.storage.get_all_studies()}
@@ -226,8 +215,8 @@ class StudyRepository:
     def _derived_state(record: StudyRecord, counts: dict[str, int]) -> str:
         active = counts["running"] + counts["waiting"]
         if record.state == RUNNING:
-            budget_spent = record.n_claimed >= record.spec.budget.n_trials or (
-                record.deadline_at is not None and record.deadline_at <= _now()
+            budget_spent = record.n_claimed >= record.n_trials or (
+                record.deadline_at is not None and record.deadline_at <= utcnow()
             )
             return COMPLETED if budget_spent and active == 0 else RUNNING
         if record.state == STOPPED and active:
@@ -242,7 +231,7 @@ class StudyRepository:
             result = connection.execute(
                 studies_table.update()
                 .where(studies_table.c.study_name == study_name)
-                .values(state=state, state_reason=reason, updated_at=_now())
+                .values(state=state, state_reason=reason, updated_at=utcnow())
             )
         if result.rowcount == 0:
             raise StudyNotFound(study_name)
@@ -295,15 +284,15 @@ class StudyRepository:
 
     # -- the claim -----------------------------------------------------------------------------
 
-    def _runnable(self, study_name: str | None) -> list[str]:
+    def _runnable(self, study_names: Sequence[str] | None) -> list[str]:
         c = studies_table.c
         query = sa.select(c.study_name).where(
             c.state == RUNNING,
             c.n_claimed < c.n_trials,
-            sa.or_(c.deadline_at.is_(None), c.deadline_at > _now()),
+            sa.or_(c.deadline_at.is_(None), c.deadline_at > utcnow()),
         )
-        if study_name is not None:
-            query = query.where(c.study_name == study_name)
+        if study_names is not None:
+            query = query.where(c.study_name.in_(list(study_names)))
         with self._begin() as connection:
             return list(
                 connection.execute(query.order_by(c.priority.desc(), c.n_claimed, c.created_at)).scalars()
@@ -317,7 +306,7 @@ class StudyRepository:
             claimed = connection.execute(
                 studies_table.update()
                 .where(c.study_name == study_name, c.state == RUNNING, c.n_claimed < c.n_trials)
-                .values(n_claimed=c.n_claimed + 1, updated_at=_now())
+                .values(n_claimed=c.n_claimed + 1, updated_at=utcnow())
                 .returning(c.n_claimed)
             ).scalar()
         return None if claimed is None else int(claimed) - 1
@@ -328,7 +317,7 @@ class StudyRepository:
             connection.execute(
                 studies_table.update()
                 .where(c.study_name == study_name, c.n_claimed > 0)
-                .values(n_claimed=c.n_claimed - 1, updated_at=_now())
+                .values(n_claimed=c.n_claimed - 1, updated_at=utcnow())
             )
 
     def _study(self, record: StudyRecord) -> optuna.Study:
@@ -338,9 +327,9 @@ class StudyRepository:
             self._studies[record.name] = study
         return study
 
-    def claim(self, worker: WorkerIdentity, *, study_name: str | None = None) -> Claim | None:
+    def claim(self, worker: WorkerIdentity, *, study_names: Sequence[str] | None = None) -> Claim | None:
         """Claim the next trial of a runnable study within its budget, or None when there is nothing to do."""
-        for name in self._runnable(study_name):
+        for name in self._runnable(study_names):
             index = self._take_slot(name)
             if index is None:
                 continue
@@ -350,13 +339,15 @@ class StudyRepository:
                 study = self._study(record)
                 study.sampler = build_sampler(spec, claim_index=index)
                 study.pruner = build_pruner(spec)
+                # A trial handed back waits in the queue; ask() takes it first, with its parameters.
                 trial = study.ask(distributions(spec.space))
-                # A trial handed back keeps its seed, so its rerun is the same experiment.
+                # A trial handed back or retried keeps its seed, so its rerun is the same experiment.
                 seed = int(
                     trial.user_attrs.get("seed", derived_seed(spec.sampler.seed or 0, "trial", trial.number))
                 )
                 trial.set_user_attr("seed", seed)
                 trial.set_user_attr("worker", worker.label)
+                trial.set_user_attr("worker_id", worker.worker_id)
                 trial.set_user_attr("device", worker.device)
             except BaseException:
                 self._give_slot_back(name)
@@ -374,32 +365,95 @@ class StudyRepository:
 
     # -- finishing a trial -----------------------------------------------------------------------
 
-    def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
-        """End the trial COMPLETE with its objective value and result attributes."""
+    @staticmethod
+    def _set_attrs(claim: Claim, attrs: dict[str, Any]) -> None:
         for key, item in attrs.items():
             claim.trial.set_user_attr(key, item)
-        claim.study.tell(claim.trial, value)
+
+    def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
+        """End the trial COMPLETE with its objective value and result attributes."""
+        self._set_attrs(claim, attrs)
+        claim.study.tell(claim.trial, value, skip_if_finished=True)
 
     def prune(self, claim: Claim, attrs: dict[str, Any]) -> None:
         """End the trial PRUNED (its last reported value stands as its value)."""
-        for key, item in attrs.items():
-            claim.trial.set_user_attr(key, item)
-        claim.study.tell(claim.trial, state=TrialState.PRUNED)
-
-    def give_back(self, claim: Claim, reason: str) -> None:
-        """Hand an unfinished trial back: it ends FAIL with the reason, and a copy with the same
-        parameters waits for the next claim, which the budget counts once, not twice."""
-        # Optuna's own retry callback does the same: a finished trial cannot go back to WAITING.
-        claim.study.enqueue_trial(
-            claim.params,
-            user_attrs={"retry_of": claim.trial.number, "seed": claim.seed},
-            skip_if_exists=False,
-        )
-        self.fail(claim, reason)
-        self._give_slot_back(claim.study_name)
+        self._set_attrs(claim, attrs)
+        claim.study.tell(claim.trial, state=TrialState.PRUNED, skip_if_finished=True)
 
     def fail(self, claim: Claim, reason: str, attrs: dict[str, Any] | None = None) -> None:
-        """End the trial FAIL with the reason recorded as the `fail_reason` user attribute."""
-        for key, item in {**(attrs or {}), "fail_reason": reason[:2000]}.items():
-            claim.trial.set_user_attr(key, item)
-        claim.study.tell(claim.trial, state=TrialState.FAIL)
+        """End the trial FAIL with the reason recorded as `fail_reason`; trip the study's breaker if due."""
+        self._set_attrs(claim, {**(attrs or {}), "fail_reason": reason[:2000]})
+        claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
+        self._trip_breaker_if_due(claim.study_name)
+
+    def give_back(self, claim: Claim) -> None:
+        """Put an unfinished trial back in the queue, same number, parameters and seed, not failed.
+
+        Its per-epoch values are cleared so the pruner judges the rerun from its first epoch.
+        """
+        trial_id = claim.trial._trial_id
+        with self._begin() as connection:
+            connection.execute(
+                sa.delete(TrialIntermediateValueModel.__table__).where(
+                    TrialIntermediateValueModel.__table__.c.trial_id == trial_id
+                )
+            )
+        self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
+        self._give_slot_back(claim.study_name)
+
+    # -- lost workers and broken studies -----------------------------------------------------------
+
+    def retry_lost_trial(self, trial_id: int, reason: str) -> FrozenTrial | None:
+        """Fail a running trial whose worker is gone and queue a copy (same parameters and seed)
+        within the study's max_retries; None if the trial had already finished."""
+        trial = self.storage.get_trial(trial_id)
+        if trial.state != TrialState.RUNNING:
+            return None
+        study_name = self.storage.get_study_name_from_id(self._study_id_of(trial_id))
+        record = self.get(study_name)
+        try:
+            self.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            if not self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                return None
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # The worker finished it after all, between our read and our write: its result stands.
+            return None
+        retries = int(trial.user_attrs.get("retry", 0))
+        if retries < record.spec.budget.max_retries:
+            self._study(record).enqueue_trial(
+                trial.params,
+                user_attrs={
+                    "retry_of": trial.number,
+                    "retry": retries + 1,
+                    "seed": trial.user_attrs.get("seed"),
+                },
+                skip_if_exists=False,
+            )
+            self._give_slot_back(study_name)
+        return self.storage.get_trial(trial_id)
+
+    def _study_id_of(self, trial_id: int) -> int:
+        with self._begin() as connection:
+            return int(
+                connection.execute(
+                    sa.select(TrialModel.study_id).where(TrialModel.trial_id == trial_id)
+                ).scalar_one()
+            )
+
+    def _trip_breaker_if_due(self, study_name: str) -> None:
+        # A study whose first trials all fail the same way (a missing data file, a model that cannot
+        # load) is broken, not unlucky: stop it before it burns the fleet's time on its whole budget.
+        record = self.get(study_name)
+        threshold = record.spec.budget.max_consecutive_failures
+        if record.state != RUNNING or threshold == 0:
+            return
+        counts = self.trial_counts(record)
+        if counts["complete"] or counts["pruned"] or counts["fail"] < threshold:
+            return
+        failed = self.storage.get_all_trials(
+            record.optuna_study_id, deepcopy=False, states=(TrialState.FAIL,)
+        )
+        reasons = [t.user_attrs.get("fail_reason") for t in failed if t.user_attrs.get("retry_of") is None]
+        reasons = [r for r in reasons if r and not str(r).startswith(WORKER_LOST)]
+        if len(reasons) >= threshold and len(set(reasons[-threshold:])) == 1:
+            self.set_state(study_name, FAILED, f"the first {len(reasons)} trials failed: {reasons[-1]}")

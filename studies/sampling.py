@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import random
+from typing import Any
 
 import optuna
 
@@ -39,7 +42,12 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(grid(spec.space), seed=seed)
+        # Optuna's GridSampler picks among unvisited points per process, so racing workers can
+        # draw the same one. Claims are numbered once, atomically: claim k takes point k of a
+        # seeded shuffle of the grid, so no point is ever handed out twice.
+        return optuna.samplers.PartialFixedSampler(
+            grid_point(spec, claim_index), optuna.samplers.RandomSampler(seed=seed)
+        )
     if name == "qmc":
         # QMC draws its points by trial number from one sequence; the study seed (not the claim) fixes it.
         return optuna.samplers.QMCSampler(seed=spec.sampler.seed or 0, scramble=True)
@@ -48,6 +56,20 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10 if startup is None else startup)
     raise ValueError(f"unknown sampler {name!r}")
+
+
+def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every point of the spec's grid, in a seeded shuffled order that all workers share."""
+    space = grid(spec.space)
+    points = [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
+    random.Random(spec.sampler.seed or 0).shuffle(points)
+    return points
+
+
+def grid_point(spec: StudySpec, claim_index: int) -> dict[str, Any]:
+    """The grid point claim number `claim_index` runs."""
+    points = grid_points(spec)
+    return points[claim_index % len(points)]
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

@@ -233,7 +233,10 @@ class Space(_Strict):
 class Task(_Strict):
     """What a trial fine-tunes, on which data, and how."""
 
-    kind: Literal["text-classification"] = "text-classification"
+    kind: Literal["text-classification", "synthetic"] = Field(
+        "text-classification",
+        description="synthetic: a zero-cost task for tests and benchmarks (no model, no data; a seeded loss)",
+    )
     model: str = Field("builtin:all-MiniLM-L6-v2", min_length=1, max_length=4096)
     data: str = Field("builtin:bbc-news", min_length=1, max_length=4096)
     finetune: str = "head"
@@ -243,6 +246,9 @@ class Task(_Strict):
     )
     validation_fraction: float = Field(0.2, ge=0.05, le=0.5)
     data_seed: int = Field(0, ge=0, le=2**31 - 1)
+    epoch_sleep_s: float = Field(
+        0.0, ge=0, le=60, description="synthetic task only: seconds each epoch takes"
+    )
 
     @field_validator("model")
     @classmethod
@@ -362,6 +368,9 @@ class Budget(_Strict):
     n_trials: int = Field(20, ge=1, le=MAX_N_TRIALS)
     timeout_s: float | None = Field(None, gt=0, le=365 * 24 * 3600)
     max_retries: int = Field(1, ge=0, le=10, description="re-runs of a trial whose worker died")
+    max_consecutive_failures: int = Field(
+        3, ge=0, le=1000, description="fail the study when its first N trials all fail the same way; 0: never"
+    )
 
 
 class StudySpec(_Strict):

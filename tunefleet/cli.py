@@ -43,21 +43,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    from worker.launcher import parse_gpus, supervise
+
+    child_args: list[str] = []
+    for name in args.study or []:
+        child_args += ["--study", name]
+    if args.max_trials is not None:
+        child_args += ["--max-trials", str(args.max_trials)]
+    if args.exit_when_idle:
+        child_args.append("--exit-when-idle")
+    if args.gpus:
+        try:
+            gpus = parse_gpus(args.gpus)
+        except ValueError as error:
+            raise CliError(str(error)) from error
+        # Each child sees exactly one GPU, as device 0: no worker can touch another's memory.
+        slots = [(f"gpu{gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
+        child_args += ["--device", "cuda"]
+    else:
+        if args.processes < 1:
+            raise CliError("--processes must be at least 1")
+        slots = [(f"proc{i}", {}) for i in range(args.processes)]
+        if args.device:
+            child_args += ["--device", args.device]
+    return supervise(child_args, slots)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Pull and run trials (or only build the feature cache of a study, with --warm-cache)."""
+    _setup_logging()
+    if args.gpus or args.processes is not None:
+        return _launch(args)
+
     from worker.loop import LoopOptions, build_runner, install_signal_handlers, run_loop
     from worker.settings import WorkerSettings
 
-    _setup_logging()
     overrides: dict[str, Any] = {"device": args.device} if args.device else {}
     settings = WorkerSettings(**overrides)
     runner, identity = build_runner(settings)
     if args.warm_cache:
-        if not args.study:
-            raise CliError("--warm-cache needs --study NAME")
+        if not args.study or len(args.study) != 1:
+            raise CliError("--warm-cache needs exactly one --study NAME")
         from tqdm import tqdm
 
-        task = runner.repository.get(args.study).spec.task
+        task = runner.repository.get(args.study[0]).spec.task
+        if task.kind == "synthetic":
+            return 0
         with tqdm(desc="feature cache (one time)", unit="text", leave=True) as bar:
 
             def progress(done: int, total: int) -> None:
@@ -69,9 +101,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 0
     install_signal_handlers(runner)
     options = LoopOptions(
-        study_name=args.study, max_trials=args.max_trials, exit_when_idle=args.exit_when_idle
+        study_names=tuple(args.study) if args.study else None,
+        max_trials=args.max_trials,
+        exit_when_idle=args.exit_when_idle,
     )
-    run_loop(runner, identity, options, settings.poll_interval_s)
+    run_loop(runner, identity, options, settings)
     return 0
 
 
@@ -141,13 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="pull and run trials from the shared store")
-    worker.add_argument("--study", help="only this study")
+    worker.add_argument("--study", action="append", help="only this study (repeat for several)")
     worker.add_argument("--max-trials", type=int, help="exit after this many trials")
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when no trial is left to claim")
     worker.add_argument(
         "--warm-cache", action="store_true", help="only build the study's feature cache, then exit"
     )
     worker.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (TUNEFLEET_DEVICE)")
+    fleet = worker.add_mutually_exclusive_group()
+    fleet.add_argument(
+        "--gpus", help="one worker process per GPU: 'all' or indexes like 0,1 (restarted on crash)"
+    )
+    fleet.add_argument(
+        "--processes", type=int, help="N worker processes without GPU pinning (restarted on crash)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     study = sub.add_parser("study", help="create, list and show studies")

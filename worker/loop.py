@@ -1,33 +1,33 @@
-"""The pull loop: claim a trial, run it, record it, repeat; idle politely when there is nothing to do."""
+"""The pull loop: claim a trial, run it, record it, repeat; heartbeat throughout; idle politely."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from types import FrameType
 
-import sqlalchemy.exc
-
 from studies import StudyRepository, WorkerIdentity, open_storage
+from studies.fleet import Fleet, Reaper, new_worker_id
+from studies.resilience import GaveUp, is_transient, with_retry
 from worker.device import configure_threads, describe, pick_device
 from worker.objective import TrialRunner
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("tunefleet.worker")
 
-# Store errors while claiming are retried with this backoff rather than ending the worker.
-BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-
 
 @dataclass(frozen=True)
 class LoopOptions:
-    """What a worker run is limited to: one study, a number of trials, or until idle."""
+    """What a worker run is limited to: some studies, a number of trials, or until idle."""
 
-    study_name: str | None = None
+    study_names: tuple[str, ...] | None = None
     max_trials: int | None = None
     exit_when_idle: bool = False
 
@@ -39,58 +39,108 @@ def build_runner(settings: WorkerSettings) -> tuple[TrialRunner, WorkerIdentity]
         configure_threads(settings.cpu_threads)
     repository = StudyRepository(open_storage(settings.database_url, pool_size=settings.pool_size))
     identity = WorkerIdentity(host=socket.gethostname(), pid=os.getpid(), device=describe(device))
+    identity = replace(identity, worker_id=new_worker_id(identity))
     return TrialRunner(repository=repository, device=device, cache_dir=settings.cache_dir), identity
 
 
 def install_signal_handlers(runner: TrialRunner) -> None:
-    """First SIGTERM or SIGINT: hand the trial back at the next epoch and exit. Second: exit now."""
+    """First SIGTERM or SIGINT: hand the trial back at the next batch and exit. Second: exit now."""
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if runner.stopping.is_set():
             raise KeyboardInterrupt
-        log.info("%s received: stopping after handing back the current trial", signal.Signals(signum).name)
+        log.info("%s received: handing back the current trial and exiting", signal.Signals(signum).name)
         runner.stopping.set()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
 
 
+class Heartbeat(threading.Thread):
+    """Proves this worker alive every interval, and reaps workers that stopped proving it."""
+
+    def __init__(self, fleet: Fleet, runner: TrialRunner, identity: WorkerIdentity, settings: WorkerSettings):
+        super().__init__(name="tunefleet-heartbeat", daemon=True)
+        self.fleet = fleet
+        self.runner = runner
+        self.worker_id = identity.worker_id
+        self.interval_s = settings.heartbeat_interval_s
+        self.reaper = Reaper(fleet, grace_s=settings.grace_period_s, interval_s=settings.heartbeat_interval_s)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval_s):
+            try:
+                if not self.fleet.heartbeat(self.worker_id):
+                    # Silent past the grace period (paused, partitioned): our trial was retried
+                    # elsewhere. Stop it now; the loop re-registers under a new id.
+                    log.warning("this worker was declared lost; dropping its trial")
+                    self.runner.lost.set()
+                self.reaper.tick()
+            except Exception as error:
+                if not is_transient(error):
+                    log.exception("heartbeat failed")
+                self.reaper.note_store_failure()
+
+
 def run_loop(
-    runner: TrialRunner, identity: WorkerIdentity, options: LoopOptions, poll_interval_s: float
+    runner: TrialRunner, identity: WorkerIdentity, options: LoopOptions, settings: WorkerSettings
 ) -> int:
-    """Pull and run trials until told to stop, idle with exit_when_idle, or max_trials done; returns trials run."""
+    """Pull and run trials until stopped, idle with exit_when_idle, or max_trials done; returns trials run."""
+    fleet = Fleet(runner.repository)
+    stop = runner.stopping
+    with_retry(lambda: fleet.register(identity), what="register", stop=stop)
+    heartbeat = Heartbeat(fleet, runner, identity, settings)
+    heartbeat.start()
     done = 0
-    failures = 0
-    log.info("worker %s on %s pulling %s", identity.label, identity.device, options.study_name or "any study")
-    while not runner.stopping.is_set():
-        if options.max_trials is not None and done >= options.max_trials:
-            break
-        try:
-            claim = runner.repository.claim(identity, study_name=options.study_name)
-        except sqlalchemy.exc.OperationalError as error:
-            wait_s = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
-            if failures == 0:
-                log.warning("store unavailable (%s); retrying every few seconds", type(error).__name__)
-            failures += 1
-            runner.stopping.wait(wait_s)
-            continue
-        if failures:
-            log.info("store reachable again after %d failed attempts", failures)
-            failures = 0
-        if claim is None:
-            if options.exit_when_idle:
+    which = ", ".join(options.study_names) if options.study_names else "any study"
+    log.info("worker %s on %s pulling %s", identity.worker_id, identity.device, which)
+    try:
+        while not stop.is_set():
+            if options.max_trials is not None and done >= options.max_trials:
                 break
-            runner.stopping.wait(poll_interval_s)
-            continue
-        started = time.perf_counter()
-        outcome = runner.run(claim)
-        done += 1
-        log.info(
-            "trial %d of %s: %s in %.1fs %s",
-            claim.trial.number,
-            claim.study_name,
-            outcome,
-            time.perf_counter() - started,
-            claim.params,
-        )
+            if runner.lost.is_set():
+                identity = replace(identity, worker_id=new_worker_id(identity))
+                with_retry(partial(fleet.register, identity), what="register", stop=stop)
+                heartbeat.worker_id = identity.worker_id
+                runner.lost.clear()
+            try:
+                claim = with_retry(
+                    partial(runner.repository.claim, identity, study_names=options.study_names),
+                    what="claim",
+                    stop=stop,
+                )
+            except GaveUp:
+                continue
+            if claim is None:
+                if options.exit_when_idle:
+                    break
+                stop.wait(settings.poll_interval_s)
+                continue
+            with contextlib.suppress(GaveUp):
+                with_retry(
+                    partial(fleet.set_trial, identity.worker_id, claim), what="register trial", stop=stop
+                )
+            started = time.perf_counter()
+            outcome = runner.run(claim)
+            done += 1
+            log.info(
+                "trial %d of %s: %s in %.1fs %s",
+                claim.trial.number,
+                claim.study_name,
+                outcome,
+                time.perf_counter() - started,
+                claim.params,
+            )
+            if not runner.lost.is_set():
+                with contextlib.suppress(GaveUp):
+                    with_retry(partial(fleet.set_trial, identity.worker_id, None), what="idle", stop=stop)
+    finally:
+        heartbeat.done.set()
+        try:
+            fleet.deregister(identity.worker_id)
+        except Exception as error:
+            log.warning(
+                "could not deregister (%s); the reaper will mark this worker lost", type(error).__name__
+            )
     return done

@@ -9,21 +9,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import optuna
 import torch
 
 from studies import Claim, StudyRepository
-from studies.repository import RUNNING
+from studies.repository import RUNNING, WORKER_LOST
+from studies.resilience import GaveUp, is_transient, with_retry
 from studies.spec import Task
 from worker.data import DataError, LabelledSplit, load_builtin_bbc_news
 from worker.features import Features, load_or_build_features
 from worker.model import ModelError, builtin_model_folder
-from worker.training import EpochResult, HeadParams, NonFiniteLoss, StopTraining, train_head
+from worker.synthetic import run_synthetic
+from worker.training import EpochResult, HeadParams, NonFiniteLoss, StopTraining, TrainResult, train_head
 
 log = logging.getLogger("tunefleet.worker")
 
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 class StopReason:
@@ -32,6 +36,7 @@ class StopReason:
     PRUNED = "pruned"
     STUDY_STOPPED = "study stopped"
     WORKER_STOPPING = "worker stopping"
+    WORKER_LOST = WORKER_LOST
 
 
 def model_folder(task: Task) -> Path:
@@ -70,6 +75,7 @@ class TrialRunner:
     device: torch.device
     cache_dir: Path
     stopping: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
     _features: dict[tuple[Any, ...], Features] = field(default_factory=dict)
 
     def features(self, task: Task, progress: Progress | None = None) -> Features:
@@ -99,22 +105,74 @@ class TrialRunner:
                 torch.set_num_threads(threads)
         return self._features[key]
 
+    def _store(self, what: str, call: Callable[[], T]) -> T:
+        # A database blip must not cost a trial: wait for the store, unless this worker is stopping.
+        return with_retry(call, what=what, stop=self.stopping)
+
+    def interrupted(self) -> str | None:
+        """Why the running trial must stop now, or None: polled between batches."""
+        if self.lost.is_set():
+            return StopReason.WORKER_LOST
+        if self.stopping.is_set():
+            return StopReason.WORKER_STOPPING
+        return None
+
+    def _train(self, claim: Claim, on_epoch: Callable[[EpochResult], None]) -> TrainResult:
+        task = claim.spec.task
+        if task.kind == "synthetic":
+            return run_synthetic(
+                params=claim.params,
+                seed=claim.seed,
+                epoch_sleep_s=task.epoch_sleep_s,
+                on_epoch=on_epoch,
+                interrupted=self.interrupted,
+                wake=self.stopping,
+            )
+        features = self.features(task)
+        params = HeadParams(**{name: claim.params[name] for name in HeadParams.__dataclass_fields__})
+        return train_head(
+            features=features,
+            params=params,
+            seed=claim.seed,
+            device=self.device,
+            on_epoch=on_epoch,
+            interrupted=self.interrupted,
+        )
+
     def run(self, claim: Claim) -> str:
-        """Run the claimed trial to its end and record it; returns the end state's name."""
+        """Run the claimed trial to its end and record it; returns what became of it."""
+        try:
+            return self._run(claim)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # The trial was ended elsewhere (declared lost while this worker was silent, and
+            # retried): a late report must never overwrite the retry, so drop this result.
+            log.warning(
+                "trial %d of %s was taken over while this worker was silent; dropping its result",
+                claim.trial.number,
+                claim.study_name,
+            )
+            return "abandoned"
+        except GaveUp as error:
+            log.warning("trial %d of %s abandoned: %s", claim.trial.number, claim.study_name, error)
+            return "abandoned"
+
+    def _run(self, claim: Claim) -> str:
         trial = claim.trial
         spec = claim.spec
         started = time.perf_counter()
         last: list[EpochResult] = []
+        repository = self.repository
 
         def on_epoch(result: EpochResult) -> None:
             last[:] = [result]
             value = result.val_loss if spec.objective.metric == "val_loss" else result.val_accuracy
-            trial.report(value, result.epoch)
-            if self.stopping.is_set():
-                raise StopTraining(StopReason.WORKER_STOPPING)
-            if self.repository.stored_state(claim.study_name) != RUNNING:
+            self._store("report", lambda: trial.report(value, result.epoch))
+            reason = self.interrupted()
+            if reason is not None:
+                raise StopTraining(reason)
+            if self._store("study state", lambda: repository.stored_state(claim.study_name)) != RUNNING:
                 raise StopTraining(StopReason.STUDY_STOPPED)
-            if trial.should_prune():
+            if self._store("should_prune", trial.should_prune):
                 raise StopTraining(StopReason.PRUNED)
 
         def attrs(extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -125,49 +183,47 @@ class TrialRunner:
                 )
             return {**base, **(extra or {})}
 
+        def fail(reason: str) -> str:
+            self._store("fail", lambda: repository.fail(claim, reason, attrs()))
+            return "fail"
+
         try:
-            features = self.features(spec.task)
-            params = HeadParams(**{name: claim.params[name] for name in HeadParams.__dataclass_fields__})
-            result = train_head(
-                features=features, params=params, seed=claim.seed, device=self.device, on_epoch=on_epoch
-            )
+            result = self._train(claim, on_epoch)
         except StopTraining as stop:
             reason = str(stop)
+            if reason == StopReason.WORKER_LOST:
+                return "abandoned"
             if reason == StopReason.WORKER_STOPPING:
-                self.repository.give_back(claim, "worker stopped before the trial ended")
+                self._store("give back", lambda: repository.give_back(claim))
                 return "requeued"
             extra = {} if reason == StopReason.PRUNED else {"fail_reason": reason}
-            self.repository.prune(claim, attrs(extra))
+            self._store("prune", lambda: repository.prune(claim, attrs(extra)))
             return "pruned"
         except NonFiniteLoss as error:
-            self.repository.fail(claim, str(error), attrs())
-            return "fail"
+            return fail(str(error))
         except torch.cuda.OutOfMemoryError:
-            batch_size = claim.params.get("batch_size")
             torch.cuda.empty_cache()
-            self.repository.fail(claim, f"out of memory at batch_size={batch_size}", attrs())
-            return "fail"
+            return fail(f"out of memory at batch_size={claim.params.get('batch_size')}")
         except (DataError, ModelError) as error:
-            self.repository.fail(claim, str(error), attrs())
-            return "fail"
+            return fail(str(error))
+        except (optuna.exceptions.UpdateFinishedTrialError, GaveUp):
+            raise
         except Exception as error:
+            if is_transient(error):
+                raise
             # One broken trial must not take the worker down: record why, then go on to the next.
             log.exception("trial %d of %s failed", trial.number, claim.study_name)
-            self.repository.fail(claim, f"{type(error).__name__}: {error}", attrs())
-            return "fail"
-        chosen_result = chosen_epoch(result.epochs, metric=spec.objective.metric, value=spec.objective.value)
-        value = chosen_result.val_loss if spec.objective.metric == "val_loss" else chosen_result.val_accuracy
-        self.repository.complete(
-            claim,
-            value,
-            attrs(
-                {
-                    "val_loss": chosen_result.val_loss,
-                    "val_accuracy": chosen_result.val_accuracy,
-                    "chosen_epoch": chosen_result.epoch,
-                    "epochs_run": len(result.epochs),
-                    "train_s": round(result.train_s, 3),
-                }
-            ),
+            return fail(f"{type(error).__name__}: {error}")
+        chosen = chosen_epoch(result.epochs, metric=spec.objective.metric, value=spec.objective.value)
+        value = chosen.val_loss if spec.objective.metric == "val_loss" else chosen.val_accuracy
+        final = attrs(
+            {
+                "val_loss": chosen.val_loss,
+                "val_accuracy": chosen.val_accuracy,
+                "chosen_epoch": chosen.epoch,
+                "epochs_run": len(result.epochs),
+                "train_s": round(result.train_s, 3),
+            }
         )
+        self._store("complete", lambda: repository.complete(claim, value, final))
         return "complete"

@@ -24,3 +24,5 @@ class WorkerSettings(BaseSettings):
     # Measured on a 2-core machine: a head trial ran 4-15x faster on one thread than on two under load.
     cpu_threads: int = Field(1, ge=1)
     pool_size: int = Field(2, ge=1)
+    heartbeat_interval_s: float = Field(10.0, gt=0)
+    grace_period_s: float = Field(60.0, gt=0, description="silence after which a worker is declared lost")

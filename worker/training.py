@@ -145,10 +145,12 @@ def train_head(
     seed: int,
     device: torch.device,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    interrupted: Callable[[], str | None] | None = None,
 ) -> TrainResult:
     """Train a fresh head on the features, evaluating after every epoch; same seed and device, same losses.
 
     on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`.
+    interrupted is polled between batches; a reason it returns ends training with StopTraining(reason).
     """
     _check_features(features)
     started = time.perf_counter()
@@ -193,6 +195,10 @@ def train_head(
         order = torch.randperm(n_train, generator=shuffle_generator).to(device)
         loss_sum = 0.0
         for start in range(0, n_train, params.batch_size):
+            # A preempted node gives a worker seconds, not an epoch: check between batches.
+            reason = interrupted() if interrupted is not None else None
+            if reason is not None:
+                raise StopTraining(reason)
             batch = order[start : start + params.batch_size]
             loss = torch.nn.functional.cross_entropy(head(train_inputs[batch]), train_labels[batch])
             # Checked every step (one sync, cheap next to the step) so a diverged trial fails at once

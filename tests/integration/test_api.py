@@ -107,11 +107,11 @@ def test_study_shows_progress_and_best_trial_after_trials_finish(
 ) -> None:
     client.post("/v1/studies", json=tiny_spec(study_name))
     for value in (0.9, 0.4):
-        claim = repository.claim(WORKER, study_name=study_name)
+        claim = repository.claim(WORKER, study_names=[study_name])
         assert claim is not None
         claim.trial.report(value + 0.1, 1)
         repository.complete(claim, value, {"val_accuracy": 0.5})
-    claim = repository.claim(WORKER, study_name=study_name)
+    claim = repository.claim(WORKER, study_names=[study_name])
     assert claim is not None
     repository.fail(claim, "NaN loss at epoch 1")
 
@@ -150,9 +150,9 @@ def test_stop_halts_claims_and_resume_reopens_them(
 ) -> None:
     client.post("/v1/studies", json=tiny_spec(study_name))
     assert client.post(f"/v1/studies/{study_name}/stop").json()["state"] == "stopped"
-    assert repository.claim(WORKER, study_name=study_name) is None
+    assert repository.claim(WORKER, study_names=[study_name]) is None
     assert client.post(f"/v1/studies/{study_name}/resume").json()["state"] == "running"
-    assert repository.claim(WORKER, study_name=study_name) is not None
+    assert repository.claim(WORKER, study_names=[study_name]) is not None
 
 
 def test_dashboard_lists_the_study_from_the_same_store(client: TestClient, study_name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from optuna.trial import TrialState
@@ -16,7 +17,7 @@ def worker(n: int) -> WorkerIdentity:
 
 def test_claims_stop_at_the_budget(repository: StudyRepository, study_name: str) -> None:
     repository.create(StudySpec.model_validate(tiny_spec(study_name)))
-    claims = [repository.claim(worker(1), study_name=study_name) for _ in range(5)]
+    claims = [repository.claim(worker(1), study_names=[study_name]) for _ in range(5)]
     assert [c is not None for c in claims] == [True, True, True, False, False]
     assert sorted(c.claim_index for c in claims if c) == [0, 1, 2]
 
@@ -35,7 +36,7 @@ def test_racing_claimers_never_overshoot_the_budget(store_url: str, study_name: 
         # One repository per thread, as one per worker process: separate pools, real contention.
         repo = StudyRepository(open_storage(store_url))
         try:
-            while (claim := repo.claim(worker(n), study_name=study_name)) is not None:
+            while (claim := repo.claim(worker(n), study_names=[study_name])) is not None:
                 repo.complete(claim, 1.0, {})
                 with lock:
                     numbers.append(claim.trial.number)
@@ -55,32 +56,124 @@ def test_racing_claimers_never_overshoot_the_budget(store_url: str, study_name: 
 
 def test_two_racing_claims_get_different_parameters(repository: StudyRepository, study_name: str) -> None:
     repository.create(StudySpec.model_validate(tiny_spec(study_name)))
-    first = repository.claim(worker(1), study_name=study_name)
-    second = repository.claim(worker(2), study_name=study_name)
+    first = repository.claim(worker(1), study_names=[study_name])
+    second = repository.claim(worker(2), study_names=[study_name])
     assert first is not None and second is not None
     assert first.params != second.params
     assert first.seed != second.seed
 
 
-def test_a_trial_given_back_is_rerun_with_the_same_parameters_and_seed(
+def test_a_trial_given_back_is_rerun_as_the_same_trial_with_its_parameters_and_seed(
     repository: StudyRepository, study_name: str
 ) -> None:
     repository.create(StudySpec.model_validate(tiny_spec(study_name, budget={"n_trials": 1})))
-    claim = repository.claim(worker(1), study_name=study_name)
+    claim = repository.claim(worker(1), study_names=[study_name])
     assert claim is not None
-    repository.give_back(claim, "worker stopped before the trial ended")
-    rerun = repository.claim(worker(2), study_name=study_name)
+    claim.trial.report(0.9, 1)
+    repository.give_back(claim)
+    record = repository.get(study_name)
+    waiting = repository.trial(record, claim.trial.number)
+    assert waiting.state == TrialState.WAITING
+    assert waiting.intermediate_values == {}
+
+    rerun = repository.claim(worker(2), study_names=[study_name])
     assert rerun is not None
+    assert rerun.trial.number == claim.trial.number
     assert rerun.params == claim.params
     assert rerun.seed == claim.seed
-    assert rerun.trial.number != claim.trial.number
-    assert repository.claim(worker(3), study_name=study_name) is None
+    assert repository.claim(worker(3), study_names=[study_name]) is None
+    rerun.trial.report(0.7, 1)
     repository.complete(rerun, 0.5, {})
+    assert repository.trial_counts(record)["complete"] == 1
+    assert sum(repository.trial_counts(record).values()) == 1
+    assert repository.progress(repository.get(study_name)).state == "completed"
+
+
+def test_a_lost_workers_trial_fails_and_is_retried_within_max_retries(
+    repository: StudyRepository, study_name: str
+) -> None:
+    repository.create(
+        StudySpec.model_validate(tiny_spec(study_name, budget={"n_trials": 1, "max_retries": 1}))
+    )
+    first = repository.claim(worker(1), study_names=[study_name])
+    assert first is not None
+    assert repository.retry_lost_trial(first.trial._trial_id, "worker lost") is not None
     record = repository.get(study_name)
-    given_back = repository.trial(record, claim.trial.number)
-    assert given_back.state == TrialState.FAIL
-    assert given_back.user_attrs["fail_reason"] == "worker stopped before the trial ended"
-    assert repository.progress(record).state == "completed"
+    lost = repository.trial(record, first.trial.number)
+    assert lost.state == TrialState.FAIL
+    assert lost.user_attrs["fail_reason"] == "worker lost"
+
+    retry = repository.claim(worker(2), study_names=[study_name])
+    assert retry is not None
+    assert retry.params == first.params and retry.seed == first.seed
+    assert retry.trial.user_attrs["retry_of"] == first.trial.number
+    # The retry's worker dies too: max_retries is spent, so no third run is queued.
+    repository.retry_lost_trial(retry.trial._trial_id, "worker lost")
+    assert repository.claim(worker(3), study_names=[study_name]) is None
+    assert repository.trial_counts(record)["fail"] == 2
+
+
+def test_a_late_result_never_overwrites_a_lost_trial(repository: StudyRepository, study_name: str) -> None:
+    import optuna
+
+    repository.create(StudySpec.model_validate(tiny_spec(study_name)))
+    claim = repository.claim(worker(1), study_names=[study_name])
+    assert claim is not None
+    repository.retry_lost_trial(claim.trial._trial_id, "worker lost")
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        claim.trial.report(0.1, 1)
+    repository.complete(claim, 0.1, {})
+    trial = repository.trial(repository.get(study_name), claim.trial.number)
+    assert trial.state == TrialState.FAIL
+    assert trial.value is None
+
+
+def test_a_grid_hands_out_every_point_once_and_then_stops(
+    repository: StudyRepository, study_name: str
+) -> None:
+    space = {
+        "learning_rate": {"type": "categorical", "choices": [0.01, 0.1]},
+        "batch_size": 16,
+        "epochs": {"type": "int", "low": 1, "high": 3},
+        "depth": 0,
+        "width": 8,
+        "activation": "relu",
+        "optimizer": "adam",
+    }
+    spec = tiny_spec(study_name, sampler={"name": "grid", "seed": 1}, space=space, budget={"n_trials": 50})
+    repository.create(StudySpec.model_validate(spec))
+    seen = []
+    while (claim := repository.claim(worker(1), study_names=[study_name])) is not None:
+        seen.append((claim.params["learning_rate"], claim.params["epochs"]))
+    assert sorted(seen) == sorted((lr, e) for lr in (0.01, 0.1) for e in (1, 2, 3))
+
+
+def test_the_breaker_fails_a_study_whose_first_trials_all_fail_alike(
+    repository: StudyRepository, study_name: str
+) -> None:
+    repository.create(StudySpec.model_validate(tiny_spec(study_name, budget={"n_trials": 10})))
+    for _ in range(3):
+        claim = repository.claim(worker(1), study_names=[study_name])
+        assert claim is not None
+        repository.fail(claim, "data file /data/train.csv does not exist on this worker")
+    record = repository.get(study_name)
+    assert record.state == "failed"
+    assert record.state_reason is not None and "train.csv" in record.state_reason
+    assert repository.claim(worker(1), study_names=[study_name]) is None
+
+
+def test_the_breaker_leaves_a_study_with_a_success_alone(
+    repository: StudyRepository, study_name: str
+) -> None:
+    repository.create(StudySpec.model_validate(tiny_spec(study_name, budget={"n_trials": 10})))
+    claim = repository.claim(worker(1), study_names=[study_name])
+    assert claim is not None
+    repository.complete(claim, 1.0, {})
+    for _ in range(3):
+        claim = repository.claim(worker(1), study_names=[study_name])
+        assert claim is not None
+        repository.fail(claim, "NaN loss at epoch 1")
+    assert repository.get(study_name).state == "running"
 
 
 def test_claim_prefers_the_higher_priority_study(repository: StudyRepository, study_name: str) -> None:

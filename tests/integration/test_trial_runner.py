@@ -27,7 +27,7 @@ def runner_for(repository: StudyRepository, cache_dir: Path) -> TrialRunner:
 
 def run_one(repository: StudyRepository, cache_dir: Path, name: str, **spec: Any) -> tuple[str, Any]:
     repository.create(StudySpec.model_validate(tiny_spec(name, **spec)))
-    claim = repository.claim(WORKER, study_name=name)
+    claim = repository.claim(WORKER, study_names=[name])
     assert claim is not None
     outcome = runner_for(repository, cache_dir).run(claim)
     return outcome, repository.trial(repository.get(name), claim.trial.number)
@@ -77,7 +77,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_worker_goes_on(
     assert "loss at epoch" in trial.user_attrs["fail_reason"]
     assert "nan" in trial.user_attrs["fail_reason"].lower() or "inf" in trial.user_attrs["fail_reason"]
     # The same runner takes the next trial as if nothing happened.
-    claim = repository.claim(WORKER, study_name=study_name)
+    claim = repository.claim(WORKER, study_names=[study_name])
     assert claim is not None
     assert runner_for(repository, cache_dir).run(claim) in ("fail", "complete")
     assert repository.progress(repository.get(study_name)).state == "completed"
@@ -89,7 +89,7 @@ def test_a_stopped_study_ends_its_running_trial_at_the_next_epoch(
     repository.create(
         StudySpec.model_validate(tiny_spec(study_name, space={"epochs": 5}, pruner={"name": "none"}))
     )
-    claim = repository.claim(WORKER, study_name=study_name)
+    claim = repository.claim(WORKER, study_names=[study_name])
     assert claim is not None
     repository.set_state(study_name, "stopped", "stopped by user")
     assert runner_for(repository, cache_dir).run(claim) == "pruned"
@@ -105,13 +105,14 @@ def test_a_worker_told_to_stop_hands_its_trial_back(
     repository.create(
         StudySpec.model_validate(tiny_spec(study_name, space={"epochs": 5}, budget={"n_trials": 1}))
     )
-    claim = repository.claim(WORKER, study_name=study_name)
+    claim = repository.claim(WORKER, study_names=[study_name])
     assert claim is not None
     runner = runner_for(repository, cache_dir)
     runner.stopping.set()
     assert runner.run(claim) == "requeued"
-    rerun = repository.claim(WORKER, study_name=study_name)
-    assert rerun is not None and rerun.params == claim.params
+    rerun = repository.claim(WORKER, study_names=[study_name])
+    assert rerun is not None
+    assert (rerun.trial.number, rerun.params) == (claim.trial.number, claim.params)
 
 
 def test_a_missing_model_folder_fails_the_trial_with_a_clear_reason(

@@ -1,0 +1,212 @@
+"""The worker registry: who is alive, what each runs, and the reaper that retries a lost worker's trial."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from studies.repository import WORKER_LOST, Claim, StudyRepository, WorkerIdentity
+from studies.resilience import is_transient
+from studies.tables import utcnow, workers_table
+
+log = logging.getLogger("tunefleet.fleet")
+
+IDLE, BUSY, STOPPED, LOST = "idle", "busy", "stopped", "lost"
+ALIVE = (IDLE, BUSY)
+
+
+def new_worker_id(identity: WorkerIdentity) -> str:
+    """A worker id unique across restarts of the same pid: host:pid:random."""
+    return f"{identity.host}:{identity.pid}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """One worker process as the registry sees it."""
+
+    worker_id: str
+    host: str
+    pid: int
+    device: str
+    state: str
+    study_name: str | None
+    trial_number: int | None
+    started_at: datetime
+    heartbeat_at: datetime
+
+    def status(self, *, grace_s: float, now: datetime) -> str:
+        """busy, idle, stopped, or lost (declared lost, or silent for longer than the grace period)."""
+        if self.state in ALIVE and (now - self.heartbeat_at).total_seconds() > grace_s:
+            return LOST
+        return self.state
+
+
+class Fleet:
+    """Registers workers, records their heartbeats and current trials, and lists them."""
+
+    def __init__(self, repository: StudyRepository) -> None:
+        self.repository = repository
+        self.engine = repository.engine
+
+    def register(self, identity: WorkerIdentity) -> None:
+        """Add a live, idle worker."""
+        now = utcnow()
+        with self.engine.begin() as connection:
+            connection.execute(
+                workers_table.insert().values(
+                    worker_id=identity.worker_id,
+                    host=identity.host,
+                    pid=identity.pid,
+                    device=identity.device,
+                    state=IDLE,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            )
+
+    def heartbeat(self, worker_id: str) -> bool:
+        """Prove the worker alive; False when it was already declared lost (its trial is gone)."""
+        c = workers_table.c
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                workers_table.update()
+                .where(c.worker_id == worker_id, c.state.in_(ALIVE))
+                .values(heartbeat_at=utcnow())
+            )
+        return result.rowcount == 1
+
+    def set_trial(self, worker_id: str, claim: Claim | None) -> bool:
+        """Record the trial the worker now runs (or that it is idle); False if it was declared lost."""
+        c = workers_table.c
+        values = (
+            {
+                "state": BUSY,
+                "study_name": claim.study_name,
+                "trial_id": claim.trial._trial_id,
+                "trial_number": claim.trial.number,
+            }
+            if claim is not None
+            else {"state": IDLE, "study_name": None, "trial_id": None, "trial_number": None}
+        )
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                workers_table.update()
+                .where(c.worker_id == worker_id, c.state.in_(ALIVE))
+                .values(heartbeat_at=utcnow(), **values)
+            )
+        return result.rowcount == 1
+
+    def deregister(self, worker_id: str) -> None:
+        """Mark the worker stopped: it exited on purpose."""
+        c = workers_table.c
+        with self.engine.begin() as connection:
+            connection.execute(
+                workers_table.update()
+                .where(c.worker_id == worker_id, c.state.in_(ALIVE))
+                .values(state=STOPPED, trial_id=None, trial_number=None, study_name=None)
+            )
+
+    def workers(self, *, include_stopped: bool = False, since_s: float = 24 * 3600) -> list[WorkerRow]:
+        """Workers seen within since_s, newest heartbeat first."""
+        c = workers_table.c
+        query = sa.select(workers_table).where(c.heartbeat_at > utcnow() - timedelta(seconds=since_s))
+        if not include_stopped:
+            query = query.where(c.state != STOPPED)
+        with self.engine.begin() as connection:
+            rows = connection.execute(query.order_by(c.heartbeat_at.desc())).all()
+        return [
+            WorkerRow(
+                worker_id=r.worker_id,
+                host=r.host,
+                pid=r.pid,
+                device=r.device,
+                state=r.state,
+                study_name=r.study_name,
+                trial_number=r.trial_number,
+                started_at=r.started_at,
+                heartbeat_at=r.heartbeat_at,
+            )
+            for r in rows
+        ]
+
+    def reap(self, *, grace_s: float) -> list[str]:
+        """Declare silent workers lost and retry their trials; returns the ids of the workers reaped."""
+        c = workers_table.c
+        cutoff = utcnow() - timedelta(seconds=grace_s)
+        with self.engine.begin() as connection:
+            stale = (
+                connection.execute(sa.select(c.worker_id).where(c.state.in_(ALIVE), c.heartbeat_at < cutoff))
+                .scalars()
+                .all()
+            )
+        reaped: list[str] = []
+        for worker_id in stale:
+            # Conditional, so of several reapers exactly one declares each worker lost.
+            with self.engine.begin() as connection:
+                won = connection.execute(
+                    workers_table.update()
+                    .where(c.worker_id == worker_id, c.state.in_(ALIVE), c.heartbeat_at < cutoff)
+                    .values(state=LOST)
+                ).rowcount
+            if won:
+                reaped.append(worker_id)
+                log.warning("worker %s stopped heartbeating; declared lost", worker_id)
+        self._retry_orphaned_trials()
+        return reaped
+
+    def _retry_orphaned_trials(self) -> None:
+        # Lost workers keep their trial id until the trial is retried: a reaper that dies half-way
+        # leaves the work visible to the next one instead of a trial RUNNING forever.
+        c = workers_table.c
+        with self.engine.begin() as connection:
+            orphans = connection.execute(
+                sa.select(c.worker_id, c.trial_id).where(c.state == LOST, c.trial_id.is_not(None))
+            ).all()
+        for worker_id, trial_id in orphans:
+            retried = self.repository.retry_lost_trial(int(trial_id), WORKER_LOST)
+            if retried is not None:
+                log.warning(
+                    "trial %d failed as %r and re-queued within max_retries", retried.number, WORKER_LOST
+                )
+            with self.engine.begin() as connection:
+                connection.execute(
+                    workers_table.update()
+                    .where(c.worker_id == worker_id, c.trial_id == trial_id)
+                    .values(trial_id=None)
+                )
+
+
+class Reaper:
+    """Calls Fleet.reap at most once per interval, and never right after its own store outage."""
+
+    def __init__(self, fleet: Fleet, *, grace_s: float, interval_s: float) -> None:
+        self.fleet = fleet
+        self.grace_s = grace_s
+        self.interval_s = interval_s
+        self._last_run = 0.0
+        self._last_store_failure = 0.0
+
+    def tick(self) -> list[str]:
+        """Reap if due. After an outage every heartbeat looks stale; wait a grace period for them to resume."""
+        now = time.monotonic()
+        if now - self._last_run < self.interval_s:
+            return []
+        self._last_run = now
+        if self._last_store_failure and now - self._last_store_failure < self.grace_s:
+            return []
+        try:
+            return self.fleet.reap(grace_s=self.grace_s)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            self._last_store_failure = time.monotonic()
+            return []
+
+    def note_store_failure(self) -> None:
+        """Tell the reaper its process just failed to reach the store."""
+        self._last_store_failure = time.monotonic()

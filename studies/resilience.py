@@ -1,0 +1,66 @@
+"""Retries store calls through a lost connection or a restarting database, one log line per outage."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import optuna
+import sqlalchemy.exc
+
+log = logging.getLogger("tunefleet.store")
+
+T = TypeVar("T")
+BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def is_transient(error: BaseException) -> bool:
+    """A connection-level failure that a retry may get past (not a constraint or a bug)."""
+    # Optuna wraps every SQLAlchemy error in StorageInternalError; look at what it wraps.
+    if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
+        error = error.__cause__
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+
+
+class GaveUp(Exception):
+    """The store stayed unreachable for longer than the caller would wait, or the caller was stopped."""
+
+
+def with_retry(
+    call: Callable[[], T],
+    *,
+    what: str,
+    max_wait_s: float = 600.0,
+    stop: threading.Event | None = None,
+) -> T:
+    """Run call(), retrying with backoff while the store is unreachable; GaveUp after max_wait_s."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            result = call()
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            waited = time.monotonic() - started
+            if waited > max_wait_s or (stop is not None and stop.is_set()):
+                raise GaveUp(f"{what}: store unreachable for {waited:.0f}s") from error
+            if attempt == 0:
+                log.warning(
+                    "store unavailable during %s (%s); retrying with backoff", what, type(error).__name__
+                )
+            pause_s = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+            if stop is not None:
+                stop.wait(pause_s)
+            else:
+                time.sleep(pause_s)
+            attempt += 1
+            continue
+        if attempt:
+            log.info("store reachable again: %s succeeded after %d retries", what, attempt)
+        return result
