@@ -13,12 +13,16 @@ from service.reaper import ReaperThread
 from service.routes import health, studies, workers
 from service.settings import ServiceSettings
 from studies import StudyRepository, open_storage
+from studies.resilience import with_retry
 
 
 def create_app(settings: ServiceSettings, repository: StudyRepository | None = None) -> FastAPI:
     """Build the app on the store the settings name (or on a repository given by the caller)."""
     if repository is None:
-        repository = StudyRepository(open_storage(settings.database_url, pool_size=settings.pool_size))
+        repository = with_retry(
+            lambda: StudyRepository(open_storage(settings.database_url, pool_size=settings.pool_size)),
+            what="open the store",
+        )
     store = repository
 
     @asynccontextmanager

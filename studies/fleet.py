@@ -52,6 +52,7 @@ class Fleet:
     def __init__(self, repository: StudyRepository) -> None:
         self.repository = repository
         self.engine = repository.engine
+        self._unheld_since: dict[int, float] = {}
 
     def register(self, identity: WorkerIdentity) -> None:
         """Add a live, idle worker."""
@@ -157,6 +158,7 @@ class Fleet:
                 reaped.append(worker_id)
                 log.warning("worker %s stopped heartbeating; declared lost", worker_id)
         self._retry_orphaned_trials()
+        self._retry_unheld_trials(grace_s)
         return reaped
 
     def _retry_orphaned_trials(self) -> None:
@@ -177,8 +179,32 @@ class Fleet:
                 connection.execute(
                     workers_table.update()
                     .where(c.worker_id == worker_id, c.trial_id == trial_id)
-                    .values(trial_id=None)
+                    .values(trial_id=None, study_name=None)
                 )
+
+    def _retry_unheld_trials(self, grace_s: float) -> None:
+        # A worker that died between creating its trial and recording it, or an ask broken off by a
+        # dropped connection, leaves a RUNNING trial that no live worker holds. Claims record their
+        # trial within milliseconds, so a trial seen unheld twice, a grace period apart, is orphaned.
+        # Our own monotonic clock decides, never timestamps from hosts whose clocks may disagree.
+        c = workers_table.c
+        with self.engine.begin() as connection:
+            held = set(
+                connection.execute(
+                    sa.select(c.trial_id).where(c.state.in_(ALIVE), c.trial_id.is_not(None))
+                ).scalars()
+            )
+        unheld = set(self.repository.running_trial_ids()) - held
+        now = time.monotonic()
+        self._unheld_since = {t: self._unheld_since.get(t, now) for t in unheld}
+        for trial_id, since in list(self._unheld_since.items()):
+            if now - since >= grace_s:
+                retried = self.repository.retry_lost_trial(trial_id, WORKER_LOST)
+                if retried is not None:
+                    log.warning(
+                        "trial %d had no live worker; failed as %r and re-queued", retried.number, WORKER_LOST
+                    )
+                del self._unheld_since[trial_id]
 
 
 class Reaper:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy as sa
@@ -18,11 +19,13 @@ from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialModel
 from optuna.trial import FrozenTrial, TrialState
 
 from studies.errors import InvalidStudyState, StudyAlreadyExists, StudyNotFound, TrialNotFound
+from studies.resilience import with_retry
 from studies.sampling import build_pruner, build_sampler, derived_seed, grid_points
 from studies.space import distributions
 from studies.spec import StudySpec
 from studies.tables import metadata, studies_table, utcnow
 
+T = TypeVar("T")
 RUNNING, STOPPED, FAILED, COMPLETED, STOPPING = "running", "stopped", "failed", "completed", "stopping"
 WORKER_LOST = "worker lost"
 TRIAL_STATE_NAMES = {s: s.name.lower() for s in TrialState}
@@ -327,6 +330,28 @@ class StudyRepository:
             self._studies[record.name] = study
         return study
 
+    def reset_session(self) -> None:
+        """Drop this thread's Optuna session: after a dropped connection it can be stuck mid-rollback."""
+        self.storage.scoped_session.remove()
+
+    def _ask(self, study: optuna.Study, spec: StudySpec) -> optuna.Trial:
+        # Study.ask() in resumable steps. A connection dropped inside ask() would leave a half-made
+        # trial RUNNING and a retried ask() would make a second one; here each step is retried on
+        # its own and none repeats work already stored (a parameter once set is read back, not
+        # drawn again). Mirrors optuna 5.0's Study.ask, whose private steps these are.
+        def retry(call: Callable[[], T], what: str) -> T:
+            return with_retry(call, what=what, reset=self.reset_session)
+
+        study._thread_local.cached_all_trials = None
+        # A trial handed back or retried waits in the queue; it comes first, with its parameters.
+        trial_id = retry(study._pop_waiting_trial_id, "take a queued trial")
+        if trial_id is None:
+            trial_id = retry(partial(study._storage.create_new_trial, study._study_id), "create a trial")
+        trial = retry(partial(optuna.Trial, study, trial_id), "start the trial")
+        for name, distribution in distributions(spec.space).items():
+            retry(partial(trial._suggest, name, distribution), f"suggest {name}")
+        return trial
+
     def claim(self, worker: WorkerIdentity, *, study_names: Sequence[str] | None = None) -> Claim | None:
         """Claim the next trial of a runnable study within its budget, or None when there is nothing to do."""
         for name in self._runnable(study_names):
@@ -339,19 +364,33 @@ class StudyRepository:
                 study = self._study(record)
                 study.sampler = build_sampler(spec, claim_index=index)
                 study.pruner = build_pruner(spec)
-                # A trial handed back waits in the queue; ask() takes it first, with its parameters.
-                trial = study.ask(distributions(spec.space))
-                # A trial handed back or retried keeps its seed, so its rerun is the same experiment.
-                seed = int(
-                    trial.user_attrs.get("seed", derived_seed(spec.sampler.seed or 0, "trial", trial.number))
-                )
-                trial.set_user_attr("seed", seed)
-                trial.set_user_attr("worker", worker.label)
-                trial.set_user_attr("worker_id", worker.worker_id)
-                trial.set_user_attr("device", worker.device)
             except BaseException:
-                self._give_slot_back(name)
+                with_retry(
+                    partial(self._give_slot_back, name), what="give back a claim", reset=self.reset_session
+                )
                 raise
+            trial = self._ask(study, spec)
+            # A trial handed back or retried keeps its seed, so its rerun is the same experiment.
+            stored_seed = trial.user_attrs.get("seed")
+            seed = (
+                int(stored_seed)
+                if stored_seed is not None
+                else derived_seed(spec.sampler.seed or 0, "trial", trial.number)
+            )
+            attrs = {
+                "seed": seed,
+                "worker": worker.label,
+                "worker_id": worker.worker_id,
+                "device": worker.device,
+            }
+            try:
+                for key, value in attrs.items():
+                    with_retry(
+                        partial(trial.set_user_attr, key, value), what="tag trial", reset=self.reset_session
+                    )
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Declared lost while paused mid-claim: the reaper already retried this trial.
+                return None
             return Claim(
                 study_name=name,
                 spec=spec,
@@ -431,6 +470,17 @@ class StudyRepository:
             )
             self._give_slot_back(study_name)
         return self.storage.get_trial(trial_id)
+
+    def running_trial_ids(self) -> list[int]:
+        """The ids of every RUNNING trial of every tunefleet study (plain Optuna studies are not ours)."""
+        with self._begin() as connection:
+            return list(
+                connection.execute(
+                    sa.select(TrialModel.trial_id)
+                    .join(studies_table, studies_table.c.optuna_study_id == TrialModel.study_id)
+                    .where(TrialModel.state == TrialState.RUNNING)
+                ).scalars()
+            )
 
     def _study_id_of(self, trial_id: int) -> int:
         with self._begin() as connection:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import optuna
 import sqlalchemy.exc
 
 log = logging.getLogger("tunefleet.store")
@@ -20,11 +19,21 @@ BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 def is_transient(error: BaseException) -> bool:
     """A connection-level failure that a retry may get past (not a constraint or a bug)."""
     # Optuna wraps every SQLAlchemy error in StorageInternalError; look at what it wraps.
-    if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
-        error = error.__cause__
-    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+    # Optuna wraps SQLAlchemy errors in StorageInternalError, and a session broken by a dropped
+    # connection fails later with PendingRollbackError: look through the whole chain.
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(
+            seen,
+            sqlalchemy.exc.OperationalError
+            | sqlalchemy.exc.InterfaceError
+            | sqlalchemy.exc.PendingRollbackError,
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class GaveUp(Exception):
@@ -37,6 +46,7 @@ def with_retry(
     what: str,
     max_wait_s: float = 600.0,
     stop: threading.Event | None = None,
+    reset: Callable[[], None] | None = None,
 ) -> T:
     """Run call(), retrying with backoff while the store is unreachable; GaveUp after max_wait_s."""
     started = time.monotonic()
@@ -50,6 +60,8 @@ def with_retry(
             waited = time.monotonic() - started
             if waited > max_wait_s or (stop is not None and stop.is_set()):
                 raise GaveUp(f"{what}: store unreachable for {waited:.0f}s") from error
+            if reset is not None:
+                reset()
             if attempt == 0:
                 log.warning(
                     "store unavailable during %s (%s); retrying with backoff", what, type(error).__name__

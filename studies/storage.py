@@ -40,11 +40,15 @@ def _prepare_sqlite(url: str) -> None:
         connection.execute("PRAGMA journal_mode=WAL")
 
 
-def engine_kwargs(url: str, *, pool_size: int) -> dict[str, Any]:
+def engine_kwargs(url: str, *, pool_size: int, application_name: str = "tunefleet") -> dict[str, Any]:
     """SQLAlchemy engine options for the store: pre-ping and a small pool on servers, a busy timeout on SQLite."""
     if make_url(url).get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    # Named, so an operator (and our outage test) can find tunefleet's sessions in pg_stat_activity;
+    # an application_name in the URL wins.
+    named = "application_name" in make_url(url).query
     return {
+        "connect_args": {} if named else {"application_name": application_name},
         "pool_pre_ping": True,
         "pool_size": pool_size,
         "max_overflow": pool_size,

@@ -37,7 +37,11 @@ def build_runner(settings: WorkerSettings) -> tuple[TrialRunner, WorkerIdentity]
     device = pick_device(settings.device)
     if device.type == "cpu":
         configure_threads(settings.cpu_threads)
-    repository = StudyRepository(open_storage(settings.database_url, pool_size=settings.pool_size))
+    # A worker started while the database restarts waits for it rather than crash-looping.
+    repository = with_retry(
+        lambda: StudyRepository(open_storage(settings.database_url, pool_size=settings.pool_size)),
+        what="open the store",
+    )
     identity = WorkerIdentity(host=socket.gethostname(), pid=os.getpid(), device=describe(device))
     identity = replace(identity, worker_id=new_worker_id(identity))
     return TrialRunner(repository=repository, device=device, cache_dir=settings.cache_dir), identity
@@ -109,6 +113,7 @@ def run_loop(
                     partial(runner.repository.claim, identity, study_names=options.study_names),
                     what="claim",
                     stop=stop,
+                    reset=runner.repository.reset_session,
                 )
             except GaveUp:
                 continue

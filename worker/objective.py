@@ -107,7 +107,7 @@ class TrialRunner:
 
     def _store(self, what: str, call: Callable[[], T]) -> T:
         # A database blip must not cost a trial: wait for the store, unless this worker is stopping.
-        return with_retry(call, what=what, stop=self.stopping)
+        return with_retry(call, what=what, stop=self.stopping, reset=self.repository.reset_session)
 
     def interrupted(self) -> str | None:
         """Why the running trial must stop now, or None: polled between batches."""

@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -140,12 +141,17 @@ def test_dockerfile_copies_only_files_that_exist_and_are_not_docker_ignored() ->
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv"} <= ignored
+    copied: set[str] = set()
     for line in DOCKERFILE.read_text().splitlines():
         if line.startswith("COPY "):
             *sources, _destination = line.split()[1:]
+            copied.update(sources)
             for source in sources:
                 assert (ROOT / source).exists(), f"COPY source {source} is missing"
                 assert source not in ignored, f"COPY source {source} is excluded by .dockerignore"
+    # `pip install .` in the image must see every package pyproject.toml ships.
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert {pattern.rstrip("*") for pattern in packages["find"]["include"]} <= copied
 
 
 # -- Slurm -----------------------------------------------------------------------------------------
