@@ -7,8 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service import metrics
 from service.dashboard import mount_dashboard
 from service.errors import install_error_handlers
+from service.metrics import build_registry
 from service.reaper import ReaperThread
 from service.routes import health, studies, workers
 from service.settings import ServiceSettings
@@ -48,6 +50,8 @@ def create_app(settings: ServiceSettings, repository: StudyRepository | None = N
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(workers.router)
+    app.state.metrics_registry = build_registry(repository, grace_s=settings.grace_period_s)
+    app.include_router(metrics.router)
     if settings.mount_dashboard:
         mount_dashboard(app, repository.storage)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class Claim:
     claim_index: int
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
+    claim_s: float = 0.0
 
 
 def _record(row: Any) -> StudyRecord:
@@ -354,6 +356,7 @@ class StudyRepository:
 
     def claim(self, worker: WorkerIdentity, *, study_names: Sequence[str] | None = None) -> Claim | None:
         """Claim the next trial of a runnable study within its budget, or None when there is nothing to do."""
+        started = time.perf_counter()
         for name in self._runnable(study_names):
             index = self._take_slot(name)
             if index is None:
@@ -399,6 +402,7 @@ class StudyRepository:
                 claim_index=index,
                 seed=seed,
                 params=dict(trial.params),
+                claim_s=time.perf_counter() - started,
             )
         return None
 

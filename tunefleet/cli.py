@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+from tunefleet.study_cli import UsageError, add_study_parser
+
 EXIT_USAGE = 2
 
 
@@ -109,46 +109,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from tunefleet.client import TunefleetClient
-
-    return TunefleetClient(args.url, token=os.environ.get("TUNEFLEET_API_TOKEN"))
-
-
-def _print(data: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if as_json else text)
-
-
-def _study_line(study: dict[str, Any]) -> str:
-    best = study.get("best_value")
-    best_text = f"{best:.4f}" if isinstance(best, float) else "-"
-    return f"{study['name']:<32} {study['state']:<10} {study['n_finished']:>5}/{study['n_trials']:<5} best {best_text}"
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    """Create, list and show studies through the REST API."""
-    from studies.spec import load_spec_file
-
-    with _client(args) as client:
-        if args.study_command == "create":
-            path = Path(args.file)
-            if not path.is_file():
-                raise CliError(f"no such spec file: {path}")
-            try:
-                spec = load_spec_file(path)
-            except Exception as error:
-                raise CliError(f"{path}: {error}") from error
-            study = client.create_study(spec)
-            _print(study, args.json, f"created {study['name']} ({study['n_trials']} trials)")
-        elif args.study_command == "list":
-            studies = client.list_studies()
-            _print(studies, args.json, "\n".join(_study_line(s) for s in studies) or "no studies")
-        elif args.study_command == "show":
-            study = client.get_study(args.name)
-            _print(study, args.json, _study_line(study))
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the built-in study end to end on this machine."""
     from tunefleet.demo import DemoOptions, run_demo
@@ -191,16 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=cmd_worker)
 
-    study = sub.add_parser("study", help="create, list and show studies")
-    study.add_argument("--url", default=os.environ.get("TUNEFLEET_URL", DEFAULT_URL), help="service URL")
-    study.add_argument("--json", action="store_true", help="print JSON")
-    study_sub = study.add_subparsers(dest="study_command", required=True)
-    create = study_sub.add_parser("create", help="create a study from a YAML spec")
-    create.add_argument("file")
-    study_sub.add_parser("list", help="list studies")
-    show = study_sub.add_parser("show", help="show one study")
-    show.add_argument("name")
-    study.set_defaults(func=cmd_study)
+    add_study_parser(sub)
 
     demo = sub.add_parser("demo", help="run the built-in study end to end on this machine")
     demo.add_argument(
@@ -219,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except CliError as error:
+    except (CliError, UsageError) as error:
         print(f"tunefleet: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

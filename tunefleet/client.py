@@ -96,6 +96,18 @@ class TunefleetClient:
         result: dict[str, Any] = self._call("POST", f"/v1/studies/{name}/resume")
         return result
 
+    def report_html(self, name: str) -> str:
+        """GET /v1/studies/{name}/report: a self-contained HTML page."""
+        try:
+            response = self._http.get(f"/v1/studies/{name}/report")
+        except httpx.TransportError as error:
+            message = f"cannot reach the tunefleet service at {self._http.base_url}: {error}"
+            raise ApiError(0, message, "unreachable") from error
+        if response.status_code >= 400:
+            detail, code = _detail(response.json())
+            raise ApiError(response.status_code, detail, code)
+        return response.text
+
     def healthy(self) -> bool:
         """True when /healthz answers 200."""
         try:

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tqdm import tqdm
-
 from studies.spec import load_spec_file, preset_path
 from tunefleet.client import ApiError, TunefleetClient
+from tunefleet.watch import watch_study
 
 SERVICE_START_TIMEOUT_S = 90.0
 STOP_GRACE_S = 10.0
@@ -100,24 +99,13 @@ def _create(client: TunefleetClient, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _watch(client: TunefleetClient, name: str, processes: Processes) -> dict[str, Any]:
-    study = client.get_study(name)
-    with tqdm(total=study["n_trials"], desc="trials", unit="trial") as bar:
-        while True:
-            study = client.get_study(name)
-            bar.n = study["n_finished"]
-            best = study["best_value"]
-            counts = study["trial_counts"]
-            best_text = f"{best:.4f}" if best is not None else "-"
-            bar.set_postfix_str(
-                f"best val_loss {best_text} | pruned {counts['pruned']} failed {counts['fail']}"
-            )
-            bar.refresh()
-            if study["state"] in ("completed", "stopped", "failed"):
-                return study
-            workers_dead = [n for n in processes.dead() if n.startswith("worker")]
-            if len(workers_dead) == len([n for n, _ in processes.children if n.startswith("worker")]):
-                raise RuntimeError(f"every worker exited; see {processes.log_dir}/worker-*.log")
-            time.sleep(1.0)
+    workers = [n for n, _ in processes.children if n.startswith("worker")]
+
+    def check() -> None:
+        if len([n for n in processes.dead() if n.startswith("worker")]) == len(workers):
+            raise RuntimeError(f"every worker exited; see {processes.log_dir}/worker-*.log")
+
+    return watch_study(client, name, check=check)
 
 
 def _report(study: dict[str, Any], base_url: str) -> None:

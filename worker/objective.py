@@ -176,7 +176,10 @@ class TrialRunner:
                 raise StopTraining(StopReason.PRUNED)
 
         def attrs(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-            base: dict[str, Any] = {"trial_s": round(time.perf_counter() - started, 3)}
+            base: dict[str, Any] = {
+                "trial_s": round(time.perf_counter() - started, 3),
+                "claim_s": round(claim.claim_s, 4),
+            }
             if last:
                 base.update(
                     val_loss=last[0].val_loss, val_accuracy=last[0].val_accuracy, epochs_run=last[0].epoch

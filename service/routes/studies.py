@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import HTMLResponse
 from optuna.trial import TrialState
 
 from service.dependencies import Repository
+from service.report import render_report
 from service.schemas import ErrorRead, StudyRead, TrialPage, TrialRead
 from studies import StudySpec
 from studies.repository import RUNNING, STOPPED
@@ -74,6 +76,17 @@ def list_trials(
     return TrialPage(
         total=total, offset=offset, limit=limit, items=[TrialRead.from_frozen(t) for t in trials]
     )
+
+
+@router.get(
+    "/{study_name}/report",
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}}, **NOT_FOUND},
+)
+def study_report(study_name: str, repository: Repository) -> HTMLResponse:
+    """A self-contained HTML report: history, intermediate values, importances, parallel coordinates."""
+    progress = repository.progress(repository.get(study_name))
+    return HTMLResponse(render_report(repository, progress))
 
 
 @router.get(

@@ -12,14 +12,14 @@ from tunefleet.cli import main
 
 
 def test_missing_spec_file_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["study", "--url", "http://127.0.0.1:9", "create", str(tmp_path / "nope.yaml")]) == 2
+    assert main(["study", "create", str(tmp_path / "nope.yaml"), "--url", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tunefleet: error: no such spec file")
     assert len(err.splitlines()) == 1
 
 
 def test_unreachable_service_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["study", "--url", "http://127.0.0.1:9", "list"]) == 2
+    assert main(["study", "list", "--url", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot reach the tunefleet service" in err
     assert len(err.splitlines()) == 1
@@ -28,7 +28,7 @@ def test_unreachable_service_exits_2_with_one_line(capsys: pytest.CaptureFixture
 def test_malformed_yaml_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    assert main(["study", "--url", "http://127.0.0.1:9", "create", str(bad)]) == 2
+    assert main(["study", "create", str(bad), "--url", "http://127.0.0.1:9"]) == 2
     assert capsys.readouterr().err.startswith("tunefleet: error:")
 
 

@@ -1,0 +1,68 @@
+"""A self-contained HTML report of a study, drawn with Optuna's plotly visualisations."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+
+import optuna
+import plotly.graph_objects as go
+from optuna import visualization
+
+from studies import StudyProgress, StudyRepository
+
+PLOTS: tuple[tuple[str, Callable[[optuna.Study], go.Figure]], ...] = (
+    ("Optimisation history", visualization.plot_optimization_history),
+    ("Intermediate values (validation metric per epoch)", visualization.plot_intermediate_values),
+    ("Hyperparameter importances", visualization.plot_param_importances),
+    ("Parallel coordinates", visualization.plot_parallel_coordinate),
+)
+
+
+def render_report(repository: StudyRepository, progress: StudyProgress) -> str:
+    """The report as one HTML page; plotly.js is inlined once, so it opens offline."""
+    record = progress.record
+    study = optuna.load_study(study_name=record.name, storage=repository.storage)
+    sections: list[str] = []
+    first = True
+    for title, plot in PLOTS:
+        try:
+            figure = plot(study)
+        except (ValueError, RuntimeError) as error:
+            # Importances need two finished trials, say; a young study still gets its report.
+            sections.append(
+                f"<h2>{html.escape(title)}</h2><p>Not available yet: {html.escape(str(error))}</p>"
+            )
+            continue
+        figure.update_layout(title=None, height=460)
+        body = figure.to_html(full_html=False, include_plotlyjs="inline" if first else False)
+        first = False
+        sections.append(f"<h2>{html.escape(title)}</h2>{body}")
+    best = progress.best_trial
+    best_rows = (
+        "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in best.params.items()
+        )
+        if best is not None
+        else ""
+    )
+    counts = ", ".join(f"{n} {state}" for state, n in progress.trial_counts.items() if n)
+    best_text = (
+        f"trial #{best.number}, {record.spec.objective.metric} {best.value:.6g}"
+        if best is not None
+        else "none yet"
+    )
+    name = html.escape(record.name)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tunefleet report: {name}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;padding:0 1rem}}
+table{{border-collapse:collapse}}th,td{{text-align:left;padding:.2rem .8rem;border-bottom:1px solid #ddd}}</style>
+</head><body>
+<h1>Study {name}</h1>
+<p>State <b>{html.escape(progress.state)}</b>; {html.escape(counts) or "no trials"}; budget {record.n_trials} trials.</p>
+<p>Best: {html.escape(best_text)}</p>
+<table>{best_rows}</table>
+{"".join(sections)}
+</body></html>
+"""

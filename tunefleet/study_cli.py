@@ -1,0 +1,184 @@
+"""`tunefleet study …`: create, list, show, trials, stop, resume, best, watch and report, over the REST API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunefleet.client import TunefleetClient
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its files: printed as one line, exit code 2."""
+
+
+def apply_overrides(spec: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """Apply `--set budget.n_trials=100`-style overrides; values are read as YAML (numbers, lists, …)."""
+    for assignment in assignments:
+        path, sep, raw = assignment.partition("=")
+        if not sep or not path:
+            raise UsageError(f"--set takes KEY.PATH=VALUE, got {assignment!r}")
+        keys = path.split(".")
+        node = spec
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise UsageError(f"--set {path}: {key} is not a mapping in the spec")
+            node = child
+        try:
+            node[keys[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise UsageError(f"--set {path}: cannot read {raw!r}: {error}") from error
+    return spec
+
+
+def _best_text(study: dict[str, Any]) -> str:
+    best = study.get("best_value")
+    return f"{best:.4f}" if isinstance(best, float) else "-"
+
+
+def _study_line(study: dict[str, Any]) -> str:
+    done = f"{study['n_finished']}/{study['n_trials']}"
+    return f"{study['name']:<32} {study['state']:<10} {done:>11}  best {_best_text(study)}"
+
+
+def _trial_line(trial: dict[str, Any]) -> str:
+    value = trial.get("value")
+    value_text = f"{value:.4f}" if isinstance(value, float) else "-"
+    params = " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items()
+    )
+    reason = f"  ({trial['fail_reason']})" if trial.get("fail_reason") else ""
+    return f"#{trial['number']:<5} {trial['state']:<9} {value_text:>8}  {params}{reason}"
+
+
+def _show(study: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {state}" for state, n in study["trial_counts"].items() if n) or "no trials"
+    lines = [
+        f"study      {study['name']}",
+        f"state      {study['state']}" + (f" ({study['state_reason']})" if study.get("state_reason") else ""),
+        f"progress   {study['n_finished']}/{study['n_trials']} finished: {counts}",
+        f"best       {_best_text(study)}",
+        f"dashboard  {study['dashboard_url']}",
+    ]
+    best = study.get("best_trial")
+    if best:
+        lines.append(f"best trial #{best['number']}:")
+        lines += [f"  {k:<14} {v}" for k, v in best["params"].items()]
+    return "\n".join(lines)
+
+
+def _read_spec(path_text: str, assignments: list[str]) -> dict[str, Any]:
+    from studies.spec import load_spec_file
+
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"no such spec file: {path}")
+    try:
+        spec = load_spec_file(path)
+    except Exception as error:
+        raise UsageError(f"{path}: {str(error).splitlines()[0]}") from error
+    return apply_overrides(spec, assignments)
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    """Dispatch one `tunefleet study` subcommand."""
+    as_json: bool = args.json
+
+    def emit(data: Any, text: str) -> None:
+        print(json.dumps(data, indent=2, default=str) if as_json else text)
+
+    with TunefleetClient(args.url, token=os.environ.get("TUNEFLEET_API_TOKEN")) as client:
+        command = args.study_command
+        if command == "create":
+            study = client.create_study(_read_spec(args.file, args.set or []))
+            emit(study, f"created {study['name']} ({study['n_trials']} trials)")
+        elif command == "list":
+            studies = client.list_studies()
+            emit(studies, "\n".join(_study_line(s) for s in studies) or "no studies")
+        elif command == "show":
+            study = client.get_study(args.name)
+            emit(study, _show(study))
+        elif command == "trials":
+            page = client.trials(args.name, state=args.state, offset=args.offset, limit=args.limit)
+            footer = f"\n{len(page['items'])} of {page['total']} trials (offset {page['offset']})"
+            emit(page, "\n".join(_trial_line(t) for t in page["items"]) + footer)
+        elif command in ("stop", "resume"):
+            study = client.stop_study(args.name) if command == "stop" else client.resume_study(args.name)
+            emit(study, f"{study['name']}: {study['state']}")
+        elif command == "best":
+            study = client.get_study(args.name)
+            best = study.get("best_trial")
+            if best is None:
+                raise UsageError(f"study {args.name!r} has no completed trial yet")
+            text = _trial_line(best)
+            if args.download:
+                download = getattr(client, "download_best_model", None)
+                if download is None:
+                    raise UsageError("this version cannot download models yet")
+                folder = download(args.name, Path(args.download))
+                text += f"\nbest model saved to {folder}"
+            emit(best, text)
+        elif command == "watch":
+            from tunefleet.watch import watch_study
+
+            study = watch_study(client, args.name, interval_s=args.interval)
+            emit(study, _show(study))
+        elif command == "report":
+            out = Path(args.out)
+            out.write_text(client.report_html(args.name), encoding="utf-8")
+            emit({"report": str(out)}, f"report written to {out}")
+    return 0
+
+
+def add_study_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `study` and its subcommands; --url and --json work after any of them."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get("TUNEFLEET_URL", DEFAULT_URL),
+        help="the service (TUNEFLEET_URL, default %(default)s)",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    study = sub.add_parser("study", help="create, list, show and control studies through the REST API")
+    study_sub = study.add_subparsers(dest="study_command", required=True)
+
+    create = study_sub.add_parser("create", parents=[common], help="create a study from a YAML spec file")
+    create.add_argument("file")
+    create.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY.PATH=VALUE",
+        help="override a spec field, e.g. budget.n_trials=100",
+    )
+    study_sub.add_parser("list", parents=[common], help="every study with its state and best value")
+    for name, text in (
+        ("show", "one study: state, progress, best trial"),
+        ("stop", "stop claiming; running trials stop at their next epoch"),
+        ("resume", "reopen a stopped study"),
+    ):
+        study_sub.add_parser(name, parents=[common], help=text).add_argument("name")
+    trials = study_sub.add_parser("trials", parents=[common], help="a page of a study's trials")
+    trials.add_argument("name")
+    trials.add_argument("--state", choices=["running", "complete", "pruned", "fail", "waiting"])
+    trials.add_argument("--offset", type=int, default=0)
+    trials.add_argument("--limit", type=int, default=100)
+    best = study_sub.add_parser(
+        "best", parents=[common], help="the best trial (and its model, with --download)"
+    )
+    best.add_argument("name")
+    best.add_argument("--download", metavar="DIR", help="save the best fine-tuned model into DIR")
+    watch = study_sub.add_parser("watch", parents=[common], help="a live progress bar until the study ends")
+    watch.add_argument("name")
+    watch.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    report = study_sub.add_parser("report", parents=[common], help="write a self-contained HTML report")
+    report.add_argument("name")
+    report.add_argument("--out", required=True, help="the HTML file to write")
+    study.set_defaults(func=run_study_command)
