@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
+from fastapi import Path
 from optuna.trial import FrozenTrial
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from studies import StudyProgress
+from studies.names import STUDY_NAME_PATTERN
 from studies.repository import TRIAL_STATE_NAMES
+
+# Path parameters are checked like the spec checks a name: anything else is a 422 naming the parameter,
+# before any store is asked (a NUL byte, for one, is an error in PostgreSQL, not a miss).
+StudyName = Annotated[
+    str, Path(pattern=STUDY_NAME_PATTERN, max_length=128, description="the study's name", examples=["quick"])
+]
+# Optuna keeps trial numbers in a 32-bit column.
+TrialNumber = Annotated[int, Path(ge=0, le=2**31 - 1, description="the trial's number within its study")]
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _naive_local(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)  # a naive datetime is read as local time
+
+
+# The API's times are RFC 3339 date-times, with their zone. tunefleet's tables keep naive UTC;
+# Optuna keeps a trial's times as naive local time (the worker's: read here as the service's).
+UtcDatetime = Annotated[datetime, AfterValidator(_naive_utc)]
+OptunaDatetime = Annotated[datetime, AfterValidator(_naive_local)]
 
 
 class ErrorRead(BaseModel):
@@ -35,8 +59,8 @@ class TrialRead(BaseModel):
     intermediate_values: dict[int, float | None] = Field(description="validation metric by epoch")
     fail_reason: str | None
     user_attrs: dict[str, Any]
-    datetime_start: datetime | None
-    datetime_complete: datetime | None
+    datetime_start: OptunaDatetime | None
+    datetime_complete: OptunaDatetime | None
     duration_s: float | None
 
     @classmethod
@@ -78,7 +102,7 @@ class StudyRead(BaseModel):
     trial_counts: dict[str, int]
     best_value: float | None
     best_trial: TrialRead | None
-    created_at: datetime
+    created_at: UtcDatetime
     dashboard_url: str
     spec: dict[str, Any]
 

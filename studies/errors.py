@@ -46,3 +46,31 @@ class StoreUnavailable(TunefleetError):
     """The shared SQL store cannot be reached."""
 
     code = "store_unavailable"
+
+
+class AuthenticationRequired(TunefleetError):
+    """The request carries no bearer token, or one the service does not know."""
+
+    code = "unauthorized"
+
+
+class PermissionDenied(TunefleetError):
+    """The token is valid but may not do this (a read-only token on a mutating route)."""
+
+    code = "forbidden"
+
+
+class PayloadTooLarge(TunefleetError):
+    """The request body is larger than the service accepts."""
+
+    code = "payload_too_large"
+
+
+class BestModelNotFound(TunefleetError):
+    """The study has no downloadable best model (yet): no completed trial, or its weights are not stored."""
+
+    code = "best_model_not_found"
+
+    def __init__(self, study_name: str, why: str) -> None:
+        super().__init__(f"study {study_name!r} has no best model: {why}")
+        self.study_name = study_name

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 DEFAULT_DATABASE_URL = "sqlite:///tunefleet.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -47,8 +48,13 @@ def engine_kwargs(url: str, *, pool_size: int, application_name: str = "tuneflee
     # Named, so an operator (and our outage test) can find tunefleet's sessions in pg_stat_activity;
     # an application_name in the URL wins.
     named = "application_name" in make_url(url).query
+    connect_args = {} if named else {"application_name": application_name}
+    if pool_size == 0:
+        # Fleets larger than max_connections: hold no idle connection between transactions (put
+        # PgBouncer in front for the connect cost); a fresh connection needs no pre-ping.
+        return {"connect_args": connect_args, "poolclass": NullPool}
     return {
-        "connect_args": {} if named else {"application_name": application_name},
+        "connect_args": connect_args,
         "pool_pre_ping": True,
         "pool_size": pool_size,
         "max_overflow": pool_size,
@@ -62,3 +68,14 @@ def open_storage(url: str, *, pool_size: int = 2) -> optuna.storages.RDBStorage:
     if make_url(url).get_backend_name() == "sqlite":
         _prepare_sqlite(url)
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url, pool_size=pool_size))
+
+
+def redact_password(text: str, url: str) -> str:
+    """`text` with the URL's password, should it appear (a driver may quote its connection string), as ***."""
+    try:
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return text.replace(url, mask_url(url))

@@ -32,6 +32,16 @@ def _postgres_reachable(url: str) -> str | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_auth_from_the_environment() -> Iterator[None]:
+    """A developer's own TUNEFLEET_API_TOKEN (say, exported for docker compose) must not turn auth on in
+    tests that did not ask for it; the auth tests set their tokens explicitly."""
+    names = ("TUNEFLEET_API_TOKEN", "TUNEFLEET_API_TOKENS_FILE", "TUNEFLEET_PROTECT_READS")
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    yield
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """The test PostgreSQL; CI must have it, a laptop without it skips these tests."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from service.dependencies import Repository
+from service.schemas import UtcDatetime
 from studies.fleet import Fleet
 from studies.tables import utcnow
 
@@ -25,8 +25,8 @@ class WorkerRead(BaseModel):
     status: str
     study_name: str | None
     trial_number: int | None
-    started_at: datetime
-    heartbeat_at: datetime
+    started_at: UtcDatetime
+    heartbeat_at: UtcDatetime
     heartbeat_age_s: float
 
 

@@ -37,6 +37,8 @@ CHROMIUM_ARGS = [
 # A 2-core machine shared with other jobs: the bundle parse and first plot can take several seconds.
 RENDER_TIMEOUT_MS = 30_000
 STUDY_NAME = "browser-study"
+TOKEN = "browser-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # ignored by a service without a token
 N_STEPS = 4
 # (final value, state) per trial: complete ones and pruned ones, each with per-step intermediate values.
 TRIALS = [(0.9, TrialState.COMPLETE), (0.6, TrialState.COMPLETE), (1.4, TrialState.PRUNED)]
@@ -65,12 +67,16 @@ def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'x.db'}"
 
 
-@pytest.fixture
-def service(store_url: str, tmp_path: Path) -> Iterator[str]:
-    """`tunefleet serve` as a real process on a free port; its log is in the test's tmp_path."""
+@pytest.fixture(params=["open", "token"])
+def service(request: pytest.FixtureRequest, store_url: str, tmp_path: Path) -> Iterator[str]:
+    """`tunefleet serve` as a real process on a free port, open or with a token for changes (the browser
+    sends none: the dashboard's reads stay open); its log is in the test's tmp_path."""
     port = free_port()
     log_path = tmp_path / "service.log"
     env = {**os.environ, "TUNEFLEET_DATABASE_URL": store_url, "PYTHONUNBUFFERED": "1"}
+    env.pop("TUNEFLEET_API_TOKEN", None)
+    if request.param == "token":
+        env["TUNEFLEET_API_TOKEN"] = TOKEN
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "tunefleet", "serve", "--port", str(port)],
@@ -98,7 +104,7 @@ def service(store_url: str, tmp_path: Path) -> Iterator[str]:
 
 def fill_study(service: str, store_url: str) -> int:
     """Create the study through the API, then record trials with plain Optuna; returns the dashboard's id."""
-    created = httpx.post(f"{service}/v1/studies", json=tiny_spec(STUDY_NAME))
+    created = httpx.post(f"{service}/v1/studies", json=tiny_spec(STUDY_NAME), headers=AUTH)
     assert created.status_code == 201, created.text
     study = optuna.load_study(study_name=STUDY_NAME, storage=store_url)
     space = {"learning_rate": FloatDistribution(1e-4, 1e-1, log=True), "width": IntDistribution(8, 64)}

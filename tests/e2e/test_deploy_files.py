@@ -271,3 +271,23 @@ def test_kubernetes_service_routes_port_8000_to_the_service_pods() -> None:
     (service_port,) = service["spec"]["ports"]
     assert service_port["port"] == 8000
     assert ports[service_port["targetPort"]] == 8000
+
+
+# -- the service's token ------------------------------------------------------------------------------
+
+
+def test_compose_service_refuses_to_start_without_an_api_token() -> None:
+    # The service listens on 0.0.0.0 (published port 8000), which `tunefleet serve` refuses without a token;
+    # compose's ${VAR:?message} stops `docker compose up` with that message when the variable is unset.
+    token = compose()["services"]["service"]["environment"]["TUNEFLEET_API_TOKEN"]
+    assert re.fullmatch(r"\$\{TUNEFLEET_API_TOKEN:\?[^}]+\}", token), token
+
+
+def test_kubernetes_service_reads_its_api_token_from_a_secret() -> None:
+    secret = k8s_manifest("Secret", "tunefleet-api-token")
+    container = pod_container(k8s_manifest("Deployment", "tunefleet-service"), "service")
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["TUNEFLEET_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == secret["metadata"]["name"]
+    assert ref["key"] in secret["stringData"]
+    assert "value" not in env["TUNEFLEET_API_TOKEN"]
