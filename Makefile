@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck clean
+.PHONY: install run test lint typecheck clean bench bench-quick bench-gpu
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,23 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks measure; tests never assert times. Each script prints its table and writes bench/results/*.json;
+# bench/write_report.py gathers them into BENCHMARKS.md with the machine, versions and commands.
+BENCHES := time_to_good_model coordination_overhead finetune_throughput store_scale
+
+bench: install
+	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done
+	$(BIN)/python -m bench.write_report
+
+bench-quick: install
+	for b in $(BENCHES); do $(BIN)/python -m bench.$$b --quick || exit 1; done
+	$(BIN)/python -m bench.write_report
+
+# On a GPU node: fine-tuning throughput on the GPU (bf16 autocast where the mode supports it).
+bench-gpu: install
+	$(BIN)/python -m bench.finetune_throughput --device cuda
+	$(BIN)/python -m bench.write_report
 
 lint: install
 	$(BIN)/ruff check studies service worker tunefleet tests

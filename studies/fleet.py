@@ -38,10 +38,11 @@ class WorkerRow:
     trial_number: int | None
     started_at: datetime
     heartbeat_at: datetime
+    grace_s: float | None = None
 
     def status(self, *, grace_s: float, now: datetime) -> str:
-        """busy, idle, stopped, or lost (declared lost, or silent for longer than the grace period)."""
-        if self.state in ALIVE and (now - self.heartbeat_at).total_seconds() > grace_s:
+        """busy, idle, stopped, or lost (declared lost, or silent for longer than its grace period)."""
+        if self.state in ALIVE and (now - self.heartbeat_at).total_seconds() > (self.grace_s or grace_s):
             return LOST
         return self.state
 
@@ -54,8 +55,8 @@ class Fleet:
         self.engine = repository.engine
         self._unheld_since: dict[int, float] = {}
 
-    def register(self, identity: WorkerIdentity) -> None:
-        """Add a live, idle worker."""
+    def register(self, identity: WorkerIdentity, grace_s: float | None = None) -> None:
+        """Add a live, idle worker, to be declared lost after grace_s of silence."""
         now = utcnow()
         with self.engine.begin() as connection:
             connection.execute(
@@ -67,6 +68,7 @@ class Fleet:
                     state=IDLE,
                     started_at=now,
                     heartbeat_at=now,
+                    grace_s=grace_s,
                 )
             )
 
@@ -131,6 +133,7 @@ class Fleet:
                 trial_number=r.trial_number,
                 started_at=r.started_at,
                 heartbeat_at=r.heartbeat_at,
+                grace_s=r.grace_s,
             )
             for r in rows
         ]
@@ -138,20 +141,21 @@ class Fleet:
     def reap(self, *, grace_s: float) -> list[str]:
         """Declare silent workers lost and retry their trials; returns the ids of the workers reaped."""
         c = workers_table.c
-        cutoff = utcnow() - timedelta(seconds=grace_s)
+        now = utcnow()
         with self.engine.begin() as connection:
-            stale = (
-                connection.execute(sa.select(c.worker_id).where(c.state.in_(ALIVE), c.heartbeat_at < cutoff))
-                .scalars()
-                .all()
-            )
+            alive = connection.execute(
+                sa.select(c.worker_id, c.heartbeat_at, c.grace_s).where(c.state.in_(ALIVE))
+            ).all()
         reaped: list[str] = []
-        for worker_id in stale:
-            # Conditional, so of several reapers exactly one declares each worker lost.
+        for worker_id, heartbeat_at, own_grace_s in alive:
+            if (now - heartbeat_at).total_seconds() <= (own_grace_s or grace_s):
+                continue
+            # Conditional on the heartbeat we judged, so a heartbeat in between wins, and of several
+            # reapers exactly one declares each worker lost.
             with self.engine.begin() as connection:
                 won = connection.execute(
                     workers_table.update()
-                    .where(c.worker_id == worker_id, c.state.in_(ALIVE), c.heartbeat_at < cutoff)
+                    .where(c.worker_id == worker_id, c.state.in_(ALIVE), c.heartbeat_at == heartbeat_at)
                     .values(state=LOST)
                 ).rowcount
             if won:

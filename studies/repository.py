@@ -24,7 +24,7 @@ from studies.resilience import with_retry
 from studies.sampling import build_pruner, build_sampler, derived_seed, grid_points
 from studies.space import distributions
 from studies.spec import StudySpec
-from studies.tables import metadata, studies_table, utcnow
+from studies.tables import metadata, studies_table, upgrade_schema, utcnow
 
 T = TypeVar("T")
 RUNNING, STOPPED, FAILED, COMPLETED, STOPPING = "running", "stopped", "failed", "completed", "stopping"
@@ -112,6 +112,7 @@ class StudyRepository:
         self.storage = storage
         self.engine: sa.Engine = storage.engine
         metadata.create_all(self.engine)
+        upgrade_schema(self.engine)
         self._studies: dict[str, optuna.Study] = {}
 
     @contextmanager
@@ -327,7 +328,8 @@ class StudyRepository:
 
     def _study(self, record: StudyRecord) -> optuna.Study:
         study = self._studies.get(record.name)
-        if study is None:
+        # A study deleted and created again under the same name has a new id: drop the stale one.
+        if study is None or study._study_id != record.optuna_study_id:
             study = optuna.load_study(study_name=record.name, storage=self.storage)
             self._studies[record.name] = study
         return study
@@ -372,7 +374,11 @@ class StudyRepository:
                     partial(self._give_slot_back, name), what="give back a claim", reset=self.reset_session
                 )
                 raise
-            trial = self._ask(study, spec)
+            try:
+                trial = self._ask(study, spec)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # This worker stalled mid-claim and a reaper already failed (and re-queued) the trial.
+                return None
             # A trial handed back or retried keeps its seed, so its rerun is the same experiment.
             stored_seed = trial.user_attrs.get("seed")
             seed = (
@@ -511,3 +517,37 @@ class StudyRepository:
         reasons = [r for r in reasons if r and not str(r).startswith(WORKER_LOST)]
         if len(reasons) >= threshold and len(set(reasons[-threshold:])) == 1:
             self.set_state(study_name, FAILED, f"the first {len(reasons)} trials failed: {reasons[-1]}")
+
+    # -- deleting ------------------------------------------------------------------------------------
+
+    def delete(self, study_name: str) -> None:
+        """Delete a study that is not running (stopped, failed or completed): its row, then its Optuna study.
+
+        StudyNotFound if there is none; InvalidStudyState while it runs or any of its trials runs.
+        """
+        record = self.get(study_name)
+        counts = self.trial_counts(record)
+        state = self._derived_state(record, counts)
+        if state == RUNNING:
+            raise InvalidStudyState(f"study {study_name!r} is running; stop it before deleting it")
+        if counts["running"]:
+            raise InvalidStudyState(
+                f"study {study_name!r} still has {counts['running']} running trials; "
+                "delete it when they have stopped"
+            )
+        c = studies_table.c
+        with self._begin() as connection:
+            # Only if nothing changed since we looked (a resume, a claim): never pull a trial from under a worker.
+            deleted = connection.execute(
+                studies_table.delete().where(
+                    c.study_name == study_name, c.state == record.state, c.n_claimed == record.n_claimed
+                )
+            ).rowcount
+        if deleted == 0:
+            self.get(study_name)  # StudyNotFound when another request deleted it first
+            raise InvalidStudyState(f"study {study_name!r} changed while being deleted; try again")
+        self._studies.pop(study_name, None)
+        try:
+            self.storage.delete_study(record.optuna_study_id)
+        except KeyError:
+            return  # already gone (deleted through the dashboard or the optuna CLI)

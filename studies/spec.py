@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SerializerFunctionWrapHandler,
     StrictFloat,
     StrictInt,
     StrictStr,
+    Tag,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -24,6 +28,8 @@ from studies.names import (
     ACTIVATION_NAMES,
     BUILTIN_DATA,
     BUILTIN_MODELS,
+    DATA_FILE_SUFFIXES,
+    FINETUNE_MODES,
     OPTIMIZER_NAMES,
     SAMPLER_NAMES,
     STUDY_NAME_PATTERN,
@@ -37,7 +43,9 @@ MAX_GRID_POINTS = 100_000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a JSON true is not the number 1, nor "5" the integer 5 (lax coercion let a body that breaks
+    # the API's own schema through; found by the schemathesis fuzz test).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 _RANGE_KEYS: dict[str, set[str]] = {
@@ -174,7 +182,7 @@ def _param(default: Any) -> Any:
 
 
 class Space(_Strict):
-    """The seven searchable hyperparameters of a fine-tuning trial."""
+    """The seven searchable hyperparameters of a fine-tuning trial, and an optional eighth for the encoder."""
 
     learning_rate: Param = _param({"type": "float", "low": 1e-4, "high": 1e-1, "log": True})
     batch_size: Param = _param({"type": "categorical", "choices": [16, 32, 64, 128]})
@@ -183,12 +191,19 @@ class Space(_Strict):
     width: Param = _param({"type": "int", "low": 32, "high": 512, "log": True})
     activation: Param = _param({"type": "categorical", "choices": ["relu", "gelu", "tanh"]})
     optimizer: Param = _param({"type": "categorical", "choices": ["adam", "adamw", "sgd"]})
+    encoder_learning_rate: Param | None = Field(
+        None,
+        description="finetune last-k or full only: the trained encoder blocks' learning rate"
+        " (absent: they train at learning_rate)",
+    )
 
-    @field_validator("learning_rate")
+    @field_validator("learning_rate", "encoder_learning_rate")
     @classmethod
-    def _learning_rate(cls, p: Param) -> Param:
+    def _learning_rate(cls, p: Param | None, info: ValidationInfo) -> Param | None:
+        if p is None:
+            return None
         return _check_numeric(
-            "learning_rate", p, integer=False, minimum=0.0, maximum=10.0, strictly_above=True
+            str(info.field_name), p, integer=False, minimum=0.0, maximum=10.0, strictly_above=True
         )
 
     @field_validator("batch_size")
@@ -222,12 +237,86 @@ class Space(_Strict):
         return _check_names("optimizer", p, OPTIMIZER_NAMES)
 
     def params(self) -> dict[str, Param]:
-        """The parameters by name, in a stable order."""
-        return {name: getattr(self, name) for name in type(self).model_fields}
+        """The parameters by name, in a stable order; an optional one left out is not there."""
+        return {
+            name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) is not None
+        }
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # An absent optional parameter stays absent in the stored spec, as the user wrote it.
+        return {k: v for k, v in handler(self).items() if v is not None}
 
     def max_epochs(self) -> int:
         """The most epochs any trial can run: the pruners' max resource."""
         return int(self.epochs.bounds()[1])
+
+
+def _check_text(name: str, value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain NUL characters")
+    return value
+
+
+class LocalData(_Strict):
+    """Labelled text files on the workers' hosts: CSV, JSONL or Parquet, by file name extension.
+
+    Paths are data, never evaluated; a relative one is relative to each worker's working directory.
+    """
+
+    train: str = Field(min_length=1, max_length=4096, description="the training file")
+    validation: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="a validation file; absent: task.validation_fraction of train, split with task.data_seed",
+    )
+    text_column: str = Field("text", min_length=1, max_length=256)
+    label_column: str = Field("label", min_length=1, max_length=256)
+
+    @field_validator("train", "validation")
+    @classmethod
+    def _path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        _check_text(str(info.field_name), v)
+        suffix = PurePath(v).suffix.lower()
+        if suffix not in DATA_FILE_SUFFIXES:
+            raise ValueError(
+                f"{info.field_name}: unknown file type {suffix or '(no extension)'!r} of {v!r};"
+                f" use {', '.join(DATA_FILE_SUFFIXES)}"
+            )
+        return v
+
+    @field_validator("text_column", "label_column")
+    @classmethod
+    def _column(cls, v: str, info: ValidationInfo) -> str:
+        return _check_text(str(info.field_name), v)
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> LocalData:
+        if self.text_column == self.label_column:
+            raise ValueError(f"text_column and label_column are both {self.text_column!r}")
+        return self
+
+
+def _data_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "builtin"
+    if isinstance(value, dict | LocalData):
+        return "files"
+    return None
+
+
+# A built-in name, or a mapping of local files. Tagged, so a bad mapping reports only its own errors.
+DataSource = Annotated[
+    Annotated[str, Field(min_length=1, max_length=4096), Tag("builtin")] | Annotated[LocalData, Tag("files")],
+    Discriminator(
+        _data_kind,
+        custom_error_type="data_source",
+        custom_error_message="data must be builtin:NAME or a mapping {train: PATH, validation: PATH, ...}",
+    ),
+]
 
 
 class Task(_Strict):
@@ -238,8 +327,14 @@ class Task(_Strict):
         description="synthetic: a zero-cost task for tests and benchmarks (no model, no data; a seeded loss)",
     )
     model: str = Field("builtin:all-MiniLM-L6-v2", min_length=1, max_length=4096)
-    data: str = Field("builtin:bbc-news", min_length=1, max_length=4096)
-    finetune: str = "head"
+    data: DataSource = Field(
+        "builtin:bbc-news",
+        description="builtin:NAME, or local files {train, validation, text_column, label_column}",
+    )
+    finetune: str = Field(
+        "head", description="head: frozen encoder | last-k: the top k encoder blocks train too | full"
+    )
+    k: int | None = Field(None, ge=1, le=1024, description="finetune last-k only: how many top blocks train")
     max_length: int = Field(128, ge=8, le=512, description="tokens per text fed to the encoder")
     max_examples: int | None = Field(
         None, ge=10, le=10_000_000, description="a seeded subset of the data, for quick studies"
@@ -261,22 +356,35 @@ class Task(_Strict):
 
     @field_validator("data")
     @classmethod
-    def _data(cls, v: str) -> str:
+    def _data(cls, v: str | LocalData) -> str | LocalData:
+        if isinstance(v, LocalData):
+            return v
         if v.removeprefix("builtin:") not in BUILTIN_DATA or not v.startswith("builtin:"):
             raise ValueError(
-                f"unknown data set {v!r}; available: {', '.join('builtin:' + d for d in BUILTIN_DATA)}"
-                " (local data files are not supported yet)"
+                f"unknown data set {v[:200]!r}; available: {', '.join('builtin:' + d for d in BUILTIN_DATA)},"
+                " or local files as a mapping {train: PATH, validation: PATH, text_column, label_column}"
             )
         return v
 
     @field_validator("finetune")
     @classmethod
     def _finetune(cls, v: str) -> str:
-        if v != "head":
-            raise ValueError(
-                f"finetune {v!r} is not available yet; use 'head' (frozen encoder, trained head)"
-            )
+        if v not in FINETUNE_MODES:
+            raise ValueError(f"unknown finetune mode {v[:100]!r}; choose from {', '.join(FINETUNE_MODES)}")
         return v
+
+    @model_validator(mode="after")
+    def _k_goes_with_last_k(self) -> Task:
+        if self.finetune == "last-k" and self.k is None:
+            raise ValueError("finetune last-k needs k, the number of top encoder blocks to train")
+        if self.finetune != "last-k" and self.k is not None:
+            raise ValueError(f"k applies only to finetune last-k, not {self.finetune}")
+        return self
+
+    def data_key(self) -> str:
+        """The data source as canonical JSON: one string per data set, for memo keys and records."""
+        source: Any = self.data if isinstance(self.data, str) else self.data.model_dump(mode="json")
+        return json.dumps(source, sort_keys=True, separators=(",", ":"))
 
 
 class Objective(_Strict):
@@ -400,6 +508,16 @@ class StudySpec(_Strict):
             points *= len(values)
         if points > MAX_GRID_POINTS:
             raise ValueError(f"space: the grid has {points} points, more than {MAX_GRID_POINTS}")
+        return self
+
+    @model_validator(mode="after")
+    def _encoder_learning_rate_needs_an_encoder_to_train(self) -> StudySpec:
+        # Rejected rather than ignored: in head mode the encoder is frozen, and a searched
+        # parameter that changes nothing would waste the sampler's effort on a flat dimension.
+        if self.space.encoder_learning_rate is not None and self.task.finetune == "head":
+            raise ValueError(
+                "space.encoder_learning_rate applies only to finetune last-k or full; the head mode's encoder is frozen"
+            )
         return self
 
     @model_validator(mode="after")

@@ -41,7 +41,17 @@ workers_table = sa.Table(
     sa.Column("trial_number", sa.Integer, nullable=True),
     sa.Column("started_at", sa.DateTime, nullable=False),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False, index=True),
+    # Each worker is judged by its own grace period, not by whichever process happens to reap.
+    sa.Column("grace_s", sa.Float, nullable=True),
 )
+
+
+def upgrade_schema(engine: sa.Engine) -> None:
+    """Add columns that stores made by earlier versions lack (create_all adds tables, never columns)."""
+    present = {column["name"] for column in sa.inspect(engine).get_columns("tunefleet_workers")}
+    if "grace_s" not in present:
+        with engine.begin() as connection:
+            connection.execute(sa.text("ALTER TABLE tunefleet_workers ADD COLUMN grace_s FLOAT"))
 
 
 def utcnow() -> datetime:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -25,20 +26,52 @@ def _setup_logging() -> None:
     )
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the REST API and the dashboard on one port."""
     import uvicorn
 
     from service import ServiceSettings, create_app
+    from service.auth import AuthConfigError, load_tokens
     from studies import mask_url
+    from studies.storage import redact_password
 
     _setup_logging()
+    log = logging.getLogger("tunefleet.service")
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = ServiceSettings(**overrides)
-    app = create_app(settings)
-    logging.getLogger("tunefleet.service").info(
-        "serving on http://%s:%d (store %s)", settings.host, settings.port, mask_url(settings.database_url)
-    )
+    try:
+        tokens = load_tokens(settings)
+    except AuthConfigError as error:
+        raise CliError(str(error)) from None
+    if not tokens:
+        if not _is_loopback(settings.host) and not args.insecure:
+            raise CliError(
+                f"refusing to serve an open API on {settings.host}: set TUNEFLEET_API_TOKEN "
+                "(or TUNEFLEET_API_TOKENS_FILE), or pass --insecure"
+            )
+        log.warning(
+            "the API is open: no TUNEFLEET_API_TOKEN or TUNEFLEET_API_TOKENS_FILE is set, so anyone who "
+            "reaches %s:%d can create, stop and delete studies",
+            settings.host,
+            settings.port,
+        )
+    store = mask_url(settings.database_url)
+    try:
+        app = create_app(settings, tokens=tokens)
+    except Exception as error:
+        # One line, and never the password: a driver's message may quote its connection string.
+        message = redact_password(f"{type(error).__name__}: {error}", settings.database_url)
+        raise CliError(f"cannot open the store {store}: {message}".replace("\n", " ")) from None
+    log.info("serving on http://%s:%d (store %s)", settings.host, settings.port, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
 
@@ -132,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the REST API and optuna-dashboard")
     serve.add_argument("--host", help="address to bind (TUNEFLEET_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (TUNEFLEET_PORT, default 8000)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow serving without a token (TUNEFLEET_API_TOKEN) on an address other than loopback",
+    )
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="pull and run trials from the shared store")

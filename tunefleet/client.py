@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -114,3 +115,38 @@ class TunefleetClient:
             return self._http.get("/healthz").status_code == 200
         except httpx.TransportError:
             return False
+
+    def download_best_model(self, name: str, dest_dir: str | Path) -> Path:
+        """GET /v1/studies/{name}/best-model, streamed to dest_dir and unpacked; returns the model folder.
+
+        The archive stays beside the folder (dest_dir/NAME-trial-N-model.zip); the folder holds
+        weights.safetensors, params.json, labels.json and config.json (worker.export.load_best_model reads it).
+        """
+        # Imported here: the CLI imports this module for every command, and only this one unzips.
+        from studies.artifacts import extract_model_archive
+
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._http.stream("GET", f"/v1/studies/{name}/best-model") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        body = response.text
+                    detail, code = _detail(body)
+                    raise ApiError(response.status_code, detail, code)
+                trial = response.headers.get("x-tunefleet-trial", "")
+                # Only digits go into the file name: a server's header must not pick a path here.
+                trial = trial if trial.isdigit() else "best"
+                archive = dest / f"{name}-trial-{trial}-model.zip"
+                partial = archive.with_name(archive.name + ".part")
+                with partial.open("wb") as stream:
+                    for chunk in response.iter_bytes():
+                        stream.write(chunk)
+                partial.replace(archive)
+        except httpx.TransportError as error:
+            message = f"cannot reach the tunefleet service at {self._http.base_url}: {error}"
+            raise ApiError(0, message, "unreachable") from error
+        return extract_model_archive(archive, dest / archive.name.removesuffix(".zip"))

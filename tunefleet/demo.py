@@ -134,7 +134,8 @@ def run_demo(options: DemoOptions) -> int:
     path = Path(options.preset)
     spec = load_spec_file(path if path.suffix in (".yaml", ".yml", ".json") else preset_path(options.preset))
     processes = Processes(options.log_dir)
-    client = TunefleetClient(base_url)
+    # The service it starts inherits the environment, so it may require this token.
+    client = TunefleetClient(base_url, token=os.environ.get("TUNEFLEET_API_TOKEN"))
     try:
         if client.healthy():
             raise RuntimeError(f"port {options.port} is already serving; stop it or pass --port")

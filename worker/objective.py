@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import re
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,19 +19,44 @@ import optuna
 import torch
 
 from studies import Claim, StudyRepository
+from studies.artifacts import MODEL_ARTIFACT_ATTR, ArtifactStore, upload_model, write_model_archive
 from studies.repository import RUNNING, WORKER_LOST
 from studies.resilience import GaveUp, is_transient, with_retry
-from studies.spec import Task
-from worker.data import DataError, LabelledSplit, load_builtin_bbc_news
+from studies.spec import LocalData, Task
+from worker.data import (
+    DataError,
+    LabelledSplit,
+    load_builtin_bbc_news,
+    load_builtin_tweets_sentiment,
+    load_local_data,
+)
+from worker.export import model_config, serialise_weights
 from worker.features import Features, load_or_build_features
-from worker.model import ModelError, builtin_model_folder
+from worker.finetune import Tokens, tokenize_split, train_encoder
+from worker.model import ModelError, builtin_model_folder, load_encoder
 from worker.synthetic import run_synthetic
-from worker.training import EpochResult, HeadParams, NonFiniteLoss, StopTraining, TrainResult, train_head
+from worker.training import (
+    EpochResult,
+    HeadParams,
+    NonFiniteLoss,
+    StopTraining,
+    TrainResult,
+    keep_rule,
+    train_head,
+)
 
 log = logging.getLogger("tunefleet.worker")
 
 Progress = Callable[[int, int], None]
 T = TypeVar("T")
+# The constraint an out-of-memory trial violates; TPE ranks infeasible trials below every feasible one.
+OUT_OF_MEMORY_CONSTRAINT = "out_of_memory"
+# Tokenized data sets kept per process (each is a list of token-id tensors: a few MB per 10k texts).
+_MAX_TOKEN_SETS = 4
+_CPU_OUT_OF_MEMORY = re.compile(
+    r"(can't|cannot|could not|unable to) allocate memory|not enough memory|out of memory", re.IGNORECASE
+)
+STATE_CHECK_INTERVAL_S = 1.0
 
 
 class StopReason:
@@ -51,11 +80,88 @@ def model_folder(task: Task) -> Path:
 
 def load_split(task: Task) -> LabelledSplit:
     """The task's labelled train/validation split."""
-    if task.data == "builtin:bbc-news":
-        return load_builtin_bbc_news(
-            validation_fraction=task.validation_fraction, seed=task.data_seed, max_examples=task.max_examples
+    options: dict[str, Any] = {
+        "validation_fraction": task.validation_fraction,
+        "seed": task.data_seed,
+        "max_examples": task.max_examples,
+    }
+    if isinstance(task.data, LocalData):
+        return load_local_data(
+            train=task.data.train,
+            validation=task.data.validation,
+            text_column=task.data.text_column,
+            label_column=task.data.label_column,
+            **options,
         )
+    if task.data == "builtin:bbc-news":
+        return load_builtin_bbc_news(**options)
+    if task.data == "builtin:tweets-sentiment":
+        return load_builtin_tweets_sentiment(**options)
     raise DataError(f"data set {task.data!r} is not available on this worker")
+
+
+def _file_stamp(given: str | None) -> tuple[int, int] | None:
+    # Size and modification time: a file rewritten between two trials is read again, not served stale.
+    if given is None:
+        return None
+    try:
+        stat = Path(given).expanduser().stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def data_memo_key(task: Task) -> tuple[Any, ...]:
+    """What the in-process memos of features and tokens are keyed on: model, data and how it is split."""
+    stamps = (
+        (_file_stamp(task.data.train), _file_stamp(task.data.validation))
+        if isinstance(task.data, LocalData)
+        else None
+    )
+    return (
+        task.model,
+        task.data_key(),
+        stamps,
+        task.max_length,
+        task.max_examples,
+        task.validation_fraction,
+        task.data_seed,
+    )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA out-of-memory error, or a CPU allocation that failed."""
+    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and bool(_CPU_OUT_OF_MEMORY.search(str(error)))
+
+
+def free_memory(device: torch.device) -> None:
+    """Give back what a trial that ran out of memory held, so the next trial starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def mark_infeasible(trial: optuna.Trial, key: str) -> None:
+    """Record a violated constraint on a running trial, where Optuna's samplers read it."""
+    set_constraint = getattr(trial, "set_constraint", None)
+    if set_constraint is not None:
+        set_constraint(key, 1.0)
+    else:
+        # Optuna before 5.0 has no Trial.set_constraint; its samplers read this system attribute.
+        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", (1.0,))
+
+
+@contextlib.contextmanager
+def all_cores() -> Iterator[None]:
+    """Run a big batch job (encoding, training through the encoder) on every core, then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def chosen_epoch(epochs: list[EpochResult], *, metric: str, value: str) -> EpochResult:
@@ -76,23 +182,18 @@ class TrialRunner:
     cache_dir: Path
     stopping: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
+    _state_checked: dict[str, tuple[float, str]] = field(default_factory=dict)
     _features: dict[tuple[Any, ...], Features] = field(default_factory=dict)
+    # Where a new best trial's fine-tuned weights go; None keeps no models (tests, benchmarks).
+    artifact_store: ArtifactStore | None = None
+    _tokens: dict[tuple[Any, ...], Tokens] = field(default_factory=dict)
 
     def features(self, task: Task, progress: Progress | None = None) -> Features:
         """The task's encoder features: from this process's memo, else the node's disk cache, else computed."""
-        key = (
-            task.model,
-            task.data,
-            task.max_length,
-            task.max_examples,
-            task.validation_fraction,
-            task.data_seed,
-        )
+        key = data_memo_key(task)
         if key not in self._features:
             # Encoding is one big batch job, unlike head training: give it every core while it runs.
-            threads = torch.get_num_threads()
-            torch.set_num_threads(max(threads, os.cpu_count() or 1))
-            try:
+            with all_cores():
                 self._features[key] = load_or_build_features(
                     encoder_folder=model_folder(task),
                     split=load_split(task),
@@ -101,13 +202,33 @@ class TrialRunner:
                     progress=progress,
                     device=self.device,
                 )
-            finally:
-                torch.set_num_threads(threads)
         return self._features[key]
+
+    def tokens(self, task: Task) -> Tokens:
+        """The task's token ids for last-k and full: tokenized once per process and data set."""
+        key = data_memo_key(task)
+        if key not in self._tokens:
+            encoder = load_encoder(model_folder(task))
+            split = load_split(task)
+            while len(self._tokens) >= _MAX_TOKEN_SETS:
+                self._tokens.pop(next(iter(self._tokens)))
+            self._tokens[key] = tokenize_split(encoder, split, max_length=task.max_length)
+        return self._tokens[key]
 
     def _store(self, what: str, call: Callable[[], T]) -> T:
         # A database blip must not cost a trial: wait for the store, unless this worker is stopping.
         return with_retry(call, what=what, stop=self.stopping, reset=self.repository.reset_session)
+
+    def _study_state(self, study_name: str) -> str:
+        # Short epochs would otherwise spend a query per epoch on a state that rarely changes;
+        # a stop still reaches a running trial within STATE_CHECK_INTERVAL_S, at an epoch boundary.
+        now = time.monotonic()
+        checked = self._state_checked.get(study_name)
+        if checked is None or now - checked[0] >= STATE_CHECK_INTERVAL_S:
+            state = self._store("study state", lambda: self.repository.stored_state(study_name))
+            self._state_checked[study_name] = (now, state)
+            return state
+        return checked[1]
 
     def interrupted(self) -> str | None:
         """Why the running trial must stop now, or None: polled between batches."""
@@ -128,16 +249,99 @@ class TrialRunner:
                 interrupted=self.interrupted,
                 wake=self.stopping,
             )
-        features = self.features(task)
         params = HeadParams(**{name: claim.params[name] for name in HeadParams.__dataclass_fields__})
-        return train_head(
-            features=features,
-            params=params,
-            seed=claim.seed,
-            device=self.device,
-            on_epoch=on_epoch,
-            interrupted=self.interrupted,
-        )
+        keep = keep_rule(metric=claim.spec.objective.metric, value=claim.spec.objective.value)
+        if task.finetune == "head":
+            return train_head(
+                features=self.features(task),
+                params=params,
+                seed=claim.seed,
+                device=self.device,
+                on_epoch=on_epoch,
+                interrupted=self.interrupted,
+                keep=keep,
+            )
+        encoder = load_encoder(model_folder(task))
+        tokens = self.tokens(task)
+        encoder_learning_rate = claim.params.get("encoder_learning_rate")
+        # Training through the encoder is big matrix work, unlike a small head: use every core.
+        with all_cores():
+            return train_encoder(
+                encoder=encoder,
+                tokens=tokens,
+                params=params,
+                finetune=task.finetune,
+                k=task.k,
+                encoder_learning_rate=float(encoder_learning_rate) if encoder_learning_rate else None,
+                seed=claim.seed,
+                device=self.device,
+                on_epoch=on_epoch,
+                interrupted=self.interrupted,
+                keep=keep,
+            )
+
+    def label_names(self, task: Task) -> list[str]:
+        """The label names of a task whose data this process has already loaded."""
+        if task.finetune == "head":
+            return list(self.features(task).label_names)
+        return list(self.tokens(task).label_names)
+
+    def _beats_best(self, claim: Claim, value: float) -> bool:
+        try:
+            best = self.repository.storage.get_best_trial(claim.study._study_id)
+        except ValueError:
+            return True
+        if best.value is None:
+            return True
+        return value < best.value if claim.spec.objective.direction == "minimize" else value > best.value
+
+    def _save_model_if_best(self, claim: Claim, result: TrainResult, value: float) -> dict[str, Any]:
+        """Upload the trial's weights when it beats the study's best so far; the attributes saying so."""
+        task = claim.spec.task
+        if self.artifact_store is None or task.kind == "synthetic" or not result.best_state:
+            return {}
+        if not self._store("best value", lambda: self._beats_best(claim, value)):
+            return {}
+        store = self.artifact_store
+        try:
+            labels = self.label_names(task)
+            config = model_config(task, claim.params, result.best_state, n_classes=len(labels))
+            weights = serialise_weights(result.best_state, finetune=task.finetune)
+            with tempfile.TemporaryDirectory(prefix="tunefleet-model-") as folder:
+                path = Path(folder) / f"{claim.study_name}-trial-{claim.trial.number}-model.zip"
+                write_model_archive(
+                    path,
+                    weights=weights,
+                    params={
+                        "study": claim.study_name,
+                        "number": claim.trial.number,
+                        "value": value,
+                        "metric": claim.spec.objective.metric,
+                        "epoch": result.kept_epoch,
+                        "seed": claim.seed,
+                        "params": claim.params,
+                    },
+                    labels=labels,
+                    config=config,
+                )
+                artifact_id = self._store("upload model", lambda: upload_model(store, claim.trial, path))
+        except (optuna.exceptions.UpdateFinishedTrialError, GaveUp):
+            raise
+        # A full disk or an unreachable bucket must not cost the trial its result: record why instead.
+        except Exception as error:
+            log.warning("trial %d of %s: model not saved: %s", claim.trial.number, claim.study_name, error)
+            return {"model_artifact_error": f"{type(error).__name__}: {error}"[:500]}
+        return {MODEL_ARTIFACT_ATTR: artifact_id}
+
+    def _out_of_memory(self, claim: Claim, extra_attrs: dict[str, Any]) -> str:
+        # Pruned, not failed: Optuna's TPE learns only from COMPLETE and PRUNED trials, and ranks an
+        # infeasible one below every feasible one, so it steers away from configurations that ran
+        # out of memory. A FAIL would be invisible to it. The reason is recorded as for a failure.
+        reason = f"out of memory at batch_size={claim.params.get('batch_size')}"
+        log.warning("trial %d of %s: %s", claim.trial.number, claim.study_name, reason)
+        self._store("mark infeasible", lambda: mark_infeasible(claim.trial, OUT_OF_MEMORY_CONSTRAINT))
+        self._store("prune", lambda: self.repository.prune(claim, {**extra_attrs, "fail_reason": reason}))
+        return "out of memory"
 
     def run(self, claim: Claim) -> str:
         """Run the claimed trial to its end and record it; returns what became of it."""
@@ -170,7 +374,7 @@ class TrialRunner:
             reason = self.interrupted()
             if reason is not None:
                 raise StopTraining(reason)
-            if self._store("study state", lambda: repository.stored_state(claim.study_name)) != RUNNING:
+            if self._study_state(claim.study_name) != RUNNING:
                 raise StopTraining(StopReason.STUDY_STOPPED)
             if self._store("should_prune", trial.should_prune):
                 raise StopTraining(StopReason.PRUNED)
@@ -190,6 +394,7 @@ class TrialRunner:
             self._store("fail", lambda: repository.fail(claim, reason, attrs()))
             return "fail"
 
+        out_of_memory = False
         try:
             result = self._train(claim, on_epoch)
         except StopTraining as stop:
@@ -204,21 +409,26 @@ class TrialRunner:
             return "pruned"
         except NonFiniteLoss as error:
             return fail(str(error))
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            return fail(f"out of memory at batch_size={claim.params.get('batch_size')}")
         except (DataError, ModelError) as error:
             return fail(str(error))
         except (optuna.exceptions.UpdateFinishedTrialError, GaveUp):
             raise
         except Exception as error:
-            if is_transient(error):
+            if is_out_of_memory(error):
+                # Handled after this block: until it ends, the traceback holds the trial's tensors.
+                out_of_memory = True
+            elif is_transient(error):
                 raise
-            # One broken trial must not take the worker down: record why, then go on to the next.
-            log.exception("trial %d of %s failed", trial.number, claim.study_name)
-            return fail(f"{type(error).__name__}: {error}")
+            else:
+                # One broken trial must not take the worker down: record why, then go on to the next.
+                log.exception("trial %d of %s failed", trial.number, claim.study_name)
+                return fail(f"{type(error).__name__}: {error}")
+        if out_of_memory:
+            free_memory(self.device)
+            return self._out_of_memory(claim, attrs())
         chosen = chosen_epoch(result.epochs, metric=spec.objective.metric, value=spec.objective.value)
         value = chosen.val_loss if spec.objective.metric == "val_loss" else chosen.val_accuracy
+        saved = self._save_model_if_best(claim, result, value)
         final = attrs(
             {
                 "val_loss": chosen.val_loss,
@@ -226,6 +436,7 @@ class TrialRunner:
                 "chosen_epoch": chosen.epoch,
                 "epochs_run": len(result.epochs),
                 "train_s": round(result.train_s, 3),
+                **saved,
             }
         )
         self._store("complete", lambda: repository.complete(claim, value, final))

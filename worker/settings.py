@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from studies import DEFAULT_DATABASE_URL
+from studies.artifacts import default_artifact_dir
 
 
 def _default_cache_dir() -> Path:
@@ -19,10 +20,12 @@ class WorkerSettings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     cache_dir: Path = Field(default_factory=_default_cache_dir)
+    # A folder (shared with the service: NFS for many nodes) or s3://BUCKET: where best models go.
+    artifact_dir: str = Field(default_factory=default_artifact_dir)
     poll_interval_s: float = Field(2.0, gt=0)
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     # Measured on a 2-core machine: a head trial ran 4-15x faster on one thread than on two under load.
     cpu_threads: int = Field(1, ge=1)
-    pool_size: int = Field(2, ge=1)
+    pool_size: int = Field(2, ge=0, description="connections kept per process; 0: none (NullPool)")
     heartbeat_interval_s: float = Field(10.0, gt=0)
     grace_period_s: float = Field(60.0, gt=0, description="silence after which a worker is declared lost")

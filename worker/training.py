@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -74,7 +75,12 @@ class EpochResult:
 
 @dataclass
 class TrainResult:
-    """A training run: every epoch, and the best (lowest validation loss) and final scores and weights."""
+    """A training run: every epoch, the best (lowest validation loss) and final scores, and kept weights.
+
+    best_state holds the weights of the epoch the run's `keep` rule preferred (by default the
+    lowest validation loss), as CPU tensors, named `head.*` and, when the encoder trained, `encoder.*`
+    (train_head keeps the head's own names); kept_epoch says which epoch that was.
+    """
 
     epochs: list[EpochResult]
     best_epoch: int
@@ -84,12 +90,34 @@ class TrainResult:
     final_val_accuracy: float
     best_state: dict[str, torch.Tensor]
     train_s: float
+    kept_epoch: int = 0
+
+
+# Which epoch's weights a run keeps: the one with the lowest key. The default keeps the lowest validation loss.
+KeepRule = Callable[[EpochResult], float]
+
+
+def by_val_loss(result: EpochResult) -> float:
+    """The default keep rule: the lowest validation loss wins."""
+    return result.val_loss
+
+
+def keep_rule(*, metric: str, value: str) -> KeepRule:
+    """The keep rule matching an objective: its best epoch by the metric, or its final epoch."""
+    if value == "final":
+        return lambda result: -float(result.epoch)
+    if metric == "val_accuracy":
+        return lambda result: -result.val_accuracy
+    return by_val_loss
 
 
 def make_optimizer(
-    name: str, parameters: Iterable[torch.nn.Parameter], learning_rate: float
+    name: str, parameters: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]], learning_rate: float
 ) -> torch.optim.Optimizer:
-    """Return the named optimizer (sgd with momentum 0.9, adagrad, adam or adamw) over parameters."""
+    """Return the named optimizer (sgd with momentum 0.9, adagrad, adam or adamw) over parameters.
+
+    parameters may be parameter groups (dicts with their own "lr"); learning_rate is the default.
+    """
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=learning_rate, momentum=SGD_MOMENTUM)
     if name == "adagrad":
@@ -120,6 +148,11 @@ def _evaluate(head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor)
     return loss_sum.item() / n_rows, correct.item() / n_rows
 
 
+def evaluate_head(head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Return (mean cross-entropy, accuracy) of a head on features, computed as training computes it."""
+    return _evaluate(head, inputs, labels)
+
+
 def _check_features(features: Features) -> None:
     n_classes = len(features.label_names)
     for name, inputs, labels in (
@@ -146,6 +179,7 @@ def train_head(
     device: torch.device,
     on_epoch: Callable[[EpochResult], None] | None = None,
     interrupted: Callable[[], str | None] | None = None,
+    keep: KeepRule = by_val_loss,
 ) -> TrainResult:
     """Train a fresh head on the features, evaluating after every epoch; same seed and device, same losses.
 
@@ -175,10 +209,11 @@ def train_head(
 
     history: list[EpochResult] = []
     best: EpochResult | None = None
+    kept: EpochResult | None = None
     best_state: dict[str, torch.Tensor] = {}
 
     def result_so_far() -> TrainResult:
-        assert best is not None
+        assert best is not None and kept is not None
         return TrainResult(
             epochs=list(history),
             best_epoch=best.epoch,
@@ -188,6 +223,7 @@ def train_head(
             final_val_accuracy=history[-1].val_accuracy,
             best_state=best_state,
             train_s=time.perf_counter() - started,
+            kept_epoch=kept.epoch,
         )
 
     for epoch in range(1, params.epochs + 1):
@@ -220,6 +256,8 @@ def train_head(
         history.append(current)
         if best is None or current.val_loss < best.val_loss:
             best = current
+        if kept is None or keep(current) < keep(kept):
+            kept = current
             best_state = {
                 name: value.detach().to("cpu", copy=True) for name, value in head.state_dict().items()
             }

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from service.dependencies import Repository
 from service.report import render_report
-from service.schemas import ErrorRead, StudyRead, TrialPage, TrialRead
+from service.schemas import ErrorRead, StudyName, StudyRead, TrialNumber, TrialPage, TrialRead
 from studies import StudySpec
 from studies.repository import RUNNING, STOPPED
 
@@ -40,13 +40,31 @@ def list_studies(repository: Repository) -> list[StudyRead]:
 
 
 @router.get("/{study_name}", response_model=StudyRead, responses=NOT_FOUND)
-def get_study(study_name: str, repository: Repository) -> StudyRead:
+def get_study(study_name: StudyName, repository: Repository) -> StudyRead:
     """One study: spec, state, progress and best trial."""
     return StudyRead.from_progress(repository.progress(repository.get(study_name)))
 
 
+@router.delete(
+    "/{study_name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        **NOT_FOUND,
+        409: {
+            "model": ErrorRead,
+            "description": "the study is running, or a trial of it is (invalid_study_state)",
+        },
+    },
+)
+def delete_study(study_name: StudyName, repository: Repository) -> Response:
+    """Delete a stopped, failed or completed study with its trials; 409 while it or a trial of it runs."""
+    repository.delete(study_name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.post("/{study_name}/stop", response_model=StudyRead, responses=NOT_FOUND)
-def stop_study(study_name: str, repository: Repository) -> StudyRead:
+def stop_study(study_name: StudyName, repository: Repository) -> StudyRead:
     """Stop claiming new trials; running trials stop at their next epoch boundary."""
     repository.get(study_name)
     return StudyRead.from_progress(
@@ -55,7 +73,7 @@ def stop_study(study_name: str, repository: Repository) -> StudyRead:
 
 
 @router.post("/{study_name}/resume", response_model=StudyRead, responses=NOT_FOUND)
-def resume_study(study_name: str, repository: Repository) -> StudyRead:
+def resume_study(study_name: StudyName, repository: Repository) -> StudyRead:
     """Reopen a stopped study for claims."""
     repository.get(study_name)
     return StudyRead.from_progress(repository.progress(repository.set_state(study_name, RUNNING)))
@@ -63,7 +81,7 @@ def resume_study(study_name: str, repository: Repository) -> StudyRead:
 
 @router.get("/{study_name}/trials", response_model=TrialPage, responses=NOT_FOUND)
 def list_trials(
-    study_name: str,
+    study_name: StudyName,
     repository: Repository,
     state: Annotated[TrialStateName | None, Query(description="only trials in this state")] = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
@@ -83,7 +101,7 @@ def list_trials(
     response_class=HTMLResponse,
     responses={200: {"content": {"text/html": {}}}, **NOT_FOUND},
 )
-def study_report(study_name: str, repository: Repository) -> HTMLResponse:
+def study_report(study_name: StudyName, repository: Repository) -> HTMLResponse:
     """A self-contained HTML report: history, intermediate values, importances, parallel coordinates."""
     progress = repository.progress(repository.get(study_name))
     return HTMLResponse(render_report(repository, progress))
@@ -94,6 +112,6 @@ def study_report(study_name: str, repository: Repository) -> HTMLResponse:
     response_model=TrialRead,
     responses={404: {"model": ErrorRead, "description": "no such study or trial"}},
 )
-def get_trial(study_name: str, number: int, repository: Repository) -> TrialRead:
+def get_trial(study_name: StudyName, number: TrialNumber, repository: Repository) -> TrialRead:
     """One trial: parameters, per-epoch values, outcome and worker."""
     return TrialRead.from_frozen(repository.trial(repository.get(study_name), number))

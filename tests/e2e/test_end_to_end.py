@@ -38,6 +38,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         **os.environ,
         "TUNEFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'tunefleet.db'}",
         "TUNEFLEET_CACHE_DIR": str(tmp_path / "cache"),
+        "TUNEFLEET_ARTIFACT_DIR": str(tmp_path / "artifacts"),
         "TUNEFLEET_POLL_INTERVAL_S": "0.5",
         "PYTHONUNBUFFERED": "1",
     }

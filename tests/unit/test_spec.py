@@ -60,7 +60,7 @@ def errors_of(spec: dict[str, Any]) -> list[tuple[str, str]]:
         ({"pruner": {"name": "sometimes"}}, "pruner", "does not match"),
         ({"sampler": {"name": "grid"}}, "", "space.learning_rate: the grid sampler needs a discrete space"),
         ({"objective": {"metric": "val_loss", "direction": "maximize"}}, "objective", "worse models"),
-        ({"task": {"finetune": "full"}}, "task.finetune", "not available yet"),
+        ({"task": {"finetune": "partial"}}, "task.finetune", "unknown finetune mode 'partial'"),
         ({"task": {"data": "/etc/passwd"}}, "task.data", "unknown data set"),
         ({"task": {"model": "builtin:gpt-17"}}, "task.model", "unknown built-in model"),
     ],

@@ -1,0 +1,959 @@
+"""Benchmark 2: what tunefleet's pull-and-report path costs per trial on PostgreSQL, against plain Optuna."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import json
+import math
+import os
+import pstats
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from bench.common import (
+    clean_up_on_sigterm,
+    command_line,
+    delete_studies,
+    delete_worker_rows,
+    environment,
+    environment_markdown,
+    fmt,
+    load_average,
+    markdown_table,
+    percentile,
+    postgres_url,
+    process_cpu_s,
+    ratio,
+    seed_trials,
+    spread,
+    with_query,
+    write_result,
+    zero_cost_loss,
+)
+from studies import StudyRepository, StudySpec, open_storage
+from studies.space import distributions
+from studies.storage import normalize_url
+from studies.tables import workers_table
+
+NAME = "coordination_overhead"
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 3
+TPE_STARTUP_TRIALS = 10
+# Workers idle between runs are frozen (SIGSTOP); a poll interval this short lets them start within
+# 0.1 s of being resumed. It only matters while a worker is idle, never while it runs trials.
+POLL_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one invocation measures."""
+
+    workers: tuple[int, ...]
+    samplers: tuple[str, ...]
+    seeded: tuple[int, ...]
+    repeats: int
+    trials: dict[str, int]
+    profile_trials: int
+    cprofile: bool
+
+
+@dataclass
+class Run:
+    """One measured run of one system at one configuration."""
+
+    system: str
+    sampler: str
+    seeded: int
+    workers: int
+    repeat: int
+    trials: int
+    states: dict[str, int] = field(default_factory=dict)
+    window_s: float = math.nan
+    wall_s: float = math.nan
+    trials_per_s: float = math.nan
+    worker_cpu_ms_per_trial: float = math.nan
+    server_cpu_ms_per_trial: float = math.nan
+    claim_p50_ms: float = math.nan
+    claim_p99_ms: float = math.nan
+
+
+def plan_for(args: argparse.Namespace) -> Plan:
+    """The sizes for --smoke, --quick or the full run, with any sizes given on the command line."""
+    if args.smoke:
+        plan = Plan((1,), ("random",), (0,), 1, {"random": 10, "tpe": 10}, 3, False)
+    elif args.quick:
+        plan = Plan((1, 4), ("random",), (0, 500), 2, {"random": 40, "tpe": 32}, 20, False)
+    else:
+        plan = Plan((1, 4, 8), ("random", "tpe"), (0, 5000), 3, {"random": 200, "tpe": 96}, 100, True)
+    overrides: dict[str, Any] = {}
+    if args.workers:
+        overrides["workers"] = tuple(args.workers)
+    if args.samplers:
+        overrides["samplers"] = tuple(args.samplers)
+    if args.seeded is not None:
+        overrides["seeded"] = tuple(args.seeded)
+    if args.repeats:
+        overrides["repeats"] = args.repeats
+    if args.trials:
+        overrides["trials"] = dict.fromkeys(("random", "tpe"), args.trials)
+    if args.cprofile:
+        overrides["cprofile"] = True
+    return Plan(**{**asdict(plan), **overrides})
+
+
+# -- the study both systems run --------------------------------------------------------------------
+
+
+def tunefleet_spec(name: str, sampler: str, n_trials: int) -> StudySpec:
+    """The zero-cost study: synthetic task, 3 epochs, no sleep, no pruner."""
+    return StudySpec.model_validate(
+        {
+            "name": name,
+            "task": {"kind": "synthetic", "epoch_sleep_s": 0},
+            "space": {"epochs": EPOCHS},
+            "sampler": {"name": sampler, "seed": 17},
+            "pruner": {"name": "none"},
+            "budget": {"n_trials": n_trials},
+        }
+    )
+
+
+def baseline_space() -> dict[str, BaseDistribution]:
+    """The searched parameters of the same space: a user would write the fixed epoch count as a constant."""
+    spec = tunefleet_spec("space", "random", 1)
+    fixed = {name for name, param in spec.space.params().items() if param.type == "fixed"}
+    return {name: d for name, d in distributions(spec.space).items() if name not in fixed}
+
+
+def baseline_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler tunefleet builds for the spec, as a user would configure it for parallel workers."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=TPE_STARTUP_TRIALS)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
+    """The suggest_* call a user writes for this range."""
+    if isinstance(distribution, FloatDistribution):
+        return trial.suggest_float(
+            name, distribution.low, distribution.high, log=distribution.log, step=distribution.step
+        )
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(
+            name, distribution.low, distribution.high, log=distribution.log, step=distribution.step
+        )
+    assert isinstance(distribution, CategoricalDistribution)
+    return trial.suggest_categorical(name, distribution.choices)
+
+
+def optuna_optimize(
+    storage: optuna.storages.RDBStorage, study_name: str, sampler: str, seed: int, n_trials: int
+) -> list[float]:
+    """Plain Optuna: load the study, optimize an objective that reports 3 epochs and asks should_prune.
+
+    Returns each trial's time to get a trial with all its parameters: study.ask() plus the suggest calls,
+    tunefleet's claim in Optuna's terms.
+    """
+    space = baseline_space()
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=baseline_sampler(sampler, seed),
+        pruner=optuna.pruners.NopPruner(),
+    )
+    claim_s: list[float] = []
+    asked_s = [0.0]
+    real_ask = study.ask
+
+    # A timing shim only: optimize() calls study.ask() for each trial, and the objective sees the rest.
+    def timed_ask(fixed_distributions: dict[str, BaseDistribution] | None = None) -> optuna.Trial:
+        started = time.perf_counter()
+        trial = real_ask(fixed_distributions)
+        asked_s[0] = time.perf_counter() - started
+        return trial
+
+    study.ask = timed_ask  # type: ignore[method-assign]
+
+    def objective(trial: optuna.Trial) -> float:
+        started = time.perf_counter()
+        params = {name: suggest(trial, name, distribution) for name, distribution in space.items()}
+        claim_s.append(asked_s[0] + time.perf_counter() - started)
+        best = math.inf
+        for epoch in range(1, EPOCHS + 1):
+            value = zero_cost_loss(params, seed=trial.number, epoch=epoch)
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+            best = min(best, value)
+        return best
+
+    study.optimize(objective, n_trials=n_trials)
+    return claim_s
+
+
+def optuna_worker(url: str) -> int:
+    """A long-lived plain-Optuna worker process: one JSON command per stdin line, one JSON result per line."""
+    storage = optuna.storages.RDBStorage(url)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command.get("quit"):
+            break
+        claim_s = optuna_optimize(
+            storage, command["study"], command["sampler"], command["seed"], command["n_trials"]
+        )
+        print(json.dumps({"claim_s": claim_s}), flush=True)
+    storage.engine.dispose()
+    return 0
+
+
+# -- process pools ---------------------------------------------------------------------------------
+
+
+class Pool:
+    """N long-lived worker processes, started once and reused across runs, so start-up is never measured."""
+
+    def __init__(self, processes: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
+        self.processes = processes
+        self.logs = logs
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def cpu_s(self) -> float:
+        """CPU seconds the pool's processes have used so far (every thread, user and system)."""
+        total = 0.0
+        for process in self.processes:
+            used = process_cpu_s(process.pid)
+            if used is None:
+                raise RuntimeError(f"worker {process.pid} exited unexpectedly:\n{self.log_tail()}")
+            total += used
+        return total
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return "\n".join(p.read_text(errors="replace")[-chars:] for p in self.logs if p.exists())
+
+    def signal(self, signum: int) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    def close(self) -> None:
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def start_tunefleet_pool(
+    n: int, url: str, study_names: Sequence[str], logdir: Path, admin: sa.Engine
+) -> Pool:
+    """`tunefleet worker` processes for these studies; frozen (SIGSTOP) once registered and idle."""
+    env = {
+        **os.environ,
+        "TUNEFLEET_DATABASE_URL": url,
+        "TUNEFLEET_POLL_INTERVAL_S": str(POLL_INTERVAL_S),
+        # Frozen between runs, workers miss heartbeats: they must not be declared lost meanwhile.
+        "TUNEFLEET_GRACE_PERIOD_S": "86400",
+        "TUNEFLEET_CACHE_DIR": str(logdir / "cache"),
+        "TUNEFLEET_ARTIFACT_DIR": str(logdir / "artifacts"),
+        "TUNEFLEET_DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+    }
+    args = [arg for name in study_names for arg in ("--study", name)]
+    processes, logs = [], []
+    for index in range(n):
+        log = logdir / f"tunefleet-{n}-{index}.log"
+        with log.open("wb") as out:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tunefleet", "worker", *args],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        logs.append(log)
+    pool = Pool(processes, logs)
+    deadline = time.monotonic() + 180
+    c = workers_table.c
+    while True:
+        with admin.connect() as connection:
+            registered = connection.execute(
+                sa.select(sa.func.count()).where(
+                    c.host == socket.gethostname(), c.pid.in_(pool.pids), c.state == "idle"
+                )
+            ).scalar_one()
+        if registered == n:
+            break
+        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+            pool.close()
+            raise RuntimeError(f"tunefleet workers did not start:\n{pool.log_tail()}")
+        time.sleep(0.2)
+    time.sleep(0.5)  # past their first (empty) claim, into the idle wait
+    pool.signal(signal.SIGSTOP)
+    return pool
+
+
+def start_optuna_pool(n: int, url: str, logdir: Path) -> Pool:
+    """Plain-Optuna worker processes (this module's optuna_worker), waiting for commands."""
+    processes, logs = [], []
+    for index in range(n):
+        log = logdir / f"optuna-{n}-{index}.log"
+        with log.open("wb") as err:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "bench.coordination_overhead", "--optuna-worker", url],
+                    cwd=ROOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                )
+            )
+        logs.append(log)
+    pool = Pool(processes, logs)
+    for process in processes:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            pool.close()
+            raise RuntimeError(f"optuna worker did not start:\n{pool.log_tail()}")
+    return pool
+
+
+# -- measuring one run ------------------------------------------------------------------------------
+
+
+class ServerCpu:
+    """CPU the PostgreSQL backends serving one application_name used between two samples."""
+
+    def __init__(self, admin: sa.Engine, application_name: str) -> None:
+        self.admin = admin
+        self.application_name = application_name
+        self.start: dict[int, float] = {}
+
+    def _sample(self) -> dict[int, float]:
+        with self.admin.connect() as connection:
+            pids = connection.execute(
+                sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": self.application_name},
+            ).scalars()
+            found = {pid: process_cpu_s(pid) for pid in pids}
+        return {pid: used for pid, used in found.items() if used is not None}
+
+    def begin(self) -> None:
+        self.start = self._sample()
+
+    def end_s(self) -> float:
+        # A backend started during the run counts whole; one that ended during it is lost (rare: pools keep theirs).
+        return sum(used - self.start.get(pid, 0.0) for pid, used in self._sample().items())
+
+
+def study_trials(admin: sa.Engine, study_name: str, skip: int) -> list[Any]:
+    """The run's trials (numbers from `skip` on: the seeded ones come first): times, state, claim_s."""
+    query = sa.text(
+        """
+        SELECT t.number, t.state, t.datetime_start, t.datetime_complete, a.value_json AS claim_s
+        FROM trials t JOIN studies s ON s.study_id = t.study_id
+        LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'claim_s'
+        WHERE s.study_name = :name AND t.number >= :skip
+        """
+    )
+    with admin.connect() as connection:
+        return list(connection.execute(query, {"name": study_name, "skip": skip}).all())
+
+
+def finished_count(admin: sa.Engine, study_name: str, skip: int) -> int:
+    query = sa.text(
+        "SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+        "WHERE s.study_name = :name AND t.number >= :skip AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')"
+    )
+    with admin.connect() as connection:
+        return int(connection.execute(query, {"name": study_name, "skip": skip}).scalar_one())
+
+
+def fill_run(run: Run, rows: list[Any], claim_s: list[float], cpu_s: float, server_s: float) -> None:
+    starts = [r.datetime_start for r in rows if r.datetime_start is not None]
+    ends = [r.datetime_complete for r in rows if r.datetime_complete is not None]
+    run.states = dict(Counter(str(r.state).lower() for r in rows))
+    if starts and ends:
+        run.window_s = (max(ends) - min(starts)).total_seconds()
+        run.trials_per_s = len(ends) / run.window_s if run.window_s > 0 else math.nan
+    run.worker_cpu_ms_per_trial = 1000 * cpu_s / run.trials
+    run.server_cpu_ms_per_trial = 1000 * server_s / run.trials
+    run.claim_p50_ms = 1000 * percentile(claim_s, 50)
+    run.claim_p99_ms = 1000 * percentile(claim_s, 99)
+
+
+def run_tunefleet(
+    run: Run, name: str, pool: Pool, repository: StudyRepository, admin: sa.Engine, app: str
+) -> None:
+    """Create (and seed) the study while the workers are frozen, resume them, stop them when it is done."""
+    spec = tunefleet_spec(name, run.sampler, run.trials)
+    record = repository.create(spec)
+    if run.seeded:
+        seed_trials(admin, record.optuna_study_id, distributions(spec.space), run.seeded, seed=run.repeat)
+    time.sleep(2 * POLL_INTERVAL_S)  # every frozen worker's idle wait has run out: all start at once
+    server = ServerCpu(admin, app)
+    server.begin()
+    cpu_before = pool.cpu_s()
+    started = time.perf_counter()
+    pool.signal(signal.SIGCONT)
+    deadline = time.monotonic() + 600
+    while finished_count(admin, name, run.seeded) < run.trials:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"tunefleet run {name} did not finish:\n{pool.log_tail()}")
+        time.sleep(0.05)
+    pool.signal(signal.SIGSTOP)
+    run.wall_s = time.perf_counter() - started
+    cpu_s = pool.cpu_s() - cpu_before
+    server_s = server.end_s()
+    rows = study_trials(admin, name, run.seeded)
+    claims = [float(json.loads(r.claim_s)) for r in rows if r.claim_s is not None]
+    fill_run(run, rows, claims, cpu_s, server_s)
+
+
+def run_optuna(run: Run, name: str, pool: Pool, admin_url: str, admin: sa.Engine, app: str) -> None:
+    """Each plain-Optuna process runs optimize(n_trials=K/N) on a fresh study, all started together."""
+    storage = optuna.storages.RDBStorage(admin_url, engine_kwargs={"poolclass": sa.pool.NullPool})
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    storage.engine.dispose()
+    if run.seeded:
+        seed_trials(admin, study._study_id, baseline_space(), run.seeded, seed=run.repeat)
+    server = ServerCpu(admin, app)
+    server.begin()
+    cpu_before = pool.cpu_s()
+    started = time.perf_counter()
+    per_worker = run.trials // run.workers
+    for index, process in enumerate(pool.processes):
+        assert process.stdin is not None
+        command = {
+            "study": name,
+            "sampler": run.sampler,
+            "seed": 1000 * run.repeat + index,
+            "n_trials": per_worker,
+        }
+        process.stdin.write((json.dumps(command) + "\n").encode())
+        process.stdin.flush()
+    claims: list[float] = []
+    for process in pool.processes:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"optuna worker {process.pid} died:\n{pool.log_tail()}")
+        claims += json.loads(line)["claim_s"]
+    run.wall_s = time.perf_counter() - started
+    cpu_s = pool.cpu_s() - cpu_before
+    server_s = server.end_s()
+    fill_run(run, study_trials(admin, name, run.seeded), claims, cpu_s, server_s)
+
+
+# -- where the time goes: statements per trial, and a profile of one in-process worker ----------------
+
+
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE)\s+\"?(\w+)", re.IGNORECASE)
+
+
+def statement_kind(statement: str) -> str:
+    """'SELECT trials', 'UPDATE tunefleet_studies', ...: the verb and the first table named."""
+    verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "?"
+    table = _TABLE.search(statement)
+    return f"{verb} {table.group(1) if table else ''}".strip()
+
+
+@contextlib.contextmanager
+def counting(engine: sa.Engine) -> Iterator[Counter[str]]:
+    """Count statements by kind, commits, and pool checkouts (each one a pre-ping where that is on)."""
+    counts: Counter[str] = Counter()
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        counts["statements"] += 1
+        counts["stmt: " + statement_kind(statement)] += 1
+
+    def on_commit(conn: Any) -> None:
+        counts["commits"] += 1
+
+    def on_checkout(*args: Any) -> None:
+        counts["checkouts"] += 1
+
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    sa.event.listen(engine, "commit", on_commit)
+    sa.event.listen(engine.pool, "checkout", on_checkout)
+    try:
+        yield counts
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+        sa.event.remove(engine, "commit", on_commit)
+        sa.event.remove(engine.pool, "checkout", on_checkout)
+
+
+def per_trial(counts: Counter[str], trials: int, *, pre_ping: bool) -> dict[str, Any]:
+    statements = counts["statements"] / trials
+    commits = counts["commits"] / trials
+    checkouts = counts["checkouts"] / trials
+    kinds = {
+        key.removeprefix("stmt: "): round(value / trials, 2)
+        for key, value in counts.most_common()
+        if key.startswith("stmt: ")
+    }
+    return {
+        "statements": round(statements, 1),
+        "commits": round(commits, 1),
+        "pool_checkouts": round(checkouts, 1),
+        # psycopg sends BEGIN before a transaction's first statement and COMMIT after: a round trip each.
+        "round_trips_estimate": round(statements + 2 * commits + (checkouts if pre_ping else 0), 1),
+        "by_statement": kinds,
+    }
+
+
+PHASES = {
+    "claim": ("repository.py", "claim"),
+    "fleet.set_trial (busy, idle)": ("fleet.py", "set_trial"),
+    "trial.report": ("_trial.py", "report"),
+    "stored_state (per epoch)": ("repository.py", "stored_state"),
+    "trial.should_prune": ("_trial.py", "should_prune"),
+    "complete (attrs + tell)": ("repository.py", "complete"),
+}
+
+
+def profile_tunefleet(url: str, trials: int, *, cprofile: bool) -> dict[str, Any]:
+    """One worker's real loop in this process on a fresh random study: statements, and a cProfile."""
+    from worker.loop import LoopOptions, build_runner, run_loop
+    from worker.settings import WorkerSettings
+
+    name = f"bench-co-profile-{uuid.uuid4().hex[:10]}-tf"
+    scratch = Path(tempfile.mkdtemp(prefix="bench-co-profile-"))
+    # Synthetic trials keep no model; the scratch folders only keep the worker from touching the user's.
+    settings = WorkerSettings(
+        database_url=url,
+        device="cpu",
+        poll_interval_s=POLL_INTERVAL_S,
+        cache_dir=scratch / "cache",
+        artifact_dir=str(scratch / "artifacts"),
+    )
+    runner, identity = build_runner(settings)
+    repository = runner.repository
+    repository.create(tunefleet_spec(name, "random", trials))
+    profiler = cProfile.Profile() if cprofile else None
+    started = time.perf_counter()
+    try:
+        with counting(repository.engine) as counts:
+            if profiler:
+                profiler.enable()
+            run_loop(runner, identity, LoopOptions(study_names=(name,), exit_when_idle=True), settings)
+            if profiler:
+                profiler.disable()
+        wall_s = time.perf_counter() - started
+    finally:
+        repository.engine.dispose()
+        delete_studies(url, [name])
+        delete_worker_rows(url, host=socket.gethostname(), pids=[os.getpid()])
+        shutil.rmtree(scratch, ignore_errors=True)
+    result: dict[str, Any] = {
+        "trials": trials,
+        "wall_ms_per_trial": round(1000 * wall_s / trials, 1),
+        **per_trial(counts, trials, pre_ping=True),
+    }
+    if profiler:
+        result["cprofile"] = profile_summary(profiler, trials)
+    return result
+
+
+def profile_summary(profiler: cProfile.Profile, trials: int) -> dict[str, Any]:
+    """Cumulative time per trial of the loop's phases, and the functions with the most own time."""
+    stats = pstats.Stats(profiler)
+    table: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for (_, _, tt, _, _) in table.values())
+    phases = {}
+    for label, (filename, function) in PHASES.items():
+        cumulative = sum(
+            ct
+            for (path, _, func), (_, _, _, ct, _) in table.items()
+            if func == function and path.endswith(filename)
+        )
+        phases[label] = round(1000 * cumulative / trials, 2)
+    top = sorted(table.items(), key=lambda item: item[1][2], reverse=True)[:12]
+    return {
+        "note": "times under cProfile (inflated); compare them with each other, not with the runs above",
+        "profiled_ms_per_trial": round(1000 * total / trials, 1),
+        "phase_ms_per_trial": phases,
+        "top_own_time": [
+            {
+                "function": f"{Path(path).name}:{line}({func})",
+                "calls_per_trial": round(nc / trials, 1),
+                "ms_per_trial": round(1000 * tt / trials, 2),
+            }
+            for (path, line, func), (_, nc, tt, _, _) in top
+        ],
+    }
+
+
+def profile_optuna(url: str, trials: int) -> dict[str, Any]:
+    """Plain Optuna's optimize in this process on a fresh random study: statements per trial."""
+    name = f"bench-co-profile-{uuid.uuid4().hex[:10]}-op"
+    storage = optuna.storages.RDBStorage(url)
+    optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    started = time.perf_counter()
+    try:
+        with counting(storage.engine) as counts:
+            optuna_optimize(storage, name, "random", 0, trials)
+        wall_s = time.perf_counter() - started
+    finally:
+        storage.engine.dispose()
+        delete_studies(url, [name])
+    return {
+        "trials": trials,
+        "wall_ms_per_trial": round(1000 * wall_s / trials, 1),
+        **per_trial(counts, trials, pre_ping=False),
+    }
+
+
+# -- the whole benchmark -------------------------------------------------------------------------------
+
+
+def summarize(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per (sampler, seeded, workers): each figure's median [min-max] over repeats, and ratios."""
+    rows = []
+    keys = sorted(
+        {(r.sampler, r.seeded, r.workers) for r in runs}, key=lambda k: (k[0] != "random", k[1], k[2])
+    )
+    for sampler, seeded, workers in keys:
+        row: dict[str, Any] = {"sampler": sampler, "seeded": seeded, "workers": workers}
+        for system in ("tunefleet", "optuna"):
+            mine = [
+                r
+                for r in runs
+                if (r.system, r.sampler, r.seeded, r.workers) == (system, sampler, seeded, workers)
+            ]
+            row[system] = {
+                figure: spread(getattr(r, figure) for r in mine)
+                for figure in (
+                    "trials_per_s",
+                    "worker_cpu_ms_per_trial",
+                    "server_cpu_ms_per_trial",
+                    "claim_p50_ms",
+                    "claim_p99_ms",
+                )
+            }
+        t, o = row["tunefleet"], row["optuna"]
+        row["ratio"] = {
+            figure: ratio(t[figure]["median"], o[figure]["median"])
+            for figure in (
+                "trials_per_s",
+                "worker_cpu_ms_per_trial",
+                "server_cpu_ms_per_trial",
+                "claim_p50_ms",
+            )
+        }
+        rows.append(row)
+    return rows
+
+
+def markdown(
+    rows: list[dict[str, Any]],
+    profile: dict[str, Any],
+    plan: Plan,
+    env: dict[str, Any],
+    command: str,
+    runs: list[Run],
+) -> str:
+    def r(x: float) -> str:
+        return "-" if x is None or math.isnan(x) else f"{x:.2f}x"
+
+    main = markdown_table(
+        [
+            "sampler",
+            "trials in study",
+            "workers",
+            "trials/s tunefleet",
+            "trials/s Optuna",
+            "ratio",
+            "worker CPU ms/trial tunefleet",
+            "Optuna",
+            "ratio",
+            "DB CPU ms/trial tunefleet",
+            "Optuna",
+        ],
+        [
+            [
+                row["sampler"],
+                f"{row['seeded']:,}",
+                row["workers"],
+                fmt(row["tunefleet"]["trials_per_s"]),
+                fmt(row["optuna"]["trials_per_s"]),
+                r(row["ratio"]["trials_per_s"]),
+                fmt(row["tunefleet"]["worker_cpu_ms_per_trial"]),
+                fmt(row["optuna"]["worker_cpu_ms_per_trial"]),
+                r(row["ratio"]["worker_cpu_ms_per_trial"]),
+                fmt(row["tunefleet"]["server_cpu_ms_per_trial"]),
+                fmt(row["optuna"]["server_cpu_ms_per_trial"]),
+            ]
+            for row in rows
+        ],
+    )
+    latency = markdown_table(
+        [
+            "sampler",
+            "trials in study",
+            "workers",
+            "claim p50 ms tunefleet",
+            "p99",
+            "ask+suggest p50 ms Optuna",
+            "p99",
+        ],
+        [
+            [
+                row["sampler"],
+                f"{row['seeded']:,}",
+                row["workers"],
+                fmt(row["tunefleet"]["claim_p50_ms"]),
+                fmt(row["tunefleet"]["claim_p99_ms"]),
+                fmt(row["optuna"]["claim_p50_ms"]),
+                fmt(row["optuna"]["claim_p99_ms"]),
+            ]
+            for row in rows
+        ],
+    )
+    tf, op = profile["tunefleet"], profile["optuna"]
+    statements = markdown_table(
+        ["per trial (1 worker, fresh random study)", "tunefleet", "plain Optuna"],
+        [
+            ["SQL statements", tf["statements"], op["statements"]],
+            ["transactions (commits)", tf["commits"], op["commits"]],
+            ["pool checkouts (tunefleet pre-pings each)", tf["pool_checkouts"], op["pool_checkouts"]],
+            [
+                "round trips (estimate: statements + BEGIN/COMMIT + pings)",
+                tf["round_trips_estimate"],
+                op["round_trips_estimate"],
+            ],
+            ["wall ms (in-process, 1 worker)", tf["wall_ms_per_trial"], op["wall_ms_per_trial"]],
+        ],
+    )
+    kinds = sorted(
+        set(tf["by_statement"]) | set(op["by_statement"]), key=lambda k: -tf["by_statement"].get(k, 0)
+    )
+    by_kind = markdown_table(
+        ["statement", "tunefleet per trial", "Optuna per trial"],
+        [[f"`{k}`", tf["by_statement"].get(k, 0), op["by_statement"].get(k, 0)] for k in kinds],
+    )
+    parts = [
+        f"Zero-cost task ({EPOCHS} reports per trial, pruner none), real worker processes on PostgreSQL; "
+        f"median [min-max] of {plan.repeats} run(s) per row. Trials per run: "
+        + ", ".join(f"{s} {plan.trials[s]}" for s in plan.samplers)
+        + ". Throughput is trials over the span from the first trial's start to the last one's end "
+        "(store timestamps); CPU is each worker process's user+system time over the run (/proc), "
+        "and the PostgreSQL backends' for the same sessions; start-up is never in either. "
+        "tunefleet's claim latency is its `claim_s` attribute (runnable study, budget slot, trial, "
+        "parameters, tags); Optuna's equivalent is study.ask() plus the suggest calls. Ratios are "
+        "tunefleet / Optuna (trials/s: higher is better; CPU: lower is better).",
+        "",
+        main,
+        "",
+        latency,
+        "",
+        statements,
+        "",
+        by_kind,
+    ]
+    cp = tf.get("cprofile")
+    if cp:
+        parts += [
+            "",
+            f"cProfile of one tunefleet worker ({cp['profiled_ms_per_trial']} ms/trial under the profiler): "
+            + ", ".join(f"{k} {v} ms" for k, v in cp["phase_ms_per_trial"].items())
+            + ".",
+        ]
+    odd = [r for r in runs if r.states != {"complete": r.trials}]
+    if odd:
+        parts += [
+            "",
+            f"**{len(odd)} run(s) ended with trials not all COMPLETE** (e.g. {odd[0].system}: {odd[0].states}): "
+            "a reaper elsewhere on this store (a concurrent test's grace period may be 2 s) can declare a "
+            "benchmark worker lost and fail its trial; rerun when the store is quiet.",
+        ]
+    parts += ["", environment_markdown(env, command)]
+    return "\n".join(parts)
+
+
+def targets(rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
+    cpu = [row["ratio"]["worker_cpu_ms_per_trial"] for row in rows]
+    cpu_ok = [c for c in cpu if not math.isnan(c)]
+    largest = max(plan.seeded)
+    at_largest = [row for row in rows if row["seeded"] == largest]
+    p50s = [row["tunefleet"]["claim_p50_ms"]["median"] for row in at_largest]
+    return [
+        {
+            "target": "tunefleet at most as costly per trial as plain Optuna (worker CPU per trial)",
+            "figure": f"tunefleet/Optuna worker CPU per trial {min(cpu_ok):.2f}x-{max(cpu_ok):.2f}x over "
+            f"{len(cpu_ok)} configurations"
+            if cpu_ok
+            else "-",
+            "met": all(c <= 1.0 for c in cpu_ok) if cpu_ok else None,
+        },
+        {
+            "target": "p50 claim latency under 100 ms at 5,000 trials",
+            "figure": f"p50 up to {max(p50s):.1f} ms at {largest:,} trials" if p50s else "-",
+            "met": (max(p50s) < 100) if p50s and largest >= 5000 else None,
+        },
+    ]
+
+
+def run_benchmark(plan: Plan, url: str, workdir: Path) -> tuple[list[Run], list[str]]:
+    token = uuid.uuid4().hex[:8]
+    created: list[str] = []
+    runs: list[Run] = []
+    admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    tf_app, op_app = f"bench-co-{token}-tf", f"bench-co-{token}-op"
+    tf_url, op_url = with_query(url, application_name=tf_app), with_query(url, application_name=op_app)
+    repository = StudyRepository(open_storage(url, pool_size=1))
+    pids: list[int] = []
+    try:
+        for workers in plan.workers:
+            names = {
+                (sampler, seeded, repeat): f"bench-co-{token}-n{workers}-{sampler}-s{seeded}-r{repeat}"
+                for sampler in plan.samplers
+                for seeded in plan.seeded
+                for repeat in range(plan.repeats)
+            }
+            tf_pool = start_tunefleet_pool(
+                workers, tf_url, [n + "-tf" for n in names.values()], workdir, admin
+            )
+            pids += tf_pool.pids
+            op_pool = start_optuna_pool(workers, op_url, workdir)
+            try:
+                for (sampler, seeded, repeat), name in names.items():
+                    k = plan.trials[sampler] // workers * workers
+                    # Alternate which system goes first, so drift in the machine's load hits both alike.
+                    order = ("tunefleet", "optuna") if repeat % 2 == 0 else ("optuna", "tunefleet")
+                    for system in order:
+                        run = Run(system, sampler, seeded, workers, repeat, k)
+                        study_name = f"{name}-{'tf' if system == 'tunefleet' else 'op'}"
+                        created.append(study_name)
+                        if system == "tunefleet":
+                            run_tunefleet(run, study_name, tf_pool, repository, admin, tf_app)
+                        else:
+                            run_optuna(run, study_name, op_pool, url, admin, op_app)
+                        runs.append(run)
+                        print(
+                            f"  {system:9} {sampler:6} seeded={seeded:<5} workers={workers} rep={repeat}: "
+                            f"{run.trials_per_s:6.1f} trials/s, {run.worker_cpu_ms_per_trial:6.1f} ms CPU/trial, "
+                            f"claim p50 {run.claim_p50_ms:6.1f} ms",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+            finally:
+                tf_pool.close()
+                for process in op_pool.processes:
+                    with contextlib.suppress(OSError):
+                        assert process.stdin is not None
+                        process.stdin.write(b'{"quit": true}\n')
+                        process.stdin.close()
+                op_pool.close()
+    finally:
+        repository.engine.dispose()
+        delete_studies(url, created)
+        delete_worker_rows(url, host=socket.gethostname(), pids=pids)
+        admin.dispose()
+    return runs, created
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="1 and 4 workers, random sampler, 500 seeded trials"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="1 worker, 10 trials: checks the script, measures nothing"
+    )
+    parser.add_argument("--out", default=f"bench/results/{NAME}.json")
+    parser.add_argument(
+        "--url", help="PostgreSQL URL (default: TUNEFLEET_BENCH_POSTGRES_URL or the test database)"
+    )
+    parser.add_argument("--workers", type=int, nargs="+")
+    parser.add_argument("--samplers", nargs="+", choices=("random", "tpe"))
+    parser.add_argument("--seeded", type=int, nargs="+", help="trials already in the study, e.g. 0 5000")
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--trials", type=int, help="trials per run")
+    parser.add_argument(
+        "--cprofile", action="store_true", help="also profile one in-process tunefleet worker"
+    )
+    parser.add_argument("--optuna-worker", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.optuna_worker:
+        return optuna_worker(args.optuna_worker)
+    started = time.monotonic()
+    clean_up_on_sigterm()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = normalize_url(args.url) if args.url else postgres_url()
+    plan = plan_for(args)
+    env = environment(url)
+    command = command_line(f"bench.{NAME}", argv)
+    with tempfile.TemporaryDirectory(prefix="bench-co-") as workdir:
+        runs, created = run_benchmark(plan, url, Path(workdir))
+    profile = {
+        "tunefleet": profile_tunefleet(url, plan.profile_trials, cprofile=plan.cprofile),
+        "optuna": profile_optuna(url, plan.profile_trials),
+    }
+    env["load_average_at_end"] = load_average()
+    rows = summarize(runs)
+    result: dict[str, Any] = {
+        "config": {
+            "command": command,
+            "plan": asdict(plan),
+            "epochs": EPOCHS,
+            "worker_settings": {
+                "poll_interval_s": POLL_INTERVAL_S,
+                "heartbeat_interval_s": "default",
+                "pool_size": "default",
+            },
+            **env,
+            "wall_s": round(time.monotonic() - started, 1),
+        },
+        "summary": rows,
+        "profile": profile,
+        "studies_created_and_deleted": created,
+        "runs": [asdict(r) for r in runs],
+    }
+    result["targets"] = targets(rows, plan)
+    result["markdown"] = markdown(rows, profile, plan, env, command, runs)
+    path = write_result(result, args.out)
+    print(result["markdown"])
+    print()
+    for target in result["targets"]:
+        verdict = {True: "met", False: "NOT met", None: "not applicable at this size"}[target["met"]]
+        print(f"- {target['target']}: {target['figure']} ({verdict})")
+    print(f"written to {path}; wall time {result['config']['wall_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

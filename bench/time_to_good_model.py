@@ -1,0 +1,287 @@
+"""Benchmark 1: compute each method needs to reach the best loss random search reaches with its whole budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from studies import StudyRepository, StudySpec, WorkerIdentity, load_spec_file, open_storage, preset_path
+from studies.space import distributions
+from worker.device import configure_threads
+from worker.features import Features, load_or_build_features
+from worker.objective import TrialRunner, load_split, model_folder
+from worker.training import EpochResult, HeadParams, train_head
+
+WORKER = WorkerIdentity(host=platform.node(), pid=os.getpid(), device="cpu", worker_id="bench")
+
+
+@dataclass
+class Point:
+    """The state of a run after one more finished trial."""
+
+    cpu_s: float
+    epochs: int
+    best: float
+
+
+@dataclass
+class Run:
+    """One method with one seed."""
+
+    method: str
+    seed: int
+    points: list[Point]
+
+    def best(self) -> float:
+        return self.points[-1].best if self.points else float("inf")
+
+    def to_reach(self, target: float) -> Point | None:
+        """The first point at which the run's best was at least as good as target."""
+        return next((p for p in self.points if p.best <= target + 1e-12), None)
+
+
+def suggest(trial: optuna.Trial, dists: dict[str, optuna.distributions.BaseDistribution]) -> dict[str, Any]:
+    """The explicit suggest_* calls a user would write for the same space."""
+    params: dict[str, Any] = {}
+    for name, dist in dists.items():
+        if isinstance(dist, optuna.distributions.FloatDistribution):
+            params[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+        elif isinstance(dist, optuna.distributions.IntDistribution):
+            params[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+        else:
+            assert isinstance(dist, optuna.distributions.CategoricalDistribution)
+            params[name] = trial.suggest_categorical(name, list(dist.choices))
+    return params
+
+
+def run_plain_optuna(method: str, spec: StudySpec, features: Features, seed: int, epoch_budget: int) -> Run:
+    """Plain Optuna study.optimize, no pruning: (b) default TPE or (c) random, the same training function."""
+    sampler = (
+        optuna.samplers.TPESampler(seed=seed)
+        if method == "optuna-tpe"
+        else optuna.samplers.RandomSampler(seed)
+    )
+    study = optuna.create_study(sampler=sampler, direction="minimize")
+    dists = distributions(spec.space)
+    run = Run(method=method, seed=seed, points=[])
+    epochs_used = 0
+    started = time.process_time()
+
+    def objective(trial: optuna.Trial) -> float:
+        nonlocal epochs_used
+        params = suggest(trial, dists)
+
+        def on_epoch(result: EpochResult) -> None:
+            trial.report(result.val_loss, result.epoch)
+
+        result = train_head(
+            features=features,
+            params=HeadParams(**params),
+            seed=seed * 100_003 + trial.number,
+            device=torch.device("cpu"),
+            on_epoch=on_epoch,
+        )
+        epochs_used += len(result.epochs)
+        return min(e.val_loss for e in result.epochs)
+
+    def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        best = study.best_value if any(t.value is not None for t in study.trials) else float("inf")
+        run.points.append(Point(cpu_s=time.process_time() - started, epochs=epochs_used, best=best))
+        if epochs_used >= epoch_budget:
+            study.stop()
+
+    study.optimize(objective, callbacks=[record], catch=(Exception,))
+    return run
+
+
+def run_tunefleet(spec: StudySpec, seed: int, epoch_budget: int, cache_dir: Path, workdir: Path) -> Run:
+    """tunefleet's own path, in process: the claim, the training, the per-epoch reports and its pruner."""
+    storage = open_storage(f"sqlite:///{workdir / f'tunefleet-{seed}.db'}")
+    repository = StudyRepository(storage)
+    repository.create(spec)
+    runner = TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=cache_dir)
+    run = Run(method="tunefleet", seed=seed, points=[])
+    epochs_used = 0
+    started = time.process_time()
+    while epochs_used < epoch_budget:
+        claim = repository.claim(WORKER, study_names=[spec.name])
+        if claim is None:
+            break
+        runner.run(claim)
+        epochs_used += len(repository.storage.get_trial(claim.trial._trial_id).intermediate_values)
+        record = repository.get(spec.name)
+        best = repository.progress(record).best_trial
+        run.points.append(
+            Point(
+                cpu_s=time.process_time() - started,
+                epochs=epochs_used,
+                best=best.value if best is not None and best.value is not None else float("inf"),
+            )
+        )
+    storage.engine.dispose()
+    return run
+
+
+def summarize(runs: list[Run]) -> dict[str, Any]:
+    """Per seed: random search's final best is the target; how much compute each method needed to reach it."""
+    seeds = sorted({r.seed for r in runs})
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        by_method = {r.method: r for r in runs if r.seed == seed}
+        baseline = by_method["random"]
+        target = baseline.best()
+        base_point = baseline.to_reach(target)
+        assert base_point is not None
+        for method, run in by_method.items():
+            point = run.to_reach(target)
+            rows.append(
+                {
+                    "seed": seed,
+                    "method": method,
+                    "target": target,
+                    "best": run.best(),
+                    "cpu_s_to_target": point.cpu_s if point else None,
+                    "epochs_to_target": point.epochs if point else None,
+                    "cpu_ratio_vs_random": point.cpu_s / base_point.cpu_s if point else None,
+                    "epoch_ratio_vs_random": point.epochs / base_point.epochs if point else None,
+                    "total_cpu_s": run.points[-1].cpu_s,
+                    "total_epochs": run.points[-1].epochs,
+                    "trials": len(run.points),
+                }
+            )
+    summary: dict[str, Any] = {}
+    for method in ("tunefleet", "optuna-tpe", "random"):
+        mine = [r for r in rows if r["method"] == method]
+        ratios = [r["cpu_ratio_vs_random"] for r in mine if r["cpu_ratio_vs_random"] is not None]
+        epoch_ratios = [r["epoch_ratio_vs_random"] for r in mine if r["epoch_ratio_vs_random"] is not None]
+        summary[method] = {
+            "reached_target": f"{len(ratios)}/{len(mine)}",
+            "cpu_ratio_median": statistics.median(ratios) if ratios else None,
+            "cpu_ratio_min": min(ratios) if ratios else None,
+            "cpu_ratio_max": max(ratios) if ratios else None,
+            "epoch_ratio_median": statistics.median(epoch_ratios) if epoch_ratios else None,
+            "best_median": statistics.median(r["best"] for r in mine),
+        }
+    return {"rows": rows, "summary": summary}
+
+
+def fmt(value: Any, spec: str = ".3f") -> str:
+    return "not reached" if value is None else format(value, spec)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| method | reached random's best | compute to reach it vs random (median, min to max) | "
+        "trial-epochs vs random (median) | best val loss (median) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method, s in result["summary"].items():
+        spread = f"{fmt(s['cpu_ratio_median'], '.2f')} ({fmt(s['cpu_ratio_min'], '.2f')} to {fmt(s['cpu_ratio_max'], '.2f')})"
+        lines.append(
+            f"| {method} | {s['reached_target']} | {spread} | {fmt(s['epoch_ratio_median'], '.2f')} | "
+            f"{fmt(s['best_median'], '.4f')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="2 seeds, a smaller budget and data subset")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks the script works")
+    parser.add_argument("--seeds", type=int, help="how many seeds (default 5, quick 2)")
+    parser.add_argument("--epoch-budget", type=int, help="trial-epochs per run (default 400, quick 150)")
+    parser.add_argument("--out", default="bench/results/time_to_good_model.json")
+    args = parser.parse_args(argv)
+    seeds = args.seeds or (1 if args.smoke else 2 if args.quick else 5)
+    budget = args.epoch_budget or (12 if args.smoke else 150 if args.quick else 400)
+    # One thread per run, as tunefleet's CPU workers use (measured faster for small heads on 2 cores).
+    configure_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    raw = load_spec_file(preset_path("bbc-news-minilm"))
+    if args.smoke:
+        raw["task"] = {**raw.get("task", {}), "max_examples": 60, "max_length": 32}
+    elif args.quick:
+        raw["task"] = {**raw.get("task", {}), "max_examples": 600}
+    cache_dir = Path(os.environ.get("TUNEFLEET_CACHE_DIR", Path.home() / ".cache" / "tunefleet"))
+    runs: list[Run] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as workdir:
+        probe = StudySpec.model_validate({**raw, "name": "probe"})
+        features = load_or_build_features(
+            encoder_folder=model_folder(probe.task),
+            split=load_split(probe.task),
+            max_length=probe.task.max_length,
+            cache_dir=cache_dir,
+        )
+        for seed in range(seeds):
+            spec = StudySpec.model_validate(
+                {
+                    **raw,
+                    "name": f"bench-ttg-{seed}",
+                    "sampler": {"name": "tpe", "seed": seed},
+                    "budget": {"n_trials": 100_000},
+                }
+            )
+            runs.append(run_tunefleet(spec, seed, budget, cache_dir, Path(workdir)))
+            runs.append(run_plain_optuna("optuna-tpe", spec, features, seed, budget))
+            runs.append(run_plain_optuna("random", spec, features, seed, budget))
+            print(
+                f"seed {seed}: " + ", ".join(f"{r.method} best {r.best():.4f}" for r in runs[-3:]), flush=True
+            )
+    result = summarize(runs)
+    result["config"] = {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),
+        "seeds": seeds,
+        "epoch_budget": budget,
+        "task": raw["task"],
+        "cores": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "optuna": optuna.__version__,
+        "torch": torch.__version__,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    result["runs"] = [asdict(r) for r in runs]
+    summary = result["summary"]
+    ours, tpe = summary["tunefleet"]["cpu_ratio_median"], summary["optuna-tpe"]["cpu_ratio_median"]
+    result["targets"] = [
+        {
+            "target": "tunefleet needs at most 1/4 of random search's compute to reach its best",
+            "figure": fmt(ours, ".2f"),
+            "met": ours is not None and ours <= 0.25,
+        },
+        {
+            "target": "tunefleet needs less compute than plain Optuna TPE without pruning",
+            "figure": f"{fmt(ours, '.2f')} vs {fmt(tpe, '.2f')}",
+            "met": ours is not None and (tpe is None or ours < tpe),
+        },
+    ]
+    result["markdown"] = (
+        markdown(result)
+        + f"\n\n{seeds} seeds, {budget} trial-epochs per run, one worker process (one CPU thread) per method; "
+        "compute = process CPU seconds to the first trial whose best reached random search's final best."
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(markdown(result))
+    print(f"\n{seeds} seeds, {budget} trial-epochs each; compute = process CPU seconds; written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Gathers bench/results/*.json into BENCHMARKS.md: the machine, the versions, each table, each target."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ORDER = {
+    "time_to_good_model": "1. Time to a good model",
+    "coordination_overhead": "2. Coordination overhead",
+    "finetune_throughput": "3. Fine-tuning throughput",
+    "store_scale": "4. Scale of the store",
+}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu() -> str:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or "none"
+    except (OSError, subprocess.TimeoutExpired):
+        return "none"
+
+
+def versions() -> str:
+    names = ["optuna", "torch", "sqlalchemy", "psycopg", "fastapi", "transformers"]
+    found = []
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found.append(f"{name} {metadata.version(name)}")
+    return f"Python {platform.python_version()}, " + ", ".join(found)
+
+
+def verdict(met: Any) -> str:
+    return {True: "met", False: "**not met**", None: "not applicable at this size"}[met]
+
+
+def section(name: str, result: dict[str, Any]) -> str:
+    config = result.get("config", {})
+    lines = [f"## {ORDER.get(name, name)}", ""]
+    command = config.get("command")
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += [result.get("markdown", "(no table)"), ""]
+    targets = result.get("targets", [])
+    if targets:
+        lines += ["| target | figure | verdict |", "| --- | --- | --- |"]
+        lines += [f"| {t['target']} | {t['figure']} | {verdict(t['met'])} |" for t in targets]
+        lines.append("")
+    if "wall_s" in config:
+        lines += [f"Wall time of this benchmark: {config['wall_s']} s.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    results_dir = Path("bench/results")
+    results = {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))}
+    if not results:
+        print("no results in bench/results: run `make bench` or `make bench-quick` first", file=sys.stderr)
+        return 2
+    head = [
+        "# Benchmarks",
+        "",
+        "Made by `make bench` (or `make bench-quick`); each script prints its table, and `python -m bench.write_report`",
+        "gathers them here. Every figure that matters is a ratio against a baseline measured in the same run on the",
+        "same machine: these machines are shared and noisy, so compare ratios, not absolute times.",
+        "",
+        f"- Written: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Machine: {os.cpu_count()} cores, {cpu_model()}; GPU: {gpu()}",
+        f"- Versions: {versions()}",
+        "",
+    ]
+    body = [section(name, results[name]) for name in ORDER if name in results]
+    body += [section(name, result) for name, result in results.items() if name not in ORDER]
+    missing = [title for name, title in ORDER.items() if name not in results]
+    if missing:
+        body.append("## Not measured in this run\n\n" + "\n".join(f"- {m}" for m in missing) + "\n")
+    notes = Path("bench/NOTES.md")
+    tail = [notes.read_text()] if notes.exists() else []
+    Path("BENCHMARKS.md").write_text("\n".join(head + body + tail))
+    print("wrote BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

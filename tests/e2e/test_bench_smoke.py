@@ -1,0 +1,82 @@
+"""Benchmarks 2 and 4 still run: each at a tiny size on the test PostgreSQL, writing the JSON they report from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from bench import coordination_overhead, store_scale
+from studies.storage import normalize_url
+from studies.tables import studies_table
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+
+def leftover_studies(url: str, names: list[str]) -> list[str]:
+    engine = sa.create_engine(normalize_url(url), poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        ours = connection.execute(
+            sa.select(studies_table.c.study_name).where(studies_table.c.study_name.in_(names))
+        ).scalars()
+        optuna = connection.execute(
+            sa.text("SELECT study_name FROM studies WHERE study_name = ANY(:names)"), {"names": names}
+        ).scalars()
+        left = sorted({*ours, *optuna})
+    engine.dispose()
+    return left
+
+
+def assert_describes_its_run(result: dict[str, Any]) -> None:
+    config = result["config"]
+    assert config["cores"] >= 1 and config["cpu"]
+    assert {"python", "optuna", "sqlalchemy", "psycopg", "postgresql"} <= set(config["versions"])
+    assert config["command"].startswith("python -m bench.")
+    assert config["wall_s"] > 0
+    assert "| --- |" in result["markdown"] and "Command: `python -m bench." in result["markdown"]
+    assert all({"target", "figure", "met"} <= set(t) for t in result["targets"])
+
+
+def test_coordination_overhead_runs_at_a_tiny_size_and_cleans_up(tmp_path: Path, postgres_url: str) -> None:
+    out = tmp_path / "coordination.json"
+    assert coordination_overhead.main(["--smoke", "--url", postgres_url, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert_describes_its_run(result)
+    [row] = result["summary"]
+    assert (row["sampler"], row["seeded"], row["workers"]) == ("random", 0, 1)
+    for system in ("tunefleet", "optuna"):
+        figures = row[system]
+        assert figures["trials_per_s"]["median"] > 0
+        assert figures["worker_cpu_ms_per_trial"]["median"] > 0
+        assert 0 < figures["claim_p50_ms"]["median"] <= figures["claim_p99_ms"]["median"]
+    assert row["ratio"]["worker_cpu_ms_per_trial"] > 0
+    assert all(run["states"] == {"complete": run["trials"]} for run in result["runs"])
+    profile = result["profile"]
+    assert profile["tunefleet"]["statements"] > 0 and profile["optuna"]["statements"] > 0
+    assert profile["tunefleet"]["by_statement"]["UPDATE tunefleet_studies"] == 1.0
+    assert len(result["targets"]) == 2
+    assert leftover_studies(postgres_url, result["studies_created_and_deleted"]) == []
+
+
+def test_store_scale_runs_at_a_tiny_size_without_errors_or_overshoot(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    out = tmp_path / "scale.json"
+    assert store_scale.main(["--smoke", "--url", postgres_url, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert_describes_its_run(result)
+    assert result["config"]["threads_share_one_gil"] is True
+    assert "GIL" in result["markdown"]
+    assert {row["load"] for row in result["summary"]} == {"zero-cost", "paced"}
+    for row in result["summary"]:
+        assert row["errors"] == 0 and row["crashed_workers"] == 0
+        assert row["overshoot"] == 0
+        assert row["claims"]["median"] > 0
+        assert 0 < row["claim_p50_ms"]["median"] <= row["claim_p99_ms"]["median"]
+        assert row["connections_ours_max"]["median"] >= 1
+    zero_cost = next(run for run in result["runs"] if run["load"] == "zero-cost")
+    assert zero_cost["finished"] == zero_cost["n_trials"] == zero_cost["created"]
+    assert leftover_studies(postgres_url, result["studies_created_and_deleted"]) == []

@@ -1,0 +1,150 @@
+"""Out of memory is information: the trial ends with the reason, the worker goes on, and TPE steers away.
+
+Only the error is faked (no test machine has a GPU to exhaust): the trial function raises the very
+exception torch raises, torch.cuda.OutOfMemoryError, which can be built on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
+from worker import objective
+from worker.objective import OUT_OF_MEMORY_CONSTRAINT, TrialRunner, is_out_of_memory
+
+WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
+CPU_OUT_OF_MEMORY = (
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory:"
+    " you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"
+)
+BATCH_SIZES = [16, 32, 64, 128, 256, 512]
+FITS_BELOW = 128
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Iterator[StudyRepository]:
+    repo = StudyRepository(open_storage(f"sqlite:///{tmp_path / 'store.db'}"))
+    yield repo
+    repo.engine.dispose()
+
+
+@pytest.fixture
+def runner(repository: StudyRepository, tmp_path: Path) -> TrialRunner:
+    return TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=tmp_path)
+
+
+def fake_device_memory(monkeypatch: pytest.MonkeyPatch, error: type[BaseException] | None = None) -> None:
+    """Trials with batch_size >= FITS_BELOW raise what torch raises when memory runs out."""
+    real = objective.run_synthetic
+
+    def run(**kwargs: Any) -> Any:
+        if kwargs["params"]["batch_size"] >= FITS_BELOW:
+            if error is RuntimeError:
+                raise RuntimeError(CPU_OUT_OF_MEMORY)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(**kwargs)
+
+    monkeypatch.setattr(objective, "run_synthetic", run)
+
+
+def synthetic(name: str, **overrides: Any) -> StudySpec:
+    body: dict[str, Any] = {
+        "name": name,
+        "task": {"kind": "synthetic"},
+        "space": {"batch_size": {"type": "categorical", "choices": BATCH_SIZES}, "epochs": 1},
+        "sampler": {"name": "tpe", "seed": 11, "n_startup_trials": 8},
+        "pruner": {"name": "none"},
+        "budget": {"n_trials": 2},
+    }
+    body.update(overrides)
+    return StudySpec.model_validate(body)
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, RuntimeError])
+def test_an_out_of_memory_trial_records_why_and_the_worker_goes_on(
+    repository: StudyRepository,
+    runner: TrialRunner,
+    study_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    error: type[BaseException],
+) -> None:
+    fake_device_memory(monkeypatch, error)
+    repository.create(
+        synthetic(study_name, space={"batch_size": {"type": "categorical", "choices": [512, 16]}})
+    )
+    repository.create(synthetic(f"{study_name}-small", space={"batch_size": 16}))
+
+    claim = repository.claim(WORKER, study_names=[study_name])
+    assert claim is not None
+    claim.params["batch_size"] = 512  # whatever was sampled, this one does not fit
+    assert runner.run(claim) == "out of memory"
+    trial = repository.trial(repository.get(study_name), claim.trial.number)
+    assert trial.user_attrs["fail_reason"] == "out of memory at batch_size=512"
+    assert trial.state == TrialState.PRUNED
+    assert trial.constraints == {OUT_OF_MEMORY_CONSTRAINT: 1.0}
+
+    # The same runner takes the next trial as if nothing happened.
+    claim = repository.claim(WORKER, study_names=[f"{study_name}-small"])
+    assert claim is not None
+    assert runner.run(claim) == "complete"
+    done = repository.trial(repository.get(f"{study_name}-small"), claim.trial.number)
+    assert done.state == TrialState.COMPLETE and done.constraints == {}
+
+
+def test_only_memory_errors_count_as_out_of_memory() -> None:
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError(CPU_OUT_OF_MEMORY))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_tpe_learns_to_avoid_batch_sizes_that_ran_out_of_memory(
+    repository: StudyRepository, runner: TrialRunner, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_device_memory(monkeypatch)
+    n_trials, n_startup = 32, 8
+    repository.create(synthetic(study_name, budget={"n_trials": n_trials}))
+    outcomes = []
+    for _ in range(n_trials):
+        claim = repository.claim(WORKER, study_names=[study_name])
+        assert claim is not None
+        outcomes.append(runner.run(claim))
+    guided = outcomes[n_startup:]
+    # Half the choices do not fit: blind sampling runs out of memory about half the time.
+    assert guided.count("out of memory") <= len(guided) // 4, outcomes
+    assert repository.progress(repository.get(study_name)).state == "completed"
+
+
+def test_a_missing_data_file_trips_the_breaker_after_three_alike_failures(
+    repository: StudyRepository, runner: TrialRunner, study_name: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "gone" / "train.csv"
+    repository.create(
+        StudySpec.model_validate(
+            {
+                "name": study_name,
+                "task": {"data": {"train": str(missing)}, "max_length": 32},
+                "budget": {"n_trials": 10},
+            }
+        )
+    )
+    reasons = []
+    for _ in range(3):
+        claim = repository.claim(WORKER, study_names=[study_name])
+        assert claim is not None
+        assert runner.run(claim) == "fail"
+        reasons.append(
+            repository.trial(repository.get(study_name), claim.trial.number).user_attrs["fail_reason"]
+        )
+    assert len(set(reasons)) == 1 and str(missing) in reasons[0] and "missing on worker host" in reasons[0]
+    record = repository.get(study_name)
+    assert record.state == "failed"
+    assert record.state_reason == f"the first 3 trials failed: {reasons[0]}"
+    assert repository.claim(WORKER, study_names=[study_name]) is None
