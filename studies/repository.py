@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage
 
 # Optuna's table models: counting and paging trials in SQL beats loading tens of thousands of them.
-from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialModel
+from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialModel, TrialUserAttributeModel
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 
 from studies.errors import InvalidStudyState, StudyAlreadyExists, StudyNotFound, TrialNotFound
@@ -393,10 +394,11 @@ class StudyRepository:
                 "device": worker.device,
             }
             try:
-                for key, value in attrs.items():
-                    with_retry(
-                        partial(trial.set_user_attr, key, value), what="tag trial", reset=self.reset_session
-                    )
+                with_retry(
+                    partial(self.set_user_attrs, trial._trial_id, attrs),
+                    what="tag trial",
+                    reset=self.reset_session,
+                )
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Declared lost while paused mid-claim: the reaper already retried this trial.
                 return None
@@ -414,10 +416,22 @@ class StudyRepository:
 
     # -- finishing a trial -----------------------------------------------------------------------
 
-    @staticmethod
-    def _set_attrs(claim: Claim, attrs: dict[str, Any]) -> None:
-        for key, item in attrs.items():
-            claim.trial.set_user_attr(key, item)
+    def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Set several user attributes of an unfinished trial in one transaction.
+
+        Optuna writes each attribute in its own transaction; a trial's tags and results are eleven
+        of them, the largest share of tunefleet's per-trial cost. This runs Optuna's own per-attribute
+        step (the finished-trial check, the upsert) for all of them in one session.
+        """
+        with _create_scoped_session(self.storage.scoped_session, True) as session:
+            for key, value in attrs.items():
+                self.storage._set_trial_attr_without_commit(
+                    session, TrialUserAttributeModel, trial_id, key, value
+                )
+
+    def _set_attrs(self, claim: Claim, attrs: dict[str, Any]) -> None:
+        if attrs:
+            self.set_user_attrs(claim.trial._trial_id, attrs)
 
     def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
         """End the trial COMPLETE with its objective value and result attributes."""

@@ -12,7 +12,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
 from service.dependencies import Repository
-from service.schemas import ErrorRead
+from service.schemas import ErrorRead, StudyName
 from studies.artifacts import ARCHIVE_MIMETYPE, MODEL_ARTIFACT_ATTR, ArtifactStore, open_artifact_store
 from studies.errors import BestModelNotFound
 
@@ -53,7 +53,7 @@ def _best_trial(repository: Any, optuna_study_id: int) -> FrozenTrial | None:
     response_class=StreamingResponse,
     responses=RESPONSES,
 )
-def download_best_model(study_name: str, repository: Repository, request: Request) -> StreamingResponse:
+def download_best_model(study_name: StudyName, repository: Repository, request: Request) -> StreamingResponse:
     """The best trial's fine-tuned model: weights (safetensors), parameters, label names and config."""
     record = repository.get(study_name)
     best = _best_trial(repository, record.optuna_study_id)

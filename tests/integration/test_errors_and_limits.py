@@ -401,3 +401,9 @@ def test_the_service_never_opens_a_task_path(client: TestClient, study_name: str
     response = client.post("/v1/studies", json=tiny_spec(study_name, task={"model": str(secret)}))
     assert response.status_code == 201, response.text
     assert "secret" not in json.dumps(response.json()["spec"]).replace(str(secret), "")
+
+
+def test_a_nul_byte_in_the_best_model_path_is_a_4xx_not_a_500(client: TestClient) -> None:
+    response = client.get("/v1/studies/bad%00name/best-model")
+    assert 400 <= response.status_code < 500
+    assert "code" in response.json()
