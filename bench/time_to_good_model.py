@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -244,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     result = summarize(runs)
     result["config"] = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),
+        "command": " ".join(
+            ["python", "-m", "bench.time_to_good_model", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "seeds": seeds,
         "epoch_budget": budget,
         "task": raw["task"],
