@@ -349,3 +349,14 @@ def delete_worker_rows(url: str, *, host: str, pids: Iterable[int]) -> None:
             )
     finally:
         engine.dispose()
+
+
+def publish(result: Mapping[str, Any], out: str | Path) -> None:
+    """Write the result JSON, then print its table, its targets and where it went."""
+    path = write_result(result, out)
+    print(result["markdown"])
+    print()
+    for target in result["targets"]:
+        verdict = {True: "met", False: "NOT met", None: "not applicable at this size"}[target["met"]]
+        print(f"- {target['target']}: {target['figure']} ({verdict})")
+    print(f"written to {path}; wall time {result['config']['wall_s']} s")

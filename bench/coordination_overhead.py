@@ -46,11 +46,11 @@ from bench.common import (
     percentile,
     postgres_url,
     process_cpu_s,
+    publish,
     ratio,
     seed_trials,
     spread,
     with_query,
-    write_result,
     zero_cost_loss,
 )
 from studies import StudyRepository, StudySpec, open_storage
@@ -945,13 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     result["targets"] = targets(rows, plan)
     result["markdown"] = markdown(rows, profile, plan, env, command, runs)
-    path = write_result(result, args.out)
-    print(result["markdown"])
-    print()
-    for target in result["targets"]:
-        verdict = {True: "met", False: "NOT met", None: "not applicable at this size"}[target["met"]]
-        print(f"- {target['target']}: {target['figure']} ({verdict})")
-    print(f"written to {path}; wall time {result['config']['wall_s']} s")
+    publish(result, args.out)
     return 0
 
 

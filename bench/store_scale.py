@@ -41,9 +41,9 @@ from bench.common import (
     markdown_table,
     percentile,
     postgres_url,
+    publish,
     spread,
     with_query,
-    write_result,
 )
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies.fleet import new_worker_id
@@ -761,13 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     result["targets"] = targets(rows, plan)
     result["markdown"] = markdown(rows, plan, env, command)
-    path = write_result(result, args.out)
-    print(result["markdown"])
-    print()
-    for target in result["targets"]:
-        verdict = {True: "met", False: "NOT met", None: "not applicable at this size"}[target["met"]]
-        print(f"- {target['target']}: {target['figure']} ({verdict})")
-    print(f"written to {path}; wall time {result['config']['wall_s']} s")
+    publish(result, args.out)
     return 0
 
 

@@ -22,6 +22,7 @@ from worker.training import (
     TrainResult,
     by_val_loss,
     make_optimizer,
+    result_of,
 )
 
 # Batches are cut from chunks of this many batches, sorted by length inside each chunk: most of
@@ -229,17 +230,7 @@ def train_encoder(
 
     def result_so_far() -> TrainResult:
         assert best is not None and kept is not None
-        return TrainResult(
-            epochs=list(history),
-            best_epoch=best.epoch,
-            best_val_loss=best.val_loss,
-            final_val_loss=history[-1].val_loss,
-            best_val_accuracy=best.val_accuracy,
-            final_val_accuracy=history[-1].val_accuracy,
-            best_state=best_state,
-            train_s=time.perf_counter() - started,
-            kept_epoch=kept.epoch,
-        )
+        return result_of(history, best=best, kept=kept, best_state=best_state, started=started)
 
     for epoch in range(1, params.epochs + 1):
         _train_mode(classifier, trained)

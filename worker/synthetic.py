@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker.training import EpochResult, StopTraining, TrainResult
+from worker.training import EpochResult, StopTraining, TrainResult, result_of
 
 
 def synthetic_loss(params: dict[str, Any], *, seed: int, epoch: int) -> float:
@@ -48,13 +48,4 @@ def run_synthetic(
         )
         on_epoch(history[-1])
     best = min(history, key=lambda e: e.val_loss)
-    return TrainResult(
-        epochs=history,
-        best_epoch=best.epoch,
-        best_val_loss=best.val_loss,
-        final_val_loss=history[-1].val_loss,
-        best_val_accuracy=best.val_accuracy,
-        final_val_accuracy=history[-1].val_accuracy,
-        best_state={},
-        train_s=time.perf_counter() - started,
-    )
+    return result_of(history, best=best, kept=best, best_state={}, started=started)

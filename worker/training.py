@@ -111,6 +111,28 @@ def keep_rule(*, metric: str, value: str) -> KeepRule:
     return by_val_loss
 
 
+def result_of(
+    history: list[EpochResult],
+    *,
+    best: EpochResult,
+    kept: EpochResult,
+    best_state: dict[str, torch.Tensor],
+    started: float,
+) -> TrainResult:
+    """The TrainResult of the epochs run so far (started: the run's time.perf_counter() at start)."""
+    return TrainResult(
+        epochs=list(history),
+        best_epoch=best.epoch,
+        best_val_loss=best.val_loss,
+        final_val_loss=history[-1].val_loss,
+        best_val_accuracy=best.val_accuracy,
+        final_val_accuracy=history[-1].val_accuracy,
+        best_state=best_state,
+        train_s=time.perf_counter() - started,
+        kept_epoch=kept.epoch,
+    )
+
+
 def make_optimizer(
     name: str, parameters: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]], learning_rate: float
 ) -> torch.optim.Optimizer:
@@ -214,17 +236,7 @@ def train_head(
 
     def result_so_far() -> TrainResult:
         assert best is not None and kept is not None
-        return TrainResult(
-            epochs=list(history),
-            best_epoch=best.epoch,
-            best_val_loss=best.val_loss,
-            final_val_loss=history[-1].val_loss,
-            best_val_accuracy=best.val_accuracy,
-            final_val_accuracy=history[-1].val_accuracy,
-            best_state=best_state,
-            train_s=time.perf_counter() - started,
-            kept_epoch=kept.epoch,
-        )
+        return result_of(history, best=best, kept=kept, best_state=best_state, started=started)
 
     for epoch in range(1, params.epochs + 1):
         head.train()
