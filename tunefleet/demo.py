@@ -150,6 +150,8 @@ def run_demo(options: DemoOptions) -> int:
         warm = processes.start("warm-cache", ["worker", "--warm-cache", "--study", name], log=False)
         if warm.wait() != 0:
             raise RuntimeError("building the feature cache failed (see the message above)")
+        # A one-shot step: once it has ended well it is no child to watch over.
+        processes.children.remove(("warm-cache", warm))
         for index in range(options.workers):
             processes.start(f"worker-{index}", ["worker", "--study", name])
         print(f"started {options.workers} workers (logs in {options.log_dir}/)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -126,3 +127,43 @@ def test_demo_runs_a_study_through_the_api_and_prints_the_best_trial(
     assert "created study demo-bbc through POST /v1/studies" in result.stdout
     assert "best trial #" in result.stdout
     assert "dashboard: http://127.0.0.1:" in result.stdout
+
+
+def test_demo_keeps_serving_until_ctrl_c_and_then_stops_everything(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    spec = tiny_spec("demo-serve", budget={"n_trials": 2})
+    spec_file = tmp_path / "demo.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    port = free_port()
+    out = tmp_path / "demo.out"
+    with out.open("wb") as stream:
+        demo = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tunefleet",
+                "demo",
+                "--preset",
+                str(spec_file),
+                "--port",
+                str(port),
+                "--log-dir",
+                str(tmp_path / "logs"),
+            ],
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 240
+        while "press Ctrl-C" not in out.read_text() and time.monotonic() < deadline:
+            assert demo.poll() is None, out.read_text()
+            time.sleep(0.5)
+        # Still serving a few seconds later: the service stays up for the dashboard.
+        time.sleep(3)
+        assert demo.poll() is None, out.read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
