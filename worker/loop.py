@@ -83,15 +83,19 @@ class Heartbeat(threading.Thread):
         self.interval_s = settings.heartbeat_interval_s
         self.reaper = Reaper(fleet, grace_s=settings.grace_period_s, interval_s=settings.heartbeat_interval_s)
         self.done = threading.Event()
+        self.identity_lock = threading.Lock()
 
     def run(self) -> None:
         while not self.done.wait(self.interval_s):
             try:
-                if not self.fleet.heartbeat(self.worker_id):
-                    # Silent past the grace period (paused, partitioned): our trial was retried
-                    # elsewhere. Stop it now; the loop re-registers under a new id.
-                    log.warning("this worker was declared lost; dropping its trial")
-                    self.runner.lost.set()
+                # Under the lock, so a re-registration cannot slip between reading the id and
+                # flagging it lost: a stale "lost" would abandon the new identity's first trial.
+                with self.identity_lock:
+                    if not self.fleet.heartbeat(self.worker_id):
+                        # Silent past the grace period (paused, partitioned): our trial was retried
+                        # elsewhere. Stop it now; the loop re-registers under a new id.
+                        log.warning("this worker was declared lost; dropping its trial")
+                        self.runner.lost.set()
                 self.reaper.tick()
             except Exception as error:
                 if not is_transient(error):
@@ -120,8 +124,9 @@ def run_loop(
                 with_retry(
                     partial(fleet.register, identity, settings.grace_period_s), what="register", stop=stop
                 )
-                heartbeat.worker_id = identity.worker_id
-                runner.lost.clear()
+                with heartbeat.identity_lock:
+                    heartbeat.worker_id = identity.worker_id
+                    runner.lost.clear()
             try:
                 claim = with_retry(
                     partial(runner.repository.claim, identity, study_names=options.study_names),

@@ -328,8 +328,16 @@ def test_the_launcher_restarts_a_killed_child_and_stops_all_on_sigterm(
     fleet = Fleet(repository)
     launcher = workers(pg_url).start("--processes", "2", "--study", study_name + "-idle")
 
+    def parent_of(pid: int) -> int | None:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
     def live_pids() -> set[int]:
-        return {w.pid for w in fleet.workers() if w.state in ("idle", "busy") and w.host}
+        # Only this launcher's children: the shared test database may list other runs' workers.
+        alive = {w.pid for w in fleet.workers() if w.state in ("idle", "busy")}
+        return {pid for pid in alive if parent_of(pid) == launcher.pid}
 
     first = wait_for(lambda: (p := live_pids()) and len(p) == 2 and p, timeout_s=60, what="two children")
     victim = sorted(first)[0]
