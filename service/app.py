@@ -44,6 +44,7 @@ def create_app(
             yield
         finally:
             reaper.done.set()
+            reaper.reaper.release()
 
     app = FastAPI(
         lifespan=lifespan,

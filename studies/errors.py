@@ -74,3 +74,13 @@ class BestModelNotFound(TunefleetError):
     def __init__(self, study_name: str, why: str) -> None:
         super().__init__(f"study {study_name!r} has no best model: {why}")
         self.study_name = study_name
+
+
+class WorkerDeclaredLost(TunefleetError):
+    """The worker's registry row says it was declared lost: it must register again before claiming."""
+
+    code = "worker_declared_lost"
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(f"worker {worker_id} was declared lost; register again")
+        self.worker_id = worker_id

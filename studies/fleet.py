@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,12 +14,21 @@ import sqlalchemy as sa
 
 from studies.repository import WORKER_LOST, Claim, StudyRepository, WorkerIdentity
 from studies.resilience import is_transient
-from studies.tables import utcnow, workers_table
+from studies.tables import (
+    WORKER_ALIVE,
+    WORKER_BUSY,
+    WORKER_IDLE,
+    WORKER_LOST_STATE,
+    WORKER_STOPPED,
+    leases_table,
+    utcnow,
+    workers_table,
+)
 
 log = logging.getLogger("tunefleet.fleet")
 
-IDLE, BUSY, STOPPED, LOST = "idle", "busy", "stopped", "lost"
-ALIVE = (IDLE, BUSY)
+IDLE, BUSY, STOPPED, LOST = WORKER_IDLE, WORKER_BUSY, WORKER_STOPPED, WORKER_LOST_STATE
+ALIVE = WORKER_ALIVE
 
 
 def new_worker_id(identity: WorkerIdentity) -> str:
@@ -138,6 +149,38 @@ class Fleet:
             for r in rows
         ]
 
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Hold (or renew) the named lease for ttl_s; False while another holder's lease runs."""
+        c = leases_table.c
+        now = utcnow()
+        expires = now + timedelta(seconds=ttl_s)
+        with self.engine.begin() as connection:
+            won = connection.execute(
+                leases_table.update()
+                .where(c.name == name, sa.or_(c.holder == holder, c.expires_at < now))
+                .values(holder=holder, expires_at=expires)
+            ).rowcount
+            if won:
+                return True
+            if connection.execute(sa.select(c.name).where(c.name == name)).first() is not None:
+                return False
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(leases_table.insert().values(name=name, holder=holder, expires_at=expires))
+        except sa.exc.IntegrityError:
+            return False  # another process made the lease first
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up now (on a clean exit), so the next taker need not wait for it to expire."""
+        c = leases_table.c
+        with self.engine.begin() as connection:
+            connection.execute(
+                leases_table.update()
+                .where(c.name == name, c.holder == holder)
+                .values(expires_at=datetime(1970, 1, 1))
+            )
+
     def reap(self, *, grace_s: float) -> list[str]:
         """Declare silent workers lost and retry their trials; returns the ids of the workers reaped."""
         c = workers_table.c
@@ -211,13 +254,20 @@ class Fleet:
                 del self._unheld_since[trial_id]
 
 
-class Reaper:
-    """Calls Fleet.reap at most once per interval, and never right after its own store outage."""
+REAPER_LEASE = "reaper"
 
-    def __init__(self, fleet: Fleet, *, grace_s: float, interval_s: float) -> None:
+
+class Reaper:
+    """Calls Fleet.reap at most once per interval while it holds the fleet's reaper lease, and never
+    right after its own store outage."""
+
+    def __init__(self, fleet: Fleet, *, grace_s: float, interval_s: float, lease: str = REAPER_LEASE) -> None:
         self.fleet = fleet
         self.grace_s = grace_s
         self.interval_s = interval_s
+        self.lease = lease
+        # Unique per process and per reaper: whoever holds the lease renews it every interval.
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._last_run = 0.0
         self._last_store_failure = 0.0
 
@@ -230,12 +280,22 @@ class Reaper:
         if self._last_store_failure and now - self._last_store_failure < self.grace_s:
             return []
         try:
+            # Two intervals: a holder that dies is replaced within two intervals of its last sweep.
+            if not self.fleet.take_lease(self.lease, self.holder, ttl_s=2 * self.interval_s):
+                return []
             return self.fleet.reap(grace_s=self.grace_s)
         except Exception as error:
             if not is_transient(error):
                 raise
             self._last_store_failure = time.monotonic()
             return []
+
+    def release(self) -> None:
+        """Give the lease up on a clean exit; a store error here only means the lease expires on its own."""
+        try:
+            self.fleet.release_lease(self.lease, self.holder)
+        except Exception as error:
+            log.debug("reaper lease not released (%s); it expires on its own", type(error).__name__)
 
     def note_store_failure(self) -> None:
         """Tell the reaper its process just failed to reach the store."""

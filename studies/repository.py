@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -16,16 +17,32 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage
 
 # Optuna's table models: counting and paging trials in SQL beats loading tens of thousands of them.
-from optuna.storages._rdb.models import TrialIntermediateValueModel, TrialModel, TrialUserAttributeModel
-from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.storages._rdb.models import TrialModel
 from optuna.trial import FrozenTrial, TrialState
 
-from studies.errors import InvalidStudyState, StudyAlreadyExists, StudyNotFound, TrialNotFound
-from studies.resilience import with_retry
-from studies.sampling import build_pruner, build_sampler, derived_seed, grid_points
+from studies import trial_rows
+from studies.errors import (
+    InvalidStudyState,
+    StudyAlreadyExists,
+    StudyNotFound,
+    TrialNotFound,
+    WorkerDeclaredLost,
+)
+from studies.resilience import GaveUp, is_transient, with_retry
+from studies.sampling import build_pruner, build_sampler, derived_seed, grid_points, sample_params
 from studies.space import distributions
 from studies.spec import StudySpec
-from studies.tables import metadata, studies_table, upgrade_schema, utcnow
+from studies.tables import (
+    WORKER_ALIVE,
+    WORKER_BUSY,
+    WORKER_IDLE,
+    metadata,
+    studies_table,
+    upgrade_schema,
+    utcnow,
+    workers_table,
+)
+from studies.trial_rows import NewTrial
 
 T = TypeVar("T")
 RUNNING, STOPPED, FAILED, COMPLETED, STOPPING = "running", "stopped", "failed", "completed", "stopping"
@@ -90,6 +107,25 @@ class Claim:
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
     claim_s: float = 0.0
+    # The registry row holding the trial, released when it ends; "" for a claim outside the fleet.
+    worker_id: str = ""
+
+
+class ClaimedTrial(optuna.Trial):
+    """An optuna.Trial over a trial the claim has just written, built from what it wrote.
+
+    optuna.Trial's constructor reads the whole trial back (six queries) and would re-run the
+    sampler's before_trial hook; the claim already holds both the trial and its parameters.
+    """
+
+    def __init__(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        self.study = study
+        self._trial_id = frozen._trial_id
+        self.storage = study._storage
+        self._cached_frozen_trial = frozen
+        self.relative_search_space = None
+        self._relative_params = None
+        self._fixed_params = frozen.system_attrs.get("fixed_params", {})
 
 
 def _record(row: Any) -> StudyRecord:
@@ -115,6 +151,7 @@ class StudyRepository:
         metadata.create_all(self.engine)
         upgrade_schema(self.engine)
         self._studies: dict[str, optuna.Study] = {}
+        self._specs: dict[tuple[str, int], StudySpec] = {}
 
     @contextmanager
     def _begin(self) -> Iterator[sa.Connection]:
@@ -291,7 +328,7 @@ class StudyRepository:
 
     # -- the claim -----------------------------------------------------------------------------
 
-    def _runnable(self, study_names: Sequence[str] | None) -> list[str]:
+    def _runnable(self, connection: sa.Connection, study_names: Sequence[str] | None) -> list[str]:
         c = studies_table.c
         query = sa.select(c.study_name).where(
             c.state == RUNNING,
@@ -300,32 +337,46 @@ class StudyRepository:
         )
         if study_names is not None:
             query = query.where(c.study_name.in_(list(study_names)))
-        with self._begin() as connection:
-            return list(
-                connection.execute(query.order_by(c.priority.desc(), c.n_claimed, c.created_at)).scalars()
-            )
+        return list(
+            connection.execute(query.order_by(c.priority.desc(), c.n_claimed, c.created_at)).scalars()
+        )
 
-    def _take_slot(self, study_name: str) -> int | None:
+    def _take_slot(self, connection: sa.Connection, study_name: str) -> Any:
         c = studies_table.c
-        # One conditional UPDATE is the whole claim: PostgreSQL row-locks and re-checks the WHERE
-        # clause for racing updates, SQLite serialises writers, so the budget can never overshoot.
-        with self._begin() as connection:
-            claimed = connection.execute(
-                studies_table.update()
-                .where(c.study_name == study_name, c.state == RUNNING, c.n_claimed < c.n_trials)
-                .values(n_claimed=c.n_claimed + 1, updated_at=utcnow())
-                .returning(c.n_claimed)
-            ).scalar()
-        return None if claimed is None else int(claimed) - 1
+        # One conditional UPDATE is the budget: PostgreSQL row-locks and re-checks the WHERE clause
+        # for racing updates, SQLite serialises writers, so the budget can never overshoot.
+        return connection.execute(
+            studies_table.update()
+            .where(c.study_name == study_name, c.state == RUNNING, c.n_claimed < c.n_trials)
+            .values(n_claimed=c.n_claimed + 1, updated_at=utcnow())
+            .returning(*studies_table.c)
+        ).first()
 
-    def _give_slot_back(self, study_name: str) -> None:
+    def _give_slot_back(self, connection: sa.Connection, study_name: str) -> None:
         c = studies_table.c
-        with self._begin() as connection:
-            connection.execute(
-                studies_table.update()
-                .where(c.study_name == study_name, c.n_claimed > 0)
-                .values(n_claimed=c.n_claimed - 1, updated_at=utcnow())
-            )
+        connection.execute(
+            studies_table.update()
+            .where(c.study_name == study_name, c.n_claimed > 0)
+            .values(n_claimed=c.n_claimed - 1, updated_at=utcnow())
+        )
+
+    def _cached_record(self, row: Any) -> StudyRecord:
+        # A spec never changes once stored: parse it once per study, not once per claim.
+        key = (row.study_name, row.optuna_study_id)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = StudySpec.model_validate(row.spec)
+        return StudyRecord(
+            name=row.study_name,
+            optuna_study_id=row.optuna_study_id,
+            spec=spec,
+            state=row.state,
+            state_reason=row.state_reason,
+            n_trials=row.n_trials,
+            n_claimed=row.n_claimed,
+            deadline_at=row.deadline_at,
+            created_at=row.created_at,
+        )
 
     def _study(self, record: StudyRecord) -> optuna.Study:
         study = self._studies.get(record.name)
@@ -339,114 +390,205 @@ class StudyRepository:
         """Drop this thread's Optuna session: after a dropped connection it can be stuck mid-rollback."""
         self.storage.scoped_session.remove()
 
-    def _ask(self, study: optuna.Study, spec: StudySpec) -> optuna.Trial:
-        # Study.ask() in resumable steps. A connection dropped inside ask() would leave a half-made
-        # trial RUNNING and a retried ask() would make a second one; here each step is retried on
-        # its own and none repeats work already stored (a parameter once set is read back, not
-        # drawn again). Mirrors optuna 5.0's Study.ask, whose private steps these are.
-        def retry(call: Callable[[], T], what: str) -> T:
-            return with_retry(call, what=what, reset=self.reset_session)
+    def _take_trial(
+        self, worker: WorkerIdentity, study_names: Sequence[str] | None
+    ) -> tuple[StudyRecord, NewTrial, dict[str, Any]] | None:
+        # The whole claim in one transaction: a budget slot, a RUNNING trial (queued first), its
+        # tags, and the worker's registry row pointing at it. Nothing half-made survives a crash or
+        # a dropped connection; a retry after a commit whose answer was lost leaves the first trial
+        # held by no registry row, which the reaper's sweep for unheld trials retries.
+        with self._begin() as connection:
+            for name in self._runnable(connection, study_names):
+                row = self._take_slot(connection, name)
+                if row is None:
+                    continue
+                record = self._cached_record(row)
+                now = utcnow()
+                new = trial_rows.take_queued_trial(connection, record.optuna_study_id, now)
+                if new is None:
+                    new = trial_rows.insert_running_trial(connection, record.optuna_study_id, now)
+                # A trial handed back or retried keeps its seed, so its rerun is the same experiment.
+                stored_seed = (
+                    trial_rows.user_attr(connection, new.trial_id, "seed") if new.from_queue else None
+                )
+                seed = (
+                    int(stored_seed)
+                    if stored_seed is not None
+                    else derived_seed(record.spec.sampler.seed or 0, "trial", new.number)
+                )
+                tags = {
+                    "seed": seed,
+                    "worker": worker.label,
+                    "worker_id": worker.worker_id,
+                    "device": worker.device,
+                }
+                trial_rows.set_user_attrs(connection, new.trial_id, tags)
+                # A worker id never registered (a script claiming outside the fleet) only tags the
+                # trial: no row holds it, so a reaper retries it once it has been unheld for a grace period.
+                if (
+                    worker.worker_id
+                    and not self._hold(connection, worker.worker_id, name, new)
+                    and self._registered(connection, worker.worker_id)
+                ):
+                    raise WorkerDeclaredLost(worker.worker_id)
+                return record, new, tags
+        return None
 
-        study._thread_local.cached_all_trials = None
-        # A trial handed back or retried waits in the queue; it comes first, with its parameters.
-        trial_id = retry(study._pop_waiting_trial_id, "take a queued trial")
-        if trial_id is None:
-            trial_id = retry(partial(study._storage.create_new_trial, study._study_id), "create a trial")
-        trial = retry(partial(optuna.Trial, study, trial_id), "start the trial")
-        for name, distribution in distributions(spec.space).items():
-            retry(partial(trial._suggest, name, distribution), f"suggest {name}")
-        return trial
+    @staticmethod
+    def _hold(connection: sa.Connection, worker_id: str, study_name: str, new: NewTrial) -> bool:
+        c = workers_table.c
+        return bool(
+            connection.execute(
+                workers_table.update()
+                .where(c.worker_id == worker_id, c.state.in_(WORKER_ALIVE))
+                .values(
+                    state=WORKER_BUSY,
+                    study_name=study_name,
+                    trial_id=new.trial_id,
+                    trial_number=new.number,
+                    heartbeat_at=utcnow(),
+                )
+            ).rowcount
+        )
+
+    @staticmethod
+    def _registered(connection: sa.Connection, worker_id: str) -> bool:
+        c = workers_table.c
+        return connection.execute(sa.select(c.worker_id).where(c.worker_id == worker_id)).first() is not None
+
+    @staticmethod
+    def _release(connection: sa.Connection, worker_id: str, trial_id: int) -> None:
+        c = workers_table.c
+        connection.execute(
+            workers_table.update()
+            .where(c.worker_id == worker_id, c.trial_id == trial_id, c.state.in_(WORKER_ALIVE))
+            .values(
+                state=WORKER_IDLE, study_name=None, trial_id=None, trial_number=None, heartbeat_at=utcnow()
+            )
+        )
+
+    def _frozen(self, new: NewTrial, tags: dict[str, Any]) -> FrozenTrial:
+        if new.from_queue:
+            # Queued trials carry parameters, fixed parameters and attributes: read them whole.
+            return self.storage.get_trial(new.trial_id)
+        return FrozenTrial(
+            number=new.number,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            # Optuna stores naive UTC and hands out naive local time.
+            datetime_start=new.datetime_start.replace(tzinfo=UTC).astimezone().replace(tzinfo=None),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs=dict(tags),
+            system_attrs={},
+            intermediate_values={},
+            trial_id=new.trial_id,
+        )
+
+    def _write_params(self, trial: FrozenTrial) -> None:
+        with self._begin() as connection:
+            trial_rows.lock_running(connection, trial._trial_id)
+            trial_rows.add_params(connection, trial._trial_id, trial.params, trial.distributions)
 
     def claim(self, worker: WorkerIdentity, *, study_names: Sequence[str] | None = None) -> Claim | None:
-        """Claim the next trial of a runnable study within its budget, or None when there is nothing to do."""
+        """Claim the next trial of a runnable study within its budget, or None when there is nothing to do.
+
+        WorkerDeclaredLost if the worker's registry row says it was declared lost (nothing is claimed).
+        """
         started = time.perf_counter()
-        for name in self._runnable(study_names):
-            index = self._take_slot(name)
-            if index is None:
-                continue
-            try:
-                record = self.get(name)
-                spec = record.spec
-                study = self._study(record)
-                study.sampler = build_sampler(spec, claim_index=index)
-                study.pruner = build_pruner(spec)
-            except BaseException:
-                with_retry(
-                    partial(self._give_slot_back, name), what="give back a claim", reset=self.reset_session
-                )
+        taken = self._take_trial(worker, study_names)
+        if taken is None:
+            return None
+        record, new, tags = taken
+        spec = record.spec
+        try:
+            frozen = with_retry(
+                partial(self._frozen, new, tags), what="read a queued trial", reset=self.reset_session
+            )
+            study = self._study(record)
+            study.sampler = build_sampler(spec, claim_index=record.n_claimed - 1)
+            study.pruner = build_pruner(spec)
+            sample_params(study, frozen, distributions(spec.space))
+            with_retry(
+                partial(self._write_params, frozen), what="record parameters", reset=self.reset_session
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # This worker stalled mid-claim and a reaper already failed (and re-queued) the trial.
+            return None
+        except GaveUp:
+            raise
+        except Exception as error:
+            if is_transient(error):
                 raise
-            try:
-                trial = self._ask(study, spec)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # This worker stalled mid-claim and a reaper already failed (and re-queued) the trial.
-                return None
-            # A trial handed back or retried keeps its seed, so its rerun is the same experiment.
-            stored_seed = trial.user_attrs.get("seed")
-            seed = (
-                int(stored_seed)
-                if stored_seed is not None
-                else derived_seed(spec.sampler.seed or 0, "trial", trial.number)
+            # A sampler that cannot sample is this trial's failure, recorded, not a trial left RUNNING.
+            self._end(
+                new.trial_id,
+                worker.worker_id,
+                TrialState.FAIL,
+                None,
+                {"fail_reason": f"sampling failed: {error}"[:2000]},
             )
-            attrs = {
-                "seed": seed,
-                "worker": worker.label,
-                "worker_id": worker.worker_id,
-                "device": worker.device,
-            }
-            try:
-                with_retry(
-                    partial(self.set_user_attrs, trial._trial_id, attrs),
-                    what="tag trial",
-                    reset=self.reset_session,
-                )
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # Declared lost while paused mid-claim: the reaper already retried this trial.
-                return None
-            return Claim(
-                study_name=name,
-                spec=spec,
-                study=study,
-                trial=trial,
-                claim_index=index,
-                seed=seed,
-                params=dict(trial.params),
-                claim_s=time.perf_counter() - started,
-            )
-        return None
+            raise
+        return Claim(
+            study_name=record.name,
+            spec=spec,
+            study=study,
+            trial=ClaimedTrial(study, frozen),
+            claim_index=record.n_claimed - 1,
+            seed=int(tags["seed"]),
+            params=dict(frozen.params),
+            claim_s=time.perf_counter() - started,
+            worker_id=worker.worker_id,
+        )
 
     # -- finishing a trial -----------------------------------------------------------------------
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Set several user attributes of an unfinished trial in one transaction.
+        """Set several user attributes of an unfinished trial in one transaction."""
+        with self._begin() as connection:
+            trial_rows.lock_running(connection, trial_id)
+            trial_rows.set_user_attrs(connection, trial_id, attrs)
 
-        Optuna writes each attribute in its own transaction; a trial's tags and results are eleven
-        of them, the largest share of tunefleet's per-trial cost. This runs Optuna's own per-attribute
-        step (the finished-trial check, the upsert) for all of them in one session.
-        """
-        with _create_scoped_session(self.storage.scoped_session, True) as session:
-            for key, value in attrs.items():
-                self.storage._set_trial_attr_without_commit(
-                    session, TrialUserAttributeModel, trial_id, key, value
-                )
+    def _end(
+        self, trial_id: int, worker_id: str, state: TrialState, value: float | None, attrs: dict[str, Any]
+    ) -> None:
+        with self._begin() as connection:
+            trial_rows.lock_running(connection, trial_id)
+            trial_rows.set_user_attrs(connection, trial_id, attrs)
+            trial_rows.finish(connection, trial_id, state, value, utcnow())
+            if worker_id:
+                self._release(connection, worker_id, trial_id)
 
-    def _set_attrs(self, claim: Claim, attrs: dict[str, Any]) -> None:
-        if attrs:
-            self.set_user_attrs(claim.trial._trial_id, attrs)
+    def _finish(self, claim: Claim, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
+        # Study.tell's rules and hooks, then one transaction for the attributes, value, state and
+        # the worker's registry row (Study.tell would take one per attribute and two more).
+        frozen = claim.trial._cached_frozen_trial
+        if state == TrialState.PRUNED and value is None and frozen.last_step is not None:
+            # As Study.tell does: a pruned trial's value is its last reported one, when finite.
+            last = frozen.intermediate_values[frozen.last_step]
+            value = last if math.isfinite(last) else None
+        if state == TrialState.COMPLETE and (value is None or math.isnan(value)):
+            state, value = TrialState.FAIL, None
+            attrs = {**attrs, "fail_reason": "the objective value is not a number"}
+        study = claim.study
+        study._thread_local.cached_all_trials = None
+        filtered = optuna.pruners._filter_study(study, frozen)
+        study.sampler.after_trial(filtered, frozen, state, None if value is None else [value])
+        self._end(claim.trial._trial_id, claim.worker_id, state, value, attrs)
 
     def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
         """End the trial COMPLETE with its objective value and result attributes."""
-        self._set_attrs(claim, attrs)
-        claim.study.tell(claim.trial, value, skip_if_finished=True)
+        self._finish(claim, TrialState.COMPLETE, value, attrs)
 
     def prune(self, claim: Claim, attrs: dict[str, Any]) -> None:
         """End the trial PRUNED (its last reported value stands as its value)."""
-        self._set_attrs(claim, attrs)
-        claim.study.tell(claim.trial, state=TrialState.PRUNED, skip_if_finished=True)
+        self._finish(claim, TrialState.PRUNED, None, attrs)
 
     def fail(self, claim: Claim, reason: str, attrs: dict[str, Any] | None = None) -> None:
         """End the trial FAIL with the reason recorded as `fail_reason`; trip the study's breaker if due."""
-        self._set_attrs(claim, {**(attrs or {}), "fail_reason": reason[:2000]})
-        claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
+        self._finish(claim, TrialState.FAIL, None, {**(attrs or {}), "fail_reason": reason[:2000]})
         self._trip_breaker_if_due(claim.study_name)
 
     def give_back(self, claim: Claim) -> None:
@@ -456,13 +598,11 @@ class StudyRepository:
         """
         trial_id = claim.trial._trial_id
         with self._begin() as connection:
-            connection.execute(
-                sa.delete(TrialIntermediateValueModel.__table__).where(
-                    TrialIntermediateValueModel.__table__.c.trial_id == trial_id
-                )
-            )
-        self.storage.set_trial_state_values(trial_id, TrialState.WAITING)
-        self._give_slot_back(claim.study_name)
+            trial_rows.lock_running(connection, trial_id)
+            trial_rows.requeue(connection, trial_id)
+            self._give_slot_back(connection, claim.study_name)
+            if claim.worker_id:
+                self._release(connection, claim.worker_id, trial_id)
 
     # -- lost workers and broken studies -----------------------------------------------------------
 
@@ -492,7 +632,8 @@ class StudyRepository:
                 },
                 skip_if_exists=False,
             )
-            self._give_slot_back(study_name)
+            with self._begin() as connection:
+                self._give_slot_back(connection, study_name)
         return self.storage.get_trial(trial_id)
 
     def running_trial_ids(self) -> list[int]:

@@ -1,4 +1,4 @@
-"""Builds the Optuna sampler and pruner a spec names, identically on every worker."""
+"""Builds the Optuna sampler and pruner a spec names, identically on every worker, and draws a trial's parameters."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import random
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, check_distribution_compatibility
+from optuna.trial import FrozenTrial
 
 from studies.space import grid
 from studies.spec import (
@@ -96,3 +98,41 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
             reduction_factor=p.reduction_factor,
         )
     raise ValueError(f"unknown pruner {p!r}")
+
+
+def sample_params(study: optuna.Study, trial: FrozenTrial, space: dict[str, BaseDistribution]) -> None:
+    """Draw the trial's missing parameters into trial.params, as Trial.suggest_* would, without writing.
+
+    The same order of sources as optuna.Trial._suggest: parameters the trial already has (a trial
+    handed back), fixed ones (enqueued), single-valued ones, the sampler's relative sample, then its
+    independent sample. The caller writes them all in one transaction instead of one per parameter.
+    """
+    # Hyperband samples each bracket from its own trials, as Optuna's Trial does.
+    view = optuna.pruners._filter_study(study, trial)
+    study._thread_local.cached_all_trials = None
+    sampler = study.sampler
+    sampler.before_trial(view, trial)
+    fixed = trial.system_attrs.get("fixed_params", {})
+    relative: dict[str, Any] | None = None
+    relative_space: dict[str, BaseDistribution] = {}
+    for name, distribution in space.items():
+        if name in trial.params:
+            check_distribution_compatibility(trial.distributions[name], distribution)
+            continue
+        if name in fixed:
+            value = fixed[name]
+        elif distribution.single():
+            value = optuna.distributions._get_single_value(distribution)
+        else:
+            if relative is None:
+                relative_space = sampler.infer_relative_search_space(view, trial)
+                relative = sampler.sample_relative(view, trial, relative_space)
+            if name in relative and name in relative_space:
+                check_distribution_compatibility(relative_space[name], distribution)
+                value = relative[name]
+            else:
+                value = sampler.sample_independent(view, trial, name, distribution)
+        # As Trial._suggest: the internal representation validates the value (NaN raises).
+        distribution.to_internal_repr(value)
+        trial.params[name] = value
+        trial.distributions[name] = distribution

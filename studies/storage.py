@@ -48,7 +48,12 @@ def engine_kwargs(url: str, *, pool_size: int, application_name: str = "tuneflee
     # Named, so an operator (and our outage test) can find tunefleet's sessions in pg_stat_activity;
     # an application_name in the URL wins.
     named = "application_name" in make_url(url).query
-    connect_args = {} if named else {"application_name": application_name}
+    connect_args: dict[str, Any] = {} if named else {"application_name": application_name}
+    # No server-side prepared statements: behind PgBouncer in transaction mode (how fleets larger than
+    # max_connections reach PostgreSQL) a statement prepared on one server connection is missing on
+    # the next. psycopg would prepare a query after its fifth run; our queries are cheap to plan.
+    if make_url(url).get_driver_name() == "psycopg":
+        connect_args["prepare_threshold"] = None
     if pool_size == 0:
         # Fleets larger than max_connections: hold no idle connection between transactions (put
         # PgBouncer in front for the connect cost); a fresh connection needs no pre-ping.

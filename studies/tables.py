@@ -26,6 +26,10 @@ studies_table = sa.Table(
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
 
+# A worker's registry state; a silent alive worker is judged lost by the reaper.
+WORKER_IDLE, WORKER_BUSY, WORKER_STOPPED, WORKER_LOST_STATE = "idle", "busy", "stopped", "lost"
+WORKER_ALIVE = (WORKER_IDLE, WORKER_BUSY)
+
 # One row per worker process: what it runs now and when it last proved alive. A worker whose
 # heartbeat is older than the grace period is declared lost and its trial is retried elsewhere.
 workers_table = sa.Table(
@@ -43,6 +47,17 @@ workers_table = sa.Table(
     sa.Column("heartbeat_at", sa.DateTime, nullable=False, index=True),
     # Each worker is judged by its own grace period, not by whichever process happens to reap.
     sa.Column("grace_s", sa.Float, nullable=True),
+)
+
+
+# Named leases: the reaper's says which one process reaps for the whole fleet, so a fleet of N
+# workers costs the store one sweep per interval instead of N.
+leases_table = sa.Table(
+    "tunefleet_leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
 )
 
 

@@ -15,6 +15,7 @@ from types import FrameType
 
 from studies import StudyRepository, WorkerIdentity, open_storage
 from studies.artifacts import ArtifactStore, open_artifact_store
+from studies.errors import WorkerDeclaredLost
 from studies.fleet import Fleet, Reaper, new_worker_id
 from studies.resilience import GaveUp, is_transient, with_retry
 from worker.device import configure_threads, describe, pick_device
@@ -136,15 +137,17 @@ def run_loop(
                 )
             except GaveUp:
                 continue
+            except WorkerDeclaredLost:
+                # Declared lost while silent (paused, partitioned): nothing was claimed; register anew.
+                log.warning("this worker was declared lost; registering again")
+                runner.lost.set()
+                continue
             if claim is None:
                 if options.exit_when_idle:
                     break
                 stop.wait(settings.poll_interval_s)
                 continue
-            with contextlib.suppress(GaveUp):
-                with_retry(
-                    partial(fleet.set_trial, identity.worker_id, claim), what="register trial", stop=stop
-                )
+            # The claim recorded the trial in this worker's registry row, and its end clears it.
             started = time.perf_counter()
             outcome = runner.run(claim)
             done += 1
@@ -156,11 +159,13 @@ def run_loop(
                 time.perf_counter() - started,
                 claim.params,
             )
-            if not runner.lost.is_set():
+            if outcome == "abandoned" and not runner.lost.is_set():
+                # The store stayed unreachable: let the trial go, so the reaper's sweep retries it.
                 with contextlib.suppress(GaveUp):
                     with_retry(partial(fleet.set_trial, identity.worker_id, None), what="idle", stop=stop)
     finally:
         heartbeat.done.set()
+        heartbeat.reaper.release()
         try:
             fleet.deregister(identity.worker_id)
         except Exception as error:

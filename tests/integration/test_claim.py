@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
+import pytest
 from optuna.trial import TrialState
 
 from studies import StudyRepository, StudySpec, WorkerIdentity
@@ -120,9 +120,10 @@ def test_a_late_result_never_overwrites_a_lost_trial(repository: StudyRepository
     claim = repository.claim(worker(1), study_names=[study_name])
     assert claim is not None
     repository.retry_lost_trial(claim.trial._trial_id, "worker lost")
-    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         claim.trial.report(0.1, 1)
-    repository.complete(claim, 0.1, {})
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        repository.complete(claim, 0.1, {})
     trial = repository.trial(repository.get(study_name), claim.trial.number)
     assert trial.state == TrialState.FAIL
     assert trial.value is None

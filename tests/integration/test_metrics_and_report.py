@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from studies import StudyRepository, StudySpec, WorkerIdentity
+from studies.fleet import Fleet
 from tests.conftest import tiny_spec
 from worker.objective import TrialRunner
 
@@ -25,8 +27,11 @@ def run_small_study(repository: StudyRepository, name: str, cache_dir: Path) -> 
     )
     repository.create(StudySpec.model_validate(spec))
     runner = TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=cache_dir)
+    # A registered worker, as in a fleet: its claims hold their trial in its registry row.
+    worker = replace(WORKER, worker_id=f"test:1:{name}")
+    Fleet(repository).register(worker)
     for index in range(4):
-        claim = repository.claim(WORKER, study_names=[name])
+        claim = repository.claim(worker, study_names=[name])
         assert claim is not None
         if index == 3:
             repository.fail(claim, "NaN loss at epoch 2")

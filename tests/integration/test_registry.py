@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from studies import StudyRepository, WorkerIdentity
-from studies.fleet import Fleet
+from studies.fleet import Fleet, Reaper
 from studies.tables import utcnow, workers_table
 
 
@@ -45,3 +46,37 @@ def test_a_heartbeat_after_the_judgement_wins_over_the_reaper(
     silence(repository, worker.worker_id, 5)
     assert fleet.heartbeat(worker.worker_id) is True
     assert worker.worker_id not in fleet.reap(grace_s=1.0)
+
+
+def test_one_reaper_sweeps_for_the_fleet_until_it_lets_go(
+    repository: StudyRepository, study_name: str
+) -> None:
+    fleet = Fleet(repository)
+    lease = f"{study_name}-lease"
+    assert fleet.take_lease(lease, "first", ttl_s=60.0)
+    assert fleet.take_lease(lease, "first", ttl_s=60.0)  # the holder renews
+    assert not fleet.take_lease(lease, "second", ttl_s=60.0)
+    fleet.release_lease(lease, "first")
+    assert fleet.take_lease(lease, "second", ttl_s=0.05)
+    assert not fleet.take_lease(lease, "first", ttl_s=60.0)
+    time.sleep(0.1)
+    # A holder that died (no release) is replaced once its lease has run out.
+    assert fleet.take_lease(lease, "first", ttl_s=60.0)
+
+
+def test_a_reaper_without_the_lease_leaves_silent_workers_alone(
+    repository: StudyRepository, study_name: str
+) -> None:
+    fleet = Fleet(repository)
+    lease = f"{study_name}-reaper"
+    holder = Reaper(fleet, grace_s=1.0, interval_s=0.01, lease=lease)
+    other = Reaper(fleet, grace_s=1.0, interval_s=0.01, lease=lease)
+    assert fleet.take_lease(lease, holder.holder, ttl_s=60.0)
+    silent = WorkerIdentity(host="h", pid=4, device="cpu", worker_id=f"{study_name}-silent")
+    fleet.register(silent, grace_s=1.0)
+    silence(repository, silent.worker_id, 30)
+    time.sleep(0.02)
+    assert other.tick() == []
+    assert silent.worker_id in holder.tick()
+    holder.release()
+    other.release()

@@ -25,9 +25,12 @@ def test_finetune_throughput_runs_at_a_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     assert finetune_throughput.main(["--smoke", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert 0 < result["tunefleet"]["time_in_training"] <= 1
-    assert result["plain_pytorch"]["trial_wall_s"] > 0
-    assert "markdown" in result
+    assert [m["mode"] for m in result["modes"]] == ["head", "last-k"]
+    for mode in result["modes"]:
+        assert 0 < mode["tunefleet"]["time_in_training"] <= 1
+        assert mode["plain_pytorch"]["trial_wall_s"] > 0
+    assert "| last-k |" in result["markdown"]
+    assert len(result["targets"]) == 2
 
 
 def test_the_report_gathers_results_into_benchmarks_md(

@@ -1,0 +1,178 @@
+"""A claimed trial's rows in Optuna's tables, each step of its life written in one statement batch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.storages._rdb.models import (
+    StudyModel,
+    TrialIntermediateValueModel,
+    TrialModel,
+    TrialParamModel,
+    TrialUserAttributeModel,
+    TrialValueModel,
+)
+from optuna.trial import TrialState
+
+# Optuna's RDBStorage writes a trial in one transaction per parameter and per attribute, each
+# re-reading the trial row; a claimed trial's life was 23 transactions. These helpers write the
+# same rows, through Optuna's own table models, inside one transaction the caller holds, so that a
+# claim is one transaction and a trial's end is one more. tests/integration/test_trial_rows.py
+# reads every row back through Optuna's storage API.
+trials = TrialModel.__table__
+params = TrialParamModel.__table__
+user_attrs = TrialUserAttributeModel.__table__
+trial_values = TrialValueModel.__table__
+intermediate_values = TrialIntermediateValueModel.__table__
+optuna_studies = StudyModel.__table__
+
+
+@dataclass(frozen=True)
+class NewTrial:
+    """A trial row just made RUNNING: a new one, or one taken from the study's queue."""
+
+    trial_id: int
+    number: int
+    datetime_start: datetime
+    from_queue: bool
+
+
+def take_queued_trial(connection: sa.Connection, study_id: int, now: datetime) -> NewTrial | None:
+    """Make the study's oldest WAITING trial (handed back, retried or enqueued) RUNNING, if it has one."""
+    while True:
+        waiting = connection.execute(
+            sa.select(trials.c.trial_id, trials.c.number)
+            .where(trials.c.study_id == study_id, trials.c.state == TrialState.WAITING)
+            .order_by(trials.c.trial_id)
+            .limit(1)
+        ).first()
+        if waiting is None:
+            return None
+        # Conditional on WAITING, so of two racing claims exactly one takes it.
+        taken = connection.execute(
+            trials.update()
+            .where(trials.c.trial_id == waiting.trial_id, trials.c.state == TrialState.WAITING)
+            .values(state=TrialState.RUNNING, datetime_start=now)
+        ).rowcount
+        if taken:
+            return NewTrial(int(waiting.trial_id), int(waiting.number), now, from_queue=True)
+
+
+def insert_running_trial(connection: sa.Connection, study_id: int, now: datetime) -> NewTrial:
+    """A new RUNNING trial numbered as Optuna numbers it: by the study's trials made before it."""
+    # Optuna locks the study row while it numbers a trial; so do we, so that trials made through
+    # Optuna (the dashboard, enqueue_trial) and by claims never share a number.
+    connection.execute(
+        sa.select(optuna_studies.c.study_id).where(optuna_studies.c.study_id == study_id).with_for_update()
+    )
+    trial_id = connection.execute(
+        trials.insert()
+        .values(study_id=study_id, number=None, state=TrialState.RUNNING, datetime_start=now)
+        .returning(trials.c.trial_id)
+    ).scalar_one()
+    earlier = (
+        sa.select(sa.func.count(trials.c.trial_id))
+        .where(trials.c.study_id == study_id, trials.c.trial_id < trial_id)
+        .scalar_subquery()
+    )
+    number = connection.execute(
+        trials.update().where(trials.c.trial_id == trial_id).values(number=earlier).returning(trials.c.number)
+    ).scalar_one()
+    return NewTrial(int(trial_id), int(number), now, from_queue=False)
+
+
+def _upsert(connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], key: str) -> None:
+    # One multi-row INSERT ... ON CONFLICT DO UPDATE, the upsert Optuna itself uses on both backends.
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    else:
+        raise NotImplementedError(f"tunefleet's store runs on PostgreSQL or SQLite, not {dialect}")
+    statement = insert(table).values(rows)
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.c.trial_id, table.c[key]],
+            set_={"value_json": statement.excluded.value_json},
+        )
+    )
+
+
+def set_user_attrs(connection: sa.Connection, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """Set (or replace) several user attributes of a trial."""
+    if attrs:
+        rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+        _upsert(connection, user_attrs, rows, "key")
+
+
+def user_attr(connection: sa.Connection, trial_id: int, key: str) -> Any:
+    """One user attribute of a trial, or None."""
+    stored = connection.execute(
+        sa.select(user_attrs.c.value_json).where(user_attrs.c.trial_id == trial_id, user_attrs.c.key == key)
+    ).scalar()
+    return None if stored is None else json.loads(stored)
+
+
+def lock_running(connection: sa.Connection, trial_id: int) -> None:
+    """Lock the trial's row for this transaction; UpdateFinishedTrialError unless it is RUNNING."""
+    state = connection.execute(
+        sa.select(trials.c.state).where(trials.c.trial_id == trial_id).with_for_update()
+    ).scalar()
+    if state is None:
+        raise KeyError(f"no trial with id {trial_id}")
+    if state != TrialState.RUNNING:
+        raise optuna.exceptions.UpdateFinishedTrialError(
+            f"trial {trial_id} is {state.name}, not RUNNING: it cannot be updated"
+        )
+
+
+def add_params(
+    connection: sa.Connection,
+    trial_id: int,
+    values: Mapping[str, Any],
+    distributions: Mapping[str, BaseDistribution],
+) -> None:
+    """Record the trial's parameters that it does not have yet (a retried write adds nothing twice)."""
+    present = set(
+        connection.execute(sa.select(params.c.param_name).where(params.c.trial_id == trial_id)).scalars()
+    )
+    rows = [
+        {
+            "trial_id": trial_id,
+            "param_name": name,
+            "param_value": distributions[name].to_internal_repr(value),
+            "distribution_json": distribution_to_json(distributions[name]),
+        }
+        for name, value in values.items()
+        if name not in present
+    ]
+    if rows:
+        connection.execute(params.insert(), rows)
+
+
+def finish(
+    connection: sa.Connection, trial_id: int, state: TrialState, value: float | None, now: datetime
+) -> None:
+    """End a RUNNING trial (locked by lock_running in this transaction) with its state and value."""
+    if value is not None:
+        stored, value_type = TrialValueModel.value_to_stored_repr(value)
+        connection.execute(
+            trial_values.insert().values(trial_id=trial_id, objective=0, value=stored, value_type=value_type)
+        )
+    connection.execute(
+        trials.update().where(trials.c.trial_id == trial_id).values(state=state, datetime_complete=now)
+    )
+
+
+def requeue(connection: sa.Connection, trial_id: int) -> None:
+    """Put a RUNNING trial back in the queue (WAITING), its per-epoch values cleared for the rerun."""
+    connection.execute(intermediate_values.delete().where(intermediate_values.c.trial_id == trial_id))
+    connection.execute(trials.update().where(trials.c.trial_id == trial_id).values(state=TrialState.WAITING))

@@ -1,0 +1,129 @@
+"""A claimed trial's rows, written directly, read back through Optuna exactly as Optuna's own writes read."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from studies import StudyRepository, StudySpec, WorkerIdentity
+from studies.errors import WorkerDeclaredLost
+from studies.fleet import Fleet
+from studies.space import distributions
+from tests.conftest import tiny_spec
+
+WORKER = WorkerIdentity(host="rows", pid=7, device="cpu")
+
+
+def test_a_claimed_trial_reads_back_like_one_optuna_made(
+    repository: StudyRepository, study_name: str
+) -> None:
+    spec = StudySpec.model_validate(tiny_spec(study_name, sampler={"name": "random"}))
+    record = repository.create(spec)
+    claim = repository.claim(WORKER, study_names=[study_name])
+    assert claim is not None
+    claim.trial.report(0.5, 1)
+    claim.trial.report(0.25, 2)
+    repository.complete(claim, 0.25, {"val_accuracy": 0.9})
+
+    # The same trial made through Optuna's public API, for comparison.
+    study = optuna.load_study(study_name=study_name, storage=repository.storage)
+    reference = study.ask(fixed_distributions=distributions(spec.space))
+    reference.report(0.5, 1)
+    reference.report(0.25, 2)
+    reference.set_user_attr("val_accuracy", 0.9)
+    study.tell(reference, 0.25)
+
+    ours = repository.storage.get_trial(claim.trial._trial_id)
+    theirs = repository.storage.get_trial(reference._trial_id)
+    assert ours.number == 0 and theirs.number == 1
+    assert ours.state == theirs.state == TrialState.COMPLETE
+    assert ours.value == theirs.value == 0.25
+    assert ours.intermediate_values == theirs.intermediate_values == {1: 0.5, 2: 0.25}
+    assert ours.distributions == theirs.distributions
+    assert ours.params == claim.params
+    assert set(ours.user_attrs) == {"seed", "worker", "worker_id", "device", "val_accuracy"}
+    assert ours.user_attrs["worker"] == WORKER.label
+    assert ours.datetime_start is not None and ours.datetime_complete is not None
+    assert ours.datetime_start <= ours.datetime_complete
+    # Optuna hands out naive local time for both; ours must sit beside its own, not hours away.
+    assert abs((theirs.datetime_start - ours.datetime_start).total_seconds()) < 60
+    assert repository.progress(record).best_trial is not None
+
+
+def test_a_pruned_trial_keeps_its_last_reported_value(repository: StudyRepository, study_name: str) -> None:
+    repository.create(StudySpec.model_validate(tiny_spec(study_name)))
+    claim = repository.claim(WORKER, study_names=[study_name])
+    assert claim is not None
+    claim.trial.report(0.7, 1)
+    claim.trial.report(0.6, 2)
+    repository.prune(claim, {})
+    trial = repository.storage.get_trial(claim.trial._trial_id)
+    assert trial.state == TrialState.PRUNED
+    assert trial.value == 0.6  # as Study.tell records a pruned trial
+
+
+def test_a_nan_value_fails_the_trial_with_the_reason(repository: StudyRepository, study_name: str) -> None:
+    repository.create(StudySpec.model_validate(tiny_spec(study_name)))
+    claim = repository.claim(WORKER, study_names=[study_name])
+    assert claim is not None
+    repository.complete(claim, float("nan"), {})
+    trial = repository.storage.get_trial(claim.trial._trial_id)
+    assert trial.state == TrialState.FAIL
+    assert trial.value is None
+    assert trial.user_attrs["fail_reason"] == "the objective value is not a number"
+
+
+def test_claims_and_optuna_enqueues_share_one_numbering(repository: StudyRepository, study_name: str) -> None:
+    spec = StudySpec.model_validate(tiny_spec(study_name, budget={"n_trials": 6}))
+    repository.create(spec)
+    study = optuna.load_study(study_name=study_name, storage=repository.storage)
+    numbers = []
+    for index in range(6):
+        if index % 2:
+            # Someone enqueues a point through Optuna (the dashboard, a notebook) between claims.
+            study.enqueue_trial({"learning_rate": 0.01})
+        claim = repository.claim(WORKER, study_names=[study_name])
+        assert claim is not None
+        numbers.append(claim.trial.number)
+        if index % 2:
+            assert claim.params["learning_rate"] == 0.01  # the queued trial comes first, with its point
+        repository.complete(claim, 1.0, {})
+    assert sorted(numbers) == numbers
+    assert len(set(numbers)) == 6
+    all_numbers = [
+        t.number for t in repository.storage.get_all_trials(repository.get(study_name).optuna_study_id)
+    ]
+    assert sorted(all_numbers) == list(range(len(all_numbers)))
+
+
+def test_a_claim_holds_its_trial_in_the_registry_and_its_end_releases_it(
+    repository: StudyRepository, study_name: str
+) -> None:
+    repository.create(StudySpec.model_validate(tiny_spec(study_name)))
+    fleet = Fleet(repository)
+    worker = WorkerIdentity(host="rows", pid=8, device="cpu", worker_id=f"{study_name}-w")
+    fleet.register(worker)
+    claim = repository.claim(worker, study_names=[study_name])
+    assert claim is not None
+    row = next(w for w in fleet.workers() if w.worker_id == worker.worker_id)
+    assert (row.state, row.study_name, row.trial_number) == ("busy", study_name, claim.trial.number)
+    repository.complete(claim, 1.0, {})
+    row = next(w for w in fleet.workers() if w.worker_id == worker.worker_id)
+    assert (row.state, row.study_name, row.trial_number) == ("idle", None, None)
+
+
+def test_a_worker_declared_lost_claims_nothing(repository: StudyRepository, study_name: str) -> None:
+    record = repository.create(StudySpec.model_validate(tiny_spec(study_name)))
+    fleet = Fleet(repository)
+    worker = WorkerIdentity(host="rows", pid=9, device="cpu", worker_id=f"{study_name}-lost")
+    fleet.register(worker, grace_s=0.01)
+    time.sleep(0.05)
+    assert worker.worker_id in fleet.reap(grace_s=0.01)
+    with pytest.raises(WorkerDeclaredLost):
+        repository.claim(worker, study_names=[study_name])
+    # Rolled back whole: no budget slot spent, no trial made.
+    assert repository.get(study_name).n_claimed == 0
+    assert sum(repository.trial_counts(record).values()) == 0
