@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck clean bench bench-deps bench-quick bench-gpu
+.PHONY: install run test lint typecheck clean bench bench-quick bench-gpu
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		|| echo "chromium is not installed: the dashboard browser test will skip (apt-get install chromium)"
+	@# The PgBouncer test (a fleet behind transaction pooling) and benchmark 4 run Debian's PgBouncer.
+	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; } \
+		|| echo "pgbouncer is not installed: its test will skip (apt-get install pgbouncer)"
 	touch $@
 
 run: install
@@ -31,17 +35,11 @@ test: install
 # bench/write_report.py gathers them into BENCHMARKS.md with the machine, versions and commands.
 BENCHES := time_to_good_model coordination_overhead finetune_throughput store_scale
 
-# Benchmark 4 also measures a fleet behind PgBouncer: Debian's package, where root and apt-get allow.
-bench-deps: install
-	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; } \
-		|| echo "pgbouncer is not installed: benchmark 4 will say so and skip its pgbouncer rows"
-
-bench: bench-deps
+bench: install
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done
 	$(BIN)/python -m bench.write_report
 
-bench-quick: bench-deps
+bench-quick: install
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b --quick || exit 1; done
 	$(BIN)/python -m bench.write_report
 

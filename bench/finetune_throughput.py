@@ -184,8 +184,8 @@ def median(rows: list[dict[str, float]], key: str) -> float:
 
 # (max_examples, epochs, max_length) per size; quick trials are sized to last 10 s or more on 2 cores.
 SIZES: dict[str, dict[str, tuple[int | None, int, int]]] = {
-    "head": {"smoke": (60, 2, 32), "quick": (400, 30, 128), "full": (None, 20, 128)},
-    "last-k": {"smoke": (24, 1, 32), "quick": (200, 2, 128), "full": (600, 3, 128)},
+    "head": {"smoke": (60, 2, 32), "quick": (400, 45, 128), "full": (None, 20, 128)},
+    "last-k": {"smoke": (24, 1, 32), "quick": (250, 2, 128), "full": (600, 3, 128)},
 }
 LOOPS = {
     "head": ("tunefleet (head, cached features)", "plain PyTorch (re-encode per trial, fp32)"),

@@ -147,7 +147,7 @@ def plan_for(args: argparse.Namespace) -> Plan:
     if args.smoke:
         plan = Plan((2,), (2,), ("shipped",), tuple(LOADS), 5, 10, 1, 60, 2.0, 2.0, 60)
     elif args.quick:
-        plan = Plan((32, 128), (128,), tuple(VARIANTS), tuple(LOADS), 0.25, 16, 1, 25, 4.0, 6.0, 60)
+        plan = Plan((32, 128), (256,), tuple(VARIANTS), tuple(LOADS), 0.25, 16, 1, 25, 4.0, 10.0, 60)
     else:
         plan = Plan(
             (32, 128, 256), (32, 128, 256), tuple(VARIANTS), tuple(LOADS), 0.5, 64, 3, 120, 4.0, 20.0, 60
@@ -695,7 +695,11 @@ def targets(rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fleets of 32 and 128, one run each")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="zero-cost fleets of 32 and 128, a paced fleet of 256, one run each",
+    )
     parser.add_argument("--smoke", action="store_true", help="2 workers, 10 trials: checks the script")
     parser.add_argument("--out", default=f"bench/results/{NAME}.json")
     parser.add_argument(

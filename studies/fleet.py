@@ -230,9 +230,10 @@ class Fleet:
                 )
 
     def _retry_unheld_trials(self, grace_s: float) -> None:
-        # A worker that died between creating its trial and recording it, or an ask broken off by a
-        # dropped connection, leaves a RUNNING trial that no live worker holds. Claims record their
-        # trial within milliseconds, so a trial seen unheld twice, a grace period apart, is orphaned.
+        # A claim records its trial in the worker's row in the same transaction, so a RUNNING trial no live
+        # worker holds comes from elsewhere: a claim retried after its commit's answer was lost (the row
+        # now holds the retry's trial), a script claiming outside the fleet, a trial another tool started.
+        # A trial seen unheld twice, a grace period apart, is orphaned.
         # Our own monotonic clock decides, never timestamps from hosts whose clocks may disagree.
         c = workers_table.c
         with self.engine.begin() as connection:

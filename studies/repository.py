@@ -28,7 +28,7 @@ from studies.errors import (
     TrialNotFound,
     WorkerDeclaredLost,
 )
-from studies.resilience import GaveUp, is_transient, with_retry
+from studies.resilience import GaveUp, with_retry
 from studies.sampling import build_pruner, build_sampler, derived_seed, grid_points, sample_params
 from studies.space import distributions
 from studies.spec import StudySpec
@@ -487,6 +487,13 @@ class StudyRepository:
             trial_id=new.trial_id,
         )
 
+    def _sample(self, record: StudyRecord, frozen: FrozenTrial) -> optuna.Study:
+        study = self._study(record)
+        study.sampler = build_sampler(record.spec, claim_index=record.n_claimed - 1)
+        study.pruner = build_pruner(record.spec)
+        sample_params(study, frozen, distributions(record.spec.space))
+        return study
+
     def _write_params(self, trial: FrozenTrial) -> None:
         with self._begin() as connection:
             trial_rows.lock_running(connection, trial._trial_id)
@@ -503,14 +510,15 @@ class StudyRepository:
             return None
         record, new, tags = taken
         spec = record.spec
+        # The trial is claimed and held: each step from here is retried on its own through a store
+        # outage (a parameter already drawn is kept, not drawn again), never by claiming anew.
         try:
             frozen = with_retry(
                 partial(self._frozen, new, tags), what="read a queued trial", reset=self.reset_session
             )
-            study = self._study(record)
-            study.sampler = build_sampler(spec, claim_index=record.n_claimed - 1)
-            study.pruner = build_pruner(spec)
-            sample_params(study, frozen, distributions(spec.space))
+            study = with_retry(
+                partial(self._sample, record, frozen), what="sample parameters", reset=self.reset_session
+            )
             with_retry(
                 partial(self._write_params, frozen), what="record parameters", reset=self.reset_session
             )
@@ -520,16 +528,17 @@ class StudyRepository:
         except GaveUp:
             raise
         except Exception as error:
-            if is_transient(error):
-                raise
             # A sampler that cannot sample is this trial's failure, recorded, not a trial left RUNNING.
-            self._end(
-                new.trial_id,
-                worker.worker_id,
-                TrialState.FAIL,
-                None,
-                {"fail_reason": f"sampling failed: {error}"[:2000]},
-            )
+            try:
+                self._end(
+                    new.trial_id,
+                    worker.worker_id,
+                    TrialState.FAIL,
+                    None,
+                    {"fail_reason": f"sampling failed: {type(error).__name__}: {error}"[:2000]},
+                )
+            except Exception as also:
+                error.add_note(f"and the trial could not be failed: {type(also).__name__}: {also}")
             raise
         return Claim(
             study_name=record.name,

@@ -366,8 +366,17 @@ class TrialRunner:
         started = time.perf_counter()
         last: list[EpochResult] = []
         repository = self.repository
+        # Time spent between epochs reporting to the store and asking the pruner: not training.
+        reporting_s = [0.0]
 
         def on_epoch(result: EpochResult) -> None:
+            began = time.perf_counter()
+            try:
+                report(result)
+            finally:
+                reporting_s[0] += time.perf_counter() - began
+
+        def report(result: EpochResult) -> None:
             last[:] = [result]
             value = result.val_loss if spec.objective.metric == "val_loss" else result.val_accuracy
             self._store("report", lambda: trial.report(value, result.epoch))
@@ -435,7 +444,8 @@ class TrialRunner:
                 "val_accuracy": chosen.val_accuracy,
                 "chosen_epoch": chosen.epoch,
                 "epochs_run": len(result.epochs),
-                "train_s": round(result.train_s, 3),
+                "train_s": round(result.train_s - reporting_s[0], 3),
+                "report_s": round(reporting_s[0], 3),
                 **saved,
             }
         )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from bench import coordination_overhead, store_scale
+from bench import coordination_overhead, pgbouncer, store_scale
 from studies.storage import normalize_url
 from studies.tables import studies_table
 
@@ -79,4 +80,28 @@ def test_store_scale_runs_at_a_tiny_size_without_errors_or_overshoot(
         assert row["connections_ours_max"]["median"] >= 1
     zero_cost = next(run for run in result["runs"] if run["load"] == "zero-cost")
     assert zero_cost["finished"] == zero_cost["n_trials"] == zero_cost["created"]
+    assert leftover_studies(postgres_url, result["studies_created_and_deleted"]) == []
+
+
+def test_a_fleet_runs_through_pgbouncer_in_transaction_mode(tmp_path: Path, postgres_url: str) -> None:
+    # Transaction pooling hands each transaction any server session: a statement prepared on one would be
+    # missing on the next. More than five runs of each query per connection would fail if psycopg prepared.
+    if pgbouncer.available() is None:
+        message = f"pgbouncer is needed for this test: {pgbouncer.INSTALL_HINT}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path / "scale.json"
+    assert (
+        store_scale.main(["--smoke", "--variants", "pgbouncer", "--url", postgres_url, "--out", str(out)])
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["config"]["not_run"] == {}
+    assert {row["variant"] for row in result["summary"]} == {"pgbouncer"}
+    for row in result["summary"]:
+        assert row["errors"] == 0 and row["crashed_workers"] == 0 and row["overshoot"] == 0
+        assert row["claims"]["median"] > 0
+    zero_cost = next(run for run in result["runs"] if run["load"] == "zero-cost")
+    assert zero_cost["finished"] == zero_cost["n_trials"]
     assert leftover_studies(postgres_url, result["studies_created_and_deleted"]) == []

@@ -127,3 +127,26 @@ def test_a_worker_declared_lost_claims_nothing(repository: StudyRepository, stud
     # Rolled back whole: no budget slot spent, no trial made.
     assert repository.get(study_name).n_claimed == 0
     assert sum(repository.trial_counts(record).values()) == 0
+
+
+def test_a_sampler_that_cannot_sample_fails_its_trial_with_the_reason(
+    repository: StudyRepository, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import studies.repository
+
+    record = repository.create(StudySpec.model_validate(tiny_spec(study_name)))
+    fleet = Fleet(repository)
+    worker = WorkerIdentity(host="rows", pid=10, device="cpu", worker_id=f"{study_name}-w")
+    fleet.register(worker)
+
+    def broken(*args: object) -> None:
+        raise ValueError("the sampler's model is singular")
+
+    monkeypatch.setattr(studies.repository, "sample_params", broken)
+    with pytest.raises(ValueError, match="singular"):
+        repository.claim(worker, study_names=[study_name])
+    [trial] = repository.storage.get_all_trials(record.optuna_study_id)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "sampling failed: ValueError: the sampler's model is singular"
+    row = next(w for w in fleet.workers() if w.worker_id == worker.worker_id)
+    assert (row.state, row.trial_number) == ("idle", None)  # the worker holds nothing

@@ -50,6 +50,9 @@ def test_a_trial_reports_every_epoch_and_records_its_results(
     attrs = trial.user_attrs
     assert 0.0 <= attrs["val_accuracy"] <= 1.0
     assert attrs["train_s"] > 0
+    # Reporting three epochs to the store is timed apart from training, and within the trial's time.
+    assert attrs["report_s"] > 0
+    assert attrs["train_s"] + attrs["report_s"] <= attrs["trial_s"]
     assert attrs["worker"] == "test:1" and attrs["device"] == "cpu"
     assert isinstance(attrs["seed"], int)
 
