@@ -152,6 +152,7 @@ class StudyRepository:
         upgrade_schema(self.engine)
         self._studies: dict[str, optuna.Study] = {}
         self._specs: dict[tuple[str, int], StudySpec] = {}
+        self._samplers: dict[tuple[str, int], optuna.samplers.BaseSampler] = {}
 
     @contextmanager
     def _begin(self) -> Iterator[sa.Connection]:
@@ -487,9 +488,21 @@ class StudyRepository:
             trial_id=new.trial_id,
         )
 
+    def _sampler(self, record: StudyRecord, claim_index: int) -> optuna.samplers.BaseSampler:
+        # One sampler per study for the life of the process, seeded at its first claim: Optuna's
+        # samplers keep incremental caches between trials (TPE's search space: 60 ms a trial at
+        # 5,000 trials when rebuilt). A grid point is the claim's own, so a grid's is built per claim.
+        if record.spec.sampler.name == "grid":
+            return build_sampler(record.spec, claim_index=claim_index)
+        key = (record.name, record.optuna_study_id)
+        sampler = self._samplers.get(key)
+        if sampler is None:
+            sampler = self._samplers[key] = build_sampler(record.spec, claim_index=claim_index)
+        return sampler
+
     def _sample(self, record: StudyRecord, frozen: FrozenTrial) -> optuna.Study:
         study = self._study(record)
-        study.sampler = build_sampler(record.spec, claim_index=record.n_claimed - 1)
+        study.sampler = self._sampler(record, claim_index=record.n_claimed - 1)
         study.pruner = build_pruner(record.spec)
         sample_params(study, frozen, distributions(record.spec.space))
         return study

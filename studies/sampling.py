@@ -29,10 +29,11 @@ def derived_seed(base_seed: int, *salt: object) -> int:
 
 
 def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded per claim so parallel workers never replay the same random stream."""
+    """The spec's sampler, seeded by a claim's index so parallel workers never replay the same random stream."""
     # Every worker builds its own sampler; with one shared seed, two workers' first random
-    # suggestions would be identical. Seeding by the study's claim counter keeps the run
-    # reproducible from the spec while giving each claim its own stream.
+    # suggestions would be identical. Seeding by the index of the claim it is built for (claims are
+    # numbered once, atomically) gives each worker process its own stream, and one worker's run
+    # is reproducible from the spec.
     seed = derived_seed(spec.sampler.seed or 0, "sampler", claim_index)
     startup = spec.sampler.n_startup_trials
     name = spec.sampler.name
