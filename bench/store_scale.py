@@ -126,6 +126,7 @@ class Run:
     claim_with_retries_p50_ms: float = math.nan
     claim_with_retries_p99_ms: float = math.nan
     claim_max_ms: float = math.nan
+    claims_over_250_ms: int = 0
     claims: int = 0
     stuck_in: dict[str, int] = field(default_factory=dict)
     errors: int = 0
@@ -508,6 +509,7 @@ def run_fleet(
     run.claim_with_retries_p50_ms = 1000 * percentile(claim_wall_s, 50)
     run.claim_with_retries_p99_ms = 1000 * percentile(claim_wall_s, 99)
     run.claim_max_ms = 1000 * max(claim_wall_s, default=math.nan)
+    run.claims_over_250_ms = sum(1 for s in claim_wall_s if s > 0.25)
     run.claims = len(claim_s)
     run.never_connected = tally.never_connected
     run.error_kinds = dict(tally.errors.most_common())
@@ -551,6 +553,8 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
             "claims",
         ):
             row[figure] = spread(float(getattr(r, figure)) for r in mine)
+        row["claims_over_250_ms"] = sum(r.claims_over_250_ms for r in mine)
+        row["claims_total"] = sum(r.claims for r in mine)
         row["errors"] = sum(r.errors for r in mine)
         row["error_kinds"] = dict(sum((Counter(r.error_kinds) for r in mine), Counter()))
         row["retried_operations"] = sum(r.retried_operations for r in mine)
@@ -578,6 +582,7 @@ def markdown(rows: list[dict[str, Any]], plan: Plan, env: dict[str, Any], comman
             "claim p50 ms",
             "claim p99 ms",
             "p99 incl. retries ms",
+            "claims > 250 ms",
             "errors",
             "ops retried",
             "refused at start",
@@ -598,6 +603,7 @@ def markdown(rows: list[dict[str, Any]], plan: Plan, env: dict[str, Any], comman
                 fmt(row["claim_p50_ms"]),
                 fmt(row["claim_p99_ms"]),
                 fmt(row["claim_with_retries_p99_ms"]),
+                f"{row['claims_over_250_ms']} of {row['claims_total']}",
                 row["errors"],
                 row["retried_operations"],
                 row["start_failures"],

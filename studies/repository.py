@@ -128,11 +128,11 @@ class ClaimedTrial(optuna.Trial):
         self._fixed_params = frozen.system_attrs.get("fixed_params", {})
 
 
-def _record(row: Any) -> StudyRecord:
+def _record(row: Any, spec: StudySpec | None = None) -> StudyRecord:
     return StudyRecord(
         name=row.study_name,
         optuna_study_id=row.optuna_study_id,
-        spec=StudySpec.model_validate(row.spec),
+        spec=StudySpec.model_validate(row.spec) if spec is None else spec,
         state=row.state,
         state_reason=row.state_reason,
         n_trials=row.n_trials,
@@ -367,17 +367,7 @@ class StudyRepository:
         spec = self._specs.get(key)
         if spec is None:
             spec = self._specs[key] = StudySpec.model_validate(row.spec)
-        return StudyRecord(
-            name=row.study_name,
-            optuna_study_id=row.optuna_study_id,
-            spec=spec,
-            state=row.state,
-            state_reason=row.state_reason,
-            n_trials=row.n_trials,
-            n_claimed=row.n_claimed,
-            deadline_at=row.deadline_at,
-            created_at=row.created_at,
-        )
+        return _record(row, spec)
 
     def _study(self, record: StudyRecord) -> optuna.Study:
         study = self._studies.get(record.name)
