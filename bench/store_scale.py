@@ -340,10 +340,13 @@ class ConnectionSampler(threading.Thread):
             "FROM pg_stat_activity"
         )
         with self.admin.connect() as connection:
-            while not self.done.wait(self.interval_s):
+            # A first sample at once: a small zero-cost fleet can finish inside one interval.
+            while True:
                 row = connection.execute(query, {"db": self.database, "app": self.application_name}).one()
                 self.samples.append((int(row[0]), int(row[1])))
                 connection.rollback()
+                if self.done.wait(self.interval_s):
+                    break
 
 
 def where_threads_are(threads: list[threading.Thread]) -> dict[str, int]:

@@ -77,7 +77,10 @@ def test_store_scale_runs_at_a_tiny_size_without_errors_or_overshoot(
         assert row["overshoot"] == 0
         assert row["claims"]["median"] > 0
         assert 0 < row["claim_p50_ms"]["median"] <= row["claim_p99_ms"]["median"]
-        assert row["connections_ours_max"]["median"] >= 1
+    # A paced fleet holds its connections for the whole window (a zero-cost one of 10 trials may end
+    # between two samples of pg_stat_activity).
+    paced = next(row for row in result["summary"] if row["load"] == "paced")
+    assert paced["connections_ours_max"]["median"] >= 1
     zero_cost = next(run for run in result["runs"] if run["load"] == "zero-cost")
     assert zero_cost["finished"] == zero_cost["n_trials"] == zero_cost["created"]
     assert leftover_studies(postgres_url, result["studies_created_and_deleted"]) == []
