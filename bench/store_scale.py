@@ -127,6 +127,7 @@ class Run:
     claim_with_retries_p99_ms: float = math.nan
     claim_max_ms: float = math.nan
     claims_over_250_ms: int = 0
+    slow_claims: list[dict[str, float]] = field(default_factory=list)
     claims: int = 0
     stuck_in: dict[str, int] = field(default_factory=dict)
     errors: int = 0
@@ -252,6 +253,7 @@ class Tally:
         self.claim_s: list[float] = []
         self.claim_wall_s: list[float] = []
         self.claim_started: list[float] = []
+        self.slow_claims: list[dict[str, float]] = []
         self.retried_operations = 0
         self.crashes: list[str] = []
         self.never_connected = 0
@@ -283,6 +285,29 @@ class TimedRepository(StudyRepository):
         self.stop = stop
         self.first_claim_delay_s = 0.0
         self._failing_since: float | None = None
+        self._phases: dict[str, float] = {}
+
+    # Each step of a claim timed on its own, so a slow claim says where it waited.
+    def _take_trial(self, *args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return super()._take_trial(*args, **kwargs)
+        finally:
+            self._phases["take"] = time.perf_counter() - began
+
+    def _sample(self, *args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return super()._sample(*args, **kwargs)
+        finally:
+            self._phases["sample"] = time.perf_counter() - began
+
+    def _write_params(self, *args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return super()._write_params(*args, **kwargs)
+        finally:
+            self._phases["params"] = time.perf_counter() - began
 
     def claim(self, worker: WorkerIdentity, *, study_names: Sequence[str] | None = None) -> Claim | None:
         if self.first_claim_delay_s:
@@ -290,6 +315,8 @@ class TimedRepository(StudyRepository):
             if self.stop.wait(delay):
                 return None
         started = time.perf_counter()
+        self._phases = {}
+        cpu_began = time.thread_time()
         try:
             claim = super().claim(worker, study_names=study_names)
         except Exception:
@@ -303,6 +330,14 @@ class TimedRepository(StudyRepository):
                 self.tally.claim_started.append(first)
                 self.tally.claim_s.append(claim.claim_s)
                 self.tally.claim_wall_s.append(time.perf_counter() - first)
+                if claim.claim_s > 0.25:
+                    self.tally.slow_claims.append(
+                        {
+                            "claim_ms": round(1000 * claim.claim_s),
+                            "thread_cpu_ms": round(1000 * (time.thread_time() - cpu_began), 1),
+                            **{f"{k}_ms": round(1000 * v, 1) for k, v in self._phases.items()},
+                        }
+                    )
         return claim
 
 
@@ -513,6 +548,7 @@ def run_fleet(
     run.claim_with_retries_p99_ms = 1000 * percentile(claim_wall_s, 99)
     run.claim_max_ms = 1000 * max(claim_wall_s, default=math.nan)
     run.claims_over_250_ms = sum(1 for s in claim_wall_s if s > 0.25)
+    run.slow_claims = tally.slow_claims[:50]
     run.claims = len(claim_s)
     run.never_connected = tally.never_connected
     run.error_kinds = dict(tally.errors.most_common())
