@@ -17,9 +17,10 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -288,26 +289,21 @@ class TimedRepository(StudyRepository):
         self._phases: dict[str, float] = {}
 
     # Each step of a claim timed on its own, so a slow claim says where it waited.
-    def _take_trial(self, *args: Any, **kwargs: Any) -> Any:
+    def _timed(self, phase: str, call: Callable[[], Any]) -> Any:
         began = time.perf_counter()
         try:
-            return super()._take_trial(*args, **kwargs)
+            return call()
         finally:
-            self._phases["take"] = time.perf_counter() - began
+            self._phases[phase] = time.perf_counter() - began
+
+    def _take_trial(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed("take", partial(super()._take_trial, *args, **kwargs))
 
     def _sample(self, *args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
-        try:
-            return super()._sample(*args, **kwargs)
-        finally:
-            self._phases["sample"] = time.perf_counter() - began
+        return self._timed("sample", partial(super()._sample, *args, **kwargs))
 
     def _write_params(self, *args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
-        try:
-            return super()._write_params(*args, **kwargs)
-        finally:
-            self._phases["params"] = time.perf_counter() - began
+        return self._timed("params", partial(super()._write_params, *args, **kwargs))
 
     def claim(self, worker: WorkerIdentity, *, study_names: Sequence[str] | None = None) -> Claim | None:
         if self.first_claim_delay_s:
