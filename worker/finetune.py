@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,15 +13,15 @@ import torch
 from worker.data import LabelledSplit
 from worker.model import Encoder, EncoderClassifier, build_head, effective_max_length, mark_trainable
 from worker.training import (
+    EpochLog,
     EpochResult,
     HeadParams,
     KeepRule,
-    NonFiniteLoss,
     StopTraining,
     TrainResult,
     by_val_loss,
+    check_finite,
     make_optimizer,
-    result_of,
 )
 
 # Batches are cut from chunks of this many batches, sorted by length inside each chunk: most of
@@ -163,10 +162,6 @@ def _train_mode(classifier: EncoderClassifier, trained: list[torch.nn.Module]) -
         module.train()
 
 
-def _describe_non_finite(value: float) -> str:
-    return "NaN" if math.isnan(value) else "inf"
-
-
 def _batches(
     tokens: Tokens, batch_size: int, generator: torch.Generator, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -214,11 +209,6 @@ def train_encoder(
     )
     n_train = len(tokens.train.ids)
 
-    history: list[EpochResult] = []
-    best: EpochResult | None = None
-    kept: EpochResult | None = None
-    best_state: dict[str, torch.Tensor] = {}
-
     def snapshot() -> dict[str, torch.Tensor]:
         state = {f"head.{name}": value for name, value in classifier.head.state_dict().items()}
         state.update(
@@ -228,10 +218,7 @@ def train_encoder(
         )
         return {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
 
-    def result_so_far() -> TrainResult:
-        assert best is not None and kept is not None
-        return result_of(history, best=best, kept=kept, best_state=best_state, started=started)
-
+    log = EpochLog(keep=keep, snapshot=snapshot, on_epoch=on_epoch, started=started)
     for epoch in range(1, params.epochs + 1):
         _train_mode(classifier, trained)
         loss_sum = 0.0
@@ -243,8 +230,7 @@ def train_encoder(
                 logits = classifier(input_ids, attention_mask)
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
             loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(f"{_describe_non_finite(loss_value)} loss at epoch {epoch}")
+            check_finite(loss_value, "loss", epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -253,21 +239,5 @@ def train_encoder(
         val_loss, val_accuracy = evaluate_tokens(
             classifier, tokens.validation, pad_id=tokens.pad_id, batch_size=params.batch_size, device=device
         )
-        if not math.isfinite(val_loss):
-            raise NonFiniteLoss(f"{_describe_non_finite(val_loss)} validation loss at epoch {epoch}")
-        current = EpochResult(
-            epoch=epoch, train_loss=loss_sum / n_train, val_loss=val_loss, val_accuracy=val_accuracy
-        )
-        history.append(current)
-        if best is None or current.val_loss < best.val_loss:
-            best = current
-        if kept is None or keep(current) < keep(kept):
-            kept = current
-            best_state = snapshot()
-        if on_epoch is not None:
-            try:
-                on_epoch(current)
-            except StopTraining as stop:
-                stop.result = result_so_far()
-                raise
-    return result_so_far()
+        log.end_epoch(epoch, train_loss=loss_sum / n_train, val_loss=val_loss, val_accuracy=val_accuracy)
+    return log.result()

@@ -151,8 +151,63 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def _describe_non_finite(value: float) -> str:
-    return "NaN" if math.isnan(value) else "inf"
+def check_finite(value: float, what: str, epoch: int) -> None:
+    """NonFiniteLoss naming the value (NaN or inf), what it is and the epoch, unless it is finite."""
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"{'NaN' if math.isnan(value) else 'inf'} {what} at epoch {epoch}")
+
+
+class EpochLog:
+    """One training run's epochs: the history, the best and kept epochs, the kept weights, the on_epoch hook.
+
+    Shared by head and encoder training, so the stop, non-finite and keep rules live in one place.
+    """
+
+    def __init__(
+        self,
+        *,
+        keep: KeepRule,
+        snapshot: Callable[[], dict[str, torch.Tensor]],
+        on_epoch: Callable[[EpochResult], None] | None,
+        started: float,
+    ) -> None:
+        self.started = started
+        self.keep = keep
+        self.snapshot = snapshot
+        self.on_epoch = on_epoch
+        self.history: list[EpochResult] = []
+        self.best: EpochResult | None = None
+        self.kept: EpochResult | None = None
+        self.best_state: dict[str, torch.Tensor] = {}
+
+    def end_epoch(self, epoch: int, *, train_loss: float, val_loss: float, val_accuracy: float) -> None:
+        """Record an epoch's results, keep its weights if the keep rule says so, and call on_epoch.
+
+        on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`.
+        """
+        check_finite(val_loss, "validation loss", epoch)
+        current = EpochResult(
+            epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_accuracy
+        )
+        self.history.append(current)
+        if self.best is None or current.val_loss < self.best.val_loss:
+            self.best = current
+        if self.kept is None or self.keep(current) < self.keep(self.kept):
+            self.kept = current
+            self.best_state = self.snapshot()
+        if self.on_epoch is not None:
+            try:
+                self.on_epoch(current)
+            except StopTraining as stop:
+                stop.result = self.result()
+                raise
+
+    def result(self) -> TrainResult:
+        """The TrainResult of the epochs run so far."""
+        assert self.best is not None and self.kept is not None
+        return result_of(
+            self.history, best=self.best, kept=self.kept, best_state=self.best_state, started=self.started
+        )
 
 
 def _evaluate(head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -229,14 +284,14 @@ def train_head(
     ).to(device)
     optimizer = make_optimizer(params.optimizer, head.parameters(), params.learning_rate)
 
-    history: list[EpochResult] = []
-    best: EpochResult | None = None
-    kept: EpochResult | None = None
-    best_state: dict[str, torch.Tensor] = {}
-
-    def result_so_far() -> TrainResult:
-        assert best is not None and kept is not None
-        return result_of(history, best=best, kept=kept, best_state=best_state, started=started)
+    log = EpochLog(
+        keep=keep,
+        snapshot=lambda: {
+            name: value.detach().to("cpu", copy=True) for name, value in head.state_dict().items()
+        },
+        on_epoch=on_epoch,
+        started=started,
+    )
 
     for epoch in range(1, params.epochs + 1):
         head.train()
@@ -252,32 +307,12 @@ def train_head(
             # Checked every step (one sync, cheap next to the step) so a diverged trial fails at once
             # instead of burning its remaining epochs on NaN weights.
             loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(f"{_describe_non_finite(loss_value)} loss at epoch {epoch}")
+            check_finite(loss_value, "loss", epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss_value * batch.shape[0]
 
         val_loss, val_accuracy = _evaluate(head, val_inputs, val_labels)
-        if not math.isfinite(val_loss):
-            raise NonFiniteLoss(f"{_describe_non_finite(val_loss)} validation loss at epoch {epoch}")
-        current = EpochResult(
-            epoch=epoch, train_loss=loss_sum / n_train, val_loss=val_loss, val_accuracy=val_accuracy
-        )
-        history.append(current)
-        if best is None or current.val_loss < best.val_loss:
-            best = current
-        if kept is None or keep(current) < keep(kept):
-            kept = current
-            best_state = {
-                name: value.detach().to("cpu", copy=True) for name, value in head.state_dict().items()
-            }
-
-        if on_epoch is not None:
-            try:
-                on_epoch(current)
-            except StopTraining as stop:
-                stop.result = result_so_far()
-                raise
-    return result_so_far()
+        log.end_epoch(epoch, train_loss=loss_sum / n_train, val_loss=val_loss, val_accuracy=val_accuracy)
+    return log.result()
