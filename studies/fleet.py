@@ -259,8 +259,12 @@ REAPER_LEASE = "reaper"
 
 
 class Reaper:
-    """Calls Fleet.reap at most once per interval while it holds the fleet's reaper lease, and never
-    right after its own store outage."""
+    """Calls Fleet.reap at most twice per interval while it holds the fleet's reaper lease, and never
+    right after its own store outage.
+
+    Callers tick at most an interval apart (a worker's jittered heartbeat: sometimes sooner), so the
+    holder renews its lease well inside the lease's two intervals.
+    """
 
     def __init__(self, fleet: Fleet, *, grace_s: float, interval_s: float, lease: str = REAPER_LEASE) -> None:
         self.fleet = fleet
@@ -275,7 +279,7 @@ class Reaper:
     def tick(self) -> list[str]:
         """Reap if due. After an outage every heartbeat looks stale; wait a grace period for them to resume."""
         now = time.monotonic()
-        if now - self._last_run < self.interval_s:
+        if now - self._last_run < self.interval_s / 2:
             return []
         self._last_run = now
         if self._last_store_failure and now - self._last_store_failure < self.grace_s:

@@ -109,7 +109,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.gpus or args.processes is not None:
         return _launch(args)
 
-    from worker.loop import LoopOptions, build_runner, install_signal_handlers, run_loop
+    from worker.loop import (
+        LoopOptions,
+        build_runner,
+        freeze_startup_heap,
+        install_signal_handlers,
+        run_loop,
+    )
     from worker.settings import WorkerSettings
 
     overrides: dict[str, Any] = {"device": args.device} if args.device else {}
@@ -133,6 +139,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             runner.features(task, progress=progress)
         return 0
     install_signal_handlers(runner)
+    frozen = freeze_startup_heap()
+    logging.getLogger("tunefleet.worker").debug("%d start-up objects kept out of garbage collection", frozen)
     options = LoopOptions(
         study_names=tuple(args.study) if args.study else None,
         max_trials=args.max_trials,

@@ -80,3 +80,25 @@ def test_a_reaper_without_the_lease_leaves_silent_workers_alone(
     assert silent.worker_id in holder.tick()
     holder.release()
     other.release()
+
+
+def test_a_reaper_sweeps_at_most_twice_an_interval_and_renews_on_early_beats(
+    repository: StudyRepository, study_name: str
+) -> None:
+    # Workers beat at 3/4 to 1 interval apart (jittered): a holder that skipped such a beat would
+    # renew its two-interval lease only every second beat, and could lose it.
+    fleet = Fleet(repository)
+    lease = f"{study_name}-reaper"
+    reaper = Reaper(fleet, grace_s=1.0, interval_s=1.0, lease=lease)
+    silent = [
+        WorkerIdentity(host="h", pid=5 + i, device="cpu", worker_id=f"{study_name}-s{i}") for i in range(2)
+    ]
+    fleet.register(silent[0], grace_s=1.0)
+    silence(repository, silent[0].worker_id, 30)
+    assert silent[0].worker_id in reaper.tick()
+    fleet.register(silent[1], grace_s=1.0)
+    silence(repository, silent[1].worker_id, 30)
+    assert reaper.tick() == []
+    time.sleep(0.55)
+    assert silent[1].worker_id in reaper.tick()
+    reaper.release()
