@@ -69,8 +69,10 @@ def test_store_scale_runs_at_a_tiny_size_without_errors_or_overshoot(
     assert store_scale.main(["--smoke", "--url", postgres_url, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert_describes_its_run(result)
-    assert result["config"]["threads_share_one_gil"] is True
-    assert "GIL" in result["markdown"]
+    # The smoke plan runs one worker thread per process: the shards' path, not only one process's.
+    assert result["config"]["threads_per_process"] == 1
+    assert "to a process" in result["markdown"]
+    assert all(run["processes"] == 2 for run in result["runs"])
     assert {row["load"] for row in result["summary"]} == {"zero-cost", "paced"}
     for row in result["summary"]:
         assert row["errors"] == 0 and row["crashed_workers"] == 0
