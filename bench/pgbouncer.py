@@ -31,11 +31,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def pgbouncer(upstream_url: str, *, server_pool_size: int) -> Iterator[str]:
+def pgbouncer(
+    upstream_url: str, *, server_pool_size: int, query_wait_timeout_s: int = 120
+) -> Iterator[str]:
     """Run PgBouncer for `upstream_url`'s database and user; yields the URL that goes through it.
 
     Transaction pooling: a client holds a server connection only for the length of a transaction,
-    so thousands of clients share `server_pool_size` PostgreSQL sessions.
+    so thousands of clients share `server_pool_size` PostgreSQL sessions. A client that waits longer
+    than `query_wait_timeout_s` for one is disconnected with an error (PgBouncer's default: 120 s).
     """
     executable = available()
     if executable is None:
@@ -59,6 +62,7 @@ def pgbouncer(upstream_url: str, *, server_pool_size: int) -> Iterator[str]:
                 "pool_mode = transaction",
                 f"default_pool_size = {server_pool_size}",
                 "max_client_conn = 5000",
+                f"query_wait_timeout = {int(query_wait_timeout_s)}",
                 "ignore_startup_parameters = extra_float_digits",
                 "log_connections = 0",
                 "log_disconnections = 0",

@@ -54,7 +54,7 @@ from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies.fleet import new_worker_id
 from studies.repository import Claim
 from studies.resilience import GaveUp, is_transient, with_retry
-from studies.storage import engine_kwargs, normalize_url
+from studies.storage import check_schema, engine_kwargs, normalize_url
 from studies.tables import metadata as tunefleet_metadata
 
 NAME = "store_scale"
@@ -253,7 +253,11 @@ def open_fleet_storage(url: str, variant: str) -> RDBStorage:
     options = engine_kwargs(url, pool_size=1)
     for key in ("pool_size", "max_overflow", "pool_recycle", "pool_pre_ping"):
         options.pop(key, None)
-    return RDBStorage(url, engine_kwargs={**options, "poolclass": sa.pool.NullPool})
+    storage = RDBStorage(
+        url, engine_kwargs={**options, "poolclass": sa.pool.NullPool}, skip_compatibility_check=True
+    )
+    check_schema(storage)
+    return storage
 
 
 # -- measuring ------------------------------------------------------------------------------------------

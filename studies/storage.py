@@ -72,7 +72,25 @@ def open_storage(url: str, *, pool_size: int = 2) -> optuna.storages.RDBStorage:
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         _prepare_sqlite(url)
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url, pool_size=pool_size))
+    # Optuna's schema check reads the alembic revision on a second connection while its session
+    # holds a transaction open: behind PgBouncer in transaction mode, N workers starting at once can
+    # hold all N server sessions, each waiting for another. The same check, one connection at a time.
+    storage = optuna.storages.RDBStorage(
+        url, engine_kwargs=engine_kwargs(url, pool_size=pool_size), skip_compatibility_check=True
+    )
+    check_schema(storage)
+    return storage
+
+
+def check_schema(storage: optuna.storages.RDBStorage) -> None:
+    """Raise RuntimeError, as Optuna would, if the store's tables are from another Optuna schema."""
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current == head:
+        return
+    found = f"the store's Optuna schema is at revision {current}; optuna {optuna.__version__} needs {head}"
+    if current in storage.get_all_versions():
+        raise RuntimeError(f"{found}: run `optuna storage upgrade --storage URL` to upgrade the store")
+    raise RuntimeError(f"{found}, from a newer optuna: upgrade optuna (`pip install -U optuna`)")
 
 
 def redact_password(text: str, url: str) -> str:
