@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage
 
 # Optuna's table models: counting and paging trials in SQL beats loading tens of thousands of them.
-from optuna.storages._rdb.models import TrialModel
+from optuna.storages._rdb.models import StudyModel, TrialModel
 from optuna.trial import FrozenTrial, TrialState
 
 from studies import trial_rows
@@ -170,6 +170,11 @@ class StudyRepository:
             )
         if spec.name in self._all_optuna_study_names():
             raise StudyAlreadyExists(spec.name)
+        with self._begin() as connection:
+            # The row of a study deleted through Optuna's tools would hold the name for good.
+            connection.execute(
+                studies_table.delete().where(studies_table.c.study_name == spec.name, ~self._alive())
+            )
         try:
             study = optuna.create_study(
                 study_name=spec.name, storage=self.storage, direction=spec.objective.direction or "minimize"
@@ -206,6 +211,16 @@ class StudyRepository:
             return min(spec.budget.n_trials, len(grid_points(spec)))
         return spec.budget.n_trials
 
+    @staticmethod
+    def _alive() -> sa.ColumnElement[bool]:
+        # optuna-dashboard and `optuna delete-study` delete the Optuna study and know nothing of our
+        # row: a row whose Optuna study is gone is a deleted study (not listed, never claimed).
+        # The name too: SQLite hands a deleted study's id to the next study made.
+        return sa.exists().where(
+            StudyModel.study_id == studies_table.c.optuna_study_id,
+            StudyModel.study_name == studies_table.c.study_name,
+        )
+
     def _all_optuna_study_names(self) -> set[str]:
         return {s.study_name for s in self.storage.get_all_studies()}
 
@@ -213,7 +228,7 @@ class StudyRepository:
         """One study's record; StudyNotFound if there is none."""
         with self._begin() as connection:
             row = connection.execute(
-                sa.select(studies_table).where(studies_table.c.study_name == study_name)
+                sa.select(studies_table).where(studies_table.c.study_name == study_name, self._alive())
             ).first()
         if row is None:
             raise StudyNotFound(study_name)
@@ -221,13 +236,19 @@ class StudyRepository:
 
     def list_studies(self) -> list[StudyRecord]:
         """Every tunefleet study, newest first."""
+        return self.study_page(offset=0, limit=None)[1]
+
+    def study_page(self, *, offset: int = 0, limit: int | None = 100) -> tuple[int, list[StudyRecord]]:
+        """A page of the studies, newest first, and how many there are in all."""
+        query = (
+            sa.select(studies_table)
+            .where(self._alive())
+            .order_by(studies_table.c.created_at.desc(), studies_table.c.study_name)
+        )
         with self._begin() as connection:
-            rows = connection.execute(
-                sa.select(studies_table).order_by(
-                    studies_table.c.created_at.desc(), studies_table.c.study_name
-                )
-            ).all()
-        return [_record(row) for row in rows]
+            total = connection.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+            rows = connection.execute(query.offset(offset).limit(limit)).all()
+        return int(total), [_record(row) for row in rows]
 
     def trial_counts(self, record: StudyRecord) -> dict[str, int]:
         """How many trials the study has in each state (lower-case names), zeros included."""
@@ -335,6 +356,7 @@ class StudyRepository:
             c.state == RUNNING,
             c.n_claimed < c.n_trials,
             sa.or_(c.deadline_at.is_(None), c.deadline_at > utcnow()),
+            self._alive(),
         )
         if study_names is not None:
             query = query.where(c.study_name.in_(list(study_names)))

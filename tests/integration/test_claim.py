@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
-from studies import StudyRepository, StudySpec, WorkerIdentity
+from studies import StudyNotFound, StudyRepository, StudySpec, WorkerIdentity
 from tests.conftest import tiny_spec
 
 
@@ -184,3 +185,20 @@ def test_claim_prefers_the_higher_priority_study(repository: StudyRepository, st
     assert claim is not None
     assert claim.study_name == study_name + "-high"
     repository.complete(claim, 1.0, {})
+
+
+def test_a_study_deleted_through_the_dashboard_is_gone_and_its_name_free(
+    repository: StudyRepository, study_name: str
+) -> None:
+    # optuna-dashboard and `optuna delete-study` delete the Optuna study only; tunefleet's row stayed
+    # behind: listed, claimable by workers, and blocking the name for good.
+    repository.create(StudySpec.model_validate(tiny_spec(study_name)))
+    optuna.delete_study(study_name=study_name, storage=repository.storage)
+    with pytest.raises(StudyNotFound):
+        repository.get(study_name)
+    assert study_name not in {r.name for r in repository.list_studies()}
+    assert repository.claim(worker(1), study_names=[study_name]) is None
+    again = repository.create(StudySpec.model_validate(tiny_spec(study_name, budget={"n_trials": 2})))
+    assert again.n_trials == 2
+    claim = repository.claim(worker(1), study_names=[study_name])
+    assert claim is not None and claim.trial.number == 0
