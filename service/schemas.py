@@ -127,6 +127,15 @@ class StudyRead(BaseModel):
         )
 
 
+class StudyPage(BaseModel):
+    """A page of studies, newest first."""
+
+    total: int
+    offset: int
+    limit: int
+    items: list[StudyRead]
+
+
 class HealthRead(BaseModel):
     """Liveness or readiness."""
 

@@ -67,9 +67,9 @@ class TunefleetClient:
         result: dict[str, Any] = self._call("POST", "/v1/studies", json=spec)
         return result
 
-    def list_studies(self) -> list[dict[str, Any]]:
-        """GET /v1/studies."""
-        result: list[dict[str, Any]] = self._call("GET", "/v1/studies")
+    def list_studies(self, *, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        """GET /v1/studies: a page of studies, newest first."""
+        result: dict[str, Any] = self._call("GET", "/v1/studies", params={"offset": offset, "limit": limit})
         return result
 
     def get_study(self, name: str) -> dict[str, Any]:

@@ -101,8 +101,11 @@ def run_study_command(args: argparse.Namespace) -> int:
             study = client.create_study(_read_spec(args.file, args.set or []))
             emit(study, f"created {study['name']} ({study['n_trials']} trials)")
         elif command == "list":
-            studies = client.list_studies()
-            emit(studies, "\n".join(_study_line(s) for s in studies) or "no studies")
+            page = client.list_studies(offset=args.offset, limit=args.limit)
+            lines = "\n".join(_study_line(s) for s in page["items"]) or "no studies"
+            if page["total"] > len(page["items"]):
+                lines += f"\n{len(page['items'])} of {page['total']} studies (offset {page['offset']})"
+            emit(page, lines)
         elif command == "show":
             study = client.get_study(args.name)
             emit(study, _show(study))
@@ -158,7 +161,11 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY.PATH=VALUE",
         help="override a spec field, e.g. budget.n_trials=100",
     )
-    study_sub.add_parser("list", parents=[common], help="every study with its state and best value")
+    listing = study_sub.add_parser(
+        "list", parents=[common], help="the studies (newest first), state and best value"
+    )
+    listing.add_argument("--offset", type=int, default=0)
+    listing.add_argument("--limit", type=int, default=100)
     for name, text in (
         ("show", "one study: state, progress, best trial"),
         ("stop", "stop claiming; running trials stop at their next epoch"),

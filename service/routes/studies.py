@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from service.dependencies import Repository
 from service.report import render_report
-from service.schemas import ErrorRead, StudyName, StudyRead, TrialNumber, TrialPage, TrialRead
+from service.schemas import ErrorRead, StudyName, StudyPage, StudyRead, TrialNumber, TrialPage, TrialRead
 from studies import StudySpec
 from studies.repository import RUNNING, STOPPED
 
@@ -33,10 +33,20 @@ def create_study(spec: StudySpec, repository: Repository, response: Response) ->
     return StudyRead.from_progress(repository.progress(record))
 
 
-@router.get("", response_model=list[StudyRead])
-def list_studies(repository: Repository) -> list[StudyRead]:
-    """Every study with its state, trial counts and best value, newest first."""
-    return [StudyRead.from_progress(repository.progress(record)) for record in repository.list_studies()]
+@router.get("", response_model=StudyPage)
+def list_studies(
+    repository: Repository,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> StudyPage:
+    """The studies with their state, trial counts and best value, newest first, a page at a time."""
+    total, records = repository.study_page(offset=offset, limit=limit)
+    return StudyPage(
+        total=total,
+        offset=offset,
+        limit=limit,
+        items=[StudyRead.from_progress(repository.progress(record)) for record in records],
+    )
 
 
 @router.get("/{study_name}", response_model=StudyRead, responses=NOT_FOUND)

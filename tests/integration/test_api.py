@@ -97,7 +97,7 @@ def test_unknown_study_returns_404_with_code(client: TestClient) -> None:
 
 def test_list_shows_created_studies_with_counts(client: TestClient, study_name: str) -> None:
     client.post("/v1/studies", json=tiny_spec(study_name))
-    listed = {s["name"]: s for s in client.get("/v1/studies").json()}
+    listed = {s["name"]: s for s in client.get("/v1/studies").json()["items"]}
     assert listed[study_name]["trial_counts"]["complete"] == 0
     assert listed[study_name]["state"] == "running"
 
@@ -165,3 +165,19 @@ def test_dashboard_lists_the_study_from_the_same_store(client: TestClient, study
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_studies_are_listed_a_page_at_a_time_newest_first(client: TestClient, study_name: str) -> None:
+    names = [f"{study_name}-{i}" for i in range(3)]
+    for name in names:
+        assert client.post("/v1/studies", json=tiny_spec(name)).status_code == 201
+    first = client.get("/v1/studies", params={"limit": 2}).json()
+    assert (first["offset"], first["limit"]) == (0, 2)
+    assert first["total"] >= 3
+    assert [s["name"] for s in first["items"]] == [names[2], names[1]]
+    second = client.get("/v1/studies", params={"limit": 2, "offset": 2}).json()
+    assert second["items"][0]["name"] == names[0]
+    for bad in ({"limit": 0}, {"limit": 1001}, {"offset": -1}):
+        response = client.get("/v1/studies", params=bad)
+        assert response.status_code == 422
+        assert next(iter(bad)) in response.text

@@ -375,7 +375,7 @@ def test_hostile_text_in_free_fields_is_stored_verbatim_and_never_evaluated(
         assert body["spec"]["description"] == description
         assert body["spec"]["task"]["model"] == model
     assert not marker.exists()
-    listed = {s["name"] for s in client.get("/v1/studies").json()}
+    listed = {s["name"] for s in client.get("/v1/studies").json()["items"]}
     assert study_name in listed
     assert client.get("/readyz").status_code == 200
 
