@@ -5,7 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    TUNEFLEET_CACHE_DIR=/var/cache/tunefleet
+    TUNEFLEET_CACHE_DIR=/var/cache/tunefleet \
+    TUNEFLEET_ARTIFACT_DIR=/var/lib/tunefleet/artifacts
 
 WORKDIR /app
 
@@ -22,11 +23,11 @@ COPY worker ./worker
 COPY tunefleet ./tunefleet
 RUN pip install .
 
-# A non-root user; the feature cache directory must be writable by it (a named volume mounted there inherits
-# the owner on first use).
+# A non-root user; the feature cache and model store must be writable by it (a named volume mounted there
+# inherits the owner on first use).
 RUN useradd --create-home --uid 10001 tunefleet \
-    && mkdir -p "${TUNEFLEET_CACHE_DIR}" \
-    && chown tunefleet:tunefleet "${TUNEFLEET_CACHE_DIR}"
+    && mkdir -p "${TUNEFLEET_CACHE_DIR}" "${TUNEFLEET_ARTIFACT_DIR}" \
+    && chown tunefleet:tunefleet "${TUNEFLEET_CACHE_DIR}" "${TUNEFLEET_ARTIFACT_DIR}"
 USER tunefleet
 
 EXPOSE 8000

@@ -291,3 +291,33 @@ def test_kubernetes_service_reads_its_api_token_from_a_secret() -> None:
     assert ref["name"] == secret["metadata"]["name"]
     assert ref["key"] in secret["stringData"]
     assert "value" not in env["TUNEFLEET_API_TOKEN"]
+
+
+def test_compose_service_and_workers_share_one_model_store() -> None:
+    # Workers save each best model to TUNEFLEET_ARTIFACT_DIR and the service serves it from there: left at
+    # the default, each container kept its own (and lost it with the container).
+    config = compose()
+    services = config["services"]
+    dirs = {services[name]["environment"]["TUNEFLEET_ARTIFACT_DIR"] for name in ("service", "worker")}
+    assert len(dirs) == 1
+    [artifact_dir] = dirs
+    for name in ("service", "worker"):
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert mounts.get(artifact_dir) in config["volumes"]
+    assert services["service"]["volumes"] and services["worker"]["volumes"]
+    assert (
+        len({m for name in ("service", "worker") for m in services[name]["volumes"] if artifact_dir in m})
+        == 1
+    )
+
+
+def test_kubernetes_service_and_workers_mount_one_shared_model_store() -> None:
+    claim = k8s_manifest("PersistentVolumeClaim", "tunefleet-artifacts")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # pods on many nodes write to it
+    for deployment, container in (("tunefleet-service", "service"), ("tunefleet-worker", "worker")):
+        manifest = k8s_manifest("Deployment", deployment)
+        pod = pod_container(manifest, container)
+        env = {e["name"]: e.get("value") for e in pod["env"]}
+        volumes = {v["name"]: v for v in manifest["spec"]["template"]["spec"]["volumes"]}
+        mount = next(m for m in pod["volumeMounts"] if m["mountPath"] == env["TUNEFLEET_ARTIFACT_DIR"])
+        assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == "tunefleet-artifacts"
