@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 import random
 from typing import Any
 
@@ -41,7 +40,7 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
     if name == "tpe":
         # The constant liar makes TPE treat running trials as bad results, so workers spread out.
         return optuna.samplers.TPESampler(
-            seed=seed, constant_liar=True, n_startup_trials=model_startup_trials(spec)
+            seed=seed, constant_liar=True, n_startup_trials=10 if startup is None else startup
         )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -58,30 +57,8 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup or 1)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=model_startup_trials(spec))
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10 if startup is None else startup)
     raise ValueError(f"unknown sampler {name!r}")
-
-
-STARTUP_TRIALS = 10
-
-
-def hyperband_brackets(spec: StudySpec) -> int:
-    """How many brackets Optuna's HyperbandPruner makes of the spec's pruner and epochs (1 without Hyperband)."""
-    p = spec.pruner
-    if not isinstance(p, HyperbandPruner):
-        return 1
-    # HyperbandPruner's own formula: floor(log_rf(max_resource / min_resource)) + 1.
-    return math.floor(math.log(spec.space.max_epochs() / p.min_resource, p.reduction_factor)) + 1
-
-
-def model_startup_trials(spec: StudySpec) -> int:
-    """Random trials before TPE or GP start modelling: the spec's, else about 10 for the whole study."""
-    if spec.sampler.n_startup_trials is not None:
-        return spec.sampler.n_startup_trials
-    # Under Hyperband each bracket's sampler sees only that bracket's trials (as Optuna's Trial does),
-    # so a startup of 10 is spent once per bracket: 30 random trials before any modelling with 3
-    # brackets, a third of a 100-trial study. Split, the study starts modelling after about 10.
-    return max(2, math.ceil(STARTUP_TRIALS / hyperband_brackets(spec)))
 
 
 def grid_points(spec: StudySpec) -> list[dict[str, Any]]:

@@ -5,16 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from studies import StudySpec, load_spec_file, preset_path
-from studies.sampling import (
-    build_pruner,
-    build_sampler,
-    derived_seed,
-    hyperband_brackets,
-    model_startup_trials,
-)
+from studies import StudySpec
+from studies.sampling import build_pruner, build_sampler, derived_seed
 from studies.space import distributions
-from studies.spec import MedianPruner
 
 
 @pytest.mark.parametrize("name", ["tpe", "random", "qmc", "cmaes", "gp"])
@@ -46,20 +39,3 @@ def test_derived_seed_is_stable_and_in_31_bits() -> None:
     assert derived_seed(42, "trial", 3) == derived_seed(42, "trial", 3)
     assert derived_seed(42, "trial", 3) != derived_seed(42, "trial", 4)
     assert 0 <= derived_seed(2**31 - 1, "x") < 2**31
-
-
-def test_under_hyperband_the_startup_is_split_over_its_brackets() -> None:
-    # Each bracket's TPE sees only its own trials: 10 random trials per bracket would be 30 for the
-    # built-in study's three brackets (epochs 1-20, reduction factor 3) before any modelling.
-    spec = StudySpec.model_validate(load_spec_file(preset_path("bbc-news-minilm")))
-    assert hyperband_brackets(spec) == 3
-    sampler = build_sampler(spec, claim_index=0)
-    assert isinstance(sampler, optuna.samplers.TPESampler)
-    assert sampler._n_startup_trials == 4
-    assert model_startup_trials(spec) * hyperband_brackets(spec) in range(10, 13)
-    # Without Hyperband the study has one history: Optuna's usual 10.
-    median = spec.model_copy(update={"pruner": MedianPruner(name="median")})
-    assert hyperband_brackets(median) == 1 and model_startup_trials(median) == 10
-    # A startup the spec names is kept as it is.
-    named = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"n_startup_trials": 7})})
-    assert model_startup_trials(named) == 7
