@@ -127,7 +127,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         task = runner.repository.get(args.study[0]).spec.task
-        if task.kind == "synthetic":
+        if task.kind == "synthetic" or task.finetune != "head":
+            # Only head studies train on cached encoder features; last-k and full run the encoder itself.
+            kind = "synthetic" if task.kind == "synthetic" else task.finetune
+            print(f"nothing to warm: a {kind} study uses no feature cache")
             return 0
         with tqdm(desc="feature cache (one time)", unit="text", leave=True) as bar:
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tiny_spec
 from tunefleet.cli import main
 
 
@@ -61,3 +62,36 @@ def test_a_worker_keeps_its_start_up_objects_out_of_garbage_collection(tmp_path:
     frozen = re.search(r"(\d+) start-up objects kept out of garbage collection", result.stderr)
     assert frozen is not None, result.stderr
     assert int(frozen.group(1)) > 50_000
+
+
+def _warm(tmp_path: Path, spec: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    from studies import StudyRepository, StudySpec, open_storage
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    repository = StudyRepository(open_storage(url))
+    repository.create(StudySpec.model_validate(spec))
+    repository.engine.dispose()
+    env = {**os.environ, "TUNEFLEET_DATABASE_URL": url, "TUNEFLEET_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "tunefleet", "worker", "--warm-cache", "--study", str(spec["name"])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_warm_cache_builds_a_head_studys_features_once(tmp_path: Path) -> None:
+    result = _warm(tmp_path, tiny_spec("warm-head"))
+    assert result.returncode == 0, result.stderr
+    assert any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
+
+
+def test_warm_cache_leaves_a_last_k_study_alone(tmp_path: Path) -> None:
+    # last-k and full studies run the encoder in every trial: features built here would never be read.
+    result = _warm(
+        tmp_path, tiny_spec("warm-last-k", task={"max_examples": 100, "finetune": "last-k", "k": 1})
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nothing to warm" in result.stdout
+    assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
