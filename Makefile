@@ -31,8 +31,9 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Benchmarks measure; tests never assert times. Each script prints its table and writes bench/results/*.json;
-# bench/write_report.py gathers them into BENCHMARKS.md with the machine, versions and commands.
+# Benchmarks measure; tests never assert times. Each script prints its table and writes bench/results/*.json
+# (kept in git: the raw figures behind BENCHMARKS.md); bench/write_report.py gathers them into BENCHMARKS.md
+# with the machine, versions and commands.
 BENCHES := time_to_good_model coordination_overhead finetune_throughput store_scale
 
 bench: install

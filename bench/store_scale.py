@@ -583,21 +583,25 @@ class Shards:
     def __init__(self, configs: list[dict[str, Any]], logdir: Path) -> None:
         root = Path(__file__).resolve().parents[1]
         self.logs = [logdir / f"shard-{i}.log" for i in range(len(configs))]
-        self.processes = []
-        for config, log in zip(configs, self.logs, strict=True):
-            with log.open("wb") as err:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "bench.store_scale", "--shard"],
-                    cwd=root,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=err,
-                    text=True,
-                )
-            assert process.stdin is not None
-            process.stdin.write(json.dumps(config) + "\n")
-            process.stdin.flush()
-            self.processes.append(process)
+        self.processes: list[subprocess.Popen[str]] = []
+        try:
+            for config, log in zip(configs, self.logs, strict=True):
+                with log.open("wb") as err:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "bench.store_scale", "--shard"],
+                        cwd=root,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=err,
+                        text=True,
+                    )
+                self.processes.append(process)
+                assert process.stdin is not None
+                process.stdin.write(json.dumps(config) + "\n")
+                process.stdin.flush()
+        except BaseException:
+            self.close()  # a shard left waiting for "go" would wait for ever
+            raise
 
     def failure(self, index: int) -> RuntimeError:
         return RuntimeError(f"store_scale shard {index} failed:\n{self.logs[index].read_text()[-3000:]}")
