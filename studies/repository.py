@@ -642,12 +642,17 @@ class StudyRepository:
 
     def retry_lost_trial(self, trial_id: int, reason: str) -> FrozenTrial | None:
         """Fail a running trial whose worker is gone and queue a copy (same parameters and seed)
-        within the study's max_retries; None if the trial had already finished."""
-        trial = self.storage.get_trial(trial_id)
-        if trial.state != TrialState.RUNNING:
+        within the study's max_retries; None if the trial had already finished, or is gone with its study."""
+        try:
+            trial = self.storage.get_trial(trial_id)
+            if trial.state != TrialState.RUNNING:
+                return None
+            study_name = self.storage.get_study_name_from_id(self._study_id_of(trial_id))
+            record = self.get(study_name)
+        except (KeyError, sa.exc.NoResultFound, StudyNotFound):
+            # Its study was deleted (through the API, the dashboard or the optuna CLI) after the worker
+            # was declared lost: nothing is left to fail or retry, and the sweep must go on.
             return None
-        study_name = self.storage.get_study_name_from_id(self._study_id_of(trial_id))
-        record = self.get(study_name)
         try:
             self.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             if not self.storage.set_trial_state_values(trial_id, TrialState.FAIL):

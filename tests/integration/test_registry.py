@@ -5,9 +5,14 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from studies import StudyRepository, WorkerIdentity
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from studies import StudyRepository, StudySpec, WorkerIdentity
 from studies.fleet import Fleet, Reaper
 from studies.tables import utcnow, workers_table
+from tests.conftest import tiny_spec
 
 
 def silence(repository: StudyRepository, worker_id: str, seconds: float) -> None:
@@ -102,3 +107,35 @@ def test_a_reaper_sweeps_at_most_twice_an_interval_and_renews_on_early_beats(
     time.sleep(0.55)
     assert silent[1].worker_id in reaper.tick()
     reaper.release()
+
+
+def test_a_lost_workers_trial_whose_study_was_deleted_does_not_stop_the_sweep(
+    repository: StudyRepository, study_name: str
+) -> None:
+    # A worker is declared lost, then its study is deleted (here as the dashboard and the optuna CLI
+    # do) before a sweep retries its trial: the trial is gone, and every later sweep failed on it,
+    # leaving every other lost worker's trial RUNNING for good.
+    fleet = Fleet(repository)
+    doomed, kept = f"{study_name}-deleted", f"{study_name}-kept"
+    gone = WorkerIdentity(host="h", pid=6, device="cpu", worker_id=f"{study_name}-gone")
+    other = WorkerIdentity(host="h", pid=7, device="cpu", worker_id=f"{study_name}-other")
+    claims = {}
+    for name, worker in ((doomed, gone), (kept, other)):
+        repository.create(StudySpec.model_validate(tiny_spec(name)))
+        fleet.register(worker, grace_s=1.0)
+        claims[name] = repository.claim(worker, study_names=[name])
+        assert claims[name] is not None
+    with repository.engine.begin() as connection:
+        connection.execute(
+            workers_table.update().where(workers_table.c.worker_id == gone.worker_id).values(state="lost")
+        )
+    optuna.delete_study(study_name=doomed, storage=repository.storage)
+    silence(repository, other.worker_id, 30)
+    assert other.worker_id in fleet.reap(grace_s=1.0)
+    retried = repository.storage.get_trial(claims[kept].trial._trial_id)
+    assert retried.state == TrialState.FAIL and retried.user_attrs["fail_reason"] == "worker lost"
+    with repository.engine.begin() as connection:
+        row = connection.execute(
+            sa.select(workers_table.c.trial_id).where(workers_table.c.worker_id == gone.worker_id)
+        ).one()
+    assert row.trial_id is None
