@@ -637,8 +637,11 @@ class Shards:
 
 def run_fleet(
     run: Run, plan: Plan, fleet_url: str, admin_repository: StudyRepository, workdir: Path, study_name: str
-) -> None:
-    """Start `run.workers` workers on a new study of this name, as threads of a few processes, and measure them."""
+) -> list[int]:
+    """Start `run.workers` workers on a new study of this name, as threads of a few processes, and measure them.
+
+    Returns the simulating processes' pids: their workers' registry rows are theirs to clean up.
+    """
     application_name = study_name[:63]
     url = with_query(fleet_url, application_name=application_name)
     paced = run.load == "paced"
@@ -669,6 +672,7 @@ def run_fleet(
         admin_repository.engine, sa.engine.make_url(fleet_url).database or "", application_name
     )
     shards = Shards(configs, workdir)
+    pids = [process.pid for process in shards.processes]
     try:
         shards.wait_ready()
         sampler.start()
@@ -741,6 +745,7 @@ def run_fleet(
     run.gc_full_max_ms = max(float(r["gc"]["full_max_ms"]) for r in results)
     if crashes:
         print(f"  crashed workers: {Counter(crashes).most_common(3)}", file=sys.stderr)
+    return pids
 
 
 # -- the whole benchmark -----------------------------------------------------------------------------
@@ -985,6 +990,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin_repository = StudyRepository(open_storage(url, pool_size=2))
     runs: list[Run] = []
     created: list[str] = []
+    pids: list[int] = []
     try:
         with (
             fleet_login(admin_repository.engine, url, plan.connection_cap) as fleet_url,
@@ -998,7 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for load, workers, variant in plan.runs():
                     run = Run(variant, load, workers, repeat, plan.trials(workers))
                     created.append(f"bench-scale-{uuid.uuid4().hex[:8]}-{variant}-{load}-n{workers}")
-                    run_fleet(run, plan, urls[variant], admin_repository, Path(workdir), created[-1])
+                    pids += run_fleet(run, plan, urls[variant], admin_repository, Path(workdir), created[-1])
                     runs.append(run)
                     print(
                         f"  {load:9} {variant:8} workers={workers:<4} rep={repeat}: claim p50/p99 "
@@ -1011,7 +1017,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
     finally:
         delete_studies(url, created)
-        delete_worker_rows(url, host=socket.gethostname(), pids=[os.getpid()])
+        # Lost workers keep their rows (and trial ids) for the reaper: gone with their studies, remove them.
+        delete_worker_rows(url, host=socket.gethostname(), pids=[os.getpid(), *pids])
         admin_repository.engine.dispose()
     env["load_average_at_end"] = load_average()
     rows = summarize(runs)

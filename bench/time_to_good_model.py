@@ -200,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks the script works")
     parser.add_argument("--seeds", type=int, help="how many seeds (default 5, quick 2)")
     parser.add_argument("--epoch-budget", type=int, help="trial-epochs per run (default 400, quick 150)")
+    parser.add_argument(
+        "--preset",
+        default="bbc-news-minilm",
+        choices=("bbc-news-minilm", "tweets-sentiment-minilm"),
+        help="the built-in study to search (default: BBC News, the issue's task)",
+    )
     parser.add_argument("--out", default="bench/results/time_to_good_model.json")
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.smoke else 2 if args.quick else 5)
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    raw = load_spec_file(preset_path("bbc-news-minilm"))
+    raw = load_spec_file(preset_path(args.preset))
     if args.smoke:
         raw["task"] = {**raw.get("task", {}), "max_examples": 60, "max_length": 32}
     elif args.quick:
@@ -246,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "seeds": seeds,
         "epoch_budget": budget,
+        "preset": args.preset,
         "task": raw["task"],
         "cores": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
@@ -271,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     result["markdown"] = (
         markdown(result)
-        + f"\n\n{seeds} seeds, {budget} trial-epochs per run, one worker process (one CPU thread) per method; "
+        + f"\n\nTask: the `{args.preset}` preset ({raw['task'].get('finetune', 'head')} mode). "
+        f"{seeds} seeds, {budget} trial-epochs per run, one worker process (one CPU thread) per method; "
         "compute = process CPU seconds to the first trial whose best reached random search's final best."
     )
     out = Path(args.out)

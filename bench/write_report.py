@@ -23,6 +23,7 @@ ORDER = {
 
 # Extra runs of a benchmark, reported after the four when their results are present.
 EXTRA = {
+    "time_to_good_model_tweets": "1b. Time to a good model on the tweets preset (a task that does not saturate as fast)",
     "store_scale_paced_256": "4b. Scale of the store: the paced 256-worker fleet behind PgBouncer, longer windows",
 }
 
@@ -99,7 +100,9 @@ def main() -> int:
         "",
     ]
     body = [section(name, results[name]) for name in ORDER if name in results]
-    body += [section(name, result) for name, result in results.items() if name not in ORDER]
+    # Extra runs after the four, in the order of their titles ("1b" before "4b").
+    extras = sorted((name for name in results if name not in ORDER), key=lambda name: EXTRA.get(name, name))
+    body += [section(name, results[name]) for name in extras]
     missing = [title for name, title in ORDER.items() if name not in results]
     if missing:
         body.append("## Not measured in this run\n\n" + "\n".join(f"- {m}" for m in missing) + "\n")
