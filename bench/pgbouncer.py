@@ -31,9 +31,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def pgbouncer(
-    upstream_url: str, *, server_pool_size: int, query_wait_timeout_s: int = 120
-) -> Iterator[str]:
+def pgbouncer(upstream_url: str, *, server_pool_size: int, query_wait_timeout_s: int = 120) -> Iterator[str]:
     """Run PgBouncer for `upstream_url`'s database and user; yields the URL that goes through it.
 
     Transaction pooling: a client holds a server connection only for the length of a transaction,
