@@ -29,6 +29,8 @@ log = logging.getLogger("tunefleet.fleet")
 
 IDLE, BUSY, STOPPED, LOST = WORKER_IDLE, WORKER_BUSY, WORKER_STOPPED, WORKER_LOST_STATE
 ALIVE = WORKER_ALIVE
+# Rows of workers that stopped or were lost this long ago are forgotten (GET /v1/workers shows a day).
+FORGET_AFTER = timedelta(days=7)
 
 
 def new_worker_id(identity: WorkerIdentity) -> str:
@@ -206,7 +208,20 @@ class Fleet:
                 log.warning("worker %s stopped heartbeating; declared lost", worker_id)
         self._retry_orphaned_trials()
         self._retry_unheld_trials(grace_s)
+        self._forget_old_workers(now)
         return reaped
+
+    def _forget_old_workers(self, now: datetime) -> None:
+        # Every worker process leaves a row: a fleet restarted daily would grow the table (and each
+        # sweep's scan) without end. A lost worker's row is kept while it still names a trial to retry.
+        c = workers_table.c
+        with self.engine.begin() as connection:
+            connection.execute(
+                workers_table.delete().where(
+                    c.heartbeat_at < now - FORGET_AFTER,
+                    sa.or_(c.state == STOPPED, sa.and_(c.state == LOST, c.trial_id.is_(None))),
+                )
+            )
 
     def _retry_orphaned_trials(self) -> None:
         # Lost workers keep their trial id until the trial is retried: a reaper that dies half-way

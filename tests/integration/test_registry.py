@@ -139,3 +139,36 @@ def test_a_lost_workers_trial_whose_study_was_deleted_does_not_stop_the_sweep(
             sa.select(workers_table.c.trial_id).where(workers_table.c.worker_id == gone.worker_id)
         ).one()
     assert row.trial_id is None
+
+
+def test_a_sweep_forgets_workers_gone_for_a_week_after_retrying_their_trials(
+    repository: StudyRepository, study_name: str
+) -> None:
+    # Every worker process leaves a row; a fleet restarted daily grew the table without end.
+    fleet = Fleet(repository)
+    rows = {
+        name: WorkerIdentity(host="h", pid=10 + i, device="cpu", worker_id=f"{study_name}-{name}")
+        for i, name in enumerate(("old-stopped", "new-stopped", "old-lost"))
+    }
+    for worker in rows.values():
+        fleet.register(worker, grace_s=1.0)
+    fleet.deregister(rows["old-stopped"].worker_id)
+    fleet.deregister(rows["new-stopped"].worker_id)
+    repository.create(StudySpec.model_validate(tiny_spec(study_name)))
+    claim = repository.claim(rows["old-lost"], study_names=[study_name])
+    assert claim is not None
+    silence(repository, rows["old-stopped"].worker_id, 8 * 24 * 3600)
+    silence(repository, rows["new-stopped"].worker_id, 24 * 3600)
+    silence(repository, rows["old-lost"].worker_id, 8 * 24 * 3600)
+    assert rows["old-lost"].worker_id in fleet.reap(grace_s=1.0)
+    # The lost worker's trial was retried before its row was forgotten.
+    assert repository.storage.get_trial(claim.trial._trial_id).state == TrialState.FAIL
+    with repository.engine.begin() as connection:
+        left = set(
+            connection.execute(
+                sa.select(workers_table.c.worker_id).where(
+                    workers_table.c.worker_id.in_([w.worker_id for w in rows.values()])
+                )
+            ).scalars()
+        )
+    assert left == {rows["new-stopped"].worker_id}
