@@ -234,17 +234,22 @@ class StudyRepository:
             raise StudyNotFound(study_name)
         return _record(row)
 
-    def list_studies(self) -> list[StudyRecord]:
-        """Every tunefleet study, newest first."""
-        return self.study_page(offset=0, limit=None)[1]
-
-    def study_page(self, *, offset: int = 0, limit: int | None = 100) -> tuple[int, list[StudyRecord]]:
-        """A page of the studies, newest first, and how many there are in all."""
-        query = (
+    def _studies_newest_first(self) -> sa.Select[Any]:
+        return (
             sa.select(studies_table)
             .where(self._alive())
             .order_by(studies_table.c.created_at.desc(), studies_table.c.study_name)
         )
+
+    def list_studies(self) -> list[StudyRecord]:
+        """Every tunefleet study, newest first."""
+        with self._begin() as connection:
+            rows = connection.execute(self._studies_newest_first()).all()
+        return [_record(row) for row in rows]
+
+    def study_page(self, *, offset: int = 0, limit: int = 100) -> tuple[int, list[StudyRecord]]:
+        """A page of the studies, newest first, and how many there are in all."""
+        query = self._studies_newest_first()
         with self._begin() as connection:
             total = connection.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
             rows = connection.execute(query.offset(offset).limit(limit)).all()
