@@ -30,6 +30,7 @@ from worker.data import (
     load_builtin_tweets_sentiment,
     load_local_data,
 )
+from worker.early_stopping import Patience
 from worker.export import model_config, serialise_weights
 from worker.features import Features, load_or_build_features
 from worker.finetune import Tokens, tokenize_split, train_encoder
@@ -63,6 +64,7 @@ class StopReason:
     """Why training stopped before its last epoch; each maps to how the trial ends."""
 
     PRUNED = "pruned"
+    PLATEAU = "plateau"
     STUDY_STOPPED = "study stopped"
     WORKER_STOPPING = "worker stopping"
     WORKER_LOST = WORKER_LOST
@@ -368,6 +370,7 @@ class TrialRunner:
         repository = self.repository
         # Time spent between epochs reporting to the store and asking the pruner: not training.
         reporting_s = [0.0]
+        patience = Patience(spec.objective.patience, minimize=spec.objective.direction == "minimize")
 
         def on_epoch(result: EpochResult) -> None:
             began = time.perf_counter()
@@ -387,6 +390,8 @@ class TrialRunner:
                 raise StopTraining(StopReason.STUDY_STOPPED)
             if self._store("should_prune", trial.should_prune):
                 raise StopTraining(StopReason.PRUNED)
+            if patience.stalled(value):
+                raise StopTraining(StopReason.PLATEAU)
 
         def attrs(extra: dict[str, Any] | None = None) -> dict[str, Any]:
             base: dict[str, Any] = {
@@ -404,18 +409,24 @@ class TrialRunner:
             return "fail"
 
         out_of_memory = False
+        early_stop: dict[str, Any] = {}
         try:
             result = self._train(claim, on_epoch)
         except StopTraining as stop:
             reason = str(stop)
-            if reason == StopReason.WORKER_LOST:
+            if reason == StopReason.PLATEAU and stop.result is not None:
+                # A stalled trial is a finished one: it completes with its best epoch, like any other.
+                result = stop.result
+                early_stop = {"stopped_early": patience.reason()}
+            elif reason == StopReason.WORKER_LOST:
                 return "abandoned"
-            if reason == StopReason.WORKER_STOPPING:
+            elif reason == StopReason.WORKER_STOPPING:
                 self._store("give back", lambda: repository.give_back(claim))
                 return "requeued"
-            extra = {} if reason == StopReason.PRUNED else {"fail_reason": reason}
-            self._store("prune", lambda: repository.prune(claim, attrs(extra)))
-            return "pruned"
+            else:
+                extra = {} if reason == StopReason.PRUNED else {"fail_reason": reason}
+                self._store("prune", lambda: repository.prune(claim, attrs(extra)))
+                return "pruned"
         except NonFiniteLoss as error:
             return fail(str(error))
         except (DataError, ModelError) as error:
@@ -446,6 +457,7 @@ class TrialRunner:
                 "epochs_run": len(result.epochs),
                 "train_s": round(result.train_s - reporting_s[0], 3),
                 "report_s": round(reporting_s[0], 3),
+                **early_stop,
                 **saved,
             }
         )

@@ -46,6 +46,15 @@ def run_synthetic(
         history.append(
             EpochResult(epoch=epoch, train_loss=loss, val_loss=loss, val_accuracy=1.0 / (1.0 + loss))
         )
-        on_epoch(history[-1])
+        try:
+            on_epoch(history[-1])
+        except StopTraining as stop:
+            # As real training does: the epochs so far go with the stop, for a trial that ends early.
+            stop.result = _result(history, started)
+            raise
+    return _result(history, started)
+
+
+def _result(history: list[EpochResult], started: float) -> TrainResult:
     best = min(history, key=lambda e: e.val_loss)
     return result_of(history, best=best, kept=best, best_state={}, started=started)

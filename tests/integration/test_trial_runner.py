@@ -57,6 +57,45 @@ def test_a_trial_reports_every_epoch_and_records_its_results(
     assert isinstance(attrs["seed"], int)
 
 
+def test_a_trial_whose_loss_stops_falling_ends_early_and_completes_with_its_best_epoch(
+    repository: StudyRepository, cache_dir: Path, study_name: str
+) -> None:
+    # A large step on 80 examples overfits within a few epochs: the validation loss turns up and stays up.
+    space = {"epochs": 30, "learning_rate": 0.05, "optimizer": "adam", "batch_size": 16, "width": 64}
+    outcome, trial = run_one(
+        repository,
+        cache_dir,
+        study_name,
+        space=space,
+        pruner={"name": "none"},
+        objective={"patience": 2},
+    )
+    assert outcome == "complete"
+    assert trial.state == TrialState.COMPLETE
+    losses = [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
+    assert len(losses) < 30
+    # It stopped exactly when two epochs in a row had not beaten the best before them.
+    assert min(losses[-2:]) >= min(losses[:-2])
+    assert all(min(losses[i - 2 : i]) < min(losses[: i - 2]) for i in range(3, len(losses)))
+    assert trial.value == pytest.approx(min(losses))
+    attrs = trial.user_attrs
+    assert attrs["stopped_early"] == "no better validation metric in 2 epochs"
+    assert attrs["epochs_run"] == len(losses)
+    assert losses[attrs["chosen_epoch"] - 1] == pytest.approx(trial.value)
+
+
+def test_patience_zero_runs_every_epoch(
+    repository: StudyRepository, cache_dir: Path, study_name: str
+) -> None:
+    space = {"epochs": 8, "learning_rate": 0.05, "optimizer": "adam", "batch_size": 16, "width": 64}
+    outcome, trial = run_one(
+        repository, cache_dir, study_name, space=space, pruner={"name": "none"}, objective={"patience": 0}
+    )
+    assert outcome == "complete"
+    assert sorted(trial.intermediate_values) == list(range(1, 9))
+    assert "stopped_early" not in trial.user_attrs
+
+
 def test_a_diverging_trial_fails_with_its_reason_and_the_worker_goes_on(
     repository: StudyRepository, cache_dir: Path, study_name: str
 ) -> None:

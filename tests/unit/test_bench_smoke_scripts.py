@@ -1,4 +1,4 @@
-"""Benchmarks 1 and 3 still run: each at a tiny size, writing the JSON that BENCHMARKS.md is made from."""
+"""Benchmarks 1 and 3 and the early-stopping study still run: each at a tiny size, writing the JSON that BENCHMARKS.md is made from."""
 
 from __future__ import annotations
 
@@ -7,18 +7,43 @@ from pathlib import Path
 
 import pytest
 
-from bench import finetune_throughput, time_to_good_model, write_report
+from bench import early_stopping, finetune_throughput, time_to_good_model, write_report
 
 pytestmark = pytest.mark.slow
 
 
 def test_time_to_good_model_runs_at_a_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "ttg.json"
-    assert time_to_good_model.main(["--smoke", "--out", str(out)]) == 0
+    assert time_to_good_model.main(["--smoke", "--seeds", "2", "--jobs", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["summary"]) == {"tunefleet", "optuna-tpe", "random"}
-    assert result["summary"]["random"]["reached_target"] == "1/1"
+    assert result["summary"]["random"]["reached_target"] == "2/2"
+    assert sorted((r["seed"], r["method"]) for r in result["runs"]) == sorted(
+        (seed, method) for seed in (0, 1) for method in ("tunefleet", "optuna-tpe", "random")
+    )
     assert len(result["targets"]) == 2
+
+
+def test_early_stopping_replays_the_workers_rule_on_real_trials(tmp_path: Path) -> None:
+    out = tmp_path / "early.json"
+    assert early_stopping.main(["--smoke", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["patience"] for r in result["rows"]] == [1, 2, 3, 4, 5]
+    for row in result["rows"]:
+        assert 0 < row["cpu_ratio"] <= 1 and 0 < row["epoch_ratio"] <= 1
+    # More patience never stops a trial sooner.
+    ratios = [r["epoch_ratio"] for r in result["rows"]]
+    assert ratios == sorted(ratios)
+    assert len(result["trials"]) == 4 and len(result["targets"]) == 1
+
+
+def test_a_trial_stops_where_the_worker_would_stop_it() -> None:
+    trial = early_stopping.Trial(params={}, val_loss=[1.0, 0.5, 0.6, 0.7, 0.4, 0.9], cpu_s=[1, 2, 3, 4, 5, 6])
+    assert [trial.stop_epoch(p) for p in (1, 2, 3, 4)] == [3, 4, 6, 6]
+    rows = early_stopping.summarize([trial], best_share=1.0)
+    assert rows[0]["cpu_ratio"] == pytest.approx(3 / 6)
+    assert rows[0]["trials_worse"] == 1 and rows[0]["median_loss_given_up"] == pytest.approx(0.1)
+    assert rows[2]["trials_worse"] == 0
 
 
 def test_finetune_throughput_runs_at_a_tiny_size(tmp_path: Path) -> None:

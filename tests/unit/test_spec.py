@@ -60,6 +60,12 @@ def errors_of(spec: dict[str, Any]) -> list[tuple[str, str]]:
         ({"pruner": {"name": "sometimes"}}, "pruner", "does not match"),
         ({"sampler": {"name": "grid"}}, "", "space.learning_rate: the grid sampler needs a discrete space"),
         ({"objective": {"metric": "val_loss", "direction": "maximize"}}, "objective", "worse models"),
+        (
+            {"objective": {"value": "final", "patience": 3}},
+            "objective",
+            "patience applies only to value best",
+        ),
+        ({"objective": {"patience": -1}}, "objective.patience", "greater than or equal to 0"),
         ({"task": {"finetune": "partial"}}, "task.finetune", "unknown finetune mode 'partial'"),
         ({"task": {"data": "/etc/passwd"}}, "task.data", "unknown data set"),
         ({"task": {"model": "builtin:gpt-17"}}, "task.model", "unknown built-in model"),
@@ -90,6 +96,15 @@ def test_minimal_spec_gets_defaults_for_every_parameter() -> None:
         "optimizer",
     }
     assert spec.objective.direction == "minimize"
+    assert spec.objective.patience == 3
+
+
+def test_a_final_epoch_objective_runs_every_epoch_and_round_trips() -> None:
+    spec = StudySpec.model_validate({"name": "final", "objective": {"value": "final"}})
+    assert spec.objective.patience == 0
+    assert StudySpec.model_validate(spec.model_dump(mode="json")) == spec
+    off = StudySpec.model_validate({"name": "off", "objective": {"patience": 0}})
+    assert (off.objective.value, off.objective.patience) == ("best", 0)
 
 
 def test_fixed_values_round_trip_as_bare_values() -> None:
