@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -194,8 +195,12 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         mine = [r for r in rows if r["method"] == method]
         ratios = [r["cpu_ratio_vs_random"] for r in mine if r["cpu_ratio_vs_random"] is not None]
         epoch_ratios = [r["epoch_ratio_vs_random"] for r in mine if r["epoch_ratio_vs_random"] is not None]
+        # A seed that never reached the target counts as needing more than any that did.
+        every_seed = [r["cpu_ratio_vs_random"] or math.inf for r in mine]
+        median_all = statistics.median(every_seed) if every_seed else math.inf
         summary[method] = {
             "reached_target": f"{len(ratios)}/{len(mine)}",
+            "cpu_ratio_median_all_seeds": None if math.isinf(median_all) else median_all,
             "cpu_ratio_median": statistics.median(ratios) if ratios else None,
             "cpu_ratio_min": min(ratios) if ratios else None,
             "cpu_ratio_max": max(ratios) if ratios else None,
@@ -211,17 +216,59 @@ def fmt(value: Any, spec: str = ".3f") -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| method | reached random's best | compute to reach it vs random (median, min to max) | "
-        "trial-epochs vs random (median) | best val loss (median) |",
-        "| --- | --- | --- | --- | --- |",
+        "| method | reached random's best | compute to reach it vs random, median of all seeds | "
+        "median of the seeds that reached it (min to max) | trial-epochs vs random (median) | "
+        "best val loss (median) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for method, s in result["summary"].items():
         spread = f"{fmt(s['cpu_ratio_median'], '.2f')} ({fmt(s['cpu_ratio_min'], '.2f')} to {fmt(s['cpu_ratio_max'], '.2f')})"
         lines.append(
-            f"| {method} | {s['reached_target']} | {spread} | {fmt(s['epoch_ratio_median'], '.2f')} | "
-            f"{fmt(s['best_median'], '.4f')} |"
+            f"| {method} | {s['reached_target']} | {fmt(s.get('cpu_ratio_median_all_seeds'), '.2f')} | {spread} | "
+            f"{fmt(s['epoch_ratio_median'], '.2f')} | {fmt(s['best_median'], '.4f')} |"
         )
     return "\n".join(lines)
+
+
+def report(runs: list[Run], config: dict[str, Any]) -> dict[str, Any]:
+    """The results file of a set of runs: the per-seed rows, the summary, the targets and the table."""
+    result = summarize(runs)
+    result["config"] = config
+    result["runs"] = [asdict(r) for r in runs]
+    summary = result["summary"]
+    # The targets judge every seed: one that never reached random search's best is not left out.
+    ours = summary["tunefleet"]["cpu_ratio_median_all_seeds"]
+    tpe = summary["optuna-tpe"]["cpu_ratio_median_all_seeds"]
+    result["targets"] = [
+        {
+            "target": "tunefleet needs at most 1/4 of random search's compute to reach its best (median of all seeds)",
+            "figure": fmt(ours, ".2f"),
+            "met": ours is not None and ours <= 0.25,
+        },
+        {
+            "target": "tunefleet needs less compute than plain Optuna TPE without pruning (median of all seeds)",
+            "figure": f"{fmt(ours, '.2f')} vs {fmt(tpe, '.2f')}",
+            "met": ours is not None and (tpe is None or ours < tpe),
+        },
+    ]
+    result["markdown"] = (
+        markdown(result)
+        + f"\n\nTask: the `{config['preset']}` preset ({config['task'].get('finetune', 'head')} mode). "
+        f"{config['seeds']} seeds, {config['epoch_budget']} trial-epochs per run, one worker process (one CPU "
+        "thread) per method; tunefleet with its defaults (TPE, Hyperband, early stopping after 3 epochs without "
+        "a better loss); compute = process CPU seconds to the first trial whose best reached random search's "
+        "final best; a seed that never reached it counts as needing more than any that did."
+    )
+    return result
+
+
+def rescore(path: Path) -> dict[str, Any]:
+    """Recompute a results file's summary, targets and table from its raw runs, with this script's rules."""
+    old = json.loads(path.read_text())
+    runs = [
+        Run(method=r["method"], seed=r["seed"], points=[Point(**p) for p in r["points"]]) for r in old["runs"]
+    ]
+    return report(runs, old["config"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs", type=int, default=1, help="seeds run side by side, each in its own single-threaded process"
     )
     parser.add_argument("--out", default="bench/results/time_to_good_model.json")
+    parser.add_argument(
+        "--rescore", type=Path, help="only recompute this results file's figures from its runs"
+    )
     args = parser.parse_args(argv)
+    if args.rescore is not None:
+        rescored = rescore(args.rescore)
+        args.rescore.write_text(json.dumps(rescored, indent=2))
+        print(rescored["markdown"])
+        return 0
     seeds = args.seeds or (1 if args.smoke else 2 if args.quick else 5)
     budget = args.epoch_budget or (12 if args.smoke else 150 if args.quick else 400)
     # One thread per run, as tunefleet's CPU workers use (measured faster for small heads on 2 cores).
@@ -273,8 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for job in jobs:
             runs.extend(run_seed(*job))
-    result = summarize(runs)
-    result["config"] = {
+    config = {
         "command": " ".join(
             ["python", "-m", "bench.time_to_good_model", *(argv if argv is not None else sys.argv[1:])]
         ),
@@ -290,28 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "wall_s": round(time.monotonic() - started, 1),
     }
-    result["runs"] = [asdict(r) for r in runs]
-    summary = result["summary"]
-    ours, tpe = summary["tunefleet"]["cpu_ratio_median"], summary["optuna-tpe"]["cpu_ratio_median"]
-    result["targets"] = [
-        {
-            "target": "tunefleet needs at most 1/4 of random search's compute to reach its best",
-            "figure": fmt(ours, ".2f"),
-            "met": ours is not None and ours <= 0.25,
-        },
-        {
-            "target": "tunefleet needs less compute than plain Optuna TPE without pruning",
-            "figure": f"{fmt(ours, '.2f')} vs {fmt(tpe, '.2f')}",
-            "met": ours is not None and (tpe is None or ours < tpe),
-        },
-    ]
-    result["markdown"] = (
-        markdown(result)
-        + f"\n\nTask: the `{args.preset}` preset ({raw['task'].get('finetune', 'head')} mode). "
-        f"{seeds} seeds, {budget} trial-epochs per run, one worker process (one CPU thread) per method; "
-        "tunefleet with its defaults (TPE, Hyperband, early stopping after 3 epochs without a better loss); "
-        "compute = process CPU seconds to the first trial whose best reached random search's final best."
-    )
+    result = report(runs, config)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

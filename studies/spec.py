@@ -389,7 +389,8 @@ class Task(_Strict):
 
 # Epochs without a better validation metric before a trial ends early. A head's validation loss
 # usually bottoms out within its first epochs and then rises: on the BBC preset 200 random trials
-# spent 30% of their CPU after a 3-epoch stall, and none of the best 20 found anything better there.
+# spent about a third of their CPU after a 3-epoch stall, and none of the best 20 found better there
+# (bench/early_stopping.py).
 DEFAULT_PATIENCE = 3
 
 

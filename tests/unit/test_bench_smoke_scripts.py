@@ -22,6 +22,30 @@ def test_time_to_good_model_runs_at_a_tiny_size(tmp_path: Path) -> None:
         (seed, method) for seed in (0, 1) for method in ("tunefleet", "optuna-tpe", "random")
     )
     assert len(result["targets"]) == 2
+    # Recomputing the figures from the raw runs gives the same figures.
+    assert time_to_good_model.main(["--rescore", str(out)]) == 0
+    assert json.loads(out.read_text())["summary"] == result["summary"]
+
+
+def test_a_seed_that_never_reaches_the_target_counts_against_the_median() -> None:
+    def run(method: str, seed: int, bests: list[float]) -> time_to_good_model.Run:
+        points = [time_to_good_model.Point(cpu_s=i + 1.0, epochs=i + 1, best=b) for i, b in enumerate(bests)]
+        return time_to_good_model.Run(method=method, seed=seed, points=points)
+
+    runs = []
+    for seed in range(3):
+        runs.append(run("random", seed, [0.5, 0.4, 0.3, 0.2]))  # reaches its best, 0.2, at 4 CPU-seconds
+        runs.append(run("optuna-tpe", seed, [0.5, 0.5, 0.5, 0.5]))
+    runs += [run("tunefleet", 0, [0.2]), run("tunefleet", 1, [0.3, 0.2]), run("tunefleet", 2, [0.9])]
+    summary = time_to_good_model.summarize(runs)["summary"]
+    assert summary["tunefleet"]["reached_target"] == "2/3"
+    assert summary["tunefleet"]["cpu_ratio_median"] == pytest.approx((0.25 + 0.5) / 2)
+    assert summary["tunefleet"]["cpu_ratio_median_all_seeds"] == pytest.approx(0.5)
+    assert summary["optuna-tpe"]["cpu_ratio_median_all_seeds"] is None
+    targets = time_to_good_model.report(runs, {"preset": "p", "task": {}, "seeds": 3, "epoch_budget": 4})[
+        "targets"
+    ]
+    assert [t["met"] for t in targets] == [False, True]
 
 
 def test_early_stopping_replays_the_workers_rule_on_real_trials(tmp_path: Path) -> None:
