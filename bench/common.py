@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages._rdb import models
 
+from studies import load_spec_file, preset_path
 from studies.storage import normalize_url
 from studies.tables import studies_table, workers_table
 
@@ -83,6 +84,14 @@ def load_average() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return []
+
+
+def load_preset(preset: str, *, smoke: bool = False) -> dict[str, Any]:
+    """A built-in preset's spec as a mapping; at smoke size, on a tiny subset of short texts."""
+    raw = load_spec_file(preset_path(preset))
+    if smoke:
+        raw["task"] = {**raw.get("task", {}), "max_examples": 60, "max_length": 32}
+    return raw
 
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -16,8 +15,9 @@ from typing import Any
 import optuna
 import torch
 
+from bench.common import command_line, load_preset, publish
 from bench.time_to_good_model import suggest
-from studies import StudySpec, load_spec_file, preset_path
+from studies import StudySpec
 from studies.space import distributions
 from studies.spec import DEFAULT_PATIENCE
 from worker.device import configure_threads
@@ -128,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     n = args.trials or (4 if args.smoke else 60 if args.quick else 200)
     configure_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    raw = load_spec_file(preset_path(args.preset))
+    raw = load_preset(args.preset, smoke=args.smoke)
     if args.smoke:
-        raw["task"] = {**raw.get("task", {}), "max_examples": 60, "max_length": 32}
         raw["space"] = {**raw["space"], "epochs": {"type": "int", "low": 1, "high": 6}}
     spec = StudySpec.model_validate({**raw, "name": "early-stopping"})
     cache_dir = Path(os.environ.get("TUNEFLEET_CACHE_DIR", Path.home() / ".cache" / "tunefleet"))
@@ -147,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "rows": rows,
         "config": {
-            "command": " ".join(
-                ["python", "-m", "bench.early_stopping", *(argv if argv is not None else sys.argv[1:])]
-            ),
+            "command": command_line("bench.early_stopping", argv),
             "preset": args.preset,
             "trials": n,
             "cores": os.cpu_count(),
@@ -175,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "(one CPU thread); each row replays the worker's own early-stopping rule on those same trials, so the "
         "baseline (every epoch) is measured in the same run."
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(result["markdown"])
-    print(f"\nwritten to {out}")
+    publish(result, args.out)
     return 0
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import optuna
 import torch
 
-from studies import StudyRepository, StudySpec, WorkerIdentity, load_spec_file, open_storage, preset_path
+from bench.common import command_line, load_preset, publish
+from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies.space import distributions
 from worker.device import configure_threads
 from worker.features import Features, load_or_build_features
@@ -292,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.rescore is not None:
-        rescored = rescore(args.rescore)
-        args.rescore.write_text(json.dumps(rescored, indent=2))
-        print(rescored["markdown"])
+        publish(rescore(args.rescore), args.rescore)
         return 0
     seeds = args.seeds or (1 if args.smoke else 2 if args.quick else 5)
     budget = args.epoch_budget or (12 if args.smoke else 150 if args.quick else 400)
@@ -302,10 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    raw = load_spec_file(preset_path(args.preset))
-    if args.smoke:
-        raw["task"] = {**raw.get("task", {}), "max_examples": 60, "max_length": 32}
-    elif args.quick:
+    raw = load_preset(args.preset, smoke=args.smoke)
+    if args.quick:
         raw["task"] = {**raw.get("task", {}), "max_examples": 600}
     cache_dir = Path(os.environ.get("TUNEFLEET_CACHE_DIR", Path.home() / ".cache" / "tunefleet"))
     started = time.monotonic()
@@ -329,9 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             runs.extend(run_seed(*job))
     config = {
-        "command": " ".join(
-            ["python", "-m", "bench.time_to_good_model", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line("bench.time_to_good_model", argv),
         "seeds": seeds,
         "epoch_budget": budget,
         "preset": args.preset,
@@ -345,11 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.monotonic() - started, 1),
     }
     result = report(runs, config)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(markdown(result))
-    print(f"\n{seeds} seeds, {budget} trial-epochs each; compute = process CPU seconds; written to {out}")
+    publish(result, args.out)
     return 0
 
 
