@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
 from studies import StudyRepository, StudySpec, WorkerIdentity
+from studies.artifacts import (
+    MODEL_ARTIFACT_ATTR,
+    PARAMS_FILE,
+    ArtifactStore,
+    extract_model_archive,
+    open_artifact_store,
+)
 from tests.conftest import tiny_spec
 from worker.objective import TrialRunner
 
@@ -21,15 +30,25 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("features")
 
 
-def runner_for(repository: StudyRepository, cache_dir: Path) -> TrialRunner:
-    return TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=cache_dir)
+def runner_for(
+    repository: StudyRepository, cache_dir: Path, artifact_store: ArtifactStore | None = None
+) -> TrialRunner:
+    return TrialRunner(
+        repository=repository, device=torch.device("cpu"), cache_dir=cache_dir, artifact_store=artifact_store
+    )
 
 
-def run_one(repository: StudyRepository, cache_dir: Path, name: str, **spec: Any) -> tuple[str, Any]:
+def run_one(
+    repository: StudyRepository,
+    cache_dir: Path,
+    name: str,
+    artifact_store: ArtifactStore | None = None,
+    **spec: Any,
+) -> tuple[str, Any]:
     repository.create(StudySpec.model_validate(tiny_spec(name, **spec)))
     claim = repository.claim(WORKER, study_names=[name])
     assert claim is not None
-    outcome = runner_for(repository, cache_dir).run(claim)
+    outcome = runner_for(repository, cache_dir, artifact_store).run(claim)
     return outcome, repository.trial(repository.get(name), claim.trial.number)
 
 
@@ -58,14 +77,16 @@ def test_a_trial_reports_every_epoch_and_records_its_results(
 
 
 def test_a_trial_whose_loss_stops_falling_ends_early_and_completes_with_its_best_epoch(
-    repository: StudyRepository, cache_dir: Path, study_name: str
+    repository: StudyRepository, cache_dir: Path, study_name: str, tmp_path: Path
 ) -> None:
     # A large step on 80 examples overfits within a few epochs: the validation loss turns up and stays up.
     space = {"epochs": 30, "learning_rate": 0.05, "optimizer": "adam", "batch_size": 16, "width": 64}
+    store = open_artifact_store(str(tmp_path / "artifacts"))
     outcome, trial = run_one(
         repository,
         cache_dir,
         study_name,
+        store,
         space=space,
         pruner={"name": "none"},
         objective={"patience": 2},
@@ -82,6 +103,13 @@ def test_a_trial_whose_loss_stops_falling_ends_early_and_completes_with_its_best
     assert attrs["stopped_early"] == "no better validation metric in 2 epochs"
     assert attrs["epochs_run"] == len(losses)
     assert losses[attrs["chosen_epoch"] - 1] == pytest.approx(trial.value)
+    # Its model is kept like any completed trial's: the weights of its best epoch.
+    archive = tmp_path / "model.zip"
+    optuna.artifacts.download_artifact(
+        artifact_store=store, file_path=str(archive), artifact_id=attrs[MODEL_ARTIFACT_ATTR]
+    )
+    saved = json.loads((extract_model_archive(archive, tmp_path / "model") / PARAMS_FILE).read_text())
+    assert saved["epoch"] == attrs["chosen_epoch"]
 
 
 def test_patience_zero_runs_every_epoch(
