@@ -1,8 +1,12 @@
-"""Early stopping counts epochs without a better metric, in either direction."""
+"""Early stopping counts epochs without a better metric, in either direction; a stop carries the epochs so far."""
 
 from __future__ import annotations
 
+import pytest
+
 from worker.early_stopping import Patience
+from worker.synthetic import run_synthetic
+from worker.training import EpochResult, StopTraining
 
 
 def stalls(patience: Patience, values: list[float]) -> list[bool]:
@@ -28,3 +32,16 @@ def test_an_accuracy_stalls_after_patience_epochs_without_a_higher_one() -> None
 
 def test_patience_zero_never_stalls() -> None:
     assert not any(stalls(Patience(0, minimize=True), [1.0, 2.0, 3.0, 4.0]))
+
+
+def test_the_synthetic_task_hands_its_epochs_so_far_to_an_early_stop() -> None:
+    def stop_at_two(result: EpochResult) -> None:
+        if result.epoch == 2:
+            raise StopTraining("plateau")
+
+    with pytest.raises(StopTraining) as stopped:
+        run_synthetic(
+            params={"epochs": 5}, seed=1, epoch_sleep_s=0.0, on_epoch=stop_at_two, interrupted=lambda: None
+        )
+    assert stopped.value.result is not None
+    assert [e.epoch for e in stopped.value.result.epochs] == [1, 2]
