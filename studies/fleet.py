@@ -232,7 +232,7 @@ class Fleet:
                 sa.select(c.worker_id, c.trial_id).where(c.state == LOST, c.trial_id.is_not(None))
             ).all()
         for worker_id, trial_id in orphans:
-            retried = self.repository.retry_lost_trial(int(trial_id), WORKER_LOST)
+            retried = self.repository.retry_lost_trial(int(trial_id), WORKER_LOST, held_by=worker_id)
             if retried is not None:
                 log.warning(
                     "trial %d failed as %r and re-queued within max_retries", retried.number, WORKER_LOST

@@ -645,12 +645,17 @@ class StudyRepository:
 
     # -- lost workers and broken studies -----------------------------------------------------------
 
-    def retry_lost_trial(self, trial_id: int, reason: str) -> FrozenTrial | None:
+    def retry_lost_trial(self, trial_id: int, reason: str, held_by: str | None = None) -> FrozenTrial | None:
         """Fail a running trial whose worker is gone and queue a copy (same parameters and seed)
-        within the study's max_retries; None if the trial had already finished, or is gone with its study."""
+        within the study's max_retries; None if the trial had already finished, or is gone with its study,
+        or (held_by: the lost worker's id) is now run by another worker."""
         try:
             trial = self.storage.get_trial(trial_id)
             if trial.state != TrialState.RUNNING:
+                return None
+            # SQLite reuses a deleted trial's id: a lost worker's row can name an id that, since its
+            # study was deleted, belongs to a new trial a live worker runs. Each claim tags its worker.
+            if held_by is not None and trial.user_attrs.get("worker_id", held_by) != held_by:
                 return None
             study_name = self.storage.get_study_name_from_id(self._study_id_of(trial_id))
             record = self.get(study_name)

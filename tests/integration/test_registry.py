@@ -172,3 +172,31 @@ def test_a_sweep_forgets_workers_gone_for_a_week_after_retrying_their_trials(
             ).scalars()
         )
     assert left == {rows["new-stopped"].worker_id}
+
+
+def test_a_lost_workers_row_never_fails_a_trial_another_worker_now_runs(
+    repository: StudyRepository, study_name: str
+) -> None:
+    # SQLite reuses a deleted trial's id: a lost worker's row can name an id that now belongs to a trial a
+    # live worker runs. Made here by a lost row naming the live worker's trial, as such a reuse leaves it.
+    fleet = Fleet(repository)
+    lost = WorkerIdentity(host="h", pid=20, device="cpu", worker_id=f"{study_name}-lost")
+    live = WorkerIdentity(host="h", pid=21, device="cpu", worker_id=f"{study_name}-live")
+    repository.create(StudySpec.model_validate(tiny_spec(study_name)))
+    fleet.register(lost, grace_s=1.0)
+    fleet.register(live, grace_s=60.0)
+    claim = repository.claim(live, study_names=[study_name])
+    assert claim is not None
+    with repository.engine.begin() as connection:
+        connection.execute(
+            workers_table.update()
+            .where(workers_table.c.worker_id == lost.worker_id)
+            .values(state="lost", study_name=study_name, trial_id=claim.trial._trial_id, trial_number=0)
+        )
+    fleet.reap(grace_s=1.0)
+    assert repository.storage.get_trial(claim.trial._trial_id).state == TrialState.RUNNING
+    with repository.engine.begin() as connection:
+        row = connection.execute(
+            sa.select(workers_table.c.trial_id).where(workers_table.c.worker_id == lost.worker_id)
+        ).one()
+    assert row.trial_id is None
