@@ -23,6 +23,7 @@ import torch
 from bench.common import command_line, load_preset, publish
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies.space import distributions
+from studies.spec import DEFAULT_PATIENCE
 from worker.device import configure_threads
 from worker.features import Features, load_or_build_features
 from worker.objective import TrialRunner, load_split, model_folder
@@ -138,6 +139,7 @@ def run_tunefleet(spec: StudySpec, seed: int, epoch_budget: int, cache_dir: Path
 
 def run_seed(raw: dict[str, Any], seed: int, epoch_budget: int, cache_dir: Path) -> list[Run]:
     """The three methods on one seed, one after another in this process (one CPU thread)."""
+    # One thread per run, as tunefleet's CPU workers use (measured faster for small heads on 2 cores).
     configure_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = StudySpec.model_validate(
@@ -256,8 +258,8 @@ def report(runs: list[Run], config: dict[str, Any]) -> dict[str, Any]:
         markdown(result)
         + f"\n\nTask: the `{config['preset']}` preset ({config['task'].get('finetune', 'head')} mode). "
         f"{config['seeds']} seeds, {config['epoch_budget']} trial-epochs per run, one worker process (one CPU "
-        "thread) per method; tunefleet with its defaults (TPE, Hyperband, early stopping after 3 epochs without "
-        "a better loss); compute = process CPU seconds to the first trial whose best reached random search's "
+        "thread) per method; tunefleet with its defaults (TPE, Hyperband, early stopping after "
+        f"{DEFAULT_PATIENCE} epochs without a better loss); compute = process CPU seconds to the first trial whose best reached random search's "
         "final best; a seed that never reached it counts as needing more than any that did."
     )
     return result
@@ -297,10 +299,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     seeds = args.seeds or (1 if args.smoke else 2 if args.quick else 5)
     budget = args.epoch_budget or (12 if args.smoke else 150 if args.quick else 400)
-    # One thread per run, as tunefleet's CPU workers use (measured faster for small heads on 2 cores).
-    configure_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
     raw = load_preset(args.preset, smoke=args.smoke)
     if args.quick:
         raw["task"] = {**raw.get("task", {}), "max_examples": 600}
