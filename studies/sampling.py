@@ -11,8 +11,10 @@ import optuna
 from optuna.distributions import BaseDistribution, check_distribution_compatibility
 from optuna.trial import FrozenTrial
 
+from studies.cost_aware import CostAwareTPESampler
 from studies.space import grid
 from studies.spec import (
+    DEFAULT_COST_WEIGHT,
     HyperbandPruner,
     MedianPruner,
     NoPruner,
@@ -39,8 +41,12 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
     name = spec.sampler.name
     if name == "tpe":
         # The constant liar makes TPE treat running trials as bad results, so workers spread out.
-        return optuna.samplers.TPESampler(
-            seed=seed, constant_liar=True, n_startup_trials=10 if startup is None else startup
+        cost_weight = spec.sampler.cost_weight
+        return CostAwareTPESampler(
+            seed=seed,
+            constant_liar=True,
+            n_startup_trials=10 if startup is None else startup,
+            cost_weight=DEFAULT_COST_WEIGHT if cost_weight is None else cost_weight,
         )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)

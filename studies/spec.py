@@ -432,17 +432,33 @@ class Objective(_Strict):
         return self
 
 
+# How much TPE's choice among its candidates weighs their predicted seconds per epoch (studies/cost_aware.py).
+# On the built-in tasks seconds per epoch span two orders of magnitude across the space and good models
+# come from both ends: taking the cheaper of two equally promising candidates reached random search's
+# best loss sooner on both, and 1.0 did better than 0.5 (bench/NOTES.md, 1).
+DEFAULT_COST_WEIGHT = 1.0
+
+
 class Sampler(_Strict):
     """Which Optuna sampler suggests the hyperparameters."""
 
     name: Literal["tpe", "random", "grid", "qmc", "cmaes", "gp"] = "tpe"
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     n_startup_trials: int | None = Field(None, ge=0, le=10_000)
+    cost_weight: float | None = Field(
+        None,
+        ge=0,
+        le=4,
+        description="TPE only: how much a candidate's predicted seconds per epoch count against it "
+        f"(default {DEFAULT_COST_WEIGHT}; 0: plain TPE)",
+    )
 
     @model_validator(mode="after")
     def _startup_applies(self) -> Sampler:
         if self.n_startup_trials is not None and self.name not in ("tpe", "gp", "cmaes"):
             raise ValueError(f"n_startup_trials does not apply to the {self.name} sampler")
+        if self.cost_weight is not None and self.name != "tpe":
+            raise ValueError(f"cost_weight does not apply to the {self.name} sampler")
         return self
 
 

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import random
+from typing import Any
+
+import numpy as np
 import optuna
 import pytest
+import scipy.special
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial
 
 from studies import StudySpec
+from studies.cost_aware import MIN_TRIALS, CostAwareTPESampler, CostModel
+from studies.log_ndtr import use_scipy_log_ndtr
 from studies.sampling import build_pruner, build_sampler, derived_seed
 from studies.space import distributions
+from studies.spec import DEFAULT_COST_WEIGHT
 
 
 @pytest.mark.parametrize("name", ["tpe", "random", "qmc", "cmaes", "gp"])
@@ -39,3 +50,112 @@ def test_derived_seed_is_stable_and_in_31_bits() -> None:
     assert derived_seed(42, "trial", 3) == derived_seed(42, "trial", 3)
     assert derived_seed(42, "trial", 3) != derived_seed(42, "trial", 4)
     assert 0 <= derived_seed(2**31 - 1, "x") < 2**31
+
+
+def timed_trial(
+    params: dict[str, Any], space: dict[str, BaseDistribution], value: float, per_epoch_s: float
+) -> FrozenTrial:
+    """A finished trial as the worker records it: its value, wall seconds and epochs trained."""
+    return optuna.trial.create_trial(
+        params=params,
+        distributions=space,
+        value=value,
+        user_attrs={"trial_s": per_epoch_s * 4, "epochs_run": 4},
+    )
+
+
+SPACE: dict[str, BaseDistribution] = {
+    "batch_size": CategoricalDistribution([16, 32, 64, 128]),
+    "width": IntDistribution(32, 1024, log=True),
+    "learning_rate": FloatDistribution(1e-4, 1e-1, log=True),
+}
+
+
+def cost_of(params: dict[str, Any]) -> float:
+    """Seconds per epoch of a head: steps per epoch times the work of one step."""
+    return 2000 / params["batch_size"] * (0.002 + params["width"] / 100_000)
+
+
+def random_params(rng: random.Random) -> dict[str, Any]:
+    return {
+        "batch_size": rng.choice([16, 32, 64, 128]),
+        "width": round(math.exp(rng.uniform(math.log(32), math.log(1024)))),
+        "learning_rate": math.exp(rng.uniform(math.log(1e-4), math.log(1e-1))),
+    }
+
+
+def test_cost_model_learns_which_configurations_train_faster() -> None:
+    rng = random.Random(0)
+    trials = [
+        timed_trial(p, SPACE, 0.5, cost_of(p) * rng.uniform(0.9, 1.1))
+        for p in (random_params(rng) for _ in range(40))
+    ]
+    model = CostModel.fit(SPACE, trials)
+    assert model is not None
+    probes = [
+        {"batch_size": 128, "width": 32, "learning_rate": 0.01},
+        {"batch_size": 64, "width": 128, "learning_rate": 0.01},
+        {"batch_size": 16, "width": 1024, "learning_rate": 0.01},
+    ]
+    columns = {name: np.array([d.to_internal_repr(p[name]) for p in probes]) for name, d in SPACE.items()}
+    predicted = model.predict(columns)
+    assert list(predicted) == sorted(predicted)
+    # A linear fit in log space, shrunk: it need not be exact, but must see most of the real spread.
+    truth = [math.log(cost_of(p)) for p in probes]
+    assert predicted[-1] - predicted[0] > 0.5 * (truth[-1] - truth[0])
+
+
+def test_cost_model_needs_timed_trials() -> None:
+    rng = random.Random(1)
+    few = [timed_trial(random_params(rng), SPACE, 0.5, 1.0) for _ in range(MIN_TRIALS - 1)]
+    assert CostModel.fit(SPACE, few) is None
+    untimed = [
+        optuna.trial.create_trial(params=random_params(rng), distributions=SPACE, value=0.5)
+        for _ in range(20)
+    ]
+    assert CostModel.fit(SPACE, untimed) is None
+
+
+def mean_log_cost_of_suggestions(cost_weight: float, seed: int) -> float:
+    """The mean log seconds per epoch of 30 suggestions after 40 trials whose loss says nothing."""
+    rng = random.Random(seed)
+    study = optuna.create_study()
+    study.add_trials(
+        [
+            timed_trial(p, SPACE, rng.uniform(0.4, 0.6), cost_of(p))
+            for p in (random_params(rng) for _ in range(40))
+        ]
+    )
+    costs = []
+    for index in range(30):
+        study.sampler = CostAwareTPESampler(seed=index, n_startup_trials=10, cost_weight=cost_weight)
+        costs.append(math.log(cost_of(study.ask(SPACE).params)))
+    return sum(costs) / len(costs)
+
+
+def test_cost_aware_tpe_prefers_cheaper_configurations_of_equal_promise() -> None:
+    gaps = [
+        mean_log_cost_of_suggestions(0.0, s) - mean_log_cost_of_suggestions(DEFAULT_COST_WEIGHT, s)
+        for s in range(3)
+    ]
+    assert min(gaps) > 0, gaps
+    assert sum(gaps) / len(gaps) > 0.25, gaps
+
+
+def test_tpe_is_cost_aware_by_default_and_can_be_turned_off() -> None:
+    default = build_sampler(StudySpec.model_validate({"name": "s"}), claim_index=0)
+    assert isinstance(default, CostAwareTPESampler)
+    assert default.cost_weight == DEFAULT_COST_WEIGHT
+    off = StudySpec.model_validate({"name": "s", "sampler": {"name": "tpe", "cost_weight": 0}})
+    assert build_sampler(off, claim_index=0).cost_weight == 0  # type: ignore[attr-defined]
+
+
+def test_tpe_uses_scipys_log_ndtr_with_the_same_values() -> None:
+    from optuna.samplers._tpe import _truncnorm
+
+    x = np.concatenate([np.linspace(-60.0, 60.0, 2001), [-1e4, -20.01, -19.99, 5.99, 6.01, 1e4]])
+    optunas_own = np.frompyfunc(_truncnorm._log_ndtr_single, 1, 1)(x).astype(float)
+    assert use_scipy_log_ndtr()
+    CostAwareTPESampler(cost_weight=0.0)
+    assert _truncnorm._log_ndtr is scipy.special.log_ndtr
+    np.testing.assert_allclose(_truncnorm._log_ndtr(x), optunas_own, rtol=1e-9, atol=1e-12)

@@ -66,6 +66,8 @@ def errors_of(spec: dict[str, Any]) -> list[tuple[str, str]]:
             "patience applies only to value best",
         ),
         ({"objective": {"patience": -1}}, "objective.patience", "greater than or equal to 0"),
+        ({"sampler": {"name": "random", "cost_weight": 1}}, "sampler", "cost_weight does not apply"),
+        ({"sampler": {"cost_weight": -0.5}}, "sampler.cost_weight", "greater than or equal to 0"),
         ({"task": {"finetune": "partial"}}, "task.finetune", "unknown finetune mode 'partial'"),
         ({"task": {"data": "/etc/passwd"}}, "task.data", "unknown data set"),
         ({"task": {"model": "builtin:gpt-17"}}, "task.model", "unknown built-in model"),
