@@ -435,7 +435,7 @@ class Objective(_Strict):
 # How much TPE's choice among its candidates weighs their predicted seconds per epoch (studies/cost_aware.py).
 # On the built-in tasks seconds per epoch span two orders of magnitude across the space and good models
 # come from both ends: taking the cheaper of two equally promising candidates reached random search's
-# best loss sooner on both, and 1.0 did better than 0.5 (bench/NOTES.md, 1).
+# best loss sooner on BBC News (mixed on the tweets preset), and 1.0 did better than 0.5 (bench/NOTES.md, 1).
 DEFAULT_COST_WEIGHT = 1.0
 
 
@@ -454,7 +454,7 @@ class Sampler(_Strict):
     )
 
     @model_validator(mode="after")
-    def _startup_applies(self) -> Sampler:
+    def _options_apply(self) -> Sampler:
         if self.n_startup_trials is not None and self.name not in ("tpe", "gp", "cmaes"):
             raise ValueError(f"n_startup_trials does not apply to the {self.name} sampler")
         if self.cost_weight is not None and self.name != "tpe":
