@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,30 @@ def test_a_seed_that_never_reaches_the_target_counts_against_the_median() -> Non
         "targets"
     ]
     assert [t["met"] for t in targets] == [False, True]
+
+
+def test_checkpoints_give_each_methods_best_within_a_share_of_randoms_compute() -> None:
+    def run(method: str, points: list[tuple[float, float]]) -> time_to_good_model.Run:
+        return time_to_good_model.Run(
+            method=method,
+            seed=0,
+            points=[
+                time_to_good_model.Point(cpu_s=c, epochs=i + 1, best=b) for i, (c, b) in enumerate(points)
+            ],
+        )
+
+    runs = [
+        run("random", [(2.0, 0.5), (5.0, 0.3), (10.0, 0.3)]),  # its whole compute: 10 s; its best: 0.3
+        run("tunefleet", [(1.0, 0.4), (2.0, 0.3)]),
+        run("optuna-tpe", [(3.0, 0.6)]),
+    ]
+    table = time_to_good_model.checkpoints(runs)
+    at = {m: [(r["best_median"], r["reached"]) for r in rows] for m, rows in table.items()}
+    # Shares 10%, 25%, 50%, 100% of 10 s: within 1, 2.5, 5 and 10 s.
+    assert at["tunefleet"] == [(0.4, "0/1"), (0.3, "1/1"), (0.3, "1/1"), (0.3, "1/1")]
+    assert at["random"] == [(math.inf, "0/1"), (0.5, "0/1"), (0.3, "1/1"), (0.3, "1/1")]
+    assert at["optuna-tpe"][0][0] == math.inf and at["optuna-tpe"][2] == (0.6, "0/1")
+    assert "no trial yet" in time_to_good_model.checkpoint_markdown(table)
 
 
 def test_early_stopping_replays_the_workers_rule_on_real_trials(tmp_path: Path) -> None:
