@@ -26,7 +26,6 @@ EXTRA = {
     "time_to_good_model_tweets": "1b. Time to a good model on the tweets preset (a task that does not saturate as fast)",
     "early_stopping": "1c. Early stopping: the CPU random trials spend after their validation loss stalls",
     "early_stopping_tweets": "1d. Early stopping on the tweets preset",
-    "coordination_overhead_tpe5000": "2b. Coordination overhead: TPE at 5,000 trials, after its log_ndtr change",
     "store_scale_paced_256": "4b. Scale of the store: the paced 256-worker fleet behind PgBouncer, longer windows",
 }
 
