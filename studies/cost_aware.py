@@ -28,7 +28,9 @@ def seconds_per_epoch(trial: FrozenTrial) -> float | None:
     """What one epoch of a finished trial cost, from the worker's own timing; None when it was not recorded."""
     seconds = trial.user_attrs.get(SECONDS_ATTR)
     epochs = trial.user_attrs.get(EPOCHS_ATTR)
-    if not isinstance(seconds, int | float) or not isinstance(epochs, int) or epochs < 1 or seconds <= 0:
+    if not isinstance(seconds, int | float) or not isinstance(epochs, int) or epochs < 1:
+        return None
+    if not math.isfinite(seconds) or seconds <= 0:
         return None
     return float(seconds) / epochs
 
@@ -47,19 +49,23 @@ class CostModel:
     @classmethod
     def fit(cls, space: Mapping[str, BaseDistribution], trials: Sequence[FrozenTrial]) -> CostModel | None:
         """A model of the finished trials' cost per epoch; None with too few of them to fit one."""
-        observed = [
-            (t, cost)
-            for t in trials[-MAX_TRIALS:]
-            if space.keys() <= t.params.keys() and (cost := seconds_per_epoch(t)) is not None
-        ]
-        if len(observed) < MIN_TRIALS:
+        rows: list[list[float]] = []
+        costs: list[float] = []
+        for t in trials[-MAX_TRIALS:]:
+            cost = seconds_per_epoch(t)
+            if cost is None or not space.keys() <= t.params.keys():
+                continue
+            try:
+                rows.append([float(d.to_internal_repr(t.params[name])) for name, d in space.items()])
+            except ValueError:
+                continue  # a value outside this space (an enqueued trial, say) says nothing about its cost
+            costs.append(cost)
+        if len(costs) < MIN_TRIALS:
             return None
-        columns = {
-            name: np.array([d.to_internal_repr(t.params[name]) for t, _ in observed], dtype=float)
-            for name, d in space.items()
-        }
+        table = np.array(rows, dtype=float)
+        columns = {name: table[:, i] for i, name in enumerate(space)}
         x = features(space, columns)
-        y = np.log([cost for _, cost in observed])
+        y = np.log(costs)
         penalty = RIDGE * np.eye(x.shape[1])
         penalty[0, 0] = 0.0  # the intercept is not shrunk
         weights = np.linalg.solve(x.T @ x + penalty, x.T @ y)

@@ -159,3 +159,28 @@ def test_tpe_uses_scipys_log_ndtr_with_the_same_values() -> None:
     CostAwareTPESampler(cost_weight=0.0)
     assert _truncnorm._log_ndtr is scipy.special.log_ndtr
     np.testing.assert_allclose(_truncnorm._log_ndtr(x), optunas_own, rtol=1e-9, atol=1e-12)
+
+
+def test_cost_model_skips_trials_it_cannot_read() -> None:
+    rng = random.Random(3)
+    good = [timed_trial(p, SPACE, 0.5, cost_of(p)) for p in (random_params(rng) for _ in range(MIN_TRIALS))]
+    odd = [
+        optuna.trial.create_trial(
+            params=random_params(rng),
+            distributions=SPACE,
+            value=0.5,
+            user_attrs={"trial_s": s, "epochs_run": e},
+        )
+        for s, e in ((math.inf, 3), (math.nan, 3), (-1.0, 3), (2.0, 0), ("2", 3), (2.0, 1.5))
+    ]
+    model = CostModel.fit(SPACE, good + odd)
+    assert model is not None and np.isfinite(model.weights).all()
+    # A parameter value outside the space is skipped, not raised: sampling must never fail for the cost model.
+    other = {**SPACE, "batch_size": CategoricalDistribution([16, 32, 64, 128, 256])}
+    outside = optuna.trial.create_trial(
+        params={"batch_size": 256, "width": 64, "learning_rate": 0.01},
+        distributions=other,
+        value=0.5,
+        user_attrs={"trial_s": 1.0, "epochs_run": 1},
+    )
+    assert CostModel.fit(SPACE, [outside] * 10) is None
