@@ -18,9 +18,10 @@ def use_scipy_log_ndtr() -> bool:
 
     Optuna's TPE evaluates the log mass of a truncated normal for every pair of candidate and past
     trial, through `np.frompyfunc` over a Python function with a 1,000-entry cache: at thousands of
-    trials that loop is most of a suggestion (about 115 of 52 ms less at 5,000 trials here,
-    bench/NOTES.md, 2). Optuna's function is a port of SciPy's (it dropped the dependency for
-    install size); tunefleet ships SciPy anyway, so the ufunc computes the same values in C.
+    trials that loop is most of a suggestion (at 5,000 trials one took 115 ms here with it and 52 ms
+    with SciPy's; bench/NOTES.md, 2). Optuna's function is a port of SciPy's (Optuna dropped the
+    dependency for its install size); tunefleet ships SciPy anyway, and the ufunc computes the same
+    values in C.
     """
     with _lock:
         current = _truncnorm._log_ndtr
