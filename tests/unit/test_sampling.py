@@ -142,6 +142,36 @@ def test_cost_aware_tpe_prefers_cheaper_configurations_of_equal_promise() -> Non
     assert sum(gaps) / len(gaps) > 0.25, gaps
 
 
+def suggestions(sampler: optuna.samplers.BaseSampler) -> list[dict[str, Any]]:
+    """40 asks with four trials in flight: finished ones complete, pruned after a report, or infeasible."""
+    rng = random.Random(5)
+    study = optuna.create_study(sampler=sampler)
+    suggested, running = [], []
+    for index in range(40):
+        trial = study.ask(SPACE)
+        suggested.append(trial.params)
+        running.append(trial)
+        if len(running) < 4:
+            continue
+        done = running.pop(0)
+        if index % 5 == 0:
+            done.report(rng.random(), 1)
+            study.tell(done, state=optuna.trial.TrialState.PRUNED)
+            continue
+        if index % 5 == 1:
+            study._storage.set_trial_system_attr(done._trial_id, "constraints", [rng.random()])
+        study.tell(done, rng.random())
+    return suggested
+
+
+@pytest.mark.parametrize("constant_liar", [True, False])
+def test_cost_aware_tpe_at_weight_zero_suggests_what_optunas_tpe_does(constant_liar: bool) -> None:
+    # Its own trial split and its cache of finished trials' internal values must leave TPE as it is.
+    ours = CostAwareTPESampler(seed=7, n_startup_trials=5, constant_liar=constant_liar, cost_weight=0.0)
+    optunas = optuna.samplers.TPESampler(seed=7, n_startup_trials=5, constant_liar=constant_liar)
+    assert suggestions(ours) == suggestions(optunas)
+
+
 def test_tpe_is_cost_aware_by_default_and_can_be_turned_off() -> None:
     default = build_sampler(StudySpec.model_validate({"name": "s"}), claim_index=0)
     assert isinstance(default, CostAwareTPESampler)
