@@ -49,6 +49,14 @@ def test_a_seed_that_never_reaches_the_target_counts_against_the_median() -> Non
     assert [t["met"] for t in targets] == [False, True]
 
 
+def test_the_headline_median_comes_with_a_bootstrap_interval_over_seeds() -> None:
+    assert time_to_good_model.median_interval([0.7] * 5) == (0.7, 0.7)
+    low, high = time_to_good_model.median_interval([0.2, 0.5, 0.8, 1.1, 1.4, 2.0, 0.3, 0.9, 1.2, 0.6])
+    assert 0.2 < low < 0.85 < high < 2.0
+    # Seeds that never reached the target (inf) widen it to "not reached", as they count in the median.
+    assert time_to_good_model.median_interval([0.5, math.inf, math.inf])[1] == math.inf
+
+
 def test_checkpoints_give_each_methods_best_within_a_share_of_randoms_compute() -> None:
     def run(method: str, points: list[tuple[float, float]]) -> time_to_good_model.Run:
         return time_to_good_model.Run(
