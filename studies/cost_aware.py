@@ -49,26 +49,36 @@ class CostModel:
         self.low = low
         self.high = high
 
+    @staticmethod
+    def observation(
+        space: Mapping[str, BaseDistribution], trial: FrozenTrial
+    ) -> tuple[list[float], float] | None:
+        """A finished trial's parameters in internal form and its seconds per epoch; None if it says nothing."""
+        cost = seconds_per_epoch(trial)
+        if cost is None or not space.keys() <= trial.params.keys():
+            return None
+        try:
+            return [float(d.to_internal_repr(trial.params[name])) for name, d in space.items()], cost
+        except ValueError:
+            return None  # a value outside this space (an enqueued trial, say) says nothing about its cost
+
     @classmethod
     def fit(cls, space: Mapping[str, BaseDistribution], trials: Sequence[FrozenTrial]) -> CostModel | None:
         """A model of the finished trials' cost per epoch; None with too few of them to fit one."""
-        rows: list[list[float]] = []
-        costs: list[float] = []
-        for t in trials[-MAX_TRIALS:]:
-            cost = seconds_per_epoch(t)
-            if cost is None or not space.keys() <= t.params.keys():
-                continue
-            try:
-                rows.append([float(d.to_internal_repr(t.params[name])) for name, d in space.items()])
-            except ValueError:
-                continue  # a value outside this space (an enqueued trial, say) says nothing about its cost
-            costs.append(cost)
-        if len(costs) < MIN_TRIALS:
+        return cls.fit_observations(space, [cls.observation(space, t) for t in trials[-MAX_TRIALS:]])
+
+    @classmethod
+    def fit_observations(
+        cls, space: Mapping[str, BaseDistribution], observations: Sequence[tuple[list[float], float] | None]
+    ) -> CostModel | None:
+        """The model of observations made by `observation`; None with fewer than MIN_TRIALS of them."""
+        seen = [o for o in observations if o is not None]
+        if len(seen) < MIN_TRIALS:
             return None
-        table = np.array(rows, dtype=float)
+        table = np.array([row for row, _ in seen], dtype=float)
         columns = {name: table[:, i] for i, name in enumerate(space)}
         x = features(space, columns)
-        y = np.log(costs)
+        y = np.log([cost for _, cost in seen])
         penalty = RIDGE * np.eye(x.shape[1])
         penalty[0, 0] = 0.0  # the intercept is not shrunk
         weights = np.linalg.solve(x.T @ x + penalty, x.T @ y)
@@ -118,6 +128,9 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
         self._local = threading.local()
         self._reprs: dict[tuple[tuple[str, BaseDistribution], ...], dict[int, tuple[Any, ...] | None]] = {}
         self._infeasible_scores: dict[int, float] = {}
+        self._observations: dict[
+            tuple[tuple[str, BaseDistribution], ...], dict[int, tuple[list[float], float] | None]
+        ] = {}
 
     def _sample(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -134,7 +147,7 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
         if self._constant_liar:
             trials = [t for t in trials if t.number != trial.number]
         finished = [t for t in trials if t.state != TrialState.RUNNING]
-        self._local.model = CostModel.fit(search_space, finished) if self.cost_weight > 0 else None
+        self._local.model = self._cost_model(search_space, finished) if self.cost_weight > 0 else None
         try:
             if self._gamma is None:
                 self._gamma = default_gamma if len(study.directions) <= 1 else default_gamma_multiobjective
@@ -148,6 +161,19 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
         finally:
             self._local.model = None
         return {name: d.to_external_repr(chosen[name]) for name, d in search_space.items()}
+
+    def _cost_model(
+        self, search_space: dict[str, BaseDistribution], finished: list[FrozenTrial]
+    ) -> CostModel | None:
+        # CostModel.fit, with each finished trial's observation made once per process, as its internal values are.
+        cache = self._observations.setdefault(tuple(search_space.items()), {})
+        observations = []
+        for t in finished[-MAX_TRIALS:]:
+            seen = cache.get(t._trial_id, _MISSING)
+            if seen is _MISSING:
+                seen = cache[t._trial_id] = CostModel.observation(search_space, t)
+            observations.append(seen)
+        return CostModel.fit_observations(search_space, observations)
 
     def _split_trials(
         self, study: optuna.Study, trials: list[FrozenTrial], n_below: int

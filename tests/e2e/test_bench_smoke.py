@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -112,18 +110,3 @@ def test_a_fleet_runs_through_pgbouncer_in_transaction_mode(tmp_path: Path, post
     zero_cost = next(run for run in result["runs"] if run["load"] == "zero-cost")
     assert zero_cost["finished"] == zero_cost["n_trials"]
     assert leftover_studies(postgres_url, result["studies_created_and_deleted"]) == []
-
-
-def test_throughput_leaves_each_workers_first_trial_out_of_the_span() -> None:
-    # Two workers: the first two trials to end (each worker's first, which loads the study into its
-    # cache) are outside the span; four more end over the next 2 s.
-    t0 = datetime.datetime(2026, 1, 1)
-    ends = [t0 + datetime.timedelta(seconds=s) for s in (5.0, 6.0, 6.5, 7.0, 7.5, 8.0)]
-    rows = [SimpleNamespace(state="COMPLETE", datetime_complete=e) for e in ends]
-    run = coordination_overhead.Run(
-        system="tunefleet", sampler="tpe", seeded=0, workers=2, repeat=0, trials=6
-    )
-    coordination_overhead.fill_run(run, rows, claim_s=[0.1] * 6, cpu_s=1.2, server_s=0.6)
-    assert run.window_s == pytest.approx(2.0)
-    assert run.trials_per_s == pytest.approx(4 / 2.0)
-    assert run.worker_cpu_ms_per_trial == pytest.approx(200.0)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from bench import early_stopping, finetune_throughput, time_to_good_model, write_report
+from bench import coordination_overhead, early_stopping, finetune_throughput, time_to_good_model, write_report
 
 pytestmark = pytest.mark.slow
 
@@ -128,3 +130,18 @@ def test_the_report_gathers_results_into_benchmarks_md(
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "3. Fine-tuning throughput" in text and "`python -m x`" in text
     assert "1. Time to a good model" in text  # listed as not measured
+
+
+def test_throughput_leaves_each_workers_first_trial_out_of_the_span() -> None:
+    # Two workers: the first two trials to end (each worker's first, which loads the study into its
+    # cache) are outside the span; four more end over the next 2 s.
+    t0 = datetime.datetime(2026, 1, 1)
+    ends = [t0 + datetime.timedelta(seconds=s) for s in (5.0, 6.0, 6.5, 7.0, 7.5, 8.0)]
+    rows = [SimpleNamespace(state="COMPLETE", datetime_complete=e) for e in ends]
+    run = coordination_overhead.Run(
+        system="tunefleet", sampler="tpe", seeded=0, workers=2, repeat=0, trials=6
+    )
+    coordination_overhead.fill_run(run, rows, claim_s=[0.1] * 6, cpu_s=1.2, server_s=0.6)
+    assert run.window_s == pytest.approx(2.0)
+    assert run.trials_per_s == pytest.approx(4 / 2.0)
+    assert run.worker_cpu_ms_per_trial == pytest.approx(200.0)
