@@ -11,6 +11,8 @@ import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from studies.trial_reads import BulkReadRDBStorage
+
 DEFAULT_DATABASE_URL = "sqlite:///tunefleet.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -75,7 +77,7 @@ def open_storage(url: str, *, pool_size: int = 2) -> optuna.storages.RDBStorage:
     # Optuna's schema check reads the alembic revision on a second connection while its session
     # holds a transaction open: behind PgBouncer in transaction mode, N workers starting at once can
     # hold all N server sessions, each waiting for another. The same check, one connection at a time.
-    storage = optuna.storages.RDBStorage(
+    storage = BulkReadRDBStorage(
         url, engine_kwargs=engine_kwargs(url, pool_size=pool_size), skip_compatibility_check=True
     )
     check_schema(storage)

@@ -132,16 +132,46 @@ def test_the_report_gathers_results_into_benchmarks_md(
     assert "1. Time to a good model" in text  # listed as not measured
 
 
-def test_throughput_leaves_each_workers_first_trial_out_of_the_span() -> None:
-    # Two workers: the first two trials to end (each worker's first, which loads the study into its
-    # cache) are outside the span; four more end over the next 2 s.
-    t0 = datetime.datetime(2026, 1, 1)
-    ends = [t0 + datetime.timedelta(seconds=s) for s in (5.0, 6.0, 6.5, 7.0, 7.5, 8.0)]
-    rows = [SimpleNamespace(state="COMPLETE", datetime_complete=e) for e in ends]
+def test_throughput_and_latency_are_measured_after_every_workers_first_trial() -> None:
+    # Two workers. Each one's first claim loads the study into its cache (2 s and 4 s), and worker
+    # b's first trial ends last, at 5 s: from then on is steady state. Worker a's claims at 3 s and
+    # 4 s, slowed while b was loading, are in neither figure; the four trials ending after 5 s are.
+    claims = [
+        coordination_overhead.Claimed("a", start_s=0.0, claim_s=2.0, end_s=2.5),
+        coordination_overhead.Claimed("b", start_s=0.0, claim_s=4.0, end_s=5.0),
+        coordination_overhead.Claimed("a", start_s=2.5, claim_s=0.5, end_s=3.5),
+        coordination_overhead.Claimed("a", start_s=3.5, claim_s=0.5, end_s=4.5),
+        coordination_overhead.Claimed("a", start_s=5.0, claim_s=0.1, end_s=5.5),
+        coordination_overhead.Claimed("b", start_s=5.0, claim_s=0.1, end_s=6.0),
+        coordination_overhead.Claimed("a", start_s=5.5, claim_s=0.3, end_s=6.5),
+        coordination_overhead.Claimed("b", start_s=6.0, claim_s=0.1, end_s=7.0),
+    ]
+    rows = [SimpleNamespace(state="COMPLETE")] * 8
     run = coordination_overhead.Run(
-        system="tunefleet", sampler="tpe", seeded=0, workers=2, repeat=0, trials=6
+        system="tunefleet", sampler="tpe", seeded=0, workers=2, repeat=0, trials=8
     )
-    coordination_overhead.fill_run(run, rows, claim_s=[0.1] * 6, cpu_s=1.2, server_s=0.6)
+    coordination_overhead.fill_run(run, rows, claims, cpu_s=1.6, server_s=0.8)
     assert run.window_s == pytest.approx(2.0)
     assert run.trials_per_s == pytest.approx(4 / 2.0)
+    assert run.steady_claims == 4
+    assert run.claim_p50_ms == pytest.approx(100.0)
+    assert run.first_claim_p50_ms == pytest.approx(3000.0)
     assert run.worker_cpu_ms_per_trial == pytest.approx(200.0)
+    assert run.states == {"complete": 8}
+
+
+def test_tunefleet_claims_are_read_from_each_trials_worker_and_timestamps() -> None:
+    t0 = datetime.datetime(2026, 1, 1)
+    row = SimpleNamespace(
+        state="COMPLETE",
+        datetime_start=t0,
+        datetime_complete=t0 + datetime.timedelta(seconds=1.5),
+        claim_s="0.25",
+        worker_id='"w-1"',
+    )
+    unclaimed = SimpleNamespace(
+        state="WAITING", datetime_start=None, datetime_complete=None, claim_s=None, worker_id=None
+    )
+    (claimed,) = coordination_overhead.tunefleet_claims([row, unclaimed])
+    assert claimed.worker == "w-1" and claimed.claim_s == 0.25
+    assert claimed.end_s - claimed.start_s == pytest.approx(1.5)

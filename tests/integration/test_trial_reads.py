@@ -1,0 +1,104 @@
+"""The bulk trial reader builds exactly the FrozenTrials Optuna's own ORM reader builds, on both backends."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from studies import open_storage
+from studies.trial_reads import BulkReadRDBStorage
+
+SPACE = {
+    "learning_rate": FloatDistribution(1e-4, 1e-1, log=True),
+    "width": IntDistribution(32, 1024, step=32),
+    "activation": CategoricalDistribution(["relu", "gelu", None, True, 2.5]),
+}
+
+
+def comparable(trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's fields, with NaN spelled out (NaN never equals itself)."""
+    fields = {name.lstrip("_"): value for name, value in vars(trial).items()}
+    fields["intermediate_values"] = {
+        step: "nan" if math.isnan(v) else v for step, v in trial.intermediate_values.items()
+    }
+    return fields
+
+
+def fill(study: optuna.Study) -> None:
+    """Trials in every state, with values, attributes and reports of every kind Optuna stores."""
+    for index in range(12):
+        trial = study.ask(SPACE)
+        trial.set_user_attr("trial_s", 1.5 * index)
+        trial.set_user_attr("nested", {"a": [1, 2], "b": None})
+        study._storage.set_trial_system_attr(trial._trial_id, "constraints", [0.1 * index - 0.5])
+        for step, value in enumerate((0.9, math.nan, math.inf, -math.inf, 0.25)[: 1 + index % 5]):
+            trial.report(value, step)
+        kind = index % 4
+        if kind == 0:
+            study.tell(trial, 0.1 * index)
+        elif kind == 1:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif kind == 2:
+            study.tell(trial, math.inf if index % 8 == 2 else -math.inf)
+        elif index < 11:
+            study.tell(trial, state=TrialState.FAIL)
+    study.enqueue_trial({"learning_rate": 0.01})
+
+
+@pytest.mark.parametrize(
+    ("states", "included", "greater_than"),
+    [
+        (None, set(), -1),
+        ((TrialState.COMPLETE, TrialState.PRUNED), set(), -1),
+        (None, set(), 5),
+        (None, {1, 3, 4}, 6),
+        ((TrialState.RUNNING, TrialState.WAITING), {2, 11}, 9),
+    ],
+)
+def test_the_bulk_reader_builds_what_optunas_reader_builds(
+    store_url: str, study_name: str, states: Any, included: set[int], greater_than: int
+) -> None:
+    storage = open_storage(store_url)
+    assert isinstance(storage, BulkReadRDBStorage)
+    optunas = optuna.storages.RDBStorage(storage.url, skip_compatibility_check=True)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=optunas)
+        fill(study)
+        first_id = study.trials[0]._trial_id
+        # Trial ids are global to the store: offset the case's ids by this study's first one.
+        ids = {first_id + i for i in included}
+        after = first_id + greater_than if greater_than > -1 else -1
+        expected = optunas._get_trials(study._study_id, states, ids, after)
+        got = storage._get_trials(study._study_id, states, ids, after)
+        assert expected, "the case selects no trial"
+        assert [comparable(t) for t in got] == [comparable(t) for t in expected]
+    finally:
+        optunas.engine.dispose()
+        storage.engine.dispose()
+
+
+def test_a_missing_study_is_a_key_error_as_with_optunas_reader(store_url: str) -> None:
+    storage = open_storage(store_url)
+    try:
+        with pytest.raises(KeyError):
+            storage._get_trials(10_000_000, None, set(), -1)
+    finally:
+        storage.engine.dispose()
+
+
+def test_optunas_cache_fills_through_the_bulk_reader(store_url: str, study_name: str) -> None:
+    storage = open_storage(store_url)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage)
+        fill(study)
+        optunas = optuna.storages.RDBStorage(storage.url, skip_compatibility_check=True)
+        reread = optuna.load_study(study_name=study_name, storage=optunas)
+        assert [comparable(t) for t in study.get_trials()] == [comparable(t) for t in reread.get_trials()]
+        optunas.engine.dispose()
+    finally:
+        storage.engine.dispose()
