@@ -15,6 +15,7 @@ from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
 from optuna.samplers._tpe.sampler import default_gamma, default_gamma_multiobjective
 from optuna.trial import FrozenTrial, TrialState
 
+from studies import mixture_density
 from studies.log_ndtr import use_scipy_log_ndtr
 
 # Recorded by the worker on every finished trial (completed or pruned): wall seconds and epochs trained.
@@ -105,6 +106,28 @@ def features(space: Mapping[str, BaseDistribution], columns: Mapping[str, np.nda
     return np.stack(out, axis=1)
 
 
+class _ReprTable:
+    """Finished trials' internal values for one search space: one row each, in a matrix that grows."""
+
+    def __init__(self, width: int) -> None:
+        self.rows = np.empty((1024, width))
+        self.size = 0
+        # Trial id to its row; -1 for a trial without every parameter of the space (TPE skips it).
+        self.positions: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def add(self, trial_id: int, row: tuple[float, ...] | None) -> int:
+        if row is None:
+            self.positions[trial_id] = -1
+            return -1
+        if self.size == len(self.rows):
+            self.rows = np.concatenate([self.rows, np.empty_like(self.rows)])
+        self.rows[self.size] = row
+        self.positions[trial_id] = self.size
+        self.size += 1
+        return self.size - 1
+
+
 def _number(trial: FrozenTrial) -> int:
     return trial.number
 
@@ -119,18 +142,31 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
     2012). Until MIN_TRIALS trials have recorded their timing it is plain TPE.
     """
 
-    def __init__(self, *, cost_weight: float, **kwargs: Any) -> None:
+    def __init__(self, *, cost_weight: float, share_relative_params: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         use_scipy_log_ndtr()
         self.cost_weight = cost_weight
+        self._share_relative_params = share_relative_params
         # Fitted per sample and read back by the acquisition below; one per thread, as a store
         # with several threads of workers can share a sampler.
         self._local = threading.local()
-        self._reprs: dict[tuple[tuple[str, BaseDistribution], ...], dict[int, tuple[Any, ...] | None]] = {}
-        self._infeasible_scores: dict[int, float] = {}
+        self._reprs: dict[tuple[tuple[str, BaseDistribution], ...], _ReprTable] = {}
+        # Finished trials' constraint scores and (single-objective) values, by trial id.
+        self._finished: dict[int, tuple[float, float]] = {}
         self._observations: dict[
             tuple[tuple[str, BaseDistribution], ...], dict[int, tuple[list[float], float] | None]
         ] = {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        # With constant_liar Optuna writes the relative sample to the trial in a transaction of its
+        # own, so that other processes see a running trial's parameters before Trial.suggest_* has
+        # written them one by one. A caller that writes them all at once right after sampling (a
+        # tunefleet claim) has no such gap, and the extra transaction was ~7% of a claim's CPU.
+        if self._share_relative_params or self._group:
+            return super().sample_relative(study, trial, search_space)
+        return self._sample_relative(study, trial, search_space)
 
     def _sample(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -178,60 +214,97 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
     def _split_trials(
         self, study: optuna.Study, trials: list[FrozenTrial], n_below: int
     ) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
-        """optuna.samplers._tpe.sampler._split_trials, with finished trials' constraint scores cached."""
+        """optuna.samplers._tpe.sampler._split_trials for trials in number order, as Study._get_trials gives.
+
+        Finished trials' constraint scores and values are kept per process; the good trials are
+        found by one stable numpy sort of the values (Python's sort is stable too, so ties split
+        alike); every other trial is "above", already in number order.
+        """
         complete: list[FrozenTrial] = []
+        values: list[float] = []
         pruned: list[FrozenTrial] = []
-        running: list[FrozenTrial] = []
         infeasible: list[FrozenTrial] = []
-        scores = self._infeasible_scores
+        kept = self._finished
         for t in trials:
             if t.state == TrialState.RUNNING:
-                running.append(t)
                 continue
-            score = scores.get(t._trial_id)
-            if score is None:
-                score = scores[t._trial_id] = _tpe._get_infeasible_trial_score(t)
-            if score > 0:
+            known = kept.get(t._trial_id)
+            if known is None:
+                score = _tpe._get_infeasible_trial_score(t)
+                single = t.state == TrialState.COMPLETE and t.values is not None and len(t.values) == 1
+                known = kept[t._trial_id] = (score, t.values[0] if single else math.nan)
+            if known[0] > 0:
                 infeasible.append(t)
             elif t.state == TrialState.COMPLETE:
                 complete.append(t)
+                values.append(known[1])
             elif t.state == TrialState.PRUNED:
                 pruned.append(t)
             else:
                 raise AssertionError(f"trial {t.number} is {t.state.name}")
-        below_complete, above_complete = _tpe._split_complete_trials(complete, study, n_below)
-        n_below = max(0, n_below - len(below_complete))
-        below_pruned, above_pruned = _tpe._split_pruned_trials(pruned, study, n_below)
-        n_below = max(0, n_below - len(below_pruned))
-        below_infeasible, above_infeasible = _tpe._split_infeasible_trials(infeasible, n_below)
-        below = below_complete + below_pruned + below_infeasible
-        above = above_complete + above_pruned + above_infeasible + running
+        n = min(n_below, len(complete))
+        if len(study.directions) > 1:
+            below = _tpe._split_complete_trials(complete, study, n)[0]
+        else:
+            sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+            order = np.argsort(sign * np.asarray(values, dtype=float), kind="stable")
+            below = [complete[i] for i in order[:n]]
+        n_below = max(0, n_below - len(below))
+        if n_below and pruned:
+            below_pruned = _tpe._split_pruned_trials(pruned, study, n_below)[0]
+            below += below_pruned
+            n_below = max(0, n_below - len(below_pruned))
+        if n_below and infeasible:
+            below += _tpe._split_infeasible_trials(infeasible, n_below)[0]
         below.sort(key=_number)
-        above.sort(key=_number)
-        return below, above
+        chosen = {t._trial_id for t in below}
+        return below, [t for t in trials if t._trial_id not in chosen]
 
     def _get_internal_repr(
         self, trials: list[FrozenTrial], search_space: dict[str, BaseDistribution], study: optuna.Study
     ) -> dict[str, np.ndarray]:
-        # A finished trial's parameters never change: its row of internal values is computed once.
-        cache = self._reprs.setdefault(tuple(search_space.items()), {})
-        rows: list[tuple[Any, ...]] = []
-        for t in trials:
-            finished = t.state != TrialState.RUNNING
-            row = cache.get(t._trial_id, _MISSING) if finished else _MISSING
-            if row is _MISSING:
-                params = self._get_params(t, study)
-                row = (
-                    tuple(d.to_internal_repr(params[name]) for name, d in search_space.items())
-                    if search_space.keys() <= params.keys()
-                    else None
-                )
-                if finished:
-                    cache[t._trial_id] = row
-            if row is not None:
-                rows.append(row)
-        columns = list(zip(*rows, strict=True)) if rows else [() for _ in search_space]
-        return {name: np.asarray(column) for name, column in zip(search_space, columns, strict=True)}
+        # A finished trial's parameters never change: its row of internal values is computed once,
+        # into one matrix per search space, and a claim gathers the rows it needs in one step.
+        key = tuple(search_space.items())
+        table = self._reprs.get(key)
+        if table is None:
+            table = self._reprs.setdefault(key, _ReprTable(len(search_space)))
+        with table.lock:
+            positions = table.positions
+            index: list[int] = []
+            running: list[tuple[int, tuple[float, ...]]] = []
+            for t in trials:
+                if t.state != TrialState.RUNNING:
+                    at = positions.get(t._trial_id)
+                    if at is None:
+                        at = table.add(t._trial_id, self._internal_row(t, search_space, study))
+                    if at >= 0:
+                        index.append(at)
+                    continue
+                # A running trial's parameters may still be coming: read them afresh every time.
+                row = self._internal_row(t, search_space, study)
+                if row is not None:
+                    running.append((len(index), row))
+                    index.append(-1)
+            rows = table.rows[index] if index else np.empty((0, len(search_space)))
+            for i, row in running:
+                rows[i] = row
+        columns = {}
+        for j, (name, d) in enumerate(search_space.items()):
+            column = rows[:, j]
+            # Optuna's arrays come from Python values: categorical indices make an integer array.
+            columns[name] = (
+                column.astype(np.int64) if isinstance(d, CategoricalDistribution) and index else column
+            )
+        return columns
+
+    def _internal_row(
+        self, trial: FrozenTrial, search_space: dict[str, BaseDistribution], study: optuna.Study
+    ) -> tuple[float, ...] | None:
+        params = self._get_params(trial, study)
+        if not search_space.keys() <= params.keys():
+            return None
+        return tuple(d.to_internal_repr(params[name]) for name, d in search_space.items())
 
     def _compute_acquisition_func(
         self,
@@ -239,8 +312,16 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
         mpe_below: _ParzenEstimator,
         mpe_above: _ParzenEstimator,
     ) -> np.ndarray:
-        values = super()._compute_acquisition_func(samples, mpe_below, mpe_above)
+        values = _log_density(mpe_below, samples) - _log_density(mpe_above, samples)
         model: CostModel | None = getattr(self._local, "model", None)
         if model is None or not model.space.keys() <= samples.keys():
             return values
         return values - self.cost_weight * model.predict(samples)
+
+
+def _log_density(estimator: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.ndarray:
+    """estimator.log_pdf(samples), through tunefleet's faster and identical mixture density where it applies."""
+    mixture = estimator._mixture_distribution
+    if not mixture_density.supported(mixture):
+        return estimator.log_pdf(samples)
+    return mixture_density.log_pdf(mixture, estimator._transform(samples))

@@ -45,6 +45,8 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
         return CostAwareTPESampler(
             seed=seed,
             constant_liar=True,
+            # A claim writes every sampled parameter in one transaction right after sampling.
+            share_relative_params=False,
             n_startup_trials=10 if startup is None else startup,
             cost_weight=DEFAULT_COST_WEIGHT if cost_weight is None else cost_weight,
         )

@@ -142,8 +142,9 @@ def test_cost_aware_tpe_prefers_cheaper_configurations_of_equal_promise() -> Non
     assert sum(gaps) / len(gaps) > 0.25, gaps
 
 
-def suggestions(sampler: optuna.samplers.BaseSampler) -> list[dict[str, Any]]:
-    """40 asks with four trials in flight: finished ones complete, pruned after a report, or infeasible."""
+def suggestions(sampler: optuna.samplers.BaseSampler, pattern: str) -> list[dict[str, Any]]:
+    """40 asks with four trials in flight, each finished one (c)omplete, (p)runed after a report or
+    (i)nfeasible, in turn as the pattern says."""
     rng = random.Random(5)
     study = optuna.create_study(sampler=sampler)
     suggested, running = [], []
@@ -154,22 +155,94 @@ def suggestions(sampler: optuna.samplers.BaseSampler) -> list[dict[str, Any]]:
         if len(running) < 4:
             continue
         done = running.pop(0)
-        if index % 5 == 0:
+        kind = pattern[index % len(pattern)]
+        if kind == "p":
             done.report(rng.random(), 1)
             study.tell(done, state=optuna.trial.TrialState.PRUNED)
             continue
-        if index % 5 == 1:
+        if kind == "i":
             study._storage.set_trial_system_attr(done._trial_id, "constraints", [rng.random()])
-        study.tell(done, rng.random())
+        study.tell(done, rng.choice([0.1, 0.2, 0.3, 0.4]))  # ties: a split must break them as Optuna does
     return suggested
 
 
+def quarter(n: int) -> int:
+    """A quarter of the trials are "good": with 40, ten, so the split reaches pruned and infeasible ones."""
+    return min(math.ceil(0.25 * n), 25)
+
+
+# Mostly complete; good trials mostly pruned (too few complete); mostly infeasible.
+@pytest.mark.filterwarnings("ignore:`gamma` has been deprecated:FutureWarning")  # the test's split size only
+@pytest.mark.parametrize("pattern", ["piccc", "pppppppic", "iiiiiiipc"])
 @pytest.mark.parametrize("constant_liar", [True, False])
-def test_cost_aware_tpe_at_weight_zero_suggests_what_optunas_tpe_does(constant_liar: bool) -> None:
+def test_cost_aware_tpe_at_weight_zero_suggests_what_optunas_tpe_does(
+    constant_liar: bool, pattern: str
+) -> None:
     # Its own trial split and its cache of finished trials' internal values must leave TPE as it is.
-    ours = CostAwareTPESampler(seed=7, n_startup_trials=5, constant_liar=constant_liar, cost_weight=0.0)
-    optunas = optuna.samplers.TPESampler(seed=7, n_startup_trials=5, constant_liar=constant_liar)
-    assert suggestions(ours) == suggestions(optunas)
+    settings: dict[str, Any] = {
+        "seed": 7,
+        "n_startup_trials": 5,
+        "constant_liar": constant_liar,
+        "gamma": quarter,
+    }
+    ours = CostAwareTPESampler(cost_weight=0.0, **settings)
+    optunas = optuna.samplers.TPESampler(**settings)
+    assert suggestions(ours, pattern) == suggestions(optunas, pattern)
+
+
+def test_a_claims_tpe_sampler_does_not_write_its_sample_to_the_trial_on_its_own() -> None:
+    # Optuna's constant liar shares a relative sample in a transaction of its own; a claim writes
+    # every parameter at once right after sampling, so its sampler skips that write.
+    def relative_attrs(sampler: optuna.samplers.BaseSampler) -> list[str]:
+        study = optuna.create_study(sampler=sampler)
+        rng = random.Random(3)
+        study.add_trials(
+            [
+                optuna.trial.create_trial(params=random_params(rng), distributions=SPACE, value=rng.random())
+                for _ in range(12)
+            ]
+        )
+        trial = study.ask(SPACE)
+        return [
+            key for key in study._storage.get_trial_system_attrs(trial._trial_id) if "relative_params" in key
+        ]
+
+    spec = StudySpec.model_validate({"name": "s", "sampler": {"name": "tpe", "n_startup_trials": 5}})
+    assert relative_attrs(build_sampler(spec, claim_index=0)) == []
+    # Used through Optuna's own Trial, which writes parameters one suggest at a time, it shares as Optuna does.
+    shared = CostAwareTPESampler(seed=1, n_startup_trials=5, constant_liar=True, cost_weight=1.0)
+    assert relative_attrs(shared) != []
+
+
+def test_kept_internal_values_are_optunas_as_the_study_grows() -> None:
+    # Finished trials' rows are kept across claims in a matrix that grows; running trials are read
+    # afresh; a trial without every parameter is left out. Each claim's columns must be Optuna's.
+    rng = random.Random(2)
+    study = optuna.create_study()
+    ours = CostAwareTPESampler(seed=0, constant_liar=True, cost_weight=0.0)
+    optunas = optuna.samplers.TPESampler(seed=0, constant_liar=True)
+    for size in (3, 700, 1500):
+        study.add_trials(
+            [
+                optuna.trial.create_trial(params=random_params(rng), distributions=SPACE, value=rng.random())
+                for _ in range(size)
+            ]
+        )
+        partial = {"width": 64, "learning_rate": 0.01}
+        narrower = {name: SPACE[name] for name in partial}
+        study.add_trial(optuna.trial.create_trial(params=partial, distributions=narrower, value=0.5))
+        running = study.ask(SPACE)
+        trials = study.get_trials(deepcopy=False)
+        mine = ours._get_internal_repr(trials, SPACE, study)
+        theirs = optunas._get_internal_repr(trials, SPACE, study)
+        for name in SPACE:
+            assert mine[name].dtype == theirs[name].dtype
+            assert np.array_equal(mine[name], theirs[name])
+        study.tell(running, 0.5)
+    empty = ours._get_internal_repr([], SPACE, study)
+    assert {name: column.dtype for name, column in empty.items()} == {
+        name: column.dtype for name, column in optunas._get_internal_repr([], SPACE, study).items()
+    }
 
 
 def test_tpe_is_cost_aware_by_default_and_can_be_turned_off() -> None:
