@@ -1,4 +1,4 @@
-"""Benchmarks 2 and 4 still run: each at a tiny size on the test PostgreSQL, writing the JSON they report from."""
+"""Benchmarks 2, 2b and 4 still run: each at a tiny size on the test PostgreSQL, writing the JSON they report from."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from bench import coordination_overhead, pgbouncer, store_scale
+from bench import claim_phases, coordination_overhead, pgbouncer, store_scale
 from studies.storage import normalize_url
 from studies.tables import studies_table
 
@@ -110,3 +110,23 @@ def test_a_fleet_runs_through_pgbouncer_in_transaction_mode(tmp_path: Path, post
     zero_cost = next(run for run in result["runs"] if run["load"] == "zero-cost")
     assert zero_cost["finished"] == zero_cost["n_trials"]
     assert leftover_studies(postgres_url, result["studies_created_and_deleted"]) == []
+
+
+def test_claim_phases_times_every_phase_of_real_workers_and_cleans_up(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    out = tmp_path / "phases.json"
+    assert claim_phases.main(["--smoke", "--url", postgres_url, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert "| --- |" in result["markdown"] and "Command: `python -m bench.claim_phases" in result["markdown"]
+    [fleet] = result["fleets"]
+    phases = fleet["phases"]
+    # Every wrapped method was called: a renamed one would leave its phase out of the table.
+    assert set(phases) == {label for label, *_ in claim_phases.PHASES}
+    # 4 trials of 3 reports each; each worker's first call of every phase is left out.
+    assert phases["complete"]["calls"] == 4 - 1
+    assert phases["report (each of 3 per trial)"]["calls"] == 3 * 4 - 1
+    assert all(p["wall_ms_p50"] > 0 and p["cpu_ms_p50"] > 0 for p in phases.values())
+    assert phases["claim"]["wall_ms_p50"] >= phases["sampling"]["wall_ms_p50"]
+    assert fleet["claim_s_p50_ms"] > 0 and fleet["runnable_mean"] >= 1
+    assert leftover_studies(postgres_url, [fleet["study_name"]]) == []
