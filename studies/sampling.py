@@ -116,7 +116,8 @@ def sample_params(study: optuna.Study, trial: FrozenTrial, space: dict[str, Base
     handed back), fixed ones (enqueued), single-valued ones, the sampler's relative sample, then its
     independent sample. The caller writes them all in one transaction instead of one per parameter.
     """
-    # Hyperband samples each bracket from its own trials, as Optuna's Trial does.
+    # The sampler sees the study as Optuna's Trial shows it: under Hyperband, a bracket view whose
+    # get_trials keeps the trial's bracket (TPE reads _get_trials: every trial of the study).
     view = optuna.pruners._filter_study(study, trial)
     study._thread_local.cached_all_trials = None
     sampler = study.sampler

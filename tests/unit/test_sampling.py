@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 from studies import StudySpec
 from studies.cost_aware import MIN_TRIALS, CostAwareTPESampler, CostModel
 from studies.log_ndtr import use_scipy_log_ndtr
-from studies.sampling import build_pruner, build_sampler, derived_seed
+from studies.sampling import build_pruner, build_sampler, derived_seed, sample_params
 from studies.space import distributions
 from studies.spec import DEFAULT_COST_WEIGHT
 
@@ -287,3 +287,39 @@ def test_cost_model_skips_trials_it_cannot_read() -> None:
         user_attrs={"trial_s": 1.0, "epochs_run": 1},
     )
     assert CostModel.fit(SPACE, [outside] * 10) is None
+
+
+@pytest.mark.parametrize("finished, modelled", [(9, False), (10, True)])
+def test_tpe_under_hyperband_starts_modelling_after_the_studys_startup_trials_not_each_brackets(
+    finished: int, modelled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Optuna's bracket view filters get_trials, but TPE reads Study._get_trials: every bracket's
+    # trials count towards n_startup_trials, once for the study (what README says).
+    spec = StudySpec.model_validate(
+        {"name": "s", "sampler": {"name": "tpe", "seed": 1}, "pruner": {"name": "hyperband"}}
+    )
+    space = distributions(spec.space)
+    pruner = build_pruner(spec)
+    study = optuna.create_study(sampler=build_sampler(spec, claim_index=0), pruner=pruner)
+    rng = random.Random(0)
+    for _ in range(finished):
+        trial = study.ask(space)
+        trial.report(rng.random(), 1)
+        trial.should_prune()  # Hyperband sets up its brackets at its first pruning decision.
+        study.tell(trial, rng.random())
+    new = study._storage.get_trial(study.ask()._trial_id)
+    bracket = pruner._get_bracket_id(study, new)
+    finished_in_bracket = [
+        t for t in study.trials if t.state.is_finished() and pruner._get_bracket_id(study, t) == bracket
+    ]
+    assert len(finished_in_bracket) < 10  # build_sampler's default n_startup_trials
+    calls: list[int] = []
+    modelling = CostAwareTPESampler._sample
+
+    def spy(self: CostAwareTPESampler, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(1)
+        return modelling(self, *args, **kwargs)
+
+    monkeypatch.setattr(CostAwareTPESampler, "_sample", spy)
+    sample_params(study, new, space)
+    assert bool(calls) is modelled
