@@ -44,9 +44,10 @@ bench-quick: install
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b --quick || exit 1; done
 	$(BIN)/python -m bench.write_report
 
-# On a GPU node: fine-tuning throughput on the GPU (bf16 autocast where the mode supports it).
+# On a GPU node: fine-tuning throughput on the GPU (head, last-k, and full with bf16 autocast and MFU),
+# into its own results file so the CPU figures stay.
 bench-gpu: install
-	$(BIN)/python -m bench.finetune_throughput --device cuda
+	$(BIN)/python -m bench.finetune_throughput --device cuda --out bench/results/finetune_throughput_gpu.json
 	$(BIN)/python -m bench.write_report
 
 lint: install

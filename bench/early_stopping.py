@@ -116,7 +116,7 @@ def markdown(rows: list[dict[str, Any]], n_trials: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="60 trials")
+    parser.add_argument("--quick", action="store_true", help="30 trials")
     parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks the script works")
     parser.add_argument("--trials", type=int, help="random configurations to train (default 200)")
     parser.add_argument("--seed", type=int, default=0)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="bench/results/early_stopping.json")
     args = parser.parse_args(argv)
-    n = args.trials or (4 if args.smoke else 60 if args.quick else 200)
+    n = args.trials or (4 if args.smoke else 30 if args.quick else 200)
     configure_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     raw = load_preset(args.preset, smoke=args.smoke)

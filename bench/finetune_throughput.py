@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -18,9 +19,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoModel, AutoTokenizer
 
+from bench.common import command_line, cpu_model
+from bench.model_flops import encoder_training_flops, matmul_weights, peak_flops
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from worker.device import configure_threads
-from worker.model import build_head, mean_pool
+from worker.finetune import tokenize_split
+from worker.model import build_head, load_encoder, mean_pool
 from worker.objective import TrialRunner, all_cores, load_split, model_folder
 from worker.training import make_optimizer
 
@@ -91,25 +95,26 @@ def naive_trial(spec: StudySpec, epochs: int, seed: int, device: torch.device) -
         "wall_s": finished - started,
         "train_s": finished - encoded,
         "samples": float(len(split.train_texts) * epochs),
+        "epochs": float(epochs),
     }
 
 
-def naive_last_k_trial(spec: StudySpec, epochs: int, seed: int, device: torch.device) -> dict[str, float]:
-    """The obvious plain-PyTorch last-k trial: load the model, freeze all but its top k blocks, and tokenize
-    (padded per batch) and run every batch through the whole encoder, fp32, on every core."""
+def naive_encoder_trial(spec: StudySpec, epochs: int, seed: int, device: torch.device) -> dict[str, float]:
+    """The obvious plain-PyTorch last-k or full trial: load the model, freeze all but its top k blocks (last-k),
+    and tokenize (padded per batch) and run every batch through the whole encoder, fp32, on every core."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     task = spec.task
-    k = int(task.k or 1)
     split = load_split(task)
     folder = model_folder(task)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModel.from_pretrained(folder, local_files_only=True).to(device)
-    for parameter in model.parameters():
-        parameter.requires_grad = False
-    for block in model.encoder.layer[-k:]:
-        for parameter in block.parameters():
-            parameter.requires_grad = True
+    if task.finetune == "last-k":
+        for parameter in model.parameters():
+            parameter.requires_grad = False
+        for block in model.encoder.layer[-int(task.k or 1) :]:
+            for parameter in block.parameters():
+                parameter.requires_grad = True
     head = build_head(
         input_size=model.config.hidden_size,
         n_classes=len(split.label_names),
@@ -138,7 +143,8 @@ def naive_last_k_trial(spec: StudySpec, epochs: int, seed: int, device: torch.de
             rows = [train[i] for i in order[start : start + size]]
             optimizer.zero_grad()
             logits = forward([text for text, _ in rows])
-            loss = torch.nn.functional.cross_entropy(logits, torch.tensor([label for _, label in rows]))
+            labels = torch.tensor([label for _, label in rows], device=device)
+            loss = torch.nn.functional.cross_entropy(logits, labels)
             loss.backward()
             optimizer.step()
         model.eval()
@@ -146,10 +152,15 @@ def naive_last_k_trial(spec: StudySpec, epochs: int, seed: int, device: torch.de
         with torch.no_grad():
             for start in range(0, len(split.validation_texts), size):
                 logits = forward(split.validation_texts[start : start + size])
-                labels = torch.tensor(split.validation_labels[start : start + size])
+                labels = torch.tensor(split.validation_labels[start : start + size], device=device)
                 torch.nn.functional.cross_entropy(logits, labels).item()
     finished = time.perf_counter()
-    return {"wall_s": finished - started, "train_s": finished - loaded, "samples": float(len(train) * epochs)}
+    return {
+        "wall_s": finished - started,
+        "train_s": finished - loaded,
+        "samples": float(len(train) * epochs),
+        "epochs": float(epochs),
+    }
 
 
 def tunefleet_trials(
@@ -170,9 +181,14 @@ def tunefleet_trials(
         runner.run(claim)
         wall = time.perf_counter() - started
         trial = repository.storage.get_trial(claim.trial._trial_id)
-        samples = train_size * len(trial.intermediate_values)
+        epochs = len(trial.intermediate_values)
         results.append(
-            {"wall_s": wall, "train_s": float(trial.user_attrs["train_s"]), "samples": float(samples)}
+            {
+                "wall_s": wall,
+                "train_s": float(trial.user_attrs["train_s"]),
+                "samples": float(train_size * epochs),
+                "epochs": float(epochs),
+            }
         )
     repository.engine.dispose()
     return results
@@ -186,12 +202,18 @@ def median(rows: list[dict[str, float]], key: str) -> float:
 SIZES: dict[str, dict[str, tuple[int | None, int, int]]] = {
     "head": {"smoke": (60, 2, 32), "quick": (400, 45, 128), "full": (None, 20, 128)},
     "last-k": {"smoke": (24, 1, 32), "quick": (250, 2, 128), "full": (600, 3, 128)},
+    # Every weight trains: measured on a GPU (make bench-gpu), where it reports MFU; on a CPU only when asked.
+    "full": {"smoke": (16, 1, 32), "quick": (400, 1, 128), "full": (None, 2, 128)},
 }
 LOOPS = {
     "head": ("tunefleet (head, cached features)", "plain PyTorch (re-encode per trial, fp32)"),
     "last-k": (
         "tunefleet (last-k k=1, tokenized once, length buckets)",
         "plain PyTorch (last-k k=1, tokenize per batch, fp32)",
+    ),
+    "full": (
+        "tunefleet (full, tokenized once, length buckets, bf16 autocast on a GPU)",
+        "plain PyTorch (full, tokenize per batch, fp32)",
     ),
 }
 
@@ -203,24 +225,64 @@ def summary(rows: list[dict[str, float]]) -> dict[str, float]:
         "samples_per_s_of_trial_wall": median(rows, "samples") / median(rows, "wall_s"),
         "samples_per_s_in_training": median(rows, "samples") / median(rows, "train_s"),
         "time_in_training": median(rows, "train_s") / median(rows, "wall_s"),
+        "epochs": median(rows, "epochs"),
     }
 
 
-def measure_mode(mode: str, size: str, repeats: int, cache_dir: Path, device: torch.device) -> dict[str, Any]:
-    """tunefleet's loop and the plain loop, `repeats` trials each, in one fine-tuning mode."""
+def study_spec(mode: str, size: str, repeats: int) -> StudySpec:
+    """The study both loops run in one mode: the fixed head parameters, every epoch trained."""
     max_examples, epochs, max_length = SIZES[mode][size]
     task: dict[str, Any] = {"max_examples": max_examples, "max_length": max_length}
     if mode == "last-k":
         task.update(finetune="last-k", k=1)
-    spec = StudySpec.model_validate(
+    elif mode == "full":
+        task.update(finetune="full")
+    return StudySpec.model_validate(
         {
             "name": f"bench-throughput-{mode}",
             "task": task,
             "space": {**PARAMS, "epochs": epochs},
+            # Every epoch, as the plain loop trains: this measures the loop, not early stopping.
+            "objective": {"patience": 0},
             "pruner": {"name": "none"},
             "budget": {"n_trials": repeats},
         }
     )
+
+
+def epoch_flops(spec: StudySpec) -> float:
+    """Model FLOPs of one epoch of full fine-tuning over the study's training split, as tunefleet tokenizes it."""
+    task = spec.task
+    encoder = load_encoder(model_folder(task))
+    tokens = tokenize_split(encoder, load_split(task), max_length=task.max_length)
+    head = build_head(
+        input_size=encoder.hidden_size,
+        n_classes=len(tokens.label_names),
+        depth=int(PARAMS["depth"]),
+        width=int(PARAMS["width"]),
+        activation=str(PARAMS["activation"]),
+    )
+    return encoder_training_flops(
+        layer_weights=matmul_weights(encoder.model.encoder),
+        n_layers=int(encoder.model.config.num_hidden_layers),
+        hidden_size=encoder.hidden_size,
+        per_sequence_weights=matmul_weights(head),
+        lengths=tokens.train.lengths,
+    )
+
+
+def add_mfu(figures: dict[str, float], flops: float, peak: float | None) -> None:
+    """Model FLOP/s over the trial's training time (validation passes included), and its share of the peak."""
+    figures["model_tflops_per_s"] = flops * figures["epochs"] / figures["train_s"] / 1e12
+    figures["mfu"] = figures["model_tflops_per_s"] * 1e12 / peak if peak else math.nan
+
+
+def measure_mode(
+    mode: str, size: str, repeats: int, cache_dir: Path, device: torch.device, peak: float | None
+) -> dict[str, Any]:
+    """tunefleet's loop and the plain loop, `repeats` trials each, in one fine-tuning mode."""
+    max_examples, epochs, max_length = SIZES[mode][size]
+    spec = study_spec(mode, size, repeats)
     with tempfile.TemporaryDirectory() as workdir:
         ours = tunefleet_trials(spec, repeats, cache_dir, Path(workdir), device)
     if mode == "head":
@@ -228,8 +290,12 @@ def measure_mode(mode: str, size: str, repeats: int, cache_dir: Path, device: to
     else:
         # A plain script leaves torch on its default of every core; tunefleet's last-k does the same.
         with all_cores():
-            naive = [naive_last_k_trial(spec, epochs, seed, device) for seed in range(repeats)]
+            naive = [naive_encoder_trial(spec, epochs, seed, device) for seed in range(repeats)]
     t, p = summary(ours), summary(naive)
+    if mode == "full":
+        flops = epoch_flops(spec)
+        add_mfu(t, flops, peak)
+        add_mfu(p, flops, peak)
     return {
         "mode": mode,
         "params": {**PARAMS, "epochs": epochs},
@@ -246,8 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--modes", nargs="+", choices=tuple(SIZES), default=list(SIZES))
+    parser.add_argument(
+        "--modes", nargs="+", choices=tuple(SIZES), help="default: head and last-k; and full on a GPU"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the device's peak bf16 TFLOP/s for MFU (known GPUs: from a table)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="trials per loop and mode (default 3; 1 with --quick, to fit `make bench-quick`)",
+    )
     parser.add_argument("--out", default="bench/results/finetune_throughput.json")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -257,17 +333,22 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     size = "smoke" if args.smoke else "quick" if args.quick else "full"
-    repeats = 1 if args.smoke else 3
+    repeats = args.repeats or (1 if args.smoke or args.quick else 3)
     cache_dir = Path(os.environ.get("TUNEFLEET_CACHE_DIR", Path.home() / ".cache" / "tunefleet"))
     started = time.monotonic()
-    modes = [measure_mode(mode, size, repeats, cache_dir, device) for mode in args.modes]
-    gpu = "not measured: no GPU on this machine" if not torch.cuda.is_available() else "see a GPU run"
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    peak = peak_flops(device_name, args.peak_tflops)
+    names = args.modes or ["head", "last-k", *(["full"] if device.type == "cuda" else [])]
+    modes = [measure_mode(mode, size, repeats, cache_dir, device, peak) for mode in names]
+    gpu = "not measured: no GPU on this machine" if not torch.cuda.is_available() else device_name
     result: dict[str, Any] = {
         "device": str(device),
+        "device_name": device_name,
+        "peak_bf16_tflops": peak / 1e12 if peak else None,
         "modes": modes,
         "gpu": gpu,
         "config": {
-            "command": " ".join(["python", "-m", "bench.finetune_throughput", *sys.argv[1:]]),
+            "command": command_line("bench.finetune_throughput", argv),
             "size": size,
             "repeats": repeats,
             "cores": os.cpu_count(),
@@ -304,10 +385,25 @@ def main(argv: list[str] | None = None) -> int:
             )
     lines += [
         "",
-        "Per-trial speed-up: "
-        + ", ".join(f"{m['mode']} {m['speedup_per_trial']:.1f}x" for m in modes)
-        + f". GPU (full mode, bf16, MFU): {gpu}.",
+        "Per-trial speed-up: " + ", ".join(f"{m['mode']} {m['speedup_per_trial']:.1f}x" for m in modes) + ".",
     ]
+    for m in modes:
+        if m["mode"] != "full":
+            continue
+        t, p = m["tunefleet"], m["plain_pytorch"]
+        share = (
+            f"MFU {t['mfu']:.1%} (tunefleet) and {p['mfu']:.1%} (plain) of {peak / 1e12:.0f} TFLOP/s, "
+            f"{device_name}'s peak bf16"
+            if peak
+            else f"MFU not computed: no peak bf16 rate known for {device_name} (pass --peak-tflops)"
+        )
+        lines.append(
+            f"Full fine-tuning: {t['model_tflops_per_s']:.2f} model TFLOP/s (tunefleet) and "
+            f"{p['model_tflops_per_s']:.2f} (plain) over the trials' training time, validation included; {share}. "
+            "Model FLOPs as PaLM counts them (bench/model_flops.py)."
+        )
+    if not any(m["mode"] == "full" for m in modes):
+        lines.append(f"GPU (full mode, bf16, MFU: `make bench-gpu`): {gpu}.")
     result["markdown"] = "\n".join(lines)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -157,7 +157,9 @@ def plan_for(args: argparse.Namespace) -> Plan:
     if args.smoke:
         plan = Plan((2,), (2,), ("shipped",), tuple(LOADS), 5, 10, 1, 60, 2.0, 2.0, 60, threads_per_process=1)
     elif args.quick:
-        plan = Plan((32, 128), (256,), tuple(VARIANTS), tuple(LOADS), 0.25, 16, 1, 25, 4.0, 10.0, 60)
+        # Sized for `make bench-quick` (about 5 minutes in all): the shipped pool and the large-fleet
+        # deployment (PgBouncer); the full run adds NullPool and the other fleet sizes.
+        plan = Plan((32,), (256,), ("shipped", "pgbouncer"), tuple(LOADS), 0.25, 16, 1, 25, 4.0, 10.0, 60)
     else:
         plan = Plan(
             (32, 128, 256), (32, 128, 256), tuple(VARIANTS), tuple(LOADS), 0.5, 64, 3, 120, 4.0, 20.0, 60
@@ -945,7 +947,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="zero-cost fleets of 32 and 128, a paced fleet of 256, one run each",
+        help="a zero-cost fleet of 32 and a paced fleet of 256, shipped pool and PgBouncer, one run each",
     )
     parser.add_argument("--smoke", action="store_true", help="2 workers, 10 trials: checks the script")
     parser.add_argument("--out", default=f"bench/results/{NAME}.json")

@@ -25,6 +25,7 @@ ORDER = {
 EXTRA = {
     "time_to_good_model_tweets": "1b. Time to a good model on the tweets preset (a task that does not saturate as fast)",
     "claim_phases": "2b. Where a TPE claim's time goes at 5,000 trials, with 1 and with 8 workers on 2 cores",
+    "finetune_throughput_gpu": "3b. Fine-tuning throughput on a GPU (head, last-k, full with bf16; MFU)",
     "early_stopping": "1c. Early stopping: the CPU random trials spend after their validation loss stalls",
     "early_stopping_tweets": "1d. Early stopping on the tweets preset",
     "store_scale_paced_256": "4b. Scale of the store: the paced 256-worker fleet behind PgBouncer, longer windows",
