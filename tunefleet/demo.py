@@ -128,8 +128,20 @@ def _report(study: dict[str, Any], base_url: str) -> None:
     print(f"REST API:  {base_url}/v1/studies/{study['name']}   (docs: {base_url}/docs)")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(options: DemoOptions) -> int:
     """Start the service and workers, run the preset study through the REST API, show the result."""
+    # The children run in their own sessions, so the demo must stop them however it is stopped: Ctrl-C
+    # (even where a parent shell left SIGINT ignored, as it does for background jobs), `kill`, or a
+    # closed terminal. Python's default for SIGTERM and SIGHUP would end the demo and leave the service
+    # and workers running.
+    previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
     base_url = f"http://127.0.0.1:{options.port}"
     path = Path(options.preset)
     spec = load_spec_file(path if path.suffix in (".yaml", ".yml", ".json") else preset_path(options.preset))
@@ -171,5 +183,10 @@ def run_demo(options: DemoOptions) -> int:
         print(f"tunefleet demo: error: {error}", file=sys.stderr)
         return 1
     finally:
+        # A second Ctrl-C (or kill) while the children stop must not leave some of them running.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         client.close()
         processes.stop_all()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

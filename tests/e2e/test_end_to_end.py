@@ -129,8 +129,34 @@ def test_demo_runs_a_study_through_the_api_and_prints_the_best_trial(
     assert "dashboard: http://127.0.0.1:" in result.stdout
 
 
-def test_demo_keeps_serving_until_ctrl_c_and_then_stops_everything(
-    env: dict[str, str], tmp_path: Path
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is pid (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The fields after the command name, which may hold spaces, start with state and ppid.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# Ctrl-C; `kill`; a closed terminal. The demo starts with SIGINT ignored, as a shell leaves it for a
+# background job: it still stops on Ctrl-C, since it says it does. SIGTERM and SIGHUP used to end the
+# demo alone and leave its service and workers (in their own sessions) running.
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_demo_keeps_serving_until_stopped_and_then_stops_everything(
+    env: dict[str, str], tmp_path: Path, stop: signal.Signals
 ) -> None:
     spec = tiny_spec("demo-serve", budget={"n_trials": 2})
     spec_file = tmp_path / "demo.yaml"
@@ -154,6 +180,7 @@ def test_demo_keeps_serving_until_ctrl_c_and_then_stops_everything(
             env=env,
             stdout=stream,
             stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
         deadline = time.monotonic() + 240
         while "press Ctrl-C" not in out.read_text() and time.monotonic() < deadline:
@@ -163,7 +190,16 @@ def test_demo_keeps_serving_until_ctrl_c_and_then_stops_everything(
         time.sleep(3)
         assert demo.poll() is None, out.read_text()
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
-        demo.send_signal(signal.SIGINT)
-        assert demo.wait(timeout=30) == 0
+        children = children_of(demo.pid)
+        assert len(children) == 3, out.read_text()  # the service and two workers
+        demo.send_signal(stop)
+        try:
+            assert demo.wait(timeout=30) == 0, out.read_text()
+        finally:
+            for child in children:
+                if not gone(child):
+                    os.kill(child, signal.SIGKILL)
+        assert "stopping..." in out.read_text()
+        assert [child for child in children if not gone(child)] == []
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
