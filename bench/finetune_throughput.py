@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -19,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoModel, AutoTokenizer
 
-from bench.common import command_line, cpu_model
+from bench.common import command_line, cpu_model, write_result
 from bench.model_flops import encoder_training_flops, matmul_weights, peak_flops
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from worker.device import configure_threads
@@ -28,7 +27,6 @@ from worker.model import build_head, load_encoder, mean_pool
 from worker.objective import TrialRunner, all_cores, load_split, model_folder
 from worker.training import make_optimizer
 
-WORKER = WorkerIdentity(host=platform.node(), pid=os.getpid(), device="cpu", worker_id="bench-throughput")
 PARAMS = {
     "learning_rate": 1e-3,
     "batch_size": 16,
@@ -168,6 +166,9 @@ def tunefleet_trials(
 ) -> list[dict[str, float]]:
     """Trials through tunefleet's real path: claim, cached features, training, per-epoch reports, tell."""
     repository = StudyRepository(open_storage(f"sqlite:///{workdir / 'throughput.db'}"))
+    worker = WorkerIdentity(
+        host=platform.node(), pid=os.getpid(), device=str(device), worker_id="bench-throughput"
+    )
     repository.create(spec)
     runner = TrialRunner(repository=repository, device=device, cache_dir=cache_dir)
     # The node's one-time feature cache, or the process's one-time tokenization, is not part of a trial.
@@ -176,7 +177,7 @@ def tunefleet_trials(
     results = []
     for _ in range(repeats):
         started = time.perf_counter()
-        claim = repository.claim(WORKER, study_names=[spec.name])
+        claim = repository.claim(worker, study_names=[spec.name])
         assert claim is not None
         runner.run(claim)
         wall = time.perf_counter() - started
@@ -405,9 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     if not any(m["mode"] == "full" for m in modes):
         lines.append(f"GPU (full mode, bf16, MFU: `make bench-gpu`): {gpu}.")
     result["markdown"] = "\n".join(lines)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    # NaN (no MFU without a peak rate) is written as null, so any JSON reader takes it.
+    out = write_result(result, args.out)
     print(result["markdown"])
     print(f"written to {out}")
     return 0
