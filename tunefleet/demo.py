@@ -140,8 +140,12 @@ def run_demo(options: DemoOptions) -> int:
     # The children run in their own sessions, so the demo must stop them however it is stopped: Ctrl-C
     # (even where a parent shell left SIGINT ignored, as it does for background jobs), `kill`, or a
     # closed terminal. Python's default for SIGTERM and SIGHUP would end the demo and leave the service
-    # and workers running.
-    previous = {signum: signal.signal(signum, _stop) for signum in STOP_SIGNALS}
+    # and workers running. An ignored SIGHUP stays ignored: under nohup the demo is to outlive the terminal.
+    previous = {
+        signum: signal.signal(signum, _stop)
+        for signum in STOP_SIGNALS
+        if not (signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN)
+    }
     base_url = f"http://127.0.0.1:{options.port}"
     path = Path(options.preset)
     spec = load_spec_file(path if path.suffix in (".yaml", ".yml", ".json") else preset_path(options.preset))

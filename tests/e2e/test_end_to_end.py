@@ -151,6 +151,57 @@ def gone(pid: int) -> bool:
         return True
 
 
+DEMO = [sys.executable, "-m", "tunefleet", "demo"]
+
+
+def serving_demo(
+    env: dict[str, str], tmp_path: Path, ignored: list[signal.Signals]
+) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """`tunefleet demo` on a tiny study, started with these signals ignored, once it serves on after the study."""
+    spec = tiny_spec("demo-serve", budget={"n_trials": 2})
+    spec_file = tmp_path / "demo.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    port = free_port()
+    out = tmp_path / "demo.out"
+
+    def ignore() -> None:
+        for signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
+
+    with out.open("wb") as stream:
+        demo = subprocess.Popen(
+            [*DEMO, "--preset", str(spec_file), "--port", str(port), "--log-dir", str(tmp_path / "logs")],
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            preexec_fn=ignore,
+        )
+    deadline = time.monotonic() + 240
+    while "press Ctrl-C" not in out.read_text() and time.monotonic() < deadline:
+        assert demo.poll() is None, out.read_text()
+        time.sleep(0.5)
+    # Still serving a few seconds later: the service stays up for the dashboard.
+    time.sleep(3)
+    assert demo.poll() is None, out.read_text()
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    return demo, out, port
+
+
+def stop_and_check(demo: subprocess.Popen[bytes], out: Path, stop: signal.Signals) -> None:
+    """Send the signal; the demo must exit 0 with its service and both workers gone."""
+    children = children_of(demo.pid)
+    assert len(children) == 3, out.read_text()  # the service and two workers
+    demo.send_signal(stop)
+    try:
+        assert demo.wait(timeout=30) == 0, out.read_text()
+    finally:
+        for child in children:
+            if not gone(child):
+                os.kill(child, signal.SIGKILL)
+    assert "stopping..." in out.read_text()
+    assert [child for child in children if not gone(child)] == []
+
+
 # Ctrl-C; `kill`; a closed terminal. The demo starts with SIGINT ignored, as a shell leaves it for a
 # background job: it still stops on Ctrl-C, since it says it does. SIGTERM and SIGHUP used to end the
 # demo alone and leave its service and workers (in their own sessions) running.
@@ -158,48 +209,25 @@ def gone(pid: int) -> bool:
 def test_demo_keeps_serving_until_stopped_and_then_stops_everything(
     env: dict[str, str], tmp_path: Path, stop: signal.Signals
 ) -> None:
-    spec = tiny_spec("demo-serve", budget={"n_trials": 2})
-    spec_file = tmp_path / "demo.yaml"
-    spec_file.write_text(yaml.safe_dump(spec))
-    port = free_port()
-    out = tmp_path / "demo.out"
-    with out.open("wb") as stream:
-        demo = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tunefleet",
-                "demo",
-                "--preset",
-                str(spec_file),
-                "--port",
-                str(port),
-                "--log-dir",
-                str(tmp_path / "logs"),
-            ],
-            env=env,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        )
-        deadline = time.monotonic() + 240
-        while "press Ctrl-C" not in out.read_text() and time.monotonic() < deadline:
-            assert demo.poll() is None, out.read_text()
-            time.sleep(0.5)
-        # Still serving a few seconds later: the service stays up for the dashboard.
-        time.sleep(3)
+    demo, out, port = serving_demo(env, tmp_path, ignored=[signal.SIGINT])
+    stop_and_check(demo, out, stop)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_demo_under_nohup_outlives_its_terminal(env: dict[str, str], tmp_path: Path) -> None:
+    demo, out, port = serving_demo(env, tmp_path, ignored=[signal.SIGHUP])
+    children = children_of(demo.pid)
+    demo.send_signal(signal.SIGHUP)
+    time.sleep(2)
+    try:
         assert demo.poll() is None, out.read_text()
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
-        children = children_of(demo.pid)
-        assert len(children) == 3, out.read_text()  # the service and two workers
-        demo.send_signal(stop)
-        try:
-            assert demo.wait(timeout=30) == 0, out.read_text()
-        finally:
-            for child in children:
-                if not gone(child):
-                    os.kill(child, signal.SIGKILL)
-        assert "stopping..." in out.read_text()
-        assert [child for child in children if not gone(child)] == []
+    except AssertionError:
+        for child in children:
+            if not gone(child):
+                os.kill(child, signal.SIGKILL)
+        raise
+    stop_and_check(demo, out, signal.SIGTERM)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
