@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import os
 import socket
@@ -68,8 +69,6 @@ PHASES: list[tuple[str, int, str, str]] = [
 
 def install_timers(samples: dict[str, list[tuple[float, float]]]) -> None:
     """Wrap each phase's method so that its calls append (wall s, thread CPU s) to samples[label]."""
-    import importlib
-
     for label, _, where, method in PHASES:
         module, owner_name = where.split(":")
         owner = getattr(importlib.import_module(module), owner_name)

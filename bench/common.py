@@ -307,14 +307,14 @@ def seed_trials(
     analyze_trial_tables(engine)
 
 
-# Optuna's per-trial tables, which samplers read through the trial cache.
-TRIAL_TABLES = (
-    "trials",
-    "trial_params",
-    "trial_values",
-    "trial_intermediate_values",
-    "trial_user_attributes",
-    "trial_system_attributes",
+# Optuna's tables of per-trial rows, each keyed by trial_id.
+TRIAL_CHILD_TABLES = (
+    models.TrialParamModel.__table__,
+    models.TrialValueModel.__table__,
+    models.TrialIntermediateValueModel.__table__,
+    models.TrialUserAttributeModel.__table__,
+    models.TrialSystemAttributeModel.__table__,
+    models.TrialHeartbeatModel.__table__,
 )
 
 
@@ -330,7 +330,8 @@ def analyze_trial_tables(engine: sa.Engine) -> None:
     if engine.dialect.name != "postgresql":
         return
     with engine.begin() as connection:
-        connection.execute(sa.text("ANALYZE " + ", ".join(TRIAL_TABLES)))
+        tables = [models.TrialModel.__table__, *TRIAL_CHILD_TABLES]
+        connection.execute(sa.text("ANALYZE " + ", ".join(table.name for table in tables)))
 
 
 def delete_studies(url: str, names: Iterable[str]) -> None:
@@ -340,14 +341,6 @@ def delete_studies(url: str, names: Iterable[str]) -> None:
     if not names:
         return
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    trial_tables = [
-        models.TrialParamModel.__table__,
-        models.TrialValueModel.__table__,
-        models.TrialIntermediateValueModel.__table__,
-        models.TrialUserAttributeModel.__table__,
-        models.TrialSystemAttributeModel.__table__,
-        models.TrialHeartbeatModel.__table__,
-    ]
     studies = models.StudyModel.__table__
     trials = models.TrialModel.__table__
     try:
@@ -360,7 +353,7 @@ def delete_studies(url: str, names: Iterable[str]) -> None:
             )
             if ids:
                 trial_ids = sa.select(trials.c.trial_id).where(trials.c.study_id.in_(ids)).scalar_subquery()
-                for table in trial_tables:
+                for table in TRIAL_CHILD_TABLES:
                     connection.execute(table.delete().where(table.c.trial_id.in_(trial_ids)))
                 connection.execute(trials.delete().where(trials.c.study_id.in_(ids)))
     finally:
