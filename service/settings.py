@@ -16,7 +16,7 @@ class ServiceSettings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=0, le=65535, description="0: any free port")
     pool_size: int = 4
     mount_dashboard: bool = True
     heartbeat_interval_s: float = Field(10.0, gt=0, description="how often the service reaps lost workers")

@@ -8,15 +8,85 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tunefleet.study_cli import UsageError, add_study_parser
 
+if TYPE_CHECKING:
+    import socket
+
+    from pydantic import ValidationError
+    from pydantic_settings import BaseSettings
+
 EXIT_USAGE = 2
+_Settings = TypeVar("_Settings", bound="BaseSettings")
+_SECRET_FIELDS = frozenset({"api_token", "database_url"})
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+def port_number(value: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
+    return port
+
+
+def settings_problem(error: ValidationError, flags: dict[str, str]) -> str:
+    """A settings error as one line naming what the user set: the flag if one was given, else the variable."""
+    parts = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        name = flags.get(field, f"TUNEFLEET_{field.upper()}")
+        # A token or a database URL (its password) is never echoed back.
+        shown = "" if field in _SECRET_FIELDS else f" (got {item['input']!r})"
+        parts.append(f"{name}: {item['msg']}{shown}")
+    return "; ".join(parts)
+
+
+def build_settings(cls: type[_Settings], flags: dict[str, tuple[str, Any]]) -> _Settings:
+    """Settings from TUNEFLEET_* variables and the flags given ({field: (flag, value or None)})."""
+    from pydantic import ValidationError
+
+    overrides = {field: value for field, (_, value) in flags.items() if value is not None}
+    try:
+        return cls(**overrides)
+    except ValidationError as error:
+        named = {field: flag for field, (flag, value) in flags.items() if value is not None}
+        raise CliError(settings_problem(error, named)) from None
+
+
+def store_problem(error: Exception, database_url: str) -> CliError:
+    """A store that cannot be opened, as one line without the URL's password."""
+    from studies import mask_url
+    from studies.storage import redact_password
+
+    # A driver's message may quote its connection string, password and all.
+    message = redact_password(f"{type(error).__name__}: {error}", database_url)
+    return CliError(f"cannot open the store {mask_url(database_url)}: {message}".replace("\n", " "))
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bind the service's socket before anything says it serves, so a taken port is one line, not a traceback."""
+    import socket
+
+    # As uvicorn binds when it is handed sockets: IPv6 for an address with a colon, else IPv4.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise CliError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _setup_logging() -> None:
@@ -42,38 +112,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service import ServiceSettings, create_app
     from service.auth import AuthConfigError, load_tokens
     from studies import mask_url
-    from studies.storage import redact_password
 
     _setup_logging()
     log = logging.getLogger("tunefleet.service")
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
-    settings = ServiceSettings(**overrides)
+    settings = build_settings(ServiceSettings, {"host": ("--host", args.host), "port": ("--port", args.port)})
     try:
         tokens = load_tokens(settings)
     except AuthConfigError as error:
         raise CliError(str(error)) from None
+    if not tokens and not _is_loopback(settings.host) and not args.insecure:
+        raise CliError(
+            f"refusing to serve an open API on {settings.host}: set TUNEFLEET_API_TOKEN "
+            "(or TUNEFLEET_API_TOKENS_FILE), or pass --insecure"
+        )
+    sock = listening_socket(settings.host, settings.port)
+    port = sock.getsockname()[1]
     if not tokens:
-        if not _is_loopback(settings.host) and not args.insecure:
-            raise CliError(
-                f"refusing to serve an open API on {settings.host}: set TUNEFLEET_API_TOKEN "
-                "(or TUNEFLEET_API_TOKENS_FILE), or pass --insecure"
-            )
         log.warning(
             "the API is open: no TUNEFLEET_API_TOKEN or TUNEFLEET_API_TOKENS_FILE is set, so anyone who "
             "reaches %s:%d can create, stop and delete studies",
             settings.host,
-            settings.port,
+            port,
         )
-    store = mask_url(settings.database_url)
     try:
         app = create_app(settings, tokens=tokens)
     except Exception as error:
-        # One line, and never the password: a driver's message may quote its connection string.
-        message = redact_password(f"{type(error).__name__}: {error}", settings.database_url)
-        raise CliError(f"cannot open the store {store}: {message}".replace("\n", " ")) from None
-    log.info("serving on http://%s:%d (store %s)", settings.host, settings.port, store)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
-    return 0
+        sock.close()
+        raise store_problem(error, settings.database_url) from None
+    log.info("serving on http://%s:%d (store %s)", settings.host, port, mask_url(settings.database_url))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -88,11 +157,11 @@ def _launch(args: argparse.Namespace) -> int:
         child_args.append("--exit-when-idle")
     if args.gpus:
         try:
-            gpus = parse_gpus(args.gpus)
+            gpus = parse_gpus(args.gpus, visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
         except ValueError as error:
             raise CliError(str(error)) from error
         # Each child sees exactly one GPU, as device 0: no worker can touch another's memory.
-        slots = [(f"gpu{gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
+        slots = [(f"gpu{gpu}" if gpu.isdigit() else gpu, {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
         child_args += ["--device", "cuda"]
     else:
         if args.processes < 1:
@@ -109,6 +178,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.gpus or args.processes is not None:
         return _launch(args)
 
+    from sqlalchemy.exc import ArgumentError
+
+    from worker.device import DeviceError
     from worker.loop import (
         LoopOptions,
         build_runner,
@@ -118,9 +190,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     from worker.settings import WorkerSettings
 
-    overrides: dict[str, Any] = {"device": args.device} if args.device else {}
-    settings = WorkerSettings(**overrides)
-    runner, identity = build_runner(settings)
+    settings = build_settings(WorkerSettings, {"device": ("--device", args.device)})
+    try:
+        runner, identity = build_runner(settings)
+    except DeviceError as error:
+        raise CliError(str(error)) from None
+    except (ArgumentError, ImportError) as error:
+        # A URL no driver reads; an unreachable database is retried instead, as an outage is.
+        raise store_problem(error, settings.database_url) from None
     if args.warm_cache:
         if not args.study or len(args.study) != 1:
             raise CliError("--warm-cache needs exactly one --study NAME")
@@ -157,6 +234,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the built-in study end to end on this machine."""
     from tunefleet.demo import DemoOptions, run_demo
 
+    # The demo talks to the service it starts at a port it must know, and needs a worker to run anything.
+    if args.port == 0:
+        raise CliError("--port 0 picks any free port, which the demo cannot then find: give a port")
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
     return run_demo(
         DemoOptions(
             preset=args.preset,
@@ -175,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the REST API and optuna-dashboard")
     serve.add_argument("--host", help="address to bind (TUNEFLEET_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (TUNEFLEET_PORT, default 8000)")
+    serve.add_argument(
+        "--port", type=port_number, help="port (TUNEFLEET_PORT, default 8000; 0: any free one)"
+    )
     serve.add_argument(
         "--insecure",
         action="store_true",
@@ -206,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--preset", default="bbc-news-minilm", help="a preset name in studies/presets/, or a spec file"
     )
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--port", type=port_number, default=8000)
     demo.add_argument("--workers", type=int, default=2)
     demo.add_argument("--exit", action="store_true", help="exit when the study is done instead of serving on")
     demo.add_argument("--log-dir", default=".tunefleet/logs", help="where the service and worker logs go")

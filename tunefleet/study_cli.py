@@ -126,7 +126,10 @@ def run_study_command(args: argparse.Namespace) -> int:
                 download = getattr(client, "download_best_model", None)
                 if download is None:
                     raise UsageError("this version cannot download models yet")
-                folder = download(args.name, Path(args.download))
+                try:
+                    folder = download(args.name, Path(args.download))
+                except OSError as error:
+                    raise UsageError(_write_problem(args.download, error)) from None
                 text += f"\nbest model saved to {folder}"
             emit(best, text)
         elif command == "watch":
@@ -136,9 +139,19 @@ def run_study_command(args: argparse.Namespace) -> int:
             emit(study, _show(study))
         elif command == "report":
             out = Path(args.out)
-            out.write_text(client.report_html(args.name), encoding="utf-8")
+            html = client.report_html(args.name)
+            try:
+                out.write_text(html, encoding="utf-8")
+            except OSError as error:
+                raise UsageError(_write_problem(out, error)) from None
             emit({"report": str(out)}, f"report written to {out}")
     return 0
+
+
+def _write_problem(path: str | Path, error: OSError) -> str:
+    """A file or folder that could not be written, as one line: where, and the system's reason."""
+    where = error.filename if error.filename is not None else path
+    return f"cannot write {where}: {error.strerror or error}"
 
 
 def add_study_parser(sub: argparse._SubParsersAction) -> None:

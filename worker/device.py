@@ -3,13 +3,31 @@
 import torch
 
 
+class DeviceError(ValueError):
+    """The device asked for is not one this host can train on: the worker refuses to start."""
+
+
 def pick_device(requested: str) -> torch.device:
-    """`auto` is CUDA when present, else CPU; anything else is taken as torch spells it."""
+    """`auto` is CUDA when present, else CPU; anything else is taken as torch spells it, if this host has it."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} asked for, but CUDA is not available here")
+    try:
+        device: torch.device | None = torch.device(requested)
+    except RuntimeError:
+        device = None
+    # Training is written and tested for CPUs and CUDA only; torch's other kinds (mps, meta, xla) would
+    # fail inside the first trial instead of here.
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device {requested!r} is not supported: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {requested!r} asked for, but CUDA is not available here")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise DeviceError(
+                f"device {requested!r} asked for, but this host has {count} CUDA device(s): "
+                f"cuda:0 to cuda:{count - 1}"
+            )
     return device
 
 

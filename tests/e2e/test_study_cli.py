@@ -106,6 +106,11 @@ def test_every_study_subcommand_works_end_to_end(env: dict[str, str], tmp_path: 
     assert tunefleet(env, "study", "report", "cli-study", "--out", str(report)).returncode == 0
     assert "cli-study" in report.read_text()
 
+    nowhere = tmp_path / "no-such-folder" / "report.html"
+    unwritable = tunefleet(env, "study", "report", "cli-study", "--out", str(nowhere))
+    assert unwritable.returncode == 2
+    assert unwritable.stderr.strip() == f"tunefleet: error: cannot write {nowhere}: No such file or directory"
+
 
 def test_cli_errors_are_one_line_and_exit_2(env: dict[str, str], tmp_path: Path) -> None:
     missing = tunefleet(env, "study", "show", "no-such-study")

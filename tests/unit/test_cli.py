@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import torch
 
 from tests.conftest import tiny_spec
 from tunefleet.cli import main
@@ -95,3 +99,139 @@ def test_warm_cache_leaves_a_last_k_study_alone(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "nothing to warm" in result.stdout
     assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("tunefleet: error: ")
+    return err.removeprefix("tunefleet: error: ")
+
+
+@pytest.fixture
+def store_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A process environment whose store, caches and artifacts are this test's own."""
+    monkeypatch.setenv("TUNEFLEET_DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    monkeypatch.setenv("TUNEFLEET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNEFLEET_ARTIFACT_DIR", str(tmp_path / "artifacts"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "eighty"])
+def test_serve_refuses_a_port_that_is_not_one(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--port", port])
+    assert exit_.value.code == 2
+    assert "argument --port" in capsys.readouterr().err
+
+
+def test_a_bad_setting_names_its_variable(
+    store_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was pydantic's three-line dump, ending in a link, and it named the field, not the variable.
+    monkeypatch.setenv("TUNEFLEET_PORT", "70000")
+    assert main(["serve"]) == 2
+    assert (
+        one_error_line(capsys) == "TUNEFLEET_PORT: Input should be less than or equal to 65535 (got '70000')"
+    )
+    monkeypatch.setenv("TUNEFLEET_POOL_SIZE", "-1")
+    assert main(["worker"]) == 2
+    assert one_error_line(capsys).startswith(
+        "TUNEFLEET_POOL_SIZE: Input should be greater than or equal to 0"
+    )
+
+
+def test_a_settings_error_names_the_flag_given_and_never_echoes_a_store_url() -> None:
+    from service import ServiceSettings
+    from tunefleet.cli import CliError, build_settings
+
+    with pytest.raises(CliError) as flagged:
+        build_settings(ServiceSettings, {"port": ("--port", 70000), "host": ("--host", None)})
+    assert str(flagged.value).startswith("--port: ")
+    with pytest.raises(CliError) as secret:
+        build_settings(ServiceSettings, {"database_url": ("--store", ["postgresql://u:hunter2@h/d"])})
+    assert "hunter2" not in str(secret.value)
+
+
+def test_serve_on_a_taken_port_is_one_line_and_never_says_it_serves(
+    store_env: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # uvicorn found the port taken only after tunefleet had logged "serving on", then exited 3 with its own line.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    assert one_error_line(capsys) == f"cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert not [r for r in caplog.records if "serving on" in r.getMessage()]
+
+
+def test_serve_on_port_0_says_the_port_it_got_and_serves_there(tmp_path: Path) -> None:
+    env = {**os.environ, "TUNEFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}
+    service = subprocess.Popen(
+        [sys.executable, "-m", "tunefleet", "serve", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert service.stderr is not None
+        for line in service.stderr:
+            if served := re.search(r"serving on http://127\.0\.0\.1:(\d+) ", line):
+                break
+        else:
+            pytest.fail("the service never said where it serves")
+        port = int(served.group(1))
+        assert port != 0
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "nothing answers at the port it named"
+                time.sleep(0.2)
+    finally:
+        service.terminate()
+        service.wait(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("device", "reason"),
+    [
+        ("bogus", "device 'bogus' is not supported: use auto, cpu, cuda or cuda:N"),
+        ("cuda:x", "device 'cuda:x' is not supported: use auto, cpu, cuda or cuda:N"),
+        ("mps", "device 'mps' is not supported: use auto, cpu, cuda or cuda:N"),
+        pytest.param(
+            "cuda",
+            "device 'cuda' asked for, but CUDA is not available here",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA"),
+        ),
+    ],
+)
+def test_a_worker_on_a_device_it_cannot_use_is_one_line(
+    device: str, reason: str, store_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # These were tracebacks (exit 1), and under `--gpus`/`--processes` the launcher restarted them forever.
+    assert main(["worker", "--device", device, "--exit-when-idle"]) == 2
+    assert one_error_line(capsys) == reason
+
+
+def test_a_worker_on_a_store_url_no_driver_reads_is_one_line_without_its_password(
+    store_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TUNEFLEET_DATABASE_URL", "nosuchdb://user:hunter2@db-host/tunefleet")
+    assert main(["worker", "--exit-when-idle"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("cannot open the store nosuchdb://user:***@db-host/tunefleet: ")
+    assert "hunter2" not in line
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"), [(["--port", "0"], "--port 0"), (["--workers", "0"], "--workers")]
+)
+def test_demo_refuses_what_it_cannot_run(
+    args: list[str], reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", *args]) == 2
+    assert one_error_line(capsys).startswith(reason)
