@@ -38,6 +38,17 @@ def port_number(value: str) -> int:
     return port
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def settings_problem(error: ValidationError, flags: dict[str, str]) -> str:
     """A settings error as one line naming what the user set: the flag if one was given, else the variable."""
     parts = []
@@ -164,8 +175,6 @@ def _launch(args: argparse.Namespace) -> int:
         slots = [(f"gpu{gpu}" if gpu.isdigit() else gpu, {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
         child_args += ["--device", "cuda"]
     else:
-        if args.processes < 1:
-            raise CliError("--processes must be at least 1")
         slots = [(f"proc{i}", {}) for i in range(args.processes)]
         if args.device:
             child_args += ["--device", args.device]
@@ -234,11 +243,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the built-in study end to end on this machine."""
     from tunefleet.demo import DemoOptions, run_demo
 
-    # The demo talks to the service it starts at a port it must know, and needs a worker to run anything.
+    # The demo talks to the service it starts at a port it must know.
     if args.port == 0:
         raise CliError("--port 0 picks any free port, which the demo cannot then find: give a port")
-    if args.workers < 1:
-        raise CliError("--workers must be at least 1")
     return run_demo(
         DemoOptions(
             preset=args.preset,
@@ -269,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="pull and run trials from the shared store")
     worker.add_argument("--study", action="append", help="only this study (repeat for several)")
-    worker.add_argument("--max-trials", type=int, help="exit after this many trials")
+    worker.add_argument("--max-trials", type=positive_int, help="exit after this many trials")
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when no trial is left to claim")
     worker.add_argument(
         "--warm-cache", action="store_true", help="only build the study's feature cache, then exit"
@@ -280,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus", help="one worker process per GPU: 'all' or indexes like 0,1 (restarted on crash)"
     )
     fleet.add_argument(
-        "--processes", type=int, help="N worker processes without GPU pinning (restarted on crash)"
+        "--processes", type=positive_int, help="N worker processes without GPU pinning (restarted on crash)"
     )
     worker.set_defaults(func=cmd_worker)
 
@@ -291,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", default="bbc-news-minilm", help="a preset name in studies/presets/, or a spec file"
     )
     demo.add_argument("--port", type=port_number, default=8000)
-    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--workers", type=positive_int, default=2)
     demo.add_argument("--exit", action="store_true", help="exit when the study is done instead of serving on")
     demo.add_argument("--log-dir", default=".tunefleet/logs", help="where the service and worker logs go")
     demo.set_defaults(func=cmd_demo)

@@ -18,7 +18,7 @@ from types import FrameType
 
 from studies import StudyRepository, WorkerIdentity, open_storage
 from studies.artifacts import ArtifactStore, open_artifact_store
-from studies.errors import WorkerDeclaredLost
+from studies.errors import StudyNotFound, WorkerDeclaredLost
 from studies.fleet import Fleet, Reaper, new_worker_id
 from studies.resilience import GaveUp, is_transient, with_retry
 from worker.device import configure_threads, describe, pick_device
@@ -131,6 +131,19 @@ class Heartbeat(threading.Thread):
                 self.reaper.note_store_failure()
 
 
+def _say_which_studies_are_missing(
+    repository: StudyRepository, names: tuple[str, ...], stop: threading.Event
+) -> None:
+    """A `--study` naming no study is waited for (it may be created later), but said once: it may be a typo."""
+    for name in names:
+        try:
+            with_retry(partial(repository.get, name), what="look up a study", stop=stop)
+        except StudyNotFound:
+            log.warning("study %r does not exist (yet): this worker waits for it", name)
+        except GaveUp:
+            return
+
+
 def run_loop(
     runner: TrialRunner, identity: WorkerIdentity, options: LoopOptions, settings: WorkerSettings
 ) -> int:
@@ -143,6 +156,7 @@ def run_loop(
     done = 0
     which = ", ".join(options.study_names) if options.study_names else "any study"
     log.info("worker %s on %s pulling %s", identity.worker_id, identity.device, which)
+    _say_which_studies_are_missing(runner.repository, options.study_names or (), stop)
     try:
         while not stop.is_set():
             if options.max_trials is not None and done >= options.max_trials:

@@ -227,11 +227,35 @@ def test_a_worker_on_a_store_url_no_driver_reads_is_one_line_without_its_passwor
     assert "hunter2" not in line
 
 
+def test_demo_refuses_a_port_it_could_not_find_again(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--port", "0"]) == 2
+    assert one_error_line(capsys).startswith("--port 0 picks any free port")
+
+
 @pytest.mark.parametrize(
-    ("args", "reason"), [(["--port", "0"], "--port 0"), (["--workers", "0"], "--workers")]
+    "args",
+    [
+        ["worker", "--max-trials", "0"],
+        ["worker", "--max-trials", "-3"],
+        ["worker", "--processes", "0"],
+        ["demo", "--workers", "0"],
+    ],
 )
-def test_demo_refuses_what_it_cannot_run(
-    args: list[str], reason: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["demo", *args]) == 2
-    assert one_error_line(capsys).startswith(reason)
+def test_counts_below_one_are_refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # `worker --max-trials 0` exited 0 having run nothing; `demo --workers 0` created a study nothing would run.
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_a_worker_says_once_that_a_study_it_was_given_does_not_exist(store_env: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tunefleet", "worker", "--study", "no-such-study", "--exit-when-idle"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("study 'no-such-study' does not exist (yet): this worker waits for it") == 1
