@@ -404,7 +404,10 @@ class TrialRunner:
                 )
             return {**base, **(extra or {})}
 
-        def fail(reason: str) -> str:
+        def fail(reason: str, *, logged: bool = False) -> str:
+            # The reason is in the store; the worker's log says it too, where its operator is looking.
+            if not logged:
+                log.warning("trial %d of %s failed: %s", trial.number, claim.study_name, reason)
             self._store("fail", lambda: repository.fail(claim, reason, attrs()))
             return "fail"
 
@@ -442,7 +445,7 @@ class TrialRunner:
             else:
                 # One broken trial must not take the worker down: record why, then go on to the next.
                 log.exception("trial %d of %s failed", trial.number, claim.study_name)
-                return fail(f"{type(error).__name__}: {error}")
+                return fail(f"{type(error).__name__}: {error}", logged=True)
         if out_of_memory:
             free_memory(self.device)
             return self._out_of_memory(claim, attrs())

@@ -125,8 +125,9 @@ def test_patience_zero_runs_every_epoch(
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_worker_goes_on(
-    repository: StudyRepository, cache_dir: Path, study_name: str
+    repository: StudyRepository, cache_dir: Path, study_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("WARNING", logger="tunefleet.worker")
     outcome, trial = run_one(
         repository,
         cache_dir,
@@ -146,6 +147,9 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_worker_goes_on(
     assert trial.state == TrialState.FAIL
     assert "loss at epoch" in trial.user_attrs["fail_reason"]
     assert "nan" in trial.user_attrs["fail_reason"].lower() or "inf" in trial.user_attrs["fail_reason"]
+    # The worker's log said only "fail in 0.0s": its operator had to ask the store why.
+    said = [r.getMessage() for r in caplog.records if r.name == "tunefleet.worker"]
+    assert f"trial 0 of {study_name} failed: {trial.user_attrs['fail_reason']}" in said
     # The same runner takes the next trial as if nothing happened.
     claim = repository.claim(WORKER, study_names=[study_name])
     assert claim is not None
