@@ -7,6 +7,9 @@ from typing import Any
 
 import httpx
 
+# /healthz does no work: an answer slower than this is no answer.
+HEALTH_TIMEOUT_S = 5.0
+
 
 class ApiError(Exception):
     """The service answered with an error; `status` and `code` say which."""
@@ -109,10 +112,12 @@ class TunefleetClient:
             raise ApiError(response.status_code, detail, code)
         return response.text
 
-    def healthy(self) -> bool:
-        """True when /healthz answers 200."""
+    def healthy(self, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
+        """True when /healthz answers 200 within timeout_s."""
+        # Not the client's 30 s: a port held by a program that accepts and never answers (not a tunefleet
+        # service) kept `tunefleet demo` waiting a minute before it said anything.
         try:
-            return self._http.get("/healthz").status_code == 200
+            return self._http.get("/healthz", timeout=timeout_s).status_code == 200
         except httpx.TransportError:
             return False
 

@@ -75,11 +75,23 @@ class Processes:
             out.close()
 
 
+def _said_in(log: Path) -> str:
+    """The one-line error `tunefleet serve` ended with (a taken port, a bad setting), as ": reason"; else ""."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    said = [
+        line.removeprefix("tunefleet: error: ") for line in lines if line.startswith("tunefleet: error: ")
+    ]
+    return f": {said[-1]}" if said else ""
+
+
 def _wait_for_service(client: TunefleetClient, service: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if service.poll() is not None:
-            raise RuntimeError(f"the service exited at start-up; see {log}")
+            raise RuntimeError(f"the service exited at start-up{_said_in(log)}; see {log}")
         if client.healthy():
             return
         time.sleep(0.3)

@@ -129,6 +129,40 @@ def test_demo_runs_a_study_through_the_api_and_prints_the_best_trial(
     assert "dashboard: http://127.0.0.1:" in result.stdout
 
 
+def test_demo_on_a_port_another_program_holds_says_why_the_service_did_not_start(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Not an HTTP server, so the demo's "already serving" check passes and `tunefleet serve` meets the taken
+    # port itself. The demo said only "the service exited at start-up; see …/service.log".
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        logs = tmp_path / "logs"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tunefleet",
+                "demo",
+                "--exit",
+                "--port",
+                str(port),
+                "--log-dir",
+                str(logs),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        f"the service exited at start-up: cannot listen on 127.0.0.1:{port}: Address already in use; see "
+        in result.stderr
+    )
+
+
 def children_of(pid: int) -> list[int]:
     """The live processes whose parent is pid (from /proc)."""
     found = []

@@ -259,3 +259,28 @@ def test_a_worker_says_once_that_a_study_it_was_given_does_not_exist(store_env: 
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("study 'no-such-study' does not exist (yet): this worker waits for it") == 1
+
+
+def test_a_health_check_gives_up_on_a_port_that_accepts_and_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With the client's 30 s request timeout, `tunefleet demo` on a port held by such a program sat silent for
+    # a minute (two checks) before it said why.
+    from tunefleet.client import HEALTH_TIMEOUT_S, TunefleetClient
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        client = TunefleetClient(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        asked: list[object] = []
+        get = client._http.get
+
+        def recording_get(url: str, **kwargs: object) -> httpx.Response:
+            asked.append(kwargs.get("timeout"))
+            return get(url, timeout=0.2)
+
+        monkeypatch.setattr(client._http, "get", recording_get)
+        assert client.healthy() is False
+    assert asked == [HEALTH_TIMEOUT_S]
+    assert client._http.timeout.read is not None
+    assert client._http.timeout.read > HEALTH_TIMEOUT_S
