@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck clean bench bench-quick bench-gpu
+.PHONY: install run test lint typecheck clean bench bench-quick bench-gpu device-pack
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,11 @@ bench-quick: install
 bench-gpu: install
 	$(BIN)/python -m bench.finetune_throughput --device cuda --out bench/results/finetune_throughput_gpu.json
 	$(BIN)/python -m bench.write_report
+
+# For a session lent a GPU machine (no network there): pack what its checks need into .device/, then run
+# bench/device_check.sh there with .device carried (the script's header says how).
+device-pack: install
+	$(BIN)/python -m bench.device_pack
 
 lint: install
 	$(BIN)/ruff check studies service worker tunefleet tests

@@ -230,10 +230,12 @@ def summary(rows: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def study_spec(mode: str, size: str, repeats: int) -> StudySpec:
+def study_spec(mode: str, size: str, repeats: int, model: str | None = None) -> StudySpec:
     """The study both loops run in one mode: the fixed head parameters, every epoch trained."""
     max_examples, epochs, max_length = SIZES[mode][size]
     task: dict[str, Any] = {"max_examples": max_examples, "max_length": max_length}
+    if model is not None:
+        task["model"] = model
     if mode == "last-k":
         task.update(finetune="last-k", k=1)
     elif mode == "full":
@@ -279,11 +281,17 @@ def add_mfu(figures: dict[str, float], flops: float, peak: float | None) -> None
 
 
 def measure_mode(
-    mode: str, size: str, repeats: int, cache_dir: Path, device: torch.device, peak: float | None
+    mode: str,
+    size: str,
+    repeats: int,
+    cache_dir: Path,
+    device: torch.device,
+    peak: float | None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """tunefleet's loop and the plain loop, `repeats` trials each, in one fine-tuning mode."""
     max_examples, epochs, max_length = SIZES[mode][size]
-    spec = study_spec(mode, size, repeats)
+    spec = study_spec(mode, size, repeats, model)
     with tempfile.TemporaryDirectory() as workdir:
         ours = tunefleet_trials(spec, repeats, cache_dir, Path(workdir), device)
     if mode == "head":
@@ -325,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="trials per loop and mode (default 3; 1 with --quick, to fit `make bench-quick`)",
     )
+    parser.add_argument(
+        "--model",
+        help="a local Hugging Face encoder folder instead of the built-in MiniLM (on a machine without the "
+        "built-in package: bench/device_model.py writes MiniLM's architecture with random weights, which "
+        "trains at the same speed)",
+    )
     parser.add_argument("--out", default="bench/results/finetune_throughput.json")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -340,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     peak = peak_flops(device_name, args.peak_tflops)
     names = args.modes or ["head", "last-k", *(["full"] if device.type == "cuda" else [])]
-    modes = [measure_mode(mode, size, repeats, cache_dir, device, peak) for mode in names]
+    modes = [measure_mode(mode, size, repeats, cache_dir, device, peak, args.model) for mode in names]
     gpu = "not measured: no GPU on this machine" if not torch.cuda.is_available() else device_name
     result: dict[str, Any] = {
         "device": str(device),
@@ -350,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": gpu,
         "config": {
             "command": command_line("bench.finetune_throughput", argv),
+            "model": args.model or "builtin:all-MiniLM-L6-v2",
             "size": size,
             "repeats": repeats,
             "cores": os.cpu_count(),
@@ -369,8 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         for m in modes
     ]
+    # Random weights train at the same speed (same shapes, same FLOPs); the figures say which were used.
+    model_words = "MiniLM-L6" if args.model is None else f"the encoder in {args.model}"
     lines = [
-        f"Median of {repeats} trial(s) per loop, {device}; the same model (MiniLM-L6), data, seed, batch size "
+        f"Median of {repeats} trial(s) per loop, {device}; the same model ({model_words}), data, seed, batch size "
         "and head; training samples/s counts training examples over the trial's whole wall time.",
         "",
         "| mode | loop | examples, epochs | trial wall s | training samples/s (of trial wall) | time in training |",
