@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,28 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+# A password as a driver may quote it: `password=...` in a connection string, or `//user:password@` in a URL.
+_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)|(//[^:/@\s]+:)[^@\s]*@", re.IGNORECASE)
+
+
+def store_error_reason(error: BaseException) -> str:
+    """What the database driver said, on one line and without a password.
+
+    A wrong host, database name or password fails the same way an outage does, and is retried the same way
+    (a database being created or restarted reads alike): the log line must say which it is.
+    """
+    seen: BaseException | None = error
+    text = f"{type(error).__name__}: {error}"
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.orig is not None:
+            text = f"{type(seen).__name__}: {seen.orig}"
+            break
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(text.split())
+    text = _PASSWORD.sub(lambda m: f"{m.group(1)}***" if m.group(1) else f"{m.group(3)}***@", text)
+    return text[:400]
+
+
 class GaveUp(Exception):
     """The store stayed unreachable for longer than the caller would wait, or the caller was stopped."""
 
@@ -64,7 +87,7 @@ def with_retry(
                 reset()
             if attempt == 0:
                 log.warning(
-                    "store unavailable during %s (%s); retrying with backoff", what, type(error).__name__
+                    "store unavailable during %s (%s); retrying with backoff", what, store_error_reason(error)
                 )
             pause_s = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
             if stop is not None:

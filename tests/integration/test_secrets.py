@@ -158,3 +158,43 @@ def test_serve_reports_a_store_it_cannot_open_in_one_line_without_the_password(
     )
     assert len(err.splitlines()) == 1
     assert PASSWORD not in err
+
+
+def test_a_store_error_reason_keeps_what_the_driver_said_and_drops_any_password() -> None:
+    import sqlalchemy.exc
+
+    from studies.resilience import store_error_reason
+
+    said = Exception(f'connection failed: password={PASSWORD} host=db\nFATAL:  role "x" does not exist')
+    wrapped = sqlalchemy.exc.OperationalError("SELECT 1", {}, said)
+    reason = store_error_reason(RuntimeError("storage failed"))
+    assert reason == "RuntimeError: storage failed"
+    try:
+        raise RuntimeError("storage failed") from wrapped
+    except RuntimeError as error:
+        reason = store_error_reason(error)
+    assert (
+        reason == 'OperationalError: connection failed: password=*** host=db FATAL: role "x" does not exist'
+    )
+    url_said = sqlalchemy.exc.OperationalError("", {}, Exception(f"at postgresql://u:{PASSWORD}@db/x"))
+    assert store_error_reason(url_said) == "OperationalError: at postgresql://u:***@db/x"
+
+
+@pytest.mark.postgres
+def test_a_store_that_will_not_open_says_why_in_its_retry_line(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It said only "(OperationalError)": a mistyped database name looked like an outage, retried for ever.
+    from studies import open_storage
+    from studies.resilience import GaveUp, with_retry
+
+    url = make_url(url_with_password(postgres_url)).set(database="tunefleet_no_such_database")
+    caplog.set_level(logging.WARNING, logger="tunefleet.store")
+    with pytest.raises(GaveUp):
+        with_retry(
+            lambda: open_storage(url.render_as_string(hide_password=False)),
+            what="open the store",
+            max_wait_s=0.3,
+        )
+    assert 'database "tunefleet_no_such_database" does not exist' in caplog.text
+    assert PASSWORD not in caplog.text
