@@ -76,11 +76,15 @@ def _show(study: dict[str, Any]) -> str:
 
 
 def _read_spec(path_text: str, assignments: list[str]) -> dict[str, Any]:
-    from studies.spec import load_spec_file
+    from studies.spec import PRESETS_DIR, load_spec_file, preset_path
 
     path = Path(path_text)
+    if not path.is_file() and not path.suffix and preset_path(path_text).is_file():
+        # A preset's name, as `tunefleet demo --preset` takes it.
+        path = preset_path(path_text)
     if not path.is_file():
-        raise UsageError(f"no such spec file: {path}")
+        presets = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+        raise UsageError(f"no such spec file: {path} (or a preset: {presets})")
     try:
         spec = load_spec_file(path)
     except Exception as error:
@@ -166,8 +170,10 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
     study = sub.add_parser("study", help="create, list, show and control studies through the REST API")
     study_sub = study.add_subparsers(dest="study_command", required=True)
 
-    create = study_sub.add_parser("create", parents=[common], help="create a study from a YAML spec file")
-    create.add_argument("file")
+    create = study_sub.add_parser(
+        "create", parents=[common], help="create a study from a YAML spec file or a preset's name"
+    )
+    create.add_argument("file", help="a YAML or JSON spec file, or a preset in studies/presets/ by name")
     create.add_argument(
         "--set",
         action="append",

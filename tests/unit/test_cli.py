@@ -284,3 +284,13 @@ def test_a_health_check_gives_up_on_a_port_that_accepts_and_never_answers(
     assert asked == [HEALTH_TIMEOUT_S]
     assert client._http.timeout.read is not None
     assert client._http.timeout.read > HEALTH_TIMEOUT_S
+
+
+def test_study_create_takes_a_presets_name_as_the_demo_does(capsys: pytest.CaptureFixture[str]) -> None:
+    # The spec is read (the next step, reaching the service, is what fails here); it was "no such spec file".
+    assert main(["study", "create", "tweets-sentiment-minilm", "--url", "http://127.0.0.1:9"]) == 2
+    assert one_error_line(capsys).startswith("cannot reach the tunefleet service")
+    assert main(["study", "create", "no-such-preset", "--url", "http://127.0.0.1:9"]) == 2
+    assert one_error_line(capsys) == (
+        "no such spec file: no-such-preset (or a preset: bbc-news-minilm, tweets-sentiment-minilm)"
+    )
