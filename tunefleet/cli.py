@@ -204,8 +204,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         runner, identity = build_runner(settings)
     except DeviceError as error:
         raise CliError(str(error)) from None
-    except (ArgumentError, ImportError) as error:
-        # A URL no driver reads; an unreachable database is retried instead, as an outage is.
+    except (ArgumentError, ImportError, OSError) as error:
+        # A URL no driver reads, a SQLite file whose folder cannot be made; an unreachable database is
+        # retried instead, as an outage is.
         raise store_problem(error, settings.database_url) from None
     if args.warm_cache:
         if not args.study or len(args.study) != 1:

@@ -217,6 +217,16 @@ def test_a_worker_on_a_device_it_cannot_use_is_one_line(
     assert one_error_line(capsys) == reason
 
 
+def test_a_worker_on_a_sqlite_file_it_cannot_create_is_one_line(
+    store_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocked = store_env / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("TUNEFLEET_DATABASE_URL", f"sqlite:///{blocked / 'store.db'}")
+    assert main(["worker", "--exit-when-idle"]) == 2
+    assert one_error_line(capsys).startswith(f"cannot open the store sqlite:///{blocked / 'store.db'}: ")
+
+
 def test_a_worker_on_a_store_url_no_driver_reads_is_one_line_without_its_password(
     store_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
