@@ -16,15 +16,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
-from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
+from studies import StudyRepository, WorkerIdentity, open_storage
 from studies.artifacts import MODEL_ARTIFACT_ATTR, extract_model_archive, open_artifact_store
+from tests.finetune_spec import finetune_spec, write_csv
 from worker.device import DeviceError, pick_device
 from worker.export import evaluate, load_best_model
 from worker.finetune import autocast_for
@@ -37,24 +37,10 @@ pytestmark = [
 ]
 
 WORKER = WorkerIdentity(host="gpu-test", pid=1, device="cuda")
-WORDS = {
-    "positive": ["great", "lovely", "wonderful", "superb"],
-    "negative": ["awful", "dreadful", "terrible", "horrid"],
-    "neutral": ["table", "window", "pencil", "carpet"],
-}
 
 
 def encoder_folder() -> str:
     return os.environ.get("TUNEFLEET_GPU_TEST_MODEL") or str(builtin_model_folder("all-MiniLM-L6-v2"))
-
-
-def write_csv(path: Path, n_per_label: int, offset: int = 0) -> str:
-    lines = ["text,label"]
-    for i in range(offset, offset + n_per_label):
-        for label, words in WORDS.items():
-            lines.append(f"this {words[i % 4]} thing number {i} is {words[(i + 1) % 4]},{label}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture
@@ -76,36 +62,10 @@ def runner(repository: StudyRepository, tmp_path: Path) -> TrialRunner:
 
 def create(repository: StudyRepository, tmp_path: Path, name: str, finetune: str, n_trials: int = 1) -> None:
     data = {
-        "train": write_csv(tmp_path / "train.csv", 16),
-        "validation": write_csv(tmp_path / "val.csv", 4, 100),
+        "train": str(write_csv(tmp_path / "train.csv", 16)),
+        "validation": str(write_csv(tmp_path / "val.csv", 4, 100)),
     }
-    task: dict[str, Any] = {"model": encoder_folder(), "data": data, "finetune": finetune, "max_length": 32}
-    if finetune == "last-k":
-        task["k"] = 1
-    space: dict[str, Any] = {
-        "learning_rate": 0.01,
-        "batch_size": 8,
-        "epochs": 2,
-        "depth": 1,
-        "width": 16,
-        "activation": "relu",
-        "optimizer": "adam",
-    }
-    if finetune != "head":
-        space["encoder_learning_rate"] = 1e-4
-    repository.create(
-        StudySpec.model_validate(
-            {
-                "name": name,
-                "task": task,
-                "space": space,
-                "objective": {"patience": 0},
-                "sampler": {"name": "random", "seed": 3},
-                "pruner": {"name": "none"},
-                "budget": {"n_trials": n_trials},
-            }
-        )
-    )
+    repository.create(finetune_spec(name, encoder_folder(), data, finetune, budget={"n_trials": n_trials}))
 
 
 def run_next(

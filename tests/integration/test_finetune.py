@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
@@ -21,6 +20,8 @@ from safetensors.torch import load_file
 from service import ServiceSettings, create_app
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies.artifacts import MODEL_ARTIFACT_ATTR, open_artifact_store
+from tests.finetune_spec import finetune_spec as spec
+from tests.finetune_spec import write_csv
 from tunefleet.client import ApiError, TunefleetClient
 from worker.export import evaluate, load_best_model
 from worker.model import builtin_model_folder
@@ -28,11 +29,6 @@ from worker.objective import TrialRunner
 
 WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-WORDS = {
-    "positive": ["great", "lovely", "wonderful", "superb"],
-    "negative": ["awful", "dreadful", "terrible", "horrid"],
-    "neutral": ["table", "window", "pencil", "carpet"],
-}
 
 
 @pytest.fixture(autouse=True)
@@ -65,15 +61,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def write_csv(path: Path, n_per_label: int, offset: int = 0) -> Path:
-    lines = ["text,label"]
-    for i in range(offset, offset + n_per_label):
-        for label, words in WORDS.items():
-            lines.append(f"this {words[i % 4]} thing number {i} is {words[(i + 1) % 4]},{label}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("data")
@@ -89,32 +76,6 @@ def repository(tmp_path: Path) -> Iterator[StudyRepository]:
     repo = StudyRepository(open_storage(f"sqlite:///{tmp_path / 'store.db'}"))
     yield repo
     repo.engine.dispose()
-
-
-def spec(name: str, model: Path, data: dict[str, str], finetune: str, **overrides: Any) -> StudySpec:
-    task: dict[str, Any] = {"model": str(model), "data": data, "finetune": finetune, "max_length": 32}
-    if finetune == "last-k":
-        task["k"] = 1
-    body: dict[str, Any] = {
-        "name": name,
-        "task": task,
-        "space": {
-            "learning_rate": 0.01,
-            "batch_size": 8,
-            "epochs": 2,
-            "depth": 1,
-            "width": 16,
-            "activation": "relu",
-            "optimizer": "adam",
-            **({} if finetune == "head" else {"encoder_learning_rate": 0.001}),
-        },
-        "sampler": {"name": "random", "seed": 3},
-        "pruner": {"name": "none"},
-        "budget": {"n_trials": 2},
-    }
-    body["space"].update(overrides.pop("space", {}))
-    body.update(overrides)
-    return StudySpec.model_validate(body)
 
 
 def run_next(

@@ -1,0 +1,57 @@
+"""A study on a small labelled CSV with a local encoder, in any fine-tune mode.
+
+Shared by the fine-tuning tests and the GPU tests; it imports nothing of the service, which the GPU machine
+lacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from studies import StudySpec
+
+WORDS = {
+    "positive": ["great", "lovely", "wonderful", "superb"],
+    "negative": ["awful", "dreadful", "terrible", "horrid"],
+    "neutral": ["table", "window", "pencil", "carpet"],
+}
+
+
+def write_csv(path: Path, n_per_label: int, offset: int = 0) -> Path:
+    """n_per_label rows for each of three labels, each text with two words that give its label away."""
+    lines = ["text,label"]
+    for i in range(offset, offset + n_per_label):
+        for label, words in WORDS.items():
+            lines.append(f"this {words[i % 4]} thing number {i} is {words[(i + 1) % 4]},{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def finetune_spec(
+    name: str, model: Path | str, data: dict[str, str], finetune: str, **overrides: Any
+) -> StudySpec:
+    """Fixed parameters (2 epochs, batch 8, a 16-wide head), random sampler, no pruner, a budget of 2 trials."""
+    task: dict[str, Any] = {"model": str(model), "data": data, "finetune": finetune, "max_length": 32}
+    if finetune == "last-k":
+        task["k"] = 1
+    body: dict[str, Any] = {
+        "name": name,
+        "task": task,
+        "space": {
+            "learning_rate": 0.01,
+            "batch_size": 8,
+            "epochs": 2,
+            "depth": 1,
+            "width": 16,
+            "activation": "relu",
+            "optimizer": "adam",
+            **({} if finetune == "head" else {"encoder_learning_rate": 0.001}),
+        },
+        "sampler": {"name": "random", "seed": 3},
+        "pruner": {"name": "none"},
+        "budget": {"n_trials": 2},
+    }
+    body["space"].update(overrides.pop("space", {}))
+    body.update(overrides)
+    return StudySpec.model_validate(body)
