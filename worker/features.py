@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT_VERSION = 1
 # Texts per encoder batch when building the cache; exporting a head-mode model encodes the same way.
 ENCODE_BATCH_SIZE = 64
+# How often a process waiting for another's build asks whether it should stop waiting.
+LOCK_POLL_S = 1.0
 _READ_CHUNK_BYTES = 1 << 20
 
 
@@ -190,6 +192,7 @@ def _build_features(
     batch_size: int,
     device: torch.device,
     progress: Callable[[int, int], None] | None,
+    interrupt: Callable[[], None] | None,
 ) -> Features:
     encoder = load_encoder(encoder_folder)
     # Positions beyond the encoder's table would crash it, so longer requests are capped.
@@ -203,6 +206,8 @@ def _build_features(
         done += n_texts
         if progress is not None:
             progress(done, total)
+        if interrupt is not None:
+            interrupt()
 
     original_device = next(encoder.model.parameters()).device
     encoder.model.to(device)
@@ -244,11 +249,14 @@ def load_or_build_features(
     batch_size: int = ENCODE_BATCH_SIZE,
     progress: Callable[[int, int], None] | None = None,
     device: torch.device | None = None,
+    interrupt: Callable[[], None] | None = None,
 ) -> Features:
     """Return the split's frozen-encoder features from the cache, building and caching them on a miss.
 
     progress(done_texts, total_texts) is called after each encoded batch, never on a cache hit.
     device (default CPU) is where the encoder runs on a miss; the features returned are always on the CPU.
+    interrupt() is called after each encoded batch and each second spent waiting for another process's
+    build; what it raises ends the wait or the build, and a build ended so leaves no cache file.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length}")
@@ -264,7 +272,16 @@ def load_or_build_features(
     features = _read_cache(path, split, warn=False)
     if features is not None:
         return features
-    with filelock.FileLock(str(cache_dir / f"features-{key}.lock")):
+    lock = filelock.FileLock(str(cache_dir / f"features-{key}.lock"))
+    # A build takes minutes on a CPU: a worker told to stop must not sit out another process's build.
+    while True:
+        try:
+            lock.acquire(timeout=LOCK_POLL_S if interrupt is not None else -1)
+            break
+        except filelock.Timeout:
+            if interrupt is not None:
+                interrupt()
+    try:
         # Another process may have built it while this one waited for the lock.
         features = _read_cache(path, split, warn=True)
         if features is not None:
@@ -277,6 +294,9 @@ def load_or_build_features(
             batch_size=batch_size,
             device=device if device is not None else torch.device("cpu"),
             progress=progress,
+            interrupt=interrupt,
         )
         _write_cache_atomically(path, features)
+    finally:
+        lock.release()
     return features

@@ -190,7 +190,9 @@ class TrialRunner:
     artifact_store: ArtifactStore | None = None
     _tokens: dict[tuple[Any, ...], Tokens] = field(default_factory=dict)
 
-    def features(self, task: Task, progress: Progress | None = None) -> Features:
+    def features(
+        self, task: Task, progress: Progress | None = None, interrupt: Callable[[], None] | None = None
+    ) -> Features:
         """The task's encoder features: from this process's memo, else the node's disk cache, else computed."""
         key = data_memo_key(task)
         if key not in self._features:
@@ -203,6 +205,7 @@ class TrialRunner:
                     cache_dir=self.cache_dir,
                     progress=progress,
                     device=self.device,
+                    interrupt=interrupt,
                 )
         return self._features[key]
 
@@ -232,6 +235,13 @@ class TrialRunner:
             return state
         return checked[1]
 
+    def _stop_if_interrupted(self) -> None:
+        # Called between batches of a feature-cache build (minutes on a CPU): a preempted worker hands
+        # its trial back now, not after the build.
+        reason = self.interrupted()
+        if reason is not None:
+            raise StopTraining(reason)
+
     def interrupted(self) -> str | None:
         """Why the running trial must stop now, or None: polled between batches."""
         if self.lost.is_set():
@@ -255,7 +265,7 @@ class TrialRunner:
         keep = keep_rule(metric=claim.spec.objective.metric, value=claim.spec.objective.value)
         if task.finetune == "head":
             return train_head(
-                features=self.features(task),
+                features=self.features(task, interrupt=self._stop_if_interrupted),
                 params=params,
                 seed=claim.seed,
                 device=self.device,

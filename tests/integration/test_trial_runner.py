@@ -189,6 +189,20 @@ def test_a_worker_told_to_stop_hands_its_trial_back(
     assert (rerun.trial.number, rerun.params) == (claim.trial.number, claim.params)
 
 
+def test_a_worker_told_to_stop_while_building_the_feature_cache_hands_its_trial_back_at_once(
+    repository: StudyRepository, tmp_path: Path, study_name: str
+) -> None:
+    # It built the whole cache first (44 s on BBC News with 2 cores), then handed the trial back.
+    repository.create(StudySpec.model_validate(tiny_spec(study_name, budget={"n_trials": 1})))
+    claim = repository.claim(WORKER, study_names=[study_name])
+    assert claim is not None
+    fresh_cache = tmp_path / "fresh-cache"
+    runner = runner_for(repository, fresh_cache)
+    runner.stopping.set()
+    assert runner.run(claim) == "requeued"
+    assert not list(fresh_cache.glob("features-*.pt"))
+
+
 def test_a_missing_model_folder_fails_the_trial_with_a_clear_reason(
     repository: StudyRepository, cache_dir: Path, study_name: str, tmp_path: Path
 ) -> None:

@@ -223,3 +223,75 @@ def test_mean_pool_ignores_padding() -> None:
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     mask = torch.tensor([[1, 1, 0]])
     assert mean_pool(hidden, mask).tolist() == [[2.0, 3.0]]
+
+
+class Stop(Exception):
+    """What a worker's interrupt raises (StopTraining there)."""
+
+
+def test_an_interrupt_ends_a_build_between_batches_and_leaves_no_cache(
+    model_folder: Path, tiny_split: LabelledSplit, tmp_path: Path
+) -> None:
+    # A worker told to stop sat out the whole build (44 s on BBC News, minutes on bigger data) before it
+    # handed its trial back.
+    batches: list[int] = []
+
+    def stop_after_the_first_batch() -> None:
+        batches.append(1)
+        raise Stop
+
+    with pytest.raises(Stop):
+        load_or_build_features(
+            encoder_folder=model_folder,
+            split=tiny_split,
+            max_length=MAX_LENGTH,
+            cache_dir=tmp_path,
+            batch_size=4,
+            interrupt=stop_after_the_first_batch,
+        )
+    assert batches == [1]
+    key = cache_key(model_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH)
+    assert not cache_path(cache_dir=tmp_path, key=key).exists()
+    # The lock was let go: the next build runs to the end.
+    load_or_build_features(
+        encoder_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH, cache_dir=tmp_path
+    )
+    assert cache_path(cache_dir=tmp_path, key=key).is_file()
+
+
+def test_an_interrupt_ends_the_wait_for_another_process_build(
+    model_folder: Path, tiny_split: LabelledSplit, tmp_path: Path
+) -> None:
+    key = cache_key(model_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH)
+    held = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import filelock, sys, time; filelock.FileLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(60)",
+            str(tmp_path / f"features-{key}.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert held.stdout is not None and held.stdout.readline().strip() == "held"
+        waits: list[int] = []
+
+        def stop_on_the_second_wait() -> None:
+            waits.append(1)
+            if len(waits) == 2:
+                raise Stop
+
+        with pytest.raises(Stop):
+            load_or_build_features(
+                encoder_folder=model_folder,
+                split=tiny_split,
+                max_length=MAX_LENGTH,
+                cache_dir=tmp_path,
+                interrupt=stop_on_the_second_wait,
+            )
+        assert len(waits) == 2
+    finally:
+        held.kill()
+        held.wait()
