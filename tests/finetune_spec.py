@@ -1,4 +1,4 @@
-"""A study on a small labelled CSV with a local encoder, in any fine-tune mode.
+"""A study on a small labelled CSV with a local encoder, in any fine-tune mode, and running its next trial.
 
 Shared by the fine-tuning tests and the GPU tests; it imports nothing of the service, which the GPU machine
 lacks.
@@ -9,7 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from studies import StudySpec
+import optuna
+
+from studies import StudyRepository, StudySpec, WorkerIdentity
+from worker.objective import TrialRunner
+
+CPU_WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
 
 WORDS = {
     "positive": ["great", "lovely", "wonderful", "superb"],
@@ -55,3 +60,13 @@ def finetune_spec(
     body["space"].update(overrides.pop("space", {}))
     body.update(overrides)
     return StudySpec.model_validate(body)
+
+
+def run_next(
+    runner: TrialRunner, repository: StudyRepository, name: str, worker: WorkerIdentity = CPU_WORKER
+) -> tuple[str, optuna.trial.FrozenTrial]:
+    """Claim the study's next trial as worker, run it to its end; what became of it, and the trial as stored."""
+    claim = repository.claim(worker, study_names=[name])
+    assert claim is not None
+    outcome = runner.run(claim)
+    return outcome, repository.trial(repository.get(name), claim.trial.number)

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from studies import StudyRepository, WorkerIdentity, open_storage
 from studies.artifacts import MODEL_ARTIFACT_ATTR, extract_model_archive, open_artifact_store
-from tests.finetune_spec import finetune_spec, write_csv
+from tests.finetune_spec import finetune_spec, run_next, write_csv
 from worker.device import DeviceError, pick_device
 from worker.export import evaluate, load_best_model
 from worker.finetune import autocast_for
@@ -68,15 +68,6 @@ def create(repository: StudyRepository, tmp_path: Path, name: str, finetune: str
     repository.create(finetune_spec(name, encoder_folder(), data, finetune, budget={"n_trials": n_trials}))
 
 
-def run_next(
-    runner: TrialRunner, repository: StudyRepository, name: str
-) -> tuple[str, optuna.trial.FrozenTrial]:
-    claim = repository.claim(WORKER, study_names=[name])
-    assert claim is not None
-    outcome = runner.run(claim)
-    return outcome, repository.trial(repository.get(name), claim.trial.number)
-
-
 def test_a_gpu_trains_under_bf16_autocast() -> None:
     x = torch.ones(8, 8, device="cuda")
     with autocast_for(torch.device("cuda")):
@@ -89,7 +80,7 @@ def test_every_mode_trains_on_the_gpu_and_its_best_model_scores_alike_on_a_cpu(
     finetune: str, repository: StudyRepository, runner: TrialRunner, tmp_path: Path
 ) -> None:
     create(repository, tmp_path, "gpu-" + finetune, finetune)
-    outcome, trial = run_next(runner, repository, "gpu-" + finetune)
+    outcome, trial = run_next(runner, repository, "gpu-" + finetune, WORKER)
     assert outcome == "complete", trial.user_attrs.get("fail_reason")
     assert sorted(trial.intermediate_values) == [1, 2]
     assert all(math.isfinite(v) for v in trial.intermediate_values.values())
@@ -112,13 +103,13 @@ def test_a_real_out_of_memory_prunes_the_trial_and_the_next_one_runs(
     # A real allocation failure from the CUDA allocator: this process may use about 1 MB of the GPU.
     torch.cuda.set_per_process_memory_fraction(2**20 / torch.cuda.get_device_properties(0).total_memory)
     try:
-        outcome, starved = run_next(runner, repository, "gpu-oom")
+        outcome, starved = run_next(runner, repository, "gpu-oom", WORKER)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     assert outcome == "out of memory"
     assert starved.state == TrialState.PRUNED
     assert starved.user_attrs["fail_reason"] == "out of memory at batch_size=8"
-    outcome, trial = run_next(runner, repository, "gpu-oom")
+    outcome, trial = run_next(runner, repository, "gpu-oom", WORKER)
     assert outcome == "complete", trial.user_attrs.get("fail_reason")
 
 

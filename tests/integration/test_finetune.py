@@ -18,16 +18,15 @@ from optuna.trial import TrialState
 from safetensors.torch import load_file
 
 from service import ServiceSettings, create_app
-from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
+from studies import StudyRepository, StudySpec, open_storage
 from studies.artifacts import MODEL_ARTIFACT_ATTR, open_artifact_store
 from tests.finetune_spec import finetune_spec as spec
-from tests.finetune_spec import write_csv
+from tests.finetune_spec import run_next, write_csv
 from tunefleet.client import ApiError, TunefleetClient
 from worker.export import evaluate, load_best_model
 from worker.model import builtin_model_folder
 from worker.objective import TrialRunner
 
-WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -76,15 +75,6 @@ def repository(tmp_path: Path) -> Iterator[StudyRepository]:
     repo = StudyRepository(open_storage(f"sqlite:///{tmp_path / 'store.db'}"))
     yield repo
     repo.engine.dispose()
-
-
-def run_next(
-    runner: TrialRunner, repository: StudyRepository, name: str
-) -> tuple[str, optuna.trial.FrozenTrial]:
-    claim = repository.claim(WORKER, study_names=[name])
-    assert claim is not None
-    outcome = runner.run(claim)
-    return outcome, repository.trial(repository.get(name), claim.trial.number)
 
 
 def runner_for(repository: StudyRepository, tmp_path: Path, *, keep_models: bool = True) -> TrialRunner:
