@@ -16,12 +16,13 @@ WORKDIR /app
 ARG TORCH_SPEC="torch>=2.3"
 RUN pip install "${TORCH_SPEC}"
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY studies ./studies
 COPY service ./service
 COPY worker ./worker
 COPY tunefleet ./tunefleet
-RUN pip install .
+# The versions the suite passed with (torch excepted: TORCH_SPEC above chooses it).
+RUN pip install --constraint requirements.lock .
 
 # A non-root user; the feature cache and model store must be writable by it (a named volume mounted there
 # inherits the owner on first use).

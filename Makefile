@@ -5,15 +5,19 @@ BIN := $(VENV)/bin
 # The CPU wheel keeps CI and laptops light; on a GPU node: make install TORCH_SPEC='torch>=2.3'
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Every dependency but torch at the version the suite passed with; `make lock` rewrites it.
+LOCK := requirements.lock
+# The newest releases pyproject.toml's ranges allow, in a venv of their own (make test-latest).
+LATEST_VENV ?= .venv-latest
 
-.PHONY: install run test lint typecheck clean bench bench-quick bench-gpu device-pack
+.PHONY: install run test test-latest lock lint typecheck clean bench bench-quick bench-gpu device-pack
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --constraint $(LOCK) "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e ".[dev]"
 	@# The browser test drives Debian's Chromium (never `playwright install`, which downloads its own build).
 	@# Without root or apt-get the test skips locally (and fails in CI), so install does not stop here.
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
@@ -30,6 +34,24 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The same suite against the newest releases the ranges in pyproject.toml allow: a new Optuna (or transformers,
+# SQLAlchemy, ...) shows up here as a failing test, before it reaches a user or the lock. It lists what is newer
+# than the lock first, so a failure can be read against what moved.
+test-latest:
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	@$(LATEST_VENV)/bin/pip freeze --exclude-editable | grep -v '^torch==' | sort >$(LATEST_VENV)/freeze.txt
+	@echo "newer than $(LOCK):"; grep -v -x -i -F -f $(LATEST_VENV)/freeze.txt $(LOCK) | grep '==' || echo "  nothing"
+	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Rewrite the lock from pyproject.toml's ranges (the newest releases they allow), then run `make test` against it.
+# torch and its CUDA-only dependencies stay out: TORCH_SPEC picks the build (the CPU wheel here, CUDA on GPU nodes).
+lock: install
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --upgrade --extra dev --strip-extras \
+		--no-annotate --no-emit-index-url --no-emit-find-links --unsafe-package torch --output-file $(LOCK) pyproject.toml
+	sed -i -E '/^(nvidia-|cuda-|triton==)/d' $(LOCK)
 
 # Benchmarks measure; tests never assert times. Each script prints its table and writes bench/results/*.json
 # (kept in git: the raw figures behind BENCHMARKS.md); bench/write_report.py gathers them into BENCHMARKS.md
@@ -63,4 +85,4 @@ typecheck: install
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) .pytest_cache .mypy_cache .ruff_cache

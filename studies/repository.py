@@ -698,11 +698,13 @@ class StudyRepository:
 
     def _study_id_of(self, trial_id: int) -> int:
         with self._begin() as connection:
-            return int(
-                connection.execute(
-                    sa.select(TrialModel.study_id).where(TrialModel.trial_id == trial_id)
-                ).scalar_one()
-            )
+            study_id = connection.execute(
+                sa.select(TrialModel.study_id).where(TrialModel.trial_id == trial_id)
+            ).scalar_one()
+        # Optuna 5.1 types the column as nullable; a trial row always names its study.
+        if study_id is None:
+            raise LookupError(f"trial {trial_id} names no study")
+        return int(study_id)
 
     def _trip_breaker_if_due(self, study_name: str) -> None:
         # A study whose first trials all fail the same way (a missing data file, a model that cannot

@@ -126,7 +126,8 @@ def test_dockerfile_installs_cuda_torch_before_the_package_and_runs_as_non_root(
     assert instructions[0].startswith("FROM python:3.11")
     assert any(re.fullmatch(r'ARG TORCH_SPEC="torch[^"]*"', line) for line in instructions)
     torch_step = instructions.index('RUN pip install "${TORCH_SPEC}"')
-    package_step = instructions.index("RUN pip install .")
+    # The package step installs the locked versions, as `make install` does.
+    package_step = instructions.index("RUN pip install --constraint requirements.lock .")
     # torch in its own earlier layer: editing our code must not re-download gigabytes of CUDA wheels.
     assert torch_step < package_step
     assert "download.pytorch.org/whl/cpu" not in DOCKERFILE.read_text()
