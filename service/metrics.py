@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from studies import StudyRepository
 from studies.fleet import Fleet
+from studies.states import WORKER_ALIVE, WorkerState
 from studies.tables import utcnow
 
 router = APIRouter(tags=["metrics"])
@@ -105,11 +106,13 @@ class StoreCollector(Collector):
         )
         now = utcnow()
         statuses = Counter(w.status(grace_s=self.grace_s, now=now) for w in self.fleet.workers())
-        for status in ("busy", "idle", "lost"):
-            workers.add_metric([status], statuses.get(status, 0))
+        for status in (WorkerState.BUSY, WorkerState.IDLE, WorkerState.LOST):
+            workers.add_metric([status.value], statuses.get(status, 0))
         yield workers
         yield GaugeMetricFamily(
-            "tunefleet_live_workers", "Workers heartbeating now.", value=statuses["busy"] + statuses["idle"]
+            "tunefleet_live_workers",
+            "Workers heartbeating now.",
+            value=sum(statuses.get(state, 0) for state in WORKER_ALIVE),
         )
         yield _histogram(
             "tunefleet_trial_duration_seconds", "Wall time of finished trials.", DURATION_BUCKETS_S, durations

@@ -12,14 +12,10 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from studies.repository import WORKER_LOST, Claim, StudyRepository, WorkerIdentity
+from studies.repository import Claim, StudyRepository, WorkerIdentity
 from studies.resilience import is_transient
+from studies.states import WORKER_ALIVE, StopReason, WorkerState
 from studies.tables import (
-    WORKER_ALIVE,
-    WORKER_BUSY,
-    WORKER_IDLE,
-    WORKER_LOST_STATE,
-    WORKER_STOPPED,
     leases_table,
     utcnow,
     workers_table,
@@ -27,8 +23,6 @@ from studies.tables import (
 
 log = logging.getLogger("tunefleet.fleet")
 
-IDLE, BUSY, STOPPED, LOST = WORKER_IDLE, WORKER_BUSY, WORKER_STOPPED, WORKER_LOST_STATE
-ALIVE = WORKER_ALIVE
 # Rows of workers that stopped or were lost this long ago are forgotten (GET /v1/workers shows a day).
 FORGET_AFTER = timedelta(days=7)
 
@@ -46,17 +40,19 @@ class WorkerRow:
     host: str
     pid: int
     device: str
-    state: str
+    state: WorkerState
     study_name: str | None
     trial_number: int | None
     started_at: datetime
     heartbeat_at: datetime
     grace_s: float | None = None
 
-    def status(self, *, grace_s: float, now: datetime) -> str:
+    def status(self, *, grace_s: float, now: datetime) -> WorkerState:
         """busy, idle, stopped, or lost (declared lost, or silent for longer than its grace period)."""
-        if self.state in ALIVE and (now - self.heartbeat_at).total_seconds() > (self.grace_s or grace_s):
-            return LOST
+        if self.state in WORKER_ALIVE and (now - self.heartbeat_at).total_seconds() > (
+            self.grace_s or grace_s
+        ):
+            return WorkerState.LOST
         return self.state
 
 
@@ -78,7 +74,7 @@ class Fleet:
                     host=identity.host,
                     pid=identity.pid,
                     device=identity.device,
-                    state=IDLE,
+                    state=WorkerState.IDLE,
                     started_at=now,
                     heartbeat_at=now,
                     grace_s=grace_s,
@@ -91,7 +87,7 @@ class Fleet:
         with self.engine.begin() as connection:
             result = connection.execute(
                 workers_table.update()
-                .where(c.worker_id == worker_id, c.state.in_(ALIVE))
+                .where(c.worker_id == worker_id, c.state.in_(WORKER_ALIVE))
                 .values(heartbeat_at=utcnow())
             )
         return result.rowcount == 1
@@ -101,18 +97,18 @@ class Fleet:
         c = workers_table.c
         values = (
             {
-                "state": BUSY,
+                "state": WorkerState.BUSY,
                 "study_name": claim.study_name,
                 "trial_id": claim.trial._trial_id,
                 "trial_number": claim.trial.number,
             }
             if claim is not None
-            else {"state": IDLE, "study_name": None, "trial_id": None, "trial_number": None}
+            else {"state": WorkerState.IDLE, "study_name": None, "trial_id": None, "trial_number": None}
         )
         with self.engine.begin() as connection:
             result = connection.execute(
                 workers_table.update()
-                .where(c.worker_id == worker_id, c.state.in_(ALIVE))
+                .where(c.worker_id == worker_id, c.state.in_(WORKER_ALIVE))
                 .values(heartbeat_at=utcnow(), **values)
             )
         return result.rowcount == 1
@@ -123,8 +119,8 @@ class Fleet:
         with self.engine.begin() as connection:
             connection.execute(
                 workers_table.update()
-                .where(c.worker_id == worker_id, c.state.in_(ALIVE))
-                .values(state=STOPPED, trial_id=None, trial_number=None, study_name=None)
+                .where(c.worker_id == worker_id, c.state.in_(WORKER_ALIVE))
+                .values(state=WorkerState.STOPPED, trial_id=None, trial_number=None, study_name=None)
             )
 
     def workers(self, *, include_stopped: bool = False, since_s: float = 24 * 3600) -> list[WorkerRow]:
@@ -132,7 +128,7 @@ class Fleet:
         c = workers_table.c
         query = sa.select(workers_table).where(c.heartbeat_at > utcnow() - timedelta(seconds=since_s))
         if not include_stopped:
-            query = query.where(c.state != STOPPED)
+            query = query.where(c.state != WorkerState.STOPPED)
         with self.engine.begin() as connection:
             rows = connection.execute(query.order_by(c.heartbeat_at.desc())).all()
         return [
@@ -141,7 +137,7 @@ class Fleet:
                 host=r.host,
                 pid=r.pid,
                 device=r.device,
-                state=r.state,
+                state=WorkerState(r.state),
                 study_name=r.study_name,
                 trial_number=r.trial_number,
                 started_at=r.started_at,
@@ -189,7 +185,7 @@ class Fleet:
         now = utcnow()
         with self.engine.begin() as connection:
             alive = connection.execute(
-                sa.select(c.worker_id, c.heartbeat_at, c.grace_s).where(c.state.in_(ALIVE))
+                sa.select(c.worker_id, c.heartbeat_at, c.grace_s).where(c.state.in_(WORKER_ALIVE))
             ).all()
         reaped: list[str] = []
         for worker_id, heartbeat_at, own_grace_s in alive:
@@ -200,8 +196,10 @@ class Fleet:
             with self.engine.begin() as connection:
                 won = connection.execute(
                     workers_table.update()
-                    .where(c.worker_id == worker_id, c.state.in_(ALIVE), c.heartbeat_at == heartbeat_at)
-                    .values(state=LOST)
+                    .where(
+                        c.worker_id == worker_id, c.state.in_(WORKER_ALIVE), c.heartbeat_at == heartbeat_at
+                    )
+                    .values(state=WorkerState.LOST)
                 ).rowcount
             if won:
                 reaped.append(worker_id)
@@ -219,7 +217,10 @@ class Fleet:
             connection.execute(
                 workers_table.delete().where(
                     c.heartbeat_at < now - FORGET_AFTER,
-                    sa.or_(c.state == STOPPED, sa.and_(c.state == LOST, c.trial_id.is_(None))),
+                    sa.or_(
+                        c.state == WorkerState.STOPPED,
+                        sa.and_(c.state == WorkerState.LOST, c.trial_id.is_(None)),
+                    ),
                 )
             )
 
@@ -229,13 +230,17 @@ class Fleet:
         c = workers_table.c
         with self.engine.begin() as connection:
             orphans = connection.execute(
-                sa.select(c.worker_id, c.trial_id).where(c.state == LOST, c.trial_id.is_not(None))
+                sa.select(c.worker_id, c.trial_id).where(c.state == WorkerState.LOST, c.trial_id.is_not(None))
             ).all()
         for worker_id, trial_id in orphans:
-            retried = self.repository.retry_lost_trial(int(trial_id), WORKER_LOST, held_by=worker_id)
+            retried = self.repository.retry_lost_trial(
+                int(trial_id), StopReason.WORKER_LOST, held_by=worker_id
+            )
             if retried is not None:
                 log.warning(
-                    "trial %d failed as %r and re-queued within max_retries", retried.number, WORKER_LOST
+                    "trial %d failed as %r and re-queued within max_retries",
+                    retried.number,
+                    StopReason.WORKER_LOST,
                 )
             with self.engine.begin() as connection:
                 connection.execute(
@@ -254,7 +259,7 @@ class Fleet:
         with self.engine.begin() as connection:
             held = set(
                 connection.execute(
-                    sa.select(c.trial_id).where(c.state.in_(ALIVE), c.trial_id.is_not(None))
+                    sa.select(c.trial_id).where(c.state.in_(WORKER_ALIVE), c.trial_id.is_not(None))
                 ).scalars()
             )
         unheld = set(self.repository.running_trial_ids()) - held
@@ -262,10 +267,12 @@ class Fleet:
         self._unheld_since = {t: self._unheld_since.get(t, now) for t in unheld}
         for trial_id, since in list(self._unheld_since.items()):
             if now - since >= grace_s:
-                retried = self.repository.retry_lost_trial(trial_id, WORKER_LOST)
+                retried = self.repository.retry_lost_trial(trial_id, StopReason.WORKER_LOST)
                 if retried is not None:
                     log.warning(
-                        "trial %d had no live worker; failed as %r and re-queued", retried.number, WORKER_LOST
+                        "trial %d had no live worker; failed as %r and re-queued",
+                        retried.number,
+                        StopReason.WORKER_LOST,
                     )
                 del self._unheld_since[trial_id]
 

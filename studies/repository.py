@@ -32,10 +32,8 @@ from studies.resilience import GaveUp, with_retry
 from studies.sampling import build_pruner, build_sampler, derived_seed, grid_points, sample_params
 from studies.space import distributions
 from studies.spec import StudySpec
+from studies.states import SETTABLE_STUDY_STATES, WORKER_ALIVE, StopReason, StudyState, WorkerState
 from studies.tables import (
-    WORKER_ALIVE,
-    WORKER_BUSY,
-    WORKER_IDLE,
     metadata,
     studies_table,
     upgrade_schema,
@@ -45,8 +43,6 @@ from studies.tables import (
 from studies.trial_rows import NewTrial
 
 T = TypeVar("T")
-RUNNING, STOPPED, FAILED, COMPLETED, STOPPING = "running", "stopped", "failed", "completed", "stopping"
-WORKER_LOST = "worker lost"
 TRIAL_STATE_NAMES = {s: s.name.lower() for s in TrialState}
 
 
@@ -57,7 +53,7 @@ class StudyRecord:
     name: str
     optuna_study_id: int
     spec: StudySpec
-    state: str
+    state: StudyState
     state_reason: str | None
     n_trials: int
     n_claimed: int
@@ -70,7 +66,7 @@ class StudyProgress:
     """A study's state as a user sees it: counts by trial state and the best trial so far."""
 
     record: StudyRecord
-    state: str
+    state: StudyState
     trial_counts: dict[str, int]
     best_trial: FrozenTrial | None
 
@@ -133,7 +129,7 @@ def _record(row: Any, spec: StudySpec | None = None) -> StudyRecord:
         name=row.study_name,
         optuna_study_id=row.optuna_study_id,
         spec=StudySpec.model_validate(row.spec) if spec is None else spec,
-        state=row.state,
+        state=StudyState(row.state),
         state_reason=row.state_reason,
         n_trials=row.n_trials,
         n_claimed=row.n_claimed,
@@ -190,7 +186,7 @@ class StudyRepository:
                         study_name=spec.name,
                         optuna_study_id=study._study_id,
                         spec=spec.model_dump(mode="json"),
-                        state=RUNNING,
+                        state=StudyState.RUNNING,
                         state_reason=None,
                         priority=spec.priority,
                         n_trials=self._trial_cap(spec),
@@ -283,20 +279,20 @@ class StudyRepository:
         )
 
     @staticmethod
-    def _derived_state(record: StudyRecord, counts: dict[str, int]) -> str:
+    def _derived_state(record: StudyRecord, counts: dict[str, int]) -> StudyState:
         active = counts["running"] + counts["waiting"]
-        if record.state == RUNNING:
+        if record.state == StudyState.RUNNING:
             budget_spent = record.n_claimed >= record.n_trials or (
                 record.deadline_at is not None and record.deadline_at <= utcnow()
             )
-            return COMPLETED if budget_spent and active == 0 else RUNNING
-        if record.state == STOPPED and active:
-            return STOPPING
+            return StudyState.COMPLETED if budget_spent and active == 0 else StudyState.RUNNING
+        if record.state == StudyState.STOPPED and active:
+            return StudyState.STOPPING
         return record.state
 
-    def set_state(self, study_name: str, state: str, reason: str | None = None) -> StudyRecord:
+    def set_state(self, study_name: str, state: StudyState, reason: str | None = None) -> StudyRecord:
         """Move a study to running, stopped or failed."""
-        if state not in (RUNNING, STOPPED, FAILED):
+        if state not in SETTABLE_STUDY_STATES:
             raise InvalidStudyState(f"cannot set study state to {state!r}")
         with self._begin() as connection:
             result = connection.execute(
@@ -308,7 +304,7 @@ class StudyRepository:
             raise StudyNotFound(study_name)
         return self.get(study_name)
 
-    def stored_state(self, study_name: str) -> str:
+    def stored_state(self, study_name: str) -> StudyState:
         """The study's control state as stored (running, stopped, failed): cheap, for per-epoch checks."""
         with self._begin() as connection:
             state = connection.execute(
@@ -316,7 +312,7 @@ class StudyRepository:
             ).scalar()
         if state is None:
             raise StudyNotFound(study_name)
-        return str(state)
+        return StudyState(state)
 
     # -- trials --------------------------------------------------------------------------------
 
@@ -358,7 +354,7 @@ class StudyRepository:
     def _runnable(self, connection: sa.Connection, study_names: Sequence[str] | None) -> list[str]:
         c = studies_table.c
         query = sa.select(c.study_name).where(
-            c.state == RUNNING,
+            c.state == StudyState.RUNNING,
             c.n_claimed < c.n_trials,
             sa.or_(c.deadline_at.is_(None), c.deadline_at > utcnow()),
             self._alive(),
@@ -375,7 +371,7 @@ class StudyRepository:
         # for racing updates, SQLite serialises writers, so the budget can never overshoot.
         return connection.execute(
             studies_table.update()
-            .where(c.study_name == study_name, c.state == RUNNING, c.n_claimed < c.n_trials)
+            .where(c.study_name == study_name, c.state == StudyState.RUNNING, c.n_claimed < c.n_trials)
             .values(n_claimed=c.n_claimed + 1, updated_at=utcnow())
             .returning(*studies_table.c)
         ).first()
@@ -460,7 +456,7 @@ class StudyRepository:
                 workers_table.update()
                 .where(c.worker_id == worker_id, c.state.in_(WORKER_ALIVE))
                 .values(
-                    state=WORKER_BUSY,
+                    state=WorkerState.BUSY,
                     study_name=study_name,
                     trial_id=new.trial_id,
                     trial_number=new.number,
@@ -481,7 +477,11 @@ class StudyRepository:
             workers_table.update()
             .where(c.worker_id == worker_id, c.trial_id == trial_id, c.state.in_(WORKER_ALIVE))
             .values(
-                state=WORKER_IDLE, study_name=None, trial_id=None, trial_number=None, heartbeat_at=utcnow()
+                state=WorkerState.IDLE,
+                study_name=None,
+                trial_id=None,
+                trial_number=None,
+                heartbeat_at=utcnow(),
             )
         )
 
@@ -711,7 +711,7 @@ class StudyRepository:
         # load) is broken, not unlucky: stop it before it burns the fleet's time on its whole budget.
         record = self.get(study_name)
         threshold = record.spec.budget.max_consecutive_failures
-        if record.state != RUNNING or threshold == 0:
+        if record.state != StudyState.RUNNING or threshold == 0:
             return
         counts = self.trial_counts(record)
         if counts["complete"] or counts["pruned"] or counts["fail"] < threshold:
@@ -720,9 +720,11 @@ class StudyRepository:
             record.optuna_study_id, deepcopy=False, states=(TrialState.FAIL,)
         )
         reasons = [t.user_attrs.get("fail_reason") for t in failed if t.user_attrs.get("retry_of") is None]
-        reasons = [r for r in reasons if r and not str(r).startswith(WORKER_LOST)]
+        reasons = [r for r in reasons if r and not str(r).startswith(StopReason.WORKER_LOST)]
         if len(reasons) >= threshold and len(set(reasons[-threshold:])) == 1:
-            self.set_state(study_name, FAILED, f"the first {len(reasons)} trials failed: {reasons[-1]}")
+            self.set_state(
+                study_name, StudyState.FAILED, f"the first {len(reasons)} trials failed: {reasons[-1]}"
+            )
 
     # -- deleting ------------------------------------------------------------------------------------
 
@@ -734,7 +736,7 @@ class StudyRepository:
         record = self.get(study_name)
         counts = self.trial_counts(record)
         state = self._derived_state(record, counts)
-        if state == RUNNING:
+        if state == StudyState.RUNNING:
             raise InvalidStudyState(f"study {study_name!r} is running; stop it before deleting it")
         if counts["running"]:
             raise InvalidStudyState(

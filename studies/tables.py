@@ -26,10 +26,6 @@ studies_table = sa.Table(
     sa.Column("updated_at", sa.DateTime, nullable=False),
 )
 
-# A worker's registry state; a silent alive worker is judged lost by the reaper.
-WORKER_IDLE, WORKER_BUSY, WORKER_STOPPED, WORKER_LOST_STATE = "idle", "busy", "stopped", "lost"
-WORKER_ALIVE = (WORKER_IDLE, WORKER_BUSY)
-
 # One row per worker process: what it runs now and when it last proved alive. A worker whose
 # heartbeat is older than the grace period is declared lost and its trial is retried elsewhere.
 workers_table = sa.Table(

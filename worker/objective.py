@@ -20,9 +20,9 @@ import torch
 
 from studies import Claim, StudyRepository
 from studies.artifacts import MODEL_ARTIFACT_ATTR, ArtifactStore, upload_model, write_model_archive
-from studies.repository import RUNNING, WORKER_LOST
 from studies.resilience import GaveUp, is_transient, with_retry
 from studies.spec import LocalData, Task
+from studies.states import StopReason, StudyState
 from worker.data import (
     DataError,
     LabelledSplit,
@@ -58,16 +58,6 @@ _CPU_OUT_OF_MEMORY = re.compile(
     r"(can't|cannot|could not|unable to) allocate memory|not enough memory|out of memory", re.IGNORECASE
 )
 STATE_CHECK_INTERVAL_S = 1.0
-
-
-class StopReason:
-    """Why training stopped before its last epoch; each maps to how the trial ends."""
-
-    PRUNED = "pruned"
-    PLATEAU = "plateau"
-    STUDY_STOPPED = "study stopped"
-    WORKER_STOPPING = "worker stopping"
-    WORKER_LOST = WORKER_LOST
 
 
 def model_folder(task: Task) -> Path:
@@ -396,7 +386,7 @@ class TrialRunner:
             reason = self.interrupted()
             if reason is not None:
                 raise StopTraining(reason)
-            if self._study_state(claim.study_name) != RUNNING:
+            if self._study_state(claim.study_name) != StudyState.RUNNING:
                 raise StopTraining(StopReason.STUDY_STOPPED)
             if self._store("should_prune", trial.should_prune):
                 raise StopTraining(StopReason.PRUNED)

@@ -12,7 +12,7 @@ from service.dependencies import Repository
 from service.report import render_report
 from service.schemas import ErrorRead, StudyName, StudyPage, StudyRead, TrialNumber, TrialPage, TrialRead
 from studies import StudySpec
-from studies.repository import RUNNING, STOPPED
+from studies.states import StudyState
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -78,7 +78,7 @@ def stop_study(study_name: StudyName, repository: Repository) -> StudyRead:
     """Stop claiming new trials; running trials stop at their next epoch boundary."""
     repository.get(study_name)
     return StudyRead.from_progress(
-        repository.progress(repository.set_state(study_name, STOPPED, "stopped by user"))
+        repository.progress(repository.set_state(study_name, StudyState.STOPPED, "stopped by user"))
     )
 
 
@@ -86,7 +86,7 @@ def stop_study(study_name: StudyName, repository: Repository) -> StudyRead:
 def resume_study(study_name: StudyName, repository: Repository) -> StudyRead:
     """Reopen a stopped study for claims."""
     repository.get(study_name)
-    return StudyRead.from_progress(repository.progress(repository.set_state(study_name, RUNNING)))
+    return StudyRead.from_progress(repository.progress(repository.set_state(study_name, StudyState.RUNNING)))
 
 
 @router.get("/{study_name}/trials", response_model=TrialPage, responses=NOT_FOUND)
