@@ -9,6 +9,8 @@ PYTEST_ARGS ?=
 LOCK := requirements.lock
 # The newest releases pyproject.toml's ranges allow, in a venv of their own (make test-latest).
 LATEST_VENV ?= .venv-latest
+# A pin's package name as pip compares names (lower case, '-' for '_' and '.'), its version left alone.
+PIN_NAMES := :a; s/^([^=]*)[._]/\1-/; ta; s/^([^=]*)==/\L\1==/
 
 .PHONY: install run test test-latest lock lint typecheck clean bench bench-quick bench-gpu device-pack
 
@@ -42,8 +44,10 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
 	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
-	@$(LATEST_VENV)/bin/pip freeze --exclude-editable | grep -v '^torch==' | sort >$(LATEST_VENV)/freeze.txt
-	@echo "newer than $(LOCK):"; grep -v -x -i -F -f $(LATEST_VENV)/freeze.txt $(LOCK) | grep '==' || echo "  nothing"
+	@$(LATEST_VENV)/bin/pip freeze --all --exclude-editable | sed -E "$(PIN_NAMES)" | LC_ALL=C sort -t= -k1,1 >$(LATEST_VENV)/newest.txt
+	@grep '==' $(LOCK) | sed -E "$(PIN_NAMES)" | LC_ALL=C sort -t= -k1,1 >$(LATEST_VENV)/locked.txt
+	@echo "newer than $(LOCK):"; LC_ALL=C join -t= -o 1.1,1.3,2.3 $(LATEST_VENV)/locked.txt $(LATEST_VENV)/newest.txt \
+		| awk -F= '$$2 != $$3 {print "  " $$1 " " $$2 " -> " $$3; n++} END {if (!n) print "  nothing"}'
 	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # Rewrite the lock from pyproject.toml's ranges (the newest releases they allow), then run `make test` against it.
