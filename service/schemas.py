@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from studies import StudyProgress
 from studies.names import STUDY_NAME_PATTERN
-from studies.repository import TRIAL_STATE_NAMES
+from studies.records import TRIAL_STATE_NAMES
 
 # Path parameters are checked like the spec checks a name: anything else is a 422 naming the parameter,
 # before any store is asked (a NUL byte, for one, is an error in PostgreSQL, not a miss).

@@ -8,7 +8,8 @@ from studies.errors import (
     TrialNotFound,
     TunefleetError,
 )
-from studies.repository import Claim, StudyProgress, StudyRecord, StudyRepository, WorkerIdentity
+from studies.records import Claim, StudyProgress, StudyRecord, WorkerIdentity
+from studies.repository import StudyRepository
 from studies.spec import StudySpec, load_spec_file, preset_path
 from studies.storage import DEFAULT_DATABASE_URL, mask_url, open_storage
 

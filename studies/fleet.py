@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from studies.repository import Claim, StudyRepository, WorkerIdentity
+from studies.records import Claim, WorkerIdentity
+from studies.repository import StudyRepository
 from studies.resilience import is_transient
 from studies.states import WORKER_ALIVE, StopReason, WorkerState
 from studies.tables import (

@@ -11,7 +11,8 @@ import optuna
 from optuna.distributions import BaseDistribution, check_distribution_compatibility
 from optuna.trial import FrozenTrial
 
-from studies.cost_aware import CostAwareTPESampler
+from studies._optuna.cost_aware import CostAwareTPESampler
+from studies._optuna.internals import filter_study, forget_cached_trials, single_value
 from studies.space import grid
 from studies.spec import (
     DEFAULT_COST_WEIGHT,
@@ -118,8 +119,8 @@ def sample_params(study: optuna.Study, trial: FrozenTrial, space: dict[str, Base
     """
     # The sampler sees the study as Optuna's Trial shows it: under Hyperband, a bracket view whose
     # get_trials keeps the trial's bracket (TPE reads _get_trials: every trial of the study).
-    view = optuna.pruners._filter_study(study, trial)
-    study._thread_local.cached_all_trials = None
+    view = filter_study(study, trial)
+    forget_cached_trials(study)
     sampler = study.sampler
     sampler.before_trial(view, trial)
     fixed = trial.system_attrs.get("fixed_params", {})
@@ -132,7 +133,7 @@ def sample_params(study: optuna.Study, trial: FrozenTrial, space: dict[str, Base
         if name in fixed:
             value = fixed[name]
         elif distribution.single():
-            value = optuna.distributions._get_single_value(distribution)
+            value = single_value(distribution)
         else:
             if relative is None:
                 relative_space = sampler.infer_relative_search_space(view, trial)

@@ -1,4 +1,4 @@
-"""The study spec (DESIGN.md section 3) as pydantic models: the one place a search space is defined."""
+"""The study spec (docs/architecture.md, section 3) as pydantic models: the one place a search space is defined."""
 
 from __future__ import annotations
 
@@ -432,7 +432,7 @@ class Objective(_Strict):
         return self
 
 
-# How much TPE's choice among its candidates weighs their predicted seconds per epoch (studies/cost_aware.py).
+# How much TPE's choice among its candidates weighs their predicted seconds per epoch (studies/_optuna/cost_aware.py).
 # On the built-in tasks seconds per epoch span two orders of magnitude across the space and good models
 # come from both ends: taking the cheaper of two equally promising candidates reached random search's
 # best loss sooner on BBC News (mixed on the tweets preset), and 1.0 did better than 0.5 (bench/NOTES.md, 1).

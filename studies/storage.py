@@ -11,7 +11,7 @@ import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from studies.trial_reads import BulkReadRDBStorage
+from studies._optuna.trial_reads import BulkReadRDBStorage
 
 DEFAULT_DATABASE_URL = "sqlite:///tunefleet.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+# The tables as the code reads them; the store gets them from the migrations in studies/migrations/
+# (studies/schema.py), so a change here needs a new revision there.
 metadata = sa.MetaData()
 
 # The spec every worker rebuilds the study from, the study's control state, and the claim
@@ -55,14 +57,6 @@ leases_table = sa.Table(
     sa.Column("holder", sa.String(255), nullable=False),
     sa.Column("expires_at", sa.DateTime, nullable=False),
 )
-
-
-def upgrade_schema(engine: sa.Engine) -> None:
-    """Add columns that stores made by earlier versions lack (create_all adds tables, never columns)."""
-    present = {column["name"] for column in sa.inspect(engine).get_columns("tunefleet_workers")}
-    if "grace_s" not in present:
-        with engine.begin() as connection:
-            connection.execute(sa.text("ALTER TABLE tunefleet_workers ADD COLUMN grace_s FLOAT"))
 
 
 def utcnow() -> datetime:

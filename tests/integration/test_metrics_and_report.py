@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from studies import StudyRepository, StudySpec, WorkerIdentity
 from studies.fleet import Fleet
 from tests.conftest import tiny_spec
-from worker.objective import TrialRunner
+from worker.runner import TrialRunner
 
 WORKER = WorkerIdentity(host="test", pid=1, device="cpu", worker_id="test:1:metrics")
 

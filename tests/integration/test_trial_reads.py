@@ -12,7 +12,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from studies import open_storage
-from studies.trial_reads import BulkReadRDBStorage
+from studies._optuna.reference import read_trials
+from studies._optuna.trial_reads import BulkReadRDBStorage
 
 SPACE = {
     "learning_rate": FloatDistribution(1e-4, 1e-1, log=True),
@@ -74,8 +75,8 @@ def test_the_bulk_reader_builds_what_optunas_reader_builds(
         # Trial ids are global to the store: offset the case's ids by this study's first one.
         ids = {first_id + i for i in included}
         after = first_id + greater_than if greater_than > -1 else -1
-        expected = optunas._get_trials(study._study_id, states, ids, after)
-        got = storage._get_trials(study._study_id, states, ids, after)
+        expected = read_trials(optunas, study._study_id, states, ids, after)
+        got = read_trials(storage, study._study_id, states, ids, after)
         assert expected, "the case selects no trial"
         assert [comparable(t) for t in got] == [comparable(t) for t in expected]
     finally:
@@ -87,7 +88,7 @@ def test_a_missing_study_is_a_key_error_as_with_optunas_reader(store_url: str) -
     storage = open_storage(store_url)
     try:
         with pytest.raises(KeyError):
-            storage._get_trials(10_000_000, None, set(), -1)
+            read_trials(storage, 10_000_000, None, set(), -1)
     finally:
         storage.engine.dispose()
 
@@ -106,7 +107,7 @@ def test_optunas_cache_fills_through_the_bulk_reader(store_url: str, study_name:
 
 
 def test_child_rows_are_sorted_here_not_by_the_database(store_url: str, study_name: str) -> None:
-    # With statistics behind a fast-growing table, an ORDER BY on a few trials' child rows made
+    # With statistics behind a fast-growing table, an ORDER BY on a few trials' child rows makes
     # PostgreSQL plan a parallel scan for every claim's cache refresh (benchmark 2 at 8 workers:
     # claims twice as slow). The reader sorts those rows itself; only the trials query orders.
     storage = open_storage(store_url)
@@ -120,7 +121,7 @@ def test_child_rows_are_sorted_here_not_by_the_database(store_url: str, study_na
         fill(study)
         first_id = study.trials[0]._trial_id
         sa.event.listen(storage.engine, "before_cursor_execute", record)
-        got = storage._get_trials(study._study_id, None, {first_id + 1}, first_id + 8)
+        got = read_trials(storage, study._study_id, None, {first_id + 1}, first_id + 8)
         sa.event.remove(storage.engine, "before_cursor_execute", record)
         assert [t.number for t in got] == [1, 9, 10, 11, 12]
         ordered = [s for s in statements if "ORDER BY" in s.upper()]

@@ -13,11 +13,11 @@ from optuna.trial import TrialState
 
 from bench.common import delete_studies, seed_trials
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
+from studies._optuna.trial_rows import take_queued_trial
 from studies.errors import WorkerDeclaredLost
 from studies.fleet import Fleet
 from studies.space import distributions
 from studies.tables import utcnow
-from studies.trial_rows import take_queued_trial
 from tests.conftest import tiny_spec
 
 WORKER = WorkerIdentity(host="rows", pid=7, device="cpu")
@@ -138,7 +138,7 @@ def test_a_worker_declared_lost_claims_nothing(repository: StudyRepository, stud
 def test_a_sampler_that_cannot_sample_fails_its_trial_with_the_reason(
     repository: StudyRepository, study_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import studies.repository
+    import studies.claim
 
     record = repository.create(StudySpec.model_validate(tiny_spec(study_name)))
     fleet = Fleet(repository)
@@ -148,7 +148,7 @@ def test_a_sampler_that_cannot_sample_fails_its_trial_with_the_reason(
     def broken(*args: object) -> None:
         raise ValueError("the sampler's model is singular")
 
-    monkeypatch.setattr(studies.repository, "sample_params", broken)
+    monkeypatch.setattr(studies.claim, "sample_params", broken)
     with pytest.raises(ValueError, match="singular"):
         repository.claim(worker, study_names=[study_name])
     [trial] = repository.storage.get_all_trials(record.optuna_study_id)
@@ -161,7 +161,7 @@ def test_a_sampler_that_cannot_sample_fails_its_trial_with_the_reason(
 def test_the_queue_lookup_reads_the_study_not_the_whole_store(postgres_url: str, study_name: str) -> None:
     # ORDER BY the primary key with LIMIT 1 let PostgreSQL walk every trial of every study in id
     # order looking for this study's WAITING one (none, most of the time), at every claim and while
-    # holding the budget's row lock: 5 ms a claim on this machine's store of 180,000 trials.
+    # holding the budget's row lock: 5 ms a claim on a store of 180,000 trials.
     repository = StudyRepository(open_storage(postgres_url))
     spec = StudySpec.model_validate(tiny_spec(study_name))
     record = repository.create(spec)

@@ -8,11 +8,16 @@ import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.samplers._tpe import sampler as _tpe
-from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
-from optuna.samplers._tpe.probability_distributions import _unique_inverse_2d
 
-from studies import mixture_density
+from studies._optuna import mixture_density
+from studies._optuna.reference import (
+    ParzenEstimator,
+    build_parzen_estimator,
+    mixture_of,
+    split_complete_trials,
+    transformed,
+    unique_inverse_2d,
+)
 
 SPACE = {
     "lr": FloatDistribution(1e-5, 1e-1, log=True),
@@ -26,7 +31,7 @@ SPACE = {
 }
 
 
-def estimators(n_trials: int, seed: int, multivariate: bool) -> list[_ParzenEstimator]:
+def estimators(n_trials: int, seed: int, multivariate: bool) -> list[ParzenEstimator]:
     """TPE's estimators of the 10 best and of the other trials, for a study of n_trials random trials."""
     rng = random.Random(seed)
     study = optuna.create_study()
@@ -41,9 +46,9 @@ def estimators(n_trials: int, seed: int, multivariate: bool) -> list[_ParzenEsti
         ]
     )
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=multivariate)
-    below, above = _tpe._split_complete_trials(study.get_trials(deepcopy=False), study, 10)
+    below, above = split_complete_trials(study.get_trials(deepcopy=False), study, 10)
     return [
-        sampler._build_parzen_estimator(study, SPACE, part, handle_below=handle)
+        build_parzen_estimator(sampler, study, SPACE, part, handle_below=handle)
         for part, handle in ((below, True), (above, False))
     ]
 
@@ -64,16 +69,16 @@ def test_log_pdf_is_optunas_value_for_value(n_trials: int, multivariate: bool) -
     mpes = estimators(n_trials, seed=n_trials, multivariate=multivariate)
     rng = np.random.RandomState(0)
     for mpe in mpes:
-        mixture = mpe._mixture_distribution
+        mixture = mixture_of(mpe)
         assert mixture_density.supported(mixture)
-        x = mpe._transform(mpe.sample(rng, 24))
+        x = transformed(mpe, mpe.sample(rng, 24))
         assert np.array_equal(mixture_density.log_pdf(mixture, x), mixture.log_pdf(x))
 
 
 def test_log_pdf_outside_a_parameters_range_is_minus_infinity_as_optunas() -> None:
     below, _ = estimators(40, seed=1, multivariate=True)
-    mixture = below._mixture_distribution
-    x = below._transform(below.sample(np.random.RandomState(1), 6))
+    mixture = mixture_of(below)
+    x = transformed(below, below.sample(np.random.RandomState(1), 6))
     lr = list(SPACE).index("lr")
     x[:2, lr] = [1e-7, 10.0]  # below and above the log-scaled range
     ours, optunas = mixture_density.log_pdf(mixture, x), mixture.log_pdf(x)
@@ -85,5 +90,5 @@ def test_unique_pairs_are_optunas() -> None:
     rng = np.random.RandomState(3)
     a = rng.choice([0.0, 0.5, 1.0, 2.0], size=2000)
     b = np.where(rng.rand(2000) < 0.9, 0.3, rng.choice([0.1, 0.7], size=2000))
-    for ours, optunas in zip(mixture_density.unique_pairs(a, b), _unique_inverse_2d(a, b), strict=True):
+    for ours, optunas in zip(mixture_density.unique_pairs(a, b), unique_inverse_2d(a, b), strict=True):
         assert np.array_equal(ours, optunas)

@@ -14,8 +14,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial
 
 from studies import StudySpec
-from studies.cost_aware import MIN_TRIALS, CostAwareTPESampler, CostModel
-from studies.log_ndtr import use_scipy_log_ndtr
+from studies._optuna.cost_aware import MIN_TRIALS, CostAwareTPESampler, CostModel
+from studies._optuna.log_ndtr import use_scipy_log_ndtr
+from studies._optuna.reference import bracket_id, internal_repr, log_ndtr_in_use, optunas_log_ndtr
 from studies.sampling import build_pruner, build_sampler, derived_seed, sample_params
 from studies.space import distributions
 from studies.spec import DEFAULT_COST_WEIGHT
@@ -233,15 +234,15 @@ def test_kept_internal_values_are_optunas_as_the_study_grows() -> None:
         study.add_trial(optuna.trial.create_trial(params=partial, distributions=narrower, value=0.5))
         running = study.ask(SPACE)
         trials = study.get_trials(deepcopy=False)
-        mine = ours._get_internal_repr(trials, SPACE, study)
-        theirs = optunas._get_internal_repr(trials, SPACE, study)
+        mine = internal_repr(ours, trials, SPACE, study)
+        theirs = internal_repr(optunas, trials, SPACE, study)
         for name in SPACE:
             assert mine[name].dtype == theirs[name].dtype
             assert np.array_equal(mine[name], theirs[name])
         study.tell(running, 0.5)
-    empty = ours._get_internal_repr([], SPACE, study)
+    empty = internal_repr(ours, [], SPACE, study)
     assert {name: column.dtype for name, column in empty.items()} == {
-        name: column.dtype for name, column in optunas._get_internal_repr([], SPACE, study).items()
+        name: column.dtype for name, column in internal_repr(optunas, [], SPACE, study).items()
     }
 
 
@@ -254,14 +255,12 @@ def test_tpe_is_cost_aware_by_default_and_can_be_turned_off() -> None:
 
 
 def test_tpe_uses_scipys_log_ndtr_with_the_same_values() -> None:
-    from optuna.samplers._tpe import _truncnorm
-
     x = np.concatenate([np.linspace(-60.0, 60.0, 2001), [-1e4, -20.01, -19.99, 5.99, 6.01, 1e4]])
-    optunas_own = np.frompyfunc(_truncnorm._log_ndtr_single, 1, 1)(x).astype(float)
+    optunas_own = optunas_log_ndtr(x)
     assert use_scipy_log_ndtr()
     CostAwareTPESampler(cost_weight=0.0)
-    assert _truncnorm._log_ndtr is scipy.special.log_ndtr
-    np.testing.assert_allclose(_truncnorm._log_ndtr(x), optunas_own, rtol=1e-9, atol=1e-12)
+    assert log_ndtr_in_use() is scipy.special.log_ndtr
+    np.testing.assert_allclose(log_ndtr_in_use()(x), optunas_own, rtol=1e-9, atol=1e-12)
 
 
 def test_cost_model_skips_trials_it_cannot_read() -> None:
@@ -308,9 +307,9 @@ def test_tpe_under_hyperband_starts_modelling_after_the_studys_startup_trials_no
         trial.should_prune()  # Hyperband sets up its brackets at its first pruning decision.
         study.tell(trial, rng.random())
     new = study._storage.get_trial(study.ask()._trial_id)
-    bracket = pruner._get_bracket_id(study, new)
+    bracket = bracket_id(pruner, study, new)
     finished_in_bracket = [
-        t for t in study.trials if t.state.is_finished() and pruner._get_bracket_id(study, t) == bracket
+        t for t in study.trials if t.state.is_finished() and bracket_id(pruner, study, t) == bracket
     ]
     assert len(finished_in_bracket) < 10  # build_sampler's default n_startup_trials
     calls: list[int] = []

@@ -17,7 +17,14 @@ from optuna.storages._rdb.models import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from studies.trial_rows import intermediate_values, optuna_studies, params, trial_values, trials, user_attrs
+from studies._optuna.trial_rows import (
+    intermediate_values,
+    optuna_studies,
+    params,
+    trial_values,
+    trials,
+    user_attrs,
+)
 
 system_attrs = TrialSystemAttributeModel.__table__
 # Trial ids per IN list: SQLAlchemy's selectinload (Optuna's reader) uses 500, within every backend's limit.

@@ -15,8 +15,8 @@ from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
 from optuna.samplers._tpe.sampler import default_gamma, default_gamma_multiobjective
 from optuna.trial import FrozenTrial, TrialState
 
-from studies import mixture_density
-from studies.log_ndtr import use_scipy_log_ndtr
+from studies._optuna import mixture_density
+from studies._optuna.log_ndtr import use_scipy_log_ndtr
 
 # Recorded by the worker on every finished trial (completed or pruned): wall seconds and epochs trained.
 SECONDS_ATTR = "trial_s"

@@ -1,0 +1,232 @@
+"""The claim transaction: a runnable study's budget slot, a trial, its worker's hold on it, and its sample."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC
+from functools import partial
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from studies._optuna import trial_rows
+from studies._optuna.trial_rows import NewTrial
+from studies.errors import WorkerDeclaredLost
+from studies.lifecycle import TrialLifecycle
+from studies.records import Claim, ClaimedTrial, StudyRecord, WorkerIdentity, record_from_row
+from studies.resilience import GaveUp, with_retry
+from studies.sampling import build_pruner, build_sampler, derived_seed, sample_params
+from studies.space import distributions
+from studies.spec import StudySpec
+from studies.states import WORKER_ALIVE, StudyState, WorkerState
+from studies.tables import studies_table, utcnow, workers_table
+
+
+class ClaimTransaction(TrialLifecycle):
+    """Claims the next trial of a runnable study within its budget, atomically, however many workers race."""
+
+    def __init__(self, storage: RDBStorage) -> None:
+        super().__init__(storage)
+        # Parsed specs and samplers per (study name, Optuna study id), for the life of the process.
+        self._specs: dict[tuple[str, int], StudySpec] = {}
+        self._samplers: dict[tuple[str, int], optuna.samplers.BaseSampler] = {}
+
+    def _runnable(self, connection: sa.Connection, study_names: Sequence[str] | None) -> list[str]:
+        c = studies_table.c
+        query = sa.select(c.study_name).where(
+            c.state == StudyState.RUNNING,
+            c.n_claimed < c.n_trials,
+            sa.or_(c.deadline_at.is_(None), c.deadline_at > utcnow()),
+            self._alive(),
+        )
+        if study_names is not None:
+            query = query.where(c.study_name.in_(list(study_names)))
+        return list(
+            connection.execute(query.order_by(c.priority.desc(), c.n_claimed, c.created_at)).scalars()
+        )
+
+    def _take_slot(self, connection: sa.Connection, study_name: str) -> Any:
+        c = studies_table.c
+        # One conditional UPDATE is the budget: PostgreSQL row-locks and re-checks the WHERE clause
+        # for racing updates, SQLite serialises writers, so the budget can never overshoot.
+        return connection.execute(
+            studies_table.update()
+            .where(c.study_name == study_name, c.state == StudyState.RUNNING, c.n_claimed < c.n_trials)
+            .values(n_claimed=c.n_claimed + 1, updated_at=utcnow())
+            .returning(*studies_table.c)
+        ).first()
+
+    def _cached_record(self, row: Any) -> StudyRecord:
+        # A spec never changes once stored: parse it once per study, not once per claim.
+        key = (row.study_name, row.optuna_study_id)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = StudySpec.model_validate(row.spec)
+        return record_from_row(row, spec)
+
+    def _take_trial(
+        self, worker: WorkerIdentity, study_names: Sequence[str] | None
+    ) -> tuple[StudyRecord, NewTrial, dict[str, Any]] | None:
+        # The whole claim in one transaction: a budget slot, a RUNNING trial (queued first), its
+        # tags, and the worker's registry row pointing at it. Nothing half-made survives a crash or
+        # a dropped connection; a retry after a commit whose answer was lost leaves the first trial
+        # held by no registry row, which the reaper's sweep for unheld trials retries.
+        with self._begin() as connection:
+            for name in self._runnable(connection, study_names):
+                row = self._take_slot(connection, name)
+                if row is None:
+                    continue
+                record = self._cached_record(row)
+                now = utcnow()
+                new = trial_rows.take_queued_trial(connection, record.optuna_study_id, now)
+                if new is None:
+                    new = trial_rows.insert_running_trial(connection, record.optuna_study_id, now)
+                # A trial handed back or retried keeps its seed, so its rerun is the same experiment.
+                stored_seed = (
+                    trial_rows.user_attr(connection, new.trial_id, "seed") if new.from_queue else None
+                )
+                seed = (
+                    int(stored_seed)
+                    if stored_seed is not None
+                    else derived_seed(record.spec.sampler.seed or 0, "trial", new.number)
+                )
+                tags = {
+                    "seed": seed,
+                    "worker": worker.label,
+                    "worker_id": worker.worker_id,
+                    "device": worker.device,
+                }
+                trial_rows.set_user_attrs(connection, new.trial_id, tags)
+                # A worker id never registered (a script claiming outside the fleet) only tags the
+                # trial: no row holds it, so a reaper retries it once it has been unheld for a grace period.
+                if (
+                    worker.worker_id
+                    and not self._hold(connection, worker.worker_id, name, new)
+                    and self._registered(connection, worker.worker_id)
+                ):
+                    raise WorkerDeclaredLost(worker.worker_id)
+                return record, new, tags
+        return None
+
+    @staticmethod
+    def _hold(connection: sa.Connection, worker_id: str, study_name: str, new: NewTrial) -> bool:
+        c = workers_table.c
+        return bool(
+            connection.execute(
+                workers_table.update()
+                .where(c.worker_id == worker_id, c.state.in_(WORKER_ALIVE))
+                .values(
+                    state=WorkerState.BUSY,
+                    study_name=study_name,
+                    trial_id=new.trial_id,
+                    trial_number=new.number,
+                    heartbeat_at=utcnow(),
+                )
+            ).rowcount
+        )
+
+    @staticmethod
+    def _registered(connection: sa.Connection, worker_id: str) -> bool:
+        c = workers_table.c
+        return connection.execute(sa.select(c.worker_id).where(c.worker_id == worker_id)).first() is not None
+
+    def _frozen(self, new: NewTrial, tags: dict[str, Any]) -> FrozenTrial:
+        if new.from_queue:
+            # Queued trials carry parameters, fixed parameters and attributes: read them whole.
+            return self.storage.get_trial(new.trial_id)
+        return FrozenTrial(
+            number=new.number,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            # Optuna stores naive UTC and hands out naive local time.
+            datetime_start=new.datetime_start.replace(tzinfo=UTC).astimezone().replace(tzinfo=None),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs=dict(tags),
+            system_attrs={},
+            intermediate_values={},
+            trial_id=new.trial_id,
+        )
+
+    def _sampler(self, record: StudyRecord, claim_index: int) -> optuna.samplers.BaseSampler:
+        # One sampler per study for the life of the process, seeded at its first claim: Optuna's
+        # samplers keep incremental caches between trials (TPE's search space: 60 ms a trial at
+        # 5,000 trials when rebuilt). A grid point is the claim's own, so a grid's is built per claim.
+        if record.spec.sampler.name == "grid":
+            return build_sampler(record.spec, claim_index=claim_index)
+        key = (record.name, record.optuna_study_id)
+        sampler = self._samplers.get(key)
+        if sampler is None:
+            sampler = self._samplers[key] = build_sampler(record.spec, claim_index=claim_index)
+        return sampler
+
+    def _sample(self, record: StudyRecord, frozen: FrozenTrial) -> optuna.Study:
+        study = self._study(record)
+        study.sampler = self._sampler(record, claim_index=record.n_claimed - 1)
+        study.pruner = build_pruner(record.spec)
+        sample_params(study, frozen, distributions(record.spec.space))
+        return study
+
+    def _write_params(self, trial: FrozenTrial) -> None:
+        with self._begin() as connection:
+            trial_rows.lock_running(connection, trial._trial_id)
+            trial_rows.add_params(connection, trial._trial_id, trial.params, trial.distributions)
+
+    def claim(self, worker: WorkerIdentity, *, study_names: Sequence[str] | None = None) -> Claim | None:
+        """Claim the next trial of a runnable study within its budget, or None when there is nothing to do.
+
+        WorkerDeclaredLost if the worker's registry row says it was declared lost (nothing is claimed).
+        """
+        started = time.perf_counter()
+        taken = self._take_trial(worker, study_names)
+        if taken is None:
+            return None
+        record, new, tags = taken
+        spec = record.spec
+        # The trial is claimed and held: each step from here is retried on its own through a store
+        # outage (a parameter already drawn is kept, not drawn again), never by claiming anew.
+        try:
+            frozen = with_retry(
+                partial(self._frozen, new, tags), what="read a queued trial", reset=self.reset_session
+            )
+            study = with_retry(
+                partial(self._sample, record, frozen), what="sample parameters", reset=self.reset_session
+            )
+            with_retry(
+                partial(self._write_params, frozen), what="record parameters", reset=self.reset_session
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # This worker stalled mid-claim and a reaper already failed (and re-queued) the trial.
+            return None
+        except GaveUp:
+            raise
+        except Exception as error:
+            # A sampler that cannot sample is this trial's failure, recorded, not a trial left RUNNING.
+            try:
+                self._end(
+                    new.trial_id,
+                    worker.worker_id,
+                    TrialState.FAIL,
+                    None,
+                    {"fail_reason": f"sampling failed: {type(error).__name__}: {error}"[:2000]},
+                )
+            except Exception as also:
+                error.add_note(f"and the trial could not be failed: {type(also).__name__}: {also}")
+            raise
+        return Claim(
+            study_name=record.name,
+            spec=spec,
+            study=study,
+            trial=ClaimedTrial(study, frozen),
+            claim_index=record.n_claimed - 1,
+            seed=int(tags["seed"]),
+            params=dict(frozen.params),
+            claim_s=time.perf_counter() - started,
+            worker_id=worker.worker_id,
+        )

@@ -1,0 +1,186 @@
+"""A claimed trial's life after its claim: finished, handed back, or retried when its worker is lost."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import FrozenTrial, TrialState
+
+from studies._optuna import trial_rows
+from studies._optuna.internals import filter_study, forget_cached_trials, frozen_trial_of
+from studies._optuna.models import TrialModel
+from studies.catalog import StudyCatalog
+from studies.errors import StudyNotFound
+from studies.records import Claim
+from studies.states import WORKER_ALIVE, StopReason, StudyState, WorkerState
+from studies.tables import studies_table, utcnow, workers_table
+
+
+class TrialLifecycle(StudyCatalog):
+    """Ends claimed trials (complete, pruned, failed), hands them back, retries lost ones, trips the breaker."""
+
+    def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Set several user attributes of an unfinished trial in one transaction."""
+        with self._begin() as connection:
+            trial_rows.lock_running(connection, trial_id)
+            trial_rows.set_user_attrs(connection, trial_id, attrs)
+
+    def _end(
+        self, trial_id: int, worker_id: str, state: TrialState, value: float | None, attrs: dict[str, Any]
+    ) -> None:
+        with self._begin() as connection:
+            trial_rows.lock_running(connection, trial_id)
+            trial_rows.set_user_attrs(connection, trial_id, attrs)
+            trial_rows.finish(connection, trial_id, state, value, utcnow())
+            if worker_id:
+                self._release(connection, worker_id, trial_id)
+
+    def _finish(self, claim: Claim, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
+        # Study.tell's rules and hooks, then one transaction for the attributes, value, state and
+        # the worker's registry row (Study.tell would take one per attribute and two more).
+        frozen = frozen_trial_of(claim.trial)
+        if state == TrialState.PRUNED and value is None and frozen.last_step is not None:
+            # As Study.tell does: a pruned trial's value is its last reported one, when finite.
+            last = frozen.intermediate_values[frozen.last_step]
+            value = last if math.isfinite(last) else None
+        if state == TrialState.COMPLETE and (value is None or math.isnan(value)):
+            state, value = TrialState.FAIL, None
+            attrs = {**attrs, "fail_reason": "the objective value is not a number"}
+        study = claim.study
+        forget_cached_trials(study)
+        filtered = filter_study(study, frozen)
+        study.sampler.after_trial(filtered, frozen, state, None if value is None else [value])
+        self._end(claim.trial._trial_id, claim.worker_id, state, value, attrs)
+
+    def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
+        """End the trial COMPLETE with its objective value and result attributes."""
+        self._finish(claim, TrialState.COMPLETE, value, attrs)
+
+    def prune(self, claim: Claim, attrs: dict[str, Any]) -> None:
+        """End the trial PRUNED (its last reported value stands as its value)."""
+        self._finish(claim, TrialState.PRUNED, None, attrs)
+
+    def fail(self, claim: Claim, reason: str, attrs: dict[str, Any] | None = None) -> None:
+        """End the trial FAIL with the reason recorded as `fail_reason`; trip the study's breaker if due."""
+        self._finish(claim, TrialState.FAIL, None, {**(attrs or {}), "fail_reason": reason[:2000]})
+        self._trip_breaker_if_due(claim.study_name)
+
+    def give_back(self, claim: Claim) -> None:
+        """Put an unfinished trial back in the queue, same number, parameters and seed, not failed.
+
+        Its per-epoch values are cleared so the pruner judges the rerun from its first epoch.
+        """
+        trial_id = claim.trial._trial_id
+        with self._begin() as connection:
+            trial_rows.lock_running(connection, trial_id)
+            trial_rows.requeue(connection, trial_id)
+            self._give_slot_back(connection, claim.study_name)
+            if claim.worker_id:
+                self._release(connection, claim.worker_id, trial_id)
+
+    def _give_slot_back(self, connection: sa.Connection, study_name: str) -> None:
+        c = studies_table.c
+        connection.execute(
+            studies_table.update()
+            .where(c.study_name == study_name, c.n_claimed > 0)
+            .values(n_claimed=c.n_claimed - 1, updated_at=utcnow())
+        )
+
+    @staticmethod
+    def _release(connection: sa.Connection, worker_id: str, trial_id: int) -> None:
+        c = workers_table.c
+        connection.execute(
+            workers_table.update()
+            .where(c.worker_id == worker_id, c.trial_id == trial_id, c.state.in_(WORKER_ALIVE))
+            .values(
+                state=WorkerState.IDLE,
+                study_name=None,
+                trial_id=None,
+                trial_number=None,
+                heartbeat_at=utcnow(),
+            )
+        )
+
+    def retry_lost_trial(self, trial_id: int, reason: str, held_by: str | None = None) -> FrozenTrial | None:
+        """Fail a running trial whose worker is gone and queue a copy (same parameters and seed)
+        within the study's max_retries; None if the trial had already finished, or is gone with its study,
+        or (held_by: the lost worker's id) is now run by another worker."""
+        try:
+            trial = self.storage.get_trial(trial_id)
+            if trial.state != TrialState.RUNNING:
+                return None
+            # SQLite reuses a deleted trial's id: a lost worker's row can name an id that, since its
+            # study was deleted, belongs to a new trial a live worker runs. Each claim tags its worker.
+            if held_by is not None and trial.user_attrs.get("worker_id", held_by) != held_by:
+                return None
+            study_name = self.storage.get_study_name_from_id(self._study_id_of(trial_id))
+            record = self.get(study_name)
+        except (KeyError, sa.exc.NoResultFound, StudyNotFound):
+            # Its study was deleted (through the API, the dashboard or the optuna CLI) after the worker
+            # was declared lost: nothing is left to fail or retry, and the sweep must go on.
+            return None
+        try:
+            self.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            if not self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                return None
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # The worker finished it after all, between our read and our write: its result stands.
+            return None
+        retries = int(trial.user_attrs.get("retry", 0))
+        if retries < record.spec.budget.max_retries:
+            self._study(record).enqueue_trial(
+                trial.params,
+                user_attrs={
+                    "retry_of": trial.number,
+                    "retry": retries + 1,
+                    "seed": trial.user_attrs.get("seed"),
+                },
+                skip_if_exists=False,
+            )
+            with self._begin() as connection:
+                self._give_slot_back(connection, study_name)
+        return self.storage.get_trial(trial_id)
+
+    def running_trial_ids(self) -> list[int]:
+        """The ids of every RUNNING trial of every tunefleet study (plain Optuna studies are not ours)."""
+        with self._begin() as connection:
+            return list(
+                connection.execute(
+                    sa.select(TrialModel.trial_id)
+                    .join(studies_table, studies_table.c.optuna_study_id == TrialModel.study_id)
+                    .where(TrialModel.state == TrialState.RUNNING)
+                ).scalars()
+            )
+
+    def _study_id_of(self, trial_id: int) -> int:
+        with self._begin() as connection:
+            study_id = connection.execute(
+                sa.select(TrialModel.study_id).where(TrialModel.trial_id == trial_id)
+            ).scalar_one()
+        # Optuna 5.1 types the column as nullable; a trial row always names its study.
+        if study_id is None:
+            raise LookupError(f"trial {trial_id} names no study")
+        return int(study_id)
+
+    def _trip_breaker_if_due(self, study_name: str) -> None:
+        # A study whose first trials all fail the same way (a missing data file, a model that cannot
+        # load) is broken, not unlucky: stop it before it burns the fleet's time on its whole budget.
+        record = self.get(study_name)
+        threshold = record.spec.budget.max_consecutive_failures
+        if record.state != StudyState.RUNNING or threshold == 0:
+            return
+        counts = self.trial_counts(record)
+        if counts["complete"] or counts["pruned"] or counts["fail"] < threshold:
+            return
+        failed = self.storage.get_all_trials(
+            record.optuna_study_id, deepcopy=False, states=(TrialState.FAIL,)
+        )
+        reasons = [t.user_attrs.get("fail_reason") for t in failed if t.user_attrs.get("retry_of") is None]
+        reasons = [r for r in reasons if r and not str(r).startswith(StopReason.WORKER_LOST)]
+        if len(reasons) >= threshold and len(set(reasons[-threshold:])) == 1:
+            self.set_state(
+                study_name, StudyState.FAILED, f"the first {len(reasons)} trials failed: {reasons[-1]}"
+            )
