@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 
 from studies import StudyRepository, StudySpec, WorkerIdentity
-from worker.objective import TrialRunner
+from worker.runner import TrialRunner
 
 CPU_WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
 

@@ -8,19 +8,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 from tunefleet.study_cli import UsageError, add_study_parser
 
 if TYPE_CHECKING:
     import socket
 
-    from pydantic import ValidationError
-    from pydantic_settings import BaseSettings
 
 EXIT_USAGE = 2
-_Settings = TypeVar("_Settings", bound="BaseSettings")
-_SECRET_FIELDS = frozenset({"api_token", "database_url"})
 
 
 class CliError(Exception):
@@ -47,40 +43,6 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
-
-
-def settings_problem(error: ValidationError, flags: dict[str, str]) -> str:
-    """A settings error as one line naming what the user set: the flag if one was given, else the variable."""
-    parts = []
-    for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else ""
-        name = flags.get(field, f"TUNEFLEET_{field.upper()}")
-        # A token or a database URL (its password) is never echoed back.
-        shown = "" if field in _SECRET_FIELDS else f" (got {item['input']!r})"
-        parts.append(f"{name}: {item['msg']}{shown}")
-    return "; ".join(parts)
-
-
-def build_settings(cls: type[_Settings], flags: dict[str, tuple[str, Any]]) -> _Settings:
-    """Settings from TUNEFLEET_* variables and the flags given ({field: (flag, value or None)})."""
-    from pydantic import ValidationError
-
-    overrides = {field: value for field, (_, value) in flags.items() if value is not None}
-    try:
-        return cls(**overrides)
-    except ValidationError as error:
-        named = {field: flag for field, (flag, value) in flags.items() if value is not None}
-        raise CliError(settings_problem(error, named)) from None
-
-
-def store_problem(error: Exception, database_url: str) -> CliError:
-    """A store that cannot be opened, as one line without the URL's password."""
-    from studies import mask_url
-    from studies.storage import redact_password
-
-    # A driver's message may quote its connection string, password and all.
-    message = redact_password(f"{type(error).__name__}: {error}", database_url)
-    return CliError(f"cannot open the store {mask_url(database_url)}: {message}".replace("\n", " "))
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -123,6 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service import ServiceSettings, create_app
     from service.auth import AuthConfigError, load_tokens
     from studies import mask_url
+    from studies.startup import build_settings, store_problem
 
     _setup_logging()
     log = logging.getLogger("tunefleet.service")
@@ -154,90 +117,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[sock])
     return 0 if server.started else 1
-
-
-def _launch(args: argparse.Namespace) -> int:
-    from worker.launcher import parse_gpus, supervise
-
-    child_args: list[str] = []
-    for name in args.study or []:
-        child_args += ["--study", name]
-    if args.max_trials is not None:
-        child_args += ["--max-trials", str(args.max_trials)]
-    if args.exit_when_idle:
-        child_args.append("--exit-when-idle")
-    if args.gpus:
-        try:
-            gpus = parse_gpus(args.gpus, visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
-        except ValueError as error:
-            raise CliError(str(error)) from error
-        # Each child sees exactly one GPU, as device 0: no worker can touch another's memory.
-        slots = [(f"gpu{gpu}" if gpu.isdigit() else gpu, {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
-        child_args += ["--device", "cuda"]
-    else:
-        slots = [(f"proc{i}", {}) for i in range(args.processes)]
-        if args.device:
-            child_args += ["--device", args.device]
-    return supervise(child_args, slots)
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    """Pull and run trials (or only build the feature cache of a study, with --warm-cache)."""
-    _setup_logging()
-    if args.gpus or args.processes is not None:
-        return _launch(args)
-
-    from sqlalchemy.exc import ArgumentError
-
-    from worker.device import DeviceError
-    from worker.loop import (
-        LoopOptions,
-        build_runner,
-        freeze_startup_heap,
-        install_signal_handlers,
-        run_loop,
-    )
-    from worker.settings import WorkerSettings
-
-    settings = build_settings(WorkerSettings, {"device": ("--device", args.device)})
-    try:
-        runner, identity = build_runner(settings)
-    except DeviceError as error:
-        raise CliError(str(error)) from None
-    except (ArgumentError, ImportError, OSError) as error:
-        # A URL no driver reads, a SQLite file whose folder cannot be made; an unreachable database is
-        # retried instead, as an outage is.
-        raise store_problem(error, settings.database_url) from None
-    if args.warm_cache:
-        if not args.study or len(args.study) != 1:
-            raise CliError("--warm-cache needs exactly one --study NAME")
-        from tqdm import tqdm
-
-        task = runner.repository.get(args.study[0]).spec.task
-        if task.kind == "synthetic" or task.finetune != "head":
-            # Only head studies train on cached encoder features; last-k and full run the encoder itself.
-            kind = "synthetic" if task.kind == "synthetic" else task.finetune
-            print(f"nothing to warm: a {kind} study uses no feature cache")
-            return 0
-        with tqdm(desc="feature cache (one time)", unit="text", leave=True) as bar:
-
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
-            runner.features(task, progress=progress)
-        return 0
-    install_signal_handlers(runner)
-    frozen = freeze_startup_heap()
-    logging.getLogger("tunefleet.worker").debug("%d start-up objects kept out of garbage collection", frozen)
-    options = LoopOptions(
-        study_names=tuple(args.study) if args.study else None,
-        max_trials=args.max_trials,
-        exit_when_idle=args.exit_when_idle,
-    )
-    run_loop(runner, identity, options, settings)
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -275,22 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    worker = sub.add_parser("worker", help="pull and run trials from the shared store")
-    worker.add_argument("--study", action="append", help="only this study (repeat for several)")
-    worker.add_argument("--max-trials", type=positive_int, help="exit after this many trials")
-    worker.add_argument("--exit-when-idle", action="store_true", help="exit when no trial is left to claim")
-    worker.add_argument(
-        "--warm-cache", action="store_true", help="only build the study's feature cache, then exit"
-    )
-    worker.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (TUNEFLEET_DEVICE)")
-    fleet = worker.add_mutually_exclusive_group()
-    fleet.add_argument(
-        "--gpus", help="one worker process per GPU: 'all' or indexes like 0,1 (restarted on crash)"
-    )
-    fleet.add_argument(
-        "--processes", type=positive_int, help="N worker processes without GPU pinning (restarted on crash)"
-    )
-    worker.set_defaults(func=cmd_worker)
+    # Its flags are the worker side's own (worker/command.py): main hands them over unparsed.
+    sub.add_parser("worker", help="pull and run trials from the shared store", add_help=False)
 
     add_study_parser(sub)
 
@@ -308,7 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tunefleet` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "worker":
+        # Imported only now: the worker side (torch and all) is no part of the other subcommands.
+        from worker.command import main as worker_main
+
+        return worker_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         code: int = args.func(args)
     except (CliError, UsageError) as error:
@@ -320,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         from pydantic import ValidationError
 
         from studies.errors import TunefleetError
+        from studies.startup import StartupError
         from tunefleet.client import ApiError
 
-        if isinstance(error, ApiError | TunefleetError | ValidationError):
+        if isinstance(error, ApiError | TunefleetError | ValidationError | StartupError):
             message = str(error).replace("\n", " ")
             print(f"tunefleet: error: {message}", file=sys.stderr)
             return EXIT_USAGE

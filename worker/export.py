@@ -17,6 +17,7 @@ import torch
 
 from studies.artifacts import CONFIG_FILE, LABELS_FILE, PARAMS_FILE, WEIGHTS_FILE
 from studies.spec import Task
+from worker.data import load_split
 from worker.features import ENCODE_BATCH_SIZE, encode_texts
 from worker.finetune import TokenizedTexts, evaluate_tokens
 from worker.model import (
@@ -190,9 +191,6 @@ def evaluate(
     """
     device = device or torch.device("cpu")
     if texts is None:
-        # Imported here: the objective imports this module to save models.
-        from worker.objective import load_split
-
         split = load_split(Task.model_validate(model.config["task"]))
         if split.label_names != model.labels:
             raise ValueError(f"the data's labels {split.label_names} are not the model's {model.labels}")

@@ -11,18 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from worker.data import LabelledSplit
+from worker.epochs import EpochResult, KeepRule, TrainResult, by_val_loss, run_epochs
+from worker.hyperparams import HeadParams, make_optimizer
 from worker.model import Encoder, EncoderClassifier, build_head, effective_max_length, mark_trainable
-from worker.training import (
-    EpochLog,
-    EpochResult,
-    HeadParams,
-    KeepRule,
-    StopTraining,
-    TrainResult,
-    by_val_loss,
-    check_finite,
-    make_optimizer,
-)
 
 # Batches are cut from chunks of this many batches, sorted by length inside each chunk: most of
 # the padding goes away, and the chunks (and the batches) are still shuffled every epoch.
@@ -185,7 +176,7 @@ def train_encoder(
 ) -> TrainResult:
     """Train a head and the encoder's top k blocks (or all of it) on tokens; same seed and device, same losses.
 
-    The callbacks, errors and result are train_head's; best_state names tensors `head.*` and `encoder.*`
+    The callbacks, errors and result are run_epochs'; best_state names tensors `head.*` and `encoder.*`
     (only the trained encoder parameters).
     """
     if not tokens.train.ids or not tokens.validation.ids:
@@ -207,7 +198,6 @@ def train_encoder(
         ],
         params.learning_rate,
     )
-    n_train = len(tokens.train.ids)
 
     def snapshot() -> dict[str, torch.Tensor]:
         state = {f"head.{name}": value for name, value in classifier.head.state_dict().items()}
@@ -218,26 +208,25 @@ def train_encoder(
         )
         return {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
 
-    log = EpochLog(keep=keep, snapshot=snapshot, on_epoch=on_epoch, started=started)
-    for epoch in range(1, params.epochs + 1):
-        _train_mode(classifier, trained)
-        loss_sum = 0.0
-        for input_ids, attention_mask, labels in _batches(tokens, params.batch_size, generator, device):
-            reason = interrupted() if interrupted is not None else None
-            if reason is not None:
-                raise StopTraining(reason)
-            with autocast_for(device):
-                logits = classifier(input_ids, attention_mask)
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-            loss_value = loss.item()
-            check_finite(loss_value, "loss", epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss_value * labels.shape[0]
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        input_ids, attention_mask, labels = batch
+        with autocast_for(device):
+            logits = classifier(input_ids, attention_mask)
+        return torch.nn.functional.cross_entropy(logits.float(), labels), labels.shape[0]
 
-        val_loss, val_accuracy = evaluate_tokens(
+    return run_epochs(
+        epochs=params.epochs,
+        n_train=len(tokens.train.ids),
+        train_mode=lambda: _train_mode(classifier, trained),
+        batches=lambda: _batches(tokens, params.batch_size, generator, device),
+        loss_of=loss_of,
+        optimizer=optimizer,
+        evaluate=lambda: evaluate_tokens(
             classifier, tokens.validation, pad_id=tokens.pad_id, batch_size=params.batch_size, device=device
-        )
-        log.end_epoch(epoch, train_loss=loss_sum / n_train, val_loss=val_loss, val_accuracy=val_accuracy)
-    return log.result()
+        ),
+        snapshot=snapshot,
+        keep=keep,
+        on_epoch=on_epoch,
+        interrupted=interrupted,
+        started=started,
+    )

@@ -68,7 +68,7 @@ class Slot:
 
 
 def supervise(child_args: list[str], slot_envs: list[tuple[str, dict[str, str]]]) -> int:
-    """Run one `tunefleet worker` per slot until all exit or a signal stops them; 2 if any refused to start."""
+    """Run one `python -m worker` per slot until all exit or a signal stops them; 2 if any refused to start."""
     slots = [Slot(name=name, env={**os.environ, **env}) for name, env in slot_envs]
     stopping = False
 
@@ -78,7 +78,7 @@ def supervise(child_args: list[str], slot_envs: list[tuple[str, dict[str, str]]]
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    command = [sys.executable, "-m", "tunefleet", "worker", *child_args]
+    command = [sys.executable, "-m", "worker", *child_args]
     while not stopping and not all(slot.finished for slot in slots):
         now = time.monotonic()
         for slot in slots:

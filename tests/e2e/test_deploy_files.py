@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tunefleet.cli import build_parser
+from worker.command import build_parser as build_worker_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -51,10 +52,14 @@ def pod_container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def assert_tunefleet_command_parses(command: list[str]) -> None:
-    """The command line names a real `tunefleet` subcommand with options the CLI accepts today."""
+    """The command line names a real `tunefleet` subcommand with options the CLI accepts."""
     assert command[0] == "tunefleet", command
     try:
-        build_parser().parse_args(command[1:])
+        if command[1:2] == ["worker"]:
+            # The worker's flags are its own parser's (worker/command.py); `tunefleet` hands them over.
+            build_worker_parser().parse_args(command[2:])
+        else:
+            build_parser().parse_args(command[1:])
     except SystemExit as error:
         raise AssertionError(f"the tunefleet CLI rejects {shlex.join(command)}") from error
 

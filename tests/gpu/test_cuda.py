@@ -1,9 +1,9 @@
 """On a CUDA GPU: every fine-tune mode trains there in bf16, a real out-of-memory prunes its trial and the
 worker goes on, and `--gpus` pins one process per GPU.
 
-Skipped where torch sees no GPU (CI). bench/device_check.sh runs them on a lent device as
+Skipped where torch sees no GPU (CI). bench/device_check.sh runs them on a GPU machine without network access as
 `pytest --noconftest -m gpu tests/gpu`, so nothing here may use a fixture of tests/conftest.py, nor import the
-service (the device machine has the worker's dependencies only). TUNEFLEET_GPU_TEST_MODEL names the encoder
+service (that machine has the worker's dependencies only). TUNEFLEET_GPU_TEST_MODEL names the encoder
 folder (there: the built-in MiniLM's architecture with random weights, bench/device_model.py); by default the
 built-in MiniLM.
 """
@@ -29,7 +29,7 @@ from worker.device import DeviceError, pick_device
 from worker.export import evaluate, load_best_model
 from worker.finetune import autocast_for
 from worker.model import builtin_model_folder
-from worker.objective import TrialRunner
+from worker.runner import TrialRunner
 
 pytestmark = [
     pytest.mark.gpu,

@@ -25,7 +25,7 @@ from tests.finetune_spec import run_next, write_csv
 from tunefleet.client import ApiError, TunefleetClient
 from worker.export import evaluate, load_best_model
 from worker.model import builtin_model_folder
-from worker.objective import TrialRunner
+from worker.runner import TrialRunner
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 

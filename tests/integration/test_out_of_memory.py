@@ -15,8 +15,8 @@ import torch
 from optuna.trial import TrialState
 
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
-from worker import objective
-from worker.objective import OUT_OF_MEMORY_CONSTRAINT, TrialRunner, is_out_of_memory
+from worker.runner import OUT_OF_MEMORY_CONSTRAINT, TrialRunner, is_out_of_memory
+from worker.tasks import synthetic as synthetic_task
 
 WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
 CPU_OUT_OF_MEMORY = (
@@ -41,7 +41,7 @@ def runner(repository: StudyRepository, tmp_path: Path) -> TrialRunner:
 
 def fake_device_memory(monkeypatch: pytest.MonkeyPatch, error: type[BaseException] | None = None) -> None:
     """Trials with batch_size >= FITS_BELOW raise what torch raises when memory runs out."""
-    real = objective.run_synthetic
+    real = synthetic_task.run_synthetic
 
     def run(**kwargs: Any) -> Any:
         if kwargs["params"]["batch_size"] >= FITS_BELOW:
@@ -50,7 +50,7 @@ def fake_device_memory(monkeypatch: pytest.MonkeyPatch, error: type[BaseExceptio
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(**kwargs)
 
-    monkeypatch.setattr(objective, "run_synthetic", run)
+    monkeypatch.setattr(synthetic_task, "run_synthetic", run)
 
 
 def synthetic(name: str, **overrides: Any) -> StudySpec:

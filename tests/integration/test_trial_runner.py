@@ -20,7 +20,7 @@ from studies.artifacts import (
     open_artifact_store,
 )
 from tests.conftest import tiny_spec
-from worker.objective import TrialRunner
+from worker.runner import TrialRunner
 
 WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
 
@@ -147,7 +147,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_worker_goes_on(
     assert trial.state == TrialState.FAIL
     assert "loss at epoch" in trial.user_attrs["fail_reason"]
     assert "nan" in trial.user_attrs["fail_reason"].lower() or "inf" in trial.user_attrs["fail_reason"]
-    # The worker's log said only "fail in 0.0s": its operator had to ask the store why.
+    # The worker's log says why, not only "fail in 0.0s": its operator need not ask the store.
     said = [r.getMessage() for r in caplog.records if r.name == "tunefleet.worker"]
     assert f"trial 0 of {study_name} failed: {trial.user_attrs['fail_reason']}" in said
     # The same runner takes the next trial as if nothing happened.

@@ -128,7 +128,7 @@ def test_serve_refuses_a_port_that_is_not_one(port: str, capsys: pytest.CaptureF
 def test_a_bad_setting_names_its_variable(
     store_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # It was pydantic's three-line dump, ending in a link, and it named the field, not the variable.
+    # One line naming the variable, not pydantic's three-line dump ending in a link and naming the field.
     monkeypatch.setenv("TUNEFLEET_PORT", "70000")
     assert main(["serve"]) == 2
     assert (
@@ -143,12 +143,12 @@ def test_a_bad_setting_names_its_variable(
 
 def test_a_settings_error_names_the_flag_given_and_never_echoes_a_store_url() -> None:
     from service import ServiceSettings
-    from tunefleet.cli import CliError, build_settings
+    from studies.startup import StartupError, build_settings
 
-    with pytest.raises(CliError) as flagged:
+    with pytest.raises(StartupError) as flagged:
         build_settings(ServiceSettings, {"port": ("--port", 70000), "host": ("--host", None)})
     assert str(flagged.value).startswith("--port: ")
-    with pytest.raises(CliError) as secret:
+    with pytest.raises(StartupError) as secret:
         build_settings(ServiceSettings, {"database_url": ("--store", ["postgresql://u:hunter2@h/d"])})
     assert "hunter2" not in str(secret.value)
 
@@ -156,7 +156,7 @@ def test_a_settings_error_names_the_flag_given_and_never_echoes_a_store_url() ->
 def test_serve_on_a_taken_port_is_one_line_and_never_says_it_serves(
     store_env: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    # uvicorn found the port taken only after tunefleet had logged "serving on", then exited 3 with its own line.
+    # Left to uvicorn, a taken port shows only after "serving on" is logged, and it exits 3 with its own line.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -212,7 +212,7 @@ def test_serve_on_port_0_says_the_port_it_got_and_serves_there(tmp_path: Path) -
 def test_a_worker_on_a_device_it_cannot_use_is_one_line(
     device: str, reason: str, store_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # These were tracebacks (exit 1), and under `--gpus`/`--processes` the launcher restarted them forever.
+    # Not a traceback (exit 1), which under `--gpus`/`--processes` the launcher would restart forever.
     assert main(["worker", "--device", device, "--exit-when-idle"]) == 2
     assert one_error_line(capsys) == reason
 
@@ -274,8 +274,8 @@ def test_a_worker_says_once_that_a_study_it_was_given_does_not_exist(store_env: 
 def test_a_health_check_gives_up_on_a_port_that_accepts_and_never_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # With the client's 30 s request timeout, `tunefleet demo` on a port held by such a program sat silent for
-    # a minute (two checks) before it said why.
+    # With the client's 30 s request timeout, `tunefleet demo` on a port held by such a program would sit
+    # silent for a minute (two checks) before saying why.
     from tunefleet.client import HEALTH_TIMEOUT_S, TunefleetClient
 
     with socket.socket() as silent:
@@ -297,7 +297,7 @@ def test_a_health_check_gives_up_on_a_port_that_accepts_and_never_answers(
 
 
 def test_study_create_takes_a_presets_name_as_the_demo_does(capsys: pytest.CaptureFixture[str]) -> None:
-    # The spec is read (the next step, reaching the service, is what fails here); it was "no such spec file".
+    # The spec is read (the next step, reaching the service, is what fails here), not "no such spec file".
     assert main(["study", "create", "tweets-sentiment-minilm", "--url", "http://127.0.0.1:9"]) == 2
     assert one_error_line(capsys).startswith("cannot reach the tunefleet service")
     assert main(["study", "create", "no-such-preset", "--url", "http://127.0.0.1:9"]) == 2

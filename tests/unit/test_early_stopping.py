@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from worker.early_stopping import Patience
-from worker.synthetic import run_synthetic
-from worker.training import EpochResult, StopTraining
+from worker.epochs import EpochResult, StopTraining
+from worker.tasks.synthetic import run_synthetic
 
 
 def stalls(patience: Patience, values: list[float]) -> list[bool]:

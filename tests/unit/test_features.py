@@ -13,8 +13,9 @@ import torch
 
 from worker.data import LabelledSplit, load_builtin_bbc_news
 from worker.features import cache_key, cache_path, load_or_build_features, model_fingerprint
+from worker.hyperparams import HeadParams
 from worker.model import ModelError, builtin_model_folder, load_encoder, mean_pool
-from worker.training import HeadParams, train_head
+from worker.training import train_head
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_LENGTH = 32
@@ -232,8 +233,8 @@ class Stop(Exception):
 def test_an_interrupt_ends_a_build_between_batches_and_leaves_no_cache(
     model_folder: Path, tiny_split: LabelledSplit, tmp_path: Path
 ) -> None:
-    # A worker told to stop sat out the whole build (44 s on BBC News, minutes on bigger data) before it
-    # handed its trial back.
+    # A worker told to stop must not sit out the whole build (44 s on BBC News on 2 cores, minutes on
+    # bigger data) before it hands its trial back.
     batches: list[int] = []
 
     def stop_after_the_first_batch() -> None:

@@ -44,8 +44,8 @@ def test_gpus_that_are_not_here_are_refused_before_any_child_starts(
 
 
 def test_a_child_that_refuses_to_start_is_not_restarted(tmp_path: Path) -> None:
-    # Before, each child's start-up error was a traceback (exit 1) and the launcher restarted it with backoff,
-    # forever; now a child's exit 2 at start-up stops that slot and the launcher exits 2 when all have ended.
+    # A child's exit 2 at start-up (a one-line error) stops that slot rather than being restarted with backoff
+    # forever, and the launcher exits 2 when all have ended.
     env = {
         **os.environ,
         "TUNEFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",

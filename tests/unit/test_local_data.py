@@ -15,8 +15,7 @@ from pydantic import ValidationError
 
 from studies import StudySpec, load_spec_file, preset_path
 from studies.spec import LocalData, Task
-from worker.data import DataError, load_builtin_tweets_sentiment, load_local_data
-from worker.objective import data_memo_key, load_split
+from worker.data import DataError, data_memo_key, load_builtin_tweets_sentiment, load_local_data, load_split
 
 ROWS = [
     {"text": f"{word} example number {i}", "label": label}

@@ -7,17 +7,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from studies.names import OPTIMIZER_NAMES
+from worker.epochs import EpochResult, NonFiniteLoss, StopTraining
 from worker.features import Features
+from worker.hyperparams import HeadParams, make_optimizer
 from worker.model import ACTIVATIONS, build_head
-from worker.training import (
-    OPTIMIZERS,
-    EpochResult,
-    HeadParams,
-    NonFiniteLoss,
-    StopTraining,
-    make_optimizer,
-    train_head,
-)
+from worker.training import train_head
 
 CPU = torch.device("cpu")
 
@@ -123,7 +118,7 @@ def test_stop_training_raised_by_the_epoch_callback_propagates_after_one_epoch_w
     assert partial.best_state and partial.best_val_loss == seen[0].val_loss
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", OPTIMIZER_NAMES)
 def test_each_optimizer_trains_a_head_to_a_finite_loss(optimizer: str) -> None:
     learning_rate = 0.1 if optimizer in ("sgd", "adagrad") else 1e-2
     result = train_head(

@@ -1,16 +1,17 @@
-"""Runs one claimed trial: features, training, per-epoch reports, pruning, and the trial's end state."""
+"""Runs one claimed trial on the fleet's side: reports, prune and stop checks, OOM, hand-back, model, end state.
+
+What the trial trains is its task kind's business (worker.tasks); this module never looks inside one.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import os
 import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,104 +22,23 @@ import torch
 from studies import Claim, StudyRepository
 from studies.artifacts import MODEL_ARTIFACT_ATTR, ArtifactStore, upload_model, write_model_archive
 from studies.resilience import GaveUp, is_transient, with_retry
-from studies.spec import LocalData, Task
+from studies.spec import Task
 from studies.states import StopReason, StudyState
-from worker.data import (
-    DataError,
-    LabelledSplit,
-    load_builtin_bbc_news,
-    load_builtin_tweets_sentiment,
-    load_local_data,
-)
 from worker.early_stopping import Patience
-from worker.export import model_config, serialise_weights
-from worker.features import Features, load_or_build_features
-from worker.finetune import Tokens, tokenize_split, train_encoder
-from worker.model import ModelError, builtin_model_folder, load_encoder
-from worker.synthetic import run_synthetic
-from worker.training import (
-    EpochResult,
-    HeadParams,
-    NonFiniteLoss,
-    StopTraining,
-    TrainResult,
-    keep_rule,
-    train_head,
-)
+from worker.epochs import EpochResult, KeepRule, StopTraining, TrainResult, keep_rule
+from worker.failures import TrialFailure
+from worker.tasks import TASK_KINDS
+from worker.tasks.interface import Progress, TaskHost, TrialTask
 
 log = logging.getLogger("tunefleet.worker")
 
-Progress = Callable[[int, int], None]
 T = TypeVar("T")
 # The constraint an out-of-memory trial violates; TPE ranks infeasible trials below every feasible one.
 OUT_OF_MEMORY_CONSTRAINT = "out_of_memory"
-# Tokenized data sets kept per process (each is a list of token-id tensors: a few MB per 10k texts).
-_MAX_TOKEN_SETS = 4
 _CPU_OUT_OF_MEMORY = re.compile(
     r"(can't|cannot|could not|unable to) allocate memory|not enough memory|out of memory", re.IGNORECASE
 )
 STATE_CHECK_INTERVAL_S = 1.0
-
-
-def model_folder(task: Task) -> Path:
-    """The encoder folder a task names: a built-in model or a local Hugging Face folder."""
-    if task.model.startswith("builtin:"):
-        return builtin_model_folder(task.model.removeprefix("builtin:"))
-    folder = Path(task.model).expanduser()
-    if not folder.is_dir():
-        raise ModelError(f"model folder {task.model!r} does not exist on this worker")
-    return folder
-
-
-def load_split(task: Task) -> LabelledSplit:
-    """The task's labelled train/validation split."""
-    options: dict[str, Any] = {
-        "validation_fraction": task.validation_fraction,
-        "seed": task.data_seed,
-        "max_examples": task.max_examples,
-    }
-    if isinstance(task.data, LocalData):
-        return load_local_data(
-            train=task.data.train,
-            validation=task.data.validation,
-            text_column=task.data.text_column,
-            label_column=task.data.label_column,
-            **options,
-        )
-    if task.data == "builtin:bbc-news":
-        return load_builtin_bbc_news(**options)
-    if task.data == "builtin:tweets-sentiment":
-        return load_builtin_tweets_sentiment(**options)
-    raise DataError(f"data set {task.data!r} is not available on this worker")
-
-
-def _file_stamp(given: str | None) -> tuple[int, int] | None:
-    # Size and modification time: a file rewritten between two trials is read again, not served stale.
-    if given is None:
-        return None
-    try:
-        stat = Path(given).expanduser().stat()
-    except OSError:
-        return None
-    return stat.st_size, stat.st_mtime_ns
-
-
-def data_memo_key(task: Task) -> tuple[Any, ...]:
-    """What the in-process memos of features and tokens are keyed on: model, data and how it is split."""
-    stamps = (
-        (_file_stamp(task.data.train), _file_stamp(task.data.validation))
-        if isinstance(task.data, LocalData)
-        else None
-    )
-    return (
-        task.model,
-        task.data_key(),
-        stamps,
-        task.max_length,
-        task.max_examples,
-        task.validation_fraction,
-        task.data_seed,
-    )
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -145,17 +65,6 @@ def mark_infeasible(trial: optuna.Trial, key: str) -> None:
         trial.storage.set_trial_system_attr(trial._trial_id, "constraints", (1.0,))
 
 
-@contextlib.contextmanager
-def all_cores() -> Iterator[None]:
-    """Run a big batch job (encoding, training through the encoder) on every core, then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(threads, os.cpu_count() or 1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def chosen_epoch(epochs: list[EpochResult], *, metric: str, value: str) -> EpochResult:
     """The epoch whose metric is the trial's value: the best one, or the last one."""
     if value == "final":
@@ -166,8 +75,34 @@ def chosen_epoch(epochs: list[EpochResult], *, metric: str, value: str) -> Epoch
 
 
 @dataclass
+class RunningTrial:
+    """The trial object a task kind trains against: its parameters, and the fleet behind `report`."""
+
+    params: dict[str, Any]
+    seed: int
+    device: torch.device
+    keep: KeepRule
+    # Report an epoch to the store, then raise StopTraining if the trial must end there.
+    on_epoch: Callable[[EpochResult], None]
+    interrupted: Callable[[], str | None]
+    wake: threading.Event
+
+    def report(self, result: EpochResult) -> None:
+        """Record an epoch's results; raises StopTraining when the trial must end there (pruned, stopped)."""
+        self.on_epoch(result)
+
+    def stop_reason(self) -> str | None:
+        """Why the trial must stop now (the worker is lost or stopping), or None: poll it between batches."""
+        return self.interrupted()
+
+    def pause(self, seconds: float) -> None:
+        """Wait up to seconds, returning early when the worker is told to stop."""
+        self.wake.wait(seconds)
+
+
+@dataclass
 class TrialRunner:
-    """Everything a worker process keeps between trials: device, caches, and its stop flag."""
+    """Everything a worker process keeps between trials: device, task kinds (and their caches), its stop flag."""
 
     repository: StudyRepository
     device: torch.device
@@ -175,40 +110,21 @@ class TrialRunner:
     stopping: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
     _state_checked: dict[str, tuple[float, str]] = field(default_factory=dict)
-    _features: dict[tuple[Any, ...], Features] = field(default_factory=dict)
     # Where a new best trial's fine-tuned weights go; None keeps no models (tests, benchmarks).
     artifact_store: ArtifactStore | None = None
-    _tokens: dict[tuple[Any, ...], Tokens] = field(default_factory=dict)
+    _tasks: dict[str, TrialTask] = field(default_factory=dict)
 
-    def features(
-        self, task: Task, progress: Progress | None = None, interrupt: Callable[[], None] | None = None
-    ) -> Features:
-        """The task's encoder features: from this process's memo, else the node's disk cache, else computed."""
-        key = data_memo_key(task)
-        if key not in self._features:
-            # Encoding is one big batch job, unlike head training: give it every core while it runs.
-            with all_cores():
-                self._features[key] = load_or_build_features(
-                    encoder_folder=model_folder(task),
-                    split=load_split(task),
-                    max_length=task.max_length,
-                    cache_dir=self.cache_dir,
-                    progress=progress,
-                    device=self.device,
-                    interrupt=interrupt,
-                )
-        return self._features[key]
+    def task_kind(self, task: Task) -> TrialTask:
+        """This process's instance of the task's kind, made on first use."""
+        if task.kind not in self._tasks:
+            self._tasks[task.kind] = TASK_KINDS[task.kind](
+                TaskHost(device=self.device, cache_dir=self.cache_dir)
+            )
+        return self._tasks[task.kind]
 
-    def tokens(self, task: Task) -> Tokens:
-        """The task's token ids for last-k and full: tokenized once per process and data set."""
-        key = data_memo_key(task)
-        if key not in self._tokens:
-            encoder = load_encoder(model_folder(task))
-            split = load_split(task)
-            while len(self._tokens) >= _MAX_TOKEN_SETS:
-                self._tokens.pop(next(iter(self._tokens)))
-            self._tokens[key] = tokenize_split(encoder, split, max_length=task.max_length)
-        return self._tokens[key]
+    def prepare(self, task: Task, progress: Progress | None = None) -> None:
+        """Load or build what the task's trials share (a head study's feature cache), ahead of any trial."""
+        self.task_kind(task).prepare(task, progress=progress)
 
     def _store(self, what: str, call: Callable[[], T]) -> T:
         # A database blip must not cost a trial: wait for the store, unless this worker is stopping.
@@ -242,51 +158,18 @@ class TrialRunner:
 
     def _train(self, claim: Claim, on_epoch: Callable[[EpochResult], None]) -> TrainResult:
         task = claim.spec.task
-        if task.kind == "synthetic":
-            return run_synthetic(
-                params=claim.params,
-                seed=claim.seed,
-                epoch_sleep_s=task.epoch_sleep_s,
-                on_epoch=on_epoch,
-                interrupted=self.interrupted,
-                wake=self.stopping,
-            )
-        params = HeadParams(**{name: claim.params[name] for name in HeadParams.__dataclass_fields__})
-        keep = keep_rule(metric=claim.spec.objective.metric, value=claim.spec.objective.value)
-        if task.finetune == "head":
-            return train_head(
-                features=self.features(task, interrupt=self._stop_if_interrupted),
-                params=params,
-                seed=claim.seed,
-                device=self.device,
-                on_epoch=on_epoch,
-                interrupted=self.interrupted,
-                keep=keep,
-            )
-        encoder = load_encoder(model_folder(task))
-        tokens = self.tokens(task)
-        encoder_learning_rate = claim.params.get("encoder_learning_rate")
-        # Training through the encoder is big matrix work, unlike a small head: use every core.
-        with all_cores():
-            return train_encoder(
-                encoder=encoder,
-                tokens=tokens,
-                params=params,
-                finetune=task.finetune,
-                k=task.k,
-                encoder_learning_rate=float(encoder_learning_rate) if encoder_learning_rate else None,
-                seed=claim.seed,
-                device=self.device,
-                on_epoch=on_epoch,
-                interrupted=self.interrupted,
-                keep=keep,
-            )
-
-    def label_names(self, task: Task) -> list[str]:
-        """The label names of a task whose data this process has already loaded."""
-        if task.finetune == "head":
-            return list(self.features(task).label_names)
-        return list(self.tokens(task).label_names)
+        kind = self.task_kind(task)
+        kind.prepare(task, interrupt=self._stop_if_interrupted)
+        trial = RunningTrial(
+            params=claim.params,
+            seed=claim.seed,
+            device=self.device,
+            keep=keep_rule(metric=claim.spec.objective.metric, value=claim.spec.objective.value),
+            on_epoch=on_epoch,
+            interrupted=self.interrupted,
+            wake=self.stopping,
+        )
+        return kind.run(task, trial)
 
     def _beats_best(self, claim: Claim, value: float) -> bool:
         try:
@@ -300,20 +183,20 @@ class TrialRunner:
     def _save_model_if_best(self, claim: Claim, result: TrainResult, value: float) -> dict[str, Any]:
         """Upload the trial's weights when it beats the study's best so far; the attributes saying so."""
         task = claim.spec.task
-        if self.artifact_store is None or task.kind == "synthetic" or not result.best_state:
+        if self.artifact_store is None or not result.best_state:
             return {}
         if not self._store("best value", lambda: self._beats_best(claim, value)):
             return {}
         store = self.artifact_store
         try:
-            labels = self.label_names(task)
-            config = model_config(task, claim.params, result.best_state, n_classes=len(labels))
-            weights = serialise_weights(result.best_state, finetune=task.finetune)
+            files = self.task_kind(task).model_files(task, claim.params, result)
+            if files is None:
+                return {}
             with tempfile.TemporaryDirectory(prefix="tunefleet-model-") as folder:
                 path = Path(folder) / f"{claim.study_name}-trial-{claim.trial.number}-model.zip"
                 write_model_archive(
                     path,
-                    weights=weights,
+                    weights=files.weights,
                     params={
                         "study": claim.study_name,
                         "number": claim.trial.number,
@@ -323,8 +206,8 @@ class TrialRunner:
                         "seed": claim.seed,
                         "params": claim.params,
                     },
-                    labels=labels,
-                    config=config,
+                    labels=files.labels,
+                    config=files.config,
                 )
                 artifact_id = self._store("upload model", lambda: upload_model(store, claim.trial, path))
         except (optuna.exceptions.UpdateFinishedTrialError, GaveUp):
@@ -430,9 +313,7 @@ class TrialRunner:
                 extra = {} if reason == StopReason.PRUNED else {"fail_reason": reason}
                 self._store("prune", lambda: repository.prune(claim, attrs(extra)))
                 return "pruned"
-        except NonFiniteLoss as error:
-            return fail(str(error))
-        except (DataError, ModelError) as error:
+        except TrialFailure as error:
             return fail(str(error))
         except (optuna.exceptions.UpdateFinishedTrialError, GaveUp):
             raise

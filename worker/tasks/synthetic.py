@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import math
-import random
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from worker.training import EpochResult, StopTraining, TrainResult, result_of
-
-
-def synthetic_loss(params: dict[str, Any], *, seed: int, epoch: int) -> float:
-    """A smooth, seeded validation loss with an optimum near learning_rate=3e-3, falling with epochs."""
-    learning_rate = float(params.get("learning_rate", 1e-3))
-    width = float(params.get("width", 64))
-    depth = float(params.get("depth", 1))
-    distance = (math.log10(learning_rate) + 2.5) ** 2 + 0.1 * (math.log2(width) - 7) ** 2 / 9 + 0.05 * depth
-    noise = random.Random(seed * 1_000_003 + epoch).gauss(0.0, 0.01)
-    return 0.1 + distance + 1.0 / epoch + noise
+from studies.spec import Task
+from worker.epochs import EpochResult, StopTraining, TrainResult, result_of
+from worker.synthetic_loss import synthetic_loss
+from worker.tasks.interface import ModelFiles, Progress, TaskHost, TrialContext
 
 
 def run_synthetic(
@@ -29,16 +19,13 @@ def run_synthetic(
     epoch_sleep_s: float,
     on_epoch: Callable[[EpochResult], None],
     interrupted: Callable[[], str | None],
-    wake: threading.Event | None = None,
+    pause: Callable[[float], None] = time.sleep,
 ) -> TrainResult:
     """Sleep epoch_sleep_s per epoch and report the synthetic loss, honouring stops like real training."""
     started = time.perf_counter()
     history: list[EpochResult] = []
     for epoch in range(1, int(params.get("epochs", 1)) + 1):
-        if wake is not None:
-            wake.wait(epoch_sleep_s)
-        else:
-            time.sleep(epoch_sleep_s)
+        pause(epoch_sleep_s)
         reason = interrupted()
         if reason is not None:
             raise StopTraining(reason)
@@ -58,3 +45,30 @@ def run_synthetic(
 def _result(history: list[EpochResult], started: float) -> TrainResult:
     best = min(history, key=lambda e: e.val_loss)
     return result_of(history, best=best, kept=best, best_state={}, started=started)
+
+
+class Synthetic:
+    """The synthetic task kind: nothing to prepare, a seeded loss per epoch, no model to keep."""
+
+    def __init__(self, host: TaskHost) -> None:
+        self.host = host
+
+    def prepare(
+        self, task: Task, *, progress: Progress | None = None, interrupt: Callable[[], None] | None = None
+    ) -> None:
+        """Nothing: the synthetic task has no model and no data."""
+
+    def run(self, task: Task, trial: TrialContext) -> TrainResult:
+        """Report the synthetic loss for each of the trial's epochs, epoch_sleep_s apart."""
+        return run_synthetic(
+            params=trial.params,
+            seed=trial.seed,
+            epoch_sleep_s=task.epoch_sleep_s,
+            on_epoch=trial.report,
+            interrupted=trial.stop_reason,
+            pause=trial.pause,
+        )
+
+    def model_files(self, task: Task, params: dict[str, Any], result: TrainResult) -> ModelFiles | None:
+        """None: a synthetic trial trains no model."""
+        return None

@@ -1,0 +1,154 @@
+"""The worker command (`python -m worker`, `tunefleet worker`): its flags, its one-line errors, the loop it starts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from studies.startup import StartupError, build_settings, positive_int, store_problem
+
+if TYPE_CHECKING:
+    from worker.runner import TrialRunner
+
+EXIT_USAGE = 2
+PROG = "tunefleet worker"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TUNEFLEET_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from worker.launcher import parse_gpus, supervise
+
+    child_args: list[str] = []
+    for name in args.study or []:
+        child_args += ["--study", name]
+    if args.max_trials is not None:
+        child_args += ["--max-trials", str(args.max_trials)]
+    if args.exit_when_idle:
+        child_args.append("--exit-when-idle")
+    if args.gpus:
+        try:
+            gpus = parse_gpus(args.gpus, visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
+        except ValueError as error:
+            raise StartupError(str(error)) from error
+        # Each child sees exactly one GPU, as device 0: no worker can touch another's memory.
+        slots = [(f"gpu{gpu}" if gpu.isdigit() else gpu, {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
+        child_args += ["--device", "cuda"]
+    else:
+        slots = [(f"proc{i}", {}) for i in range(args.processes)]
+        if args.device:
+            child_args += ["--device", args.device]
+    return supervise(child_args, slots)
+
+
+def _warm_cache(runner: TrialRunner, study_names: list[str] | None) -> int:
+    if not study_names or len(study_names) != 1:
+        raise StartupError("--warm-cache needs exactly one --study NAME")
+    from tqdm import tqdm
+
+    task = runner.repository.get(study_names[0]).spec.task
+    if task.kind == "synthetic" or task.finetune != "head":
+        # Only head studies train on cached encoder features; last-k and full run the encoder itself.
+        kind = "synthetic" if task.kind == "synthetic" else task.finetune
+        print(f"nothing to warm: a {kind} study uses no feature cache")
+        return 0
+    with tqdm(desc="feature cache (one time)", unit="text", leave=True) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        runner.prepare(task, progress=progress)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Pull and run trials (or only build the feature cache of a study, with --warm-cache)."""
+    _setup_logging()
+    if args.gpus or args.processes is not None:
+        return _launch(args)
+
+    from sqlalchemy.exc import ArgumentError
+
+    from worker.device import DeviceError
+    from worker.loop import (
+        LoopOptions,
+        build_runner,
+        freeze_startup_heap,
+        install_signal_handlers,
+        run_loop,
+    )
+    from worker.settings import WorkerSettings
+
+    settings = build_settings(WorkerSettings, {"device": ("--device", args.device)})
+    try:
+        runner, identity = build_runner(settings)
+    except DeviceError as error:
+        raise StartupError(str(error)) from None
+    except (ArgumentError, ImportError, OSError) as error:
+        # A URL no driver reads, a SQLite file whose folder cannot be made; an unreachable database is
+        # retried instead, as an outage is.
+        raise store_problem(error, settings.database_url) from None
+    if args.warm_cache:
+        return _warm_cache(runner, args.study)
+    install_signal_handlers(runner)
+    frozen = freeze_startup_heap()
+    logging.getLogger("tunefleet.worker").debug("%d start-up objects kept out of garbage collection", frozen)
+    options = LoopOptions(
+        study_names=tuple(args.study) if args.study else None,
+        max_trials=args.max_trials,
+        exit_when_idle=args.exit_when_idle,
+    )
+    run_loop(runner, identity, options, settings)
+    return 0
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The worker command's flags."""
+    parser = argparse.ArgumentParser(prog=prog, description="pull and run trials from the shared store")
+    parser.add_argument("--study", action="append", help="only this study (repeat for several)")
+    parser.add_argument("--max-trials", type=positive_int, help="exit after this many trials")
+    parser.add_argument("--exit-when-idle", action="store_true", help="exit when no trial is left to claim")
+    parser.add_argument(
+        "--warm-cache", action="store_true", help="only build the study's feature cache, then exit"
+    )
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (TUNEFLEET_DEVICE)")
+    fleet = parser.add_mutually_exclusive_group()
+    fleet.add_argument(
+        "--gpus", help="one worker process per GPU: 'all' or indexes like 0,1 (restarted on crash)"
+    )
+    fleet.add_argument(
+        "--processes", type=positive_int, help="N worker processes without GPU pinning (restarted on crash)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker command on argv (default: this process's arguments); its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except StartupError as error:
+        print(f"tunefleet: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        from pydantic import ValidationError
+
+        from studies.errors import TunefleetError
+
+        if isinstance(error, TunefleetError | ValidationError):
+            message = str(error).replace("\n", " ")
+            print(f"tunefleet: error: {message}", file=sys.stderr)
+            return EXIT_USAGE
+        raise

@@ -1,0 +1,199 @@
+"""The epoch driver every training run shares: batches, loss, NaN check, step, evaluation, report, stops."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from worker.failures import TrialFailure
+
+Batch = TypeVar("Batch")
+
+
+class NonFiniteLoss(TrialFailure):
+    """Training produced NaN or inf; the message says at which epoch."""
+
+
+class StopTraining(Exception):
+    """Raised by an epoch callback to end training early (pruned or stopped).
+
+    The epoch driver attaches the results so far as `result` before letting it propagate.
+    """
+
+    result: TrainResult | None = None
+
+
+@dataclass
+class EpochResult:
+    """The losses and accuracy after one epoch (1-based)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+
+
+@dataclass
+class TrainResult:
+    """A training run: every epoch, the best (lowest validation loss) and final scores, and kept weights.
+
+    best_state holds the weights of the epoch the run's `keep` rule preferred (by default the
+    lowest validation loss), as CPU tensors, named `head.*` and, when the encoder trained, `encoder.*`
+    (train_head keeps the head's own names); kept_epoch says which epoch that was.
+    """
+
+    epochs: list[EpochResult]
+    best_epoch: int
+    best_val_loss: float
+    final_val_loss: float
+    best_val_accuracy: float
+    final_val_accuracy: float
+    best_state: dict[str, torch.Tensor]
+    train_s: float
+    kept_epoch: int = 0
+
+
+# Which epoch's weights a run keeps: the one with the lowest key. The default keeps the lowest validation loss.
+KeepRule = Callable[[EpochResult], float]
+
+
+def by_val_loss(result: EpochResult) -> float:
+    """The default keep rule: the lowest validation loss wins."""
+    return result.val_loss
+
+
+def keep_rule(*, metric: str, value: str) -> KeepRule:
+    """The keep rule matching an objective: its best epoch by the metric, or its final epoch."""
+    if value == "final":
+        return lambda result: -float(result.epoch)
+    if metric == "val_accuracy":
+        return lambda result: -result.val_accuracy
+    return by_val_loss
+
+
+def result_of(
+    history: list[EpochResult],
+    *,
+    best: EpochResult,
+    kept: EpochResult,
+    best_state: dict[str, torch.Tensor],
+    started: float,
+) -> TrainResult:
+    """The TrainResult of the epochs run so far (started: the run's time.perf_counter() at start)."""
+    return TrainResult(
+        epochs=list(history),
+        best_epoch=best.epoch,
+        best_val_loss=best.val_loss,
+        final_val_loss=history[-1].val_loss,
+        best_val_accuracy=best.val_accuracy,
+        final_val_accuracy=history[-1].val_accuracy,
+        best_state=best_state,
+        train_s=time.perf_counter() - started,
+        kept_epoch=kept.epoch,
+    )
+
+
+def check_finite(value: float, what: str, epoch: int) -> None:
+    """NonFiniteLoss naming the value (NaN or inf), what it is and the epoch, unless it is finite."""
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"{'NaN' if math.isnan(value) else 'inf'} {what} at epoch {epoch}")
+
+
+class EpochLog:
+    """One training run's epochs: the history, the best and kept epochs, the kept weights, the on_epoch hook."""
+
+    def __init__(
+        self,
+        *,
+        keep: KeepRule,
+        snapshot: Callable[[], dict[str, torch.Tensor]],
+        on_epoch: Callable[[EpochResult], None] | None,
+        started: float,
+    ) -> None:
+        self.started = started
+        self.keep = keep
+        self.snapshot = snapshot
+        self.on_epoch = on_epoch
+        self.history: list[EpochResult] = []
+        self.best: EpochResult | None = None
+        self.kept: EpochResult | None = None
+        self.best_state: dict[str, torch.Tensor] = {}
+
+    def end_epoch(self, epoch: int, *, train_loss: float, val_loss: float, val_accuracy: float) -> None:
+        """Record an epoch's results, keep its weights if the keep rule says so, and call on_epoch.
+
+        on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`.
+        """
+        check_finite(val_loss, "validation loss", epoch)
+        current = EpochResult(
+            epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_accuracy
+        )
+        self.history.append(current)
+        if self.best is None or current.val_loss < self.best.val_loss:
+            self.best = current
+        if self.kept is None or self.keep(current) < self.keep(self.kept):
+            self.kept = current
+            self.best_state = self.snapshot()
+        if self.on_epoch is not None:
+            try:
+                self.on_epoch(current)
+            except StopTraining as stop:
+                stop.result = self.result()
+                raise
+
+    def result(self) -> TrainResult:
+        """The TrainResult of the epochs run so far."""
+        assert self.best is not None and self.kept is not None
+        return result_of(
+            self.history, best=self.best, kept=self.kept, best_state=self.best_state, started=self.started
+        )
+
+
+def run_epochs(
+    *,
+    epochs: int,
+    n_train: int,
+    train_mode: Callable[[], object],
+    batches: Callable[[], Iterable[Batch]],
+    loss_of: Callable[[Batch], tuple[torch.Tensor, int]],
+    optimizer: torch.optim.Optimizer,
+    evaluate: Callable[[], tuple[float, float]],
+    snapshot: Callable[[], dict[str, torch.Tensor]],
+    keep: KeepRule,
+    on_epoch: Callable[[EpochResult], None] | None,
+    interrupted: Callable[[], str | None] | None,
+    started: float,
+) -> TrainResult:
+    """Train for `epochs` epochs over `batches()`, evaluating and reporting after each; the run's result.
+
+    loss_of(batch) is the batch's mean loss and its number of examples; evaluate() is (val loss, accuracy).
+    on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`.
+    interrupted is polled between batches; a reason it returns ends training with StopTraining(reason).
+    """
+    log = EpochLog(keep=keep, snapshot=snapshot, on_epoch=on_epoch, started=started)
+    for epoch in range(1, epochs + 1):
+        train_mode()
+        loss_sum = 0.0
+        for batch in batches():
+            # A preempted node gives a worker seconds, not an epoch: check between batches.
+            reason = interrupted() if interrupted is not None else None
+            if reason is not None:
+                raise StopTraining(reason)
+            loss, n_rows = loss_of(batch)
+            # Checked every step (one sync, cheap next to the step) so a diverged trial fails at once
+            # instead of burning its remaining epochs on NaN weights.
+            loss_value = loss.item()
+            check_finite(loss_value, "loss", epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss_value * n_rows
+
+        val_loss, val_accuracy = evaluate()
+        log.end_epoch(epoch, train_loss=loss_sum / n_train, val_loss=val_loss, val_accuracy=val_accuracy)
+    return log.result()

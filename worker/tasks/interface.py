@@ -1,0 +1,90 @@
+"""What every task kind implements, and the running trial it trains against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from studies.spec import Task
+from worker.epochs import EpochResult, KeepRule, TrainResult
+
+# progress(done, total): how far a one-time preparation (a feature cache build) has come.
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TaskHost:
+    """Where a task kind runs: this process's device and the node's cache folder."""
+
+    device: torch.device
+    cache_dir: Path
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A trained model as the artifact store keeps it: weights, label names, and how to rebuild it."""
+
+    weights: bytes
+    labels: list[str]
+    config: dict[str, Any]
+
+
+class TrialContext(Protocol):
+    """One running trial as a task kind sees it: what to train with, where to report, whether to stop."""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The trial's sampled (and fixed) parameters."""
+        ...
+
+    @property
+    def seed(self) -> int:
+        """The trial's seed: the same seed, parameters and device give the same losses."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """The device this worker trains on."""
+        ...
+
+    @property
+    def keep(self) -> KeepRule:
+        """Which epoch's weights the objective wants kept (its best, or its final epoch)."""
+        ...
+
+    def report(self, result: EpochResult) -> None:
+        """Record an epoch's results; raises StopTraining when the trial must end there (pruned, stopped)."""
+        ...
+
+    def stop_reason(self) -> str | None:
+        """Why the trial must stop now (the worker is lost or stopping), or None: poll it between batches."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Wait up to seconds, returning early when the worker is told to stop."""
+        ...
+
+
+class TrialTask(Protocol):
+    """A task kind: what a trial trains, prepared once per process and run one trial at a time."""
+
+    def prepare(
+        self, task: Task, *, progress: Progress | None = None, interrupt: Callable[[], None] | None = None
+    ) -> None:
+        """Load or build what every trial of the task shares (features, tokens); cheap once done in this process.
+
+        interrupt() is called during a long build; what it raises (StopTraining) ends the build.
+        """
+        ...
+
+    def run(self, task: Task, trial: TrialContext) -> TrainResult:
+        """Train one trial, reporting every epoch to it; StopTraining or a TrialFailure (its reason) ends it."""
+        ...
+
+    def model_files(self, task: Task, params: dict[str, Any], result: TrainResult) -> ModelFiles | None:
+        """The trained model of a prepared task's trial, ready to store; None when this kind keeps no models."""
+        ...

@@ -1,0 +1,115 @@
+"""The text-classification task kind: a Hugging Face encoder and a searched head (head, last-k or full)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from studies.spec import Task
+from worker.data import data_memo_key, load_split
+from worker.device import all_cores
+from worker.epochs import TrainResult
+from worker.export import model_config, serialise_weights
+from worker.features import Features, load_or_build_features
+from worker.finetune import Tokens, tokenize_split, train_encoder
+from worker.hyperparams import HeadParams
+from worker.model import load_encoder, model_folder
+from worker.tasks.interface import ModelFiles, Progress, TaskHost, TrialContext
+from worker.training import train_head
+
+# Tokenized data sets kept per process (each is a list of token-id tensors: a few MB per 10k texts).
+_MAX_TOKEN_SETS = 4
+
+
+class TextClassification:
+    """The built-in task kind; keeps each data set's features (head) or token ids (last-k, full) per process."""
+
+    def __init__(self, host: TaskHost) -> None:
+        self.host = host
+        self._features: dict[tuple[Any, ...], Features] = {}
+        self._tokens: dict[tuple[Any, ...], Tokens] = {}
+
+    def features(
+        self, task: Task, progress: Progress | None = None, interrupt: Callable[[], None] | None = None
+    ) -> Features:
+        """The task's encoder features: from this process's memo, else the node's disk cache, else computed."""
+        key = data_memo_key(task)
+        if key not in self._features:
+            # Encoding is one big batch job, unlike head training: give it every core while it runs.
+            with all_cores():
+                self._features[key] = load_or_build_features(
+                    encoder_folder=model_folder(task),
+                    split=load_split(task),
+                    max_length=task.max_length,
+                    cache_dir=self.host.cache_dir,
+                    progress=progress,
+                    device=self.host.device,
+                    interrupt=interrupt,
+                )
+        return self._features[key]
+
+    def tokens(self, task: Task) -> Tokens:
+        """The task's token ids for last-k and full: tokenized once per process and data set."""
+        key = data_memo_key(task)
+        if key not in self._tokens:
+            encoder = load_encoder(model_folder(task))
+            split = load_split(task)
+            while len(self._tokens) >= _MAX_TOKEN_SETS:
+                self._tokens.pop(next(iter(self._tokens)))
+            self._tokens[key] = tokenize_split(encoder, split, max_length=task.max_length)
+        return self._tokens[key]
+
+    def prepare(
+        self, task: Task, *, progress: Progress | None = None, interrupt: Callable[[], None] | None = None
+    ) -> None:
+        """Features for a head study (the node's cache), token ids for last-k and full."""
+        if task.finetune == "head":
+            self.features(task, progress=progress, interrupt=interrupt)
+        else:
+            load_encoder(model_folder(task))
+            self.tokens(task)
+
+    def run(self, task: Task, trial: TrialContext) -> TrainResult:
+        """Train a fresh head on the features, or the head and the encoder on the token ids."""
+        params = HeadParams.of(trial.params)
+        if task.finetune == "head":
+            return train_head(
+                features=self.features(task),
+                params=params,
+                seed=trial.seed,
+                device=trial.device,
+                on_epoch=trial.report,
+                interrupted=trial.stop_reason,
+                keep=trial.keep,
+            )
+        encoder = load_encoder(model_folder(task))
+        tokens = self.tokens(task)
+        encoder_learning_rate = trial.params.get("encoder_learning_rate")
+        # Training through the encoder is big matrix work, unlike a small head: use every core.
+        with all_cores():
+            return train_encoder(
+                encoder=encoder,
+                tokens=tokens,
+                params=params,
+                finetune=task.finetune,
+                k=task.k,
+                encoder_learning_rate=float(encoder_learning_rate) if encoder_learning_rate else None,
+                seed=trial.seed,
+                device=trial.device,
+                on_epoch=trial.report,
+                interrupted=trial.stop_reason,
+                keep=trial.keep,
+            )
+
+    def label_names(self, task: Task) -> list[str]:
+        """The label names of a task whose data this process has already loaded."""
+        if task.finetune == "head":
+            return list(self.features(task).label_names)
+        return list(self.tokens(task).label_names)
+
+    def model_files(self, task: Task, params: dict[str, Any], result: TrainResult) -> ModelFiles | None:
+        """The kept weights as safetensors, the label names, and the config that rebuilds the model."""
+        labels = self.label_names(task)
+        config = model_config(task, params, result.best_state, n_classes=len(labels))
+        weights = serialise_weights(result.best_state, finetune=task.finetune)
+        return ModelFiles(weights=weights, labels=labels, config=config)
