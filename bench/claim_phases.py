@@ -7,9 +7,7 @@ import functools
 import importlib
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -20,25 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
 
 from bench.common import (
-    clean_up_on_sigterm,
-    command_line,
-    delete_studies,
-    delete_worker_rows,
-    environment,
-    environment_markdown,
-    load_average,
-    markdown_table,
-    postgres_url,
-    publish,
+    ZERO_COST_EPOCHS,
+    admin_engine,
+    deleted_afterwards,
     seed_trials,
+    study_trials,
+    url_from,
+    zero_cost_spec,
 )
-from bench.coordination_overhead import EPOCHS, POLL_INTERVAL_S, ROOT, tunefleet_spec
+from bench.coordination_overhead import POLL_INTERVAL_S, SPEC_SEED
+from bench.processes import Processes, clean_up_on_sigterm, python_module
+from bench.reporting import StoreRun, benchmark_parser, markdown_table, publish, size_of
 from studies import StudyRepository, open_storage
 from studies.space import distributions
-from studies.storage import normalize_url
 
 NAME = "claim_phases"
 
@@ -53,12 +47,17 @@ PHASES: list[tuple[str, int, str, str]] = [
         "_take_trial",
     ),
     ("sampling", 1, "studies.repository:StudyRepository", "_sample"),
-    ("refresh of the trial cache", 2, "studies.trial_reads:BulkReadRDBStorage", "_get_trials"),
-    ("TPE: split, Parzen estimators, candidates", 2, "studies.cost_aware:CostAwareTPESampler", "_sample"),
+    ("refresh of the trial cache", 2, "studies._optuna.trial_reads:BulkReadRDBStorage", "_get_trials"),
+    (
+        "TPE: split, Parzen estimators, candidates",
+        2,
+        "studies._optuna.cost_aware:CostAwareTPESampler",
+        "_sample",
+    ),
     (
         "log density of the candidates",
         3,
-        "studies.cost_aware:CostAwareTPESampler",
+        "studies._optuna.cost_aware:CostAwareTPESampler",
         "_compute_acquisition_func",
     ),
     ("parameters written", 1, "studies.repository:StudyRepository", "_write_params"),
@@ -125,61 +124,35 @@ def run_fleet(
 ) -> dict[str, Any]:
     """A seeded TPE study, `workers` processes started together on it; the phases, the claim p50, the load."""
     name = f"bench-cp-{uuid.uuid4().hex[:10]}"
-    spec = tunefleet_spec(name, "tpe", trials)
-    record = repository.create(spec)
-    admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    processes: list[subprocess.Popen[str]] = []
-    try:
+    spec = zero_cost_spec(name, "tpe", trials, seed=SPEC_SEED)
+    command = python_module("bench.claim_phases", "--child", name, "--url", url)
+    with (
+        deleted_afterwards(url) as made,
+        admin_engine(url) as admin,
+        tempfile.TemporaryDirectory(prefix="bench-cp-logs-") as logdir,
+    ):
+        made.studies.append(name)
+        record = repository.create(spec)
         seed_trials(admin, record.optuna_study_id, distributions(spec.space), seeded, seed=0)
-        for _ in range(workers):
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "bench.claim_phases", "--child", name, "--url", url],
-                    cwd=ROOT,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-        for process in processes:
-            assert process.stdout is not None
-            if process.stdout.readline().strip() != "ready":
-                raise RuntimeError("a worker did not start")
-        running: list[int] = []
-        stop = threading.Event()
-        sampler = threading.Thread(target=runnable_sampler, args=(stop, running), daemon=True)
-        sampler.start()
-        started = time.perf_counter()
-        for process in processes:
-            assert process.stdin is not None
-            process.stdin.write("go\n")
-            process.stdin.flush()
-        # All go first, then each one's output is read to its end (communicate, one at a time, would run them in turn).
-        outputs = [process.communicate(timeout=900)[0] for process in processes]
-        wall_s = time.perf_counter() - started
-        stop.set()
-        sampler.join()
-        with admin.connect() as connection:
-            claim_s = [
-                float(json.loads(value))
-                for value in connection.execute(
-                    sa.text(
-                        "SELECT a.value_json FROM trial_user_attributes a JOIN trials t USING (trial_id)"
-                        " JOIN studies s USING (study_id) WHERE s.study_name = :name AND a.key = 'claim_s'"
-                    ),
-                    {"name": name},
-                ).scalars()
-            ]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-        delete_studies(url, [name])
-        delete_worker_rows(url, host=socket.gethostname(), pids=[p.pid for p in processes])
-        admin.dispose()
+        # Killed at once if anything fails: a worker left waiting for "go" would wait for ever.
+        with Processes([command] * workers, Path(logdir), "worker", grace_s=0) as processes:
+            made.worker_pids += processes.pids
+            processes.wait_ready("a worker")
+            running: list[int] = []
+            stop = threading.Event()
+            sampler = threading.Thread(target=runnable_sampler, args=(stop, running), daemon=True)
+            sampler.start()
+            started = time.perf_counter()
+            processes.send("go")
+            # All go first, then each one's output is read to its end.
+            outputs = processes.results(timeout_s=900)
+            wall_s = time.perf_counter() - started
+            stop.set()
+            sampler.join()
+        claim_s = [float(json.loads(r.claim_s)) for r in study_trials(admin, name) if r.claim_s is not None]
     phases: dict[str, list[tuple[float, float]]] = {}
     for output in outputs:
-        for label, calls in json.loads(output.strip().splitlines()[-1]).items():
+        for label, calls in output.items():
             phases.setdefault(label, []).extend(tuple(call) for call in calls)
     return {
         "study_name": name,
@@ -201,7 +174,7 @@ def run_fleet(
     }
 
 
-def markdown(fleets: list[dict[str, Any]], env: dict[str, Any], command: str) -> str:
+def markdown(fleets: list[dict[str, Any]], environment: str) -> str:
     """One row per phase, wall and CPU medians for each fleet size, and each fleet's CPU sharing."""
     headers = ["phase"]
     for fleet in fleets:
@@ -227,40 +200,38 @@ def markdown(fleets: list[dict[str, Any]], env: dict[str, Any], command: str) ->
     )
     intro = (
         f"TPE on a study seeded with {fleets[0]['seeded']:,} finished trials, the zero-cost task of benchmark 2 "
-        f"({EPOCHS} reports per trial), real worker loops in separate processes started together on PostgreSQL. "
+        f"({ZERO_COST_EPOCHS} reports per trial), real worker loops in separate processes started together on PostgreSQL. "
         "Medians over every call after each worker's first claim (its cache load, in benchmark 2's tables). "
         "Wall time is the call's; CPU is the calling thread's own (the worker's, not its database backend's). "
         "Indented phases are parts of the phase above them. Where wall / CPU matches the machine's share of "
         "a core per ready thread, the phase is waiting for a CPU, not for a lock or the database."
     )
-    return "\n\n".join([intro, markdown_table(headers, rows), sharing, environment_markdown(env, command)])
+    return "\n\n".join([intro, markdown_table(headers, rows), sharing, environment])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="500 seeded trials, 1 and 2 workers")
-    parser.add_argument("--smoke", action="store_true", help="50 seeded trials, 1 worker, 4 trials")
+    parser = benchmark_parser(
+        NAME,
+        __doc__,
+        quick="500 seeded trials, 1 and 2 workers",
+        smoke="50 seeded trials, 1 worker, 4 trials",
+        store=True,
+    )
     parser.add_argument("--workers", type=int, nargs="+")
     parser.add_argument("--seeded", type=int)
     parser.add_argument("--trials", type=int, help="trials per fleet (default 96)")
-    parser.add_argument(
-        "--url", help="PostgreSQL URL (default: TUNEFLEET_BENCH_POSTGRES_URL or the test database)"
-    )
-    parser.add_argument("--out", default=f"bench/results/{NAME}.json")
     parser.add_argument("--child", metavar="STUDY", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    url = normalize_url(args.url) if args.url else postgres_url()
+    url = url_from(args)
     if args.child:
         return child(url, args.child)
-    started = time.monotonic()
     clean_up_on_sigterm()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    size = size_of(args)
     workers = args.workers or {"smoke": [1], "quick": [1, 2], "full": [1, 8]}[size]
     seeded = args.seeded if args.seeded is not None else {"smoke": 50, "quick": 500, "full": 5000}[size]
     trials = args.trials or {"smoke": 4, "quick": 24, "full": 96}[size]
-    env = environment(url)
-    command = command_line(f"bench.{NAME}", argv)
+    invocation = StoreRun.begin(f"bench.{NAME}", argv, url)
     repository = StudyRepository(open_storage(url, pool_size=1))
     try:
         fleets = []
@@ -271,12 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     finally:
         repository.engine.dispose()
-    env["load_average_at_end"] = load_average()
     result = {
-        "config": {**env, "command": command, "wall_s": round(time.monotonic() - started, 1)},
+        "config": invocation.config(),
         "fleets": fleets,
         "targets": [],
-        "markdown": markdown(fleets, env, command),
+        "markdown": markdown(fleets, invocation.markdown()),
     }
     publish(result, args.out)
     return 0

@@ -1,35 +1,35 @@
-"""Shared pieces of the store benchmarks: machine and versions, statistics, seeding and cleaning studies, tables."""
+"""The benchmarks' PostgreSQL: where it is, the zero-cost study, seeding trials, ANALYZE, deleting what a run made."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import json
-import math
 import os
-import platform
 import random
-import shlex
-import signal
 import socket
-import statistics
-import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.distributions import BaseDistribution, distribution_to_json
-from optuna.storages._rdb import models
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+)
 
-from studies import load_spec_file, preset_path
+from studies import StudySpec
+from studies._optuna import models
 from studies.storage import normalize_url
 from studies.tables import studies_table, workers_table
+from worker.synthetic_loss import synthetic_loss
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ZERO_COST_EPOCHS = 3
 
 
 def postgres_url() -> str:
@@ -41,190 +41,60 @@ def postgres_url() -> str:
     )
 
 
+def url_from(args: argparse.Namespace) -> str:
+    """The --url given, else postgres_url()."""
+    return normalize_url(args.url) if args.url else postgres_url()
+
+
 def with_query(url: str, **query: str) -> str:
     """The URL with these query parameters set (e.g. an application_name that marks our sessions)."""
     return sa.engine.make_url(url).update_query_dict(query).render_as_string(hide_password=False)
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or what platform knows."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def environment(url: str) -> dict[str, Any]:
-    """The machine and every version a store benchmark's figures depend on."""
-    found: dict[str, str] = {"python": platform.python_version()}
-    for name in ("optuna", "sqlalchemy", "psycopg"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[name] = metadata.version(name)
+@contextlib.contextmanager
+def admin_engine(url: str) -> Iterator[sa.Engine]:
+    """An engine without a pool, for the benchmark's own reads and set-up, disposed afterwards."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
-        with engine.connect() as connection:
-            server = str(connection.execute(sa.text("SHOW server_version")).scalar())
-            max_connections = int(str(connection.execute(sa.text("SHOW max_connections")).scalar()))
+        yield engine
     finally:
         engine.dispose()
-    return {
-        "cores": os.cpu_count(),
-        "cpu": cpu_model(),
-        "host": socket.gethostname(),
-        "versions": {**found, "postgresql": server},
-        "max_connections": max_connections,
-        "load_average_at_start": load_average(),
-    }
 
 
-def load_average() -> list[float]:
-    """The machine's 1, 5 and 15-minute load averages: how busy the shared machine was around a run."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
+# -- the zero-cost study, and plain Optuna as a user writes it ---------------------------------------
 
 
-def load_preset(preset: str, *, smoke: bool = False) -> dict[str, Any]:
-    """A built-in preset's spec as a mapping; at smoke size, on a tiny subset of short texts."""
-    raw = load_spec_file(preset_path(preset))
-    if smoke:
-        raw["task"] = {**raw.get("task", {}), "max_examples": 60, "max_length": 32}
-    return raw
-
-
-def command_line(module: str, argv: Sequence[str] | None) -> str:
-    """The exact command that reproduces this run."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return shlex.join(["python", "-m", module, *args])
-
-
-def environment_markdown(env: Mapping[str, Any], command: str) -> str:
-    """The machine, versions and command, as Markdown lines under a table."""
-    v = env["versions"]
-    busy = env.get("load_average_at_start"), env.get("load_average_at_end")
-    return "\n".join(
-        [
-            f"Machine: {env['cores']} cores, {env['cpu']}; load average (1 min) {busy[0][0] if busy[0] else '?'} "
-            f"at start, {busy[1][0] if busy[1] else '?'} at end (other work shares this machine). "
-            f"Python {v.get('python')}, optuna {v.get('optuna')}, SQLAlchemy {v.get('sqlalchemy')}, "
-            f"psycopg {v.get('psycopg')}, PostgreSQL {v.get('postgresql')} "
-            f"(max_connections={env['max_connections']}).",
-            f"Command: `{command}`",
-        ]
+def zero_cost_spec(
+    name: str, sampler: str, n_trials: int, *, seed: int, epoch_sleep_s: float = 0.0
+) -> StudySpec:
+    """The zero-cost study of the store benchmarks: synthetic task, 3 epochs, no pruner."""
+    return StudySpec.model_validate(
+        {
+            "name": name,
+            "task": {"kind": "synthetic", "epoch_sleep_s": epoch_sleep_s},
+            "space": {"epochs": ZERO_COST_EPOCHS},
+            "sampler": {"name": sampler, "seed": seed},
+            "pruner": {"name": "none"},
+            "budget": {"n_trials": n_trials},
+        }
     )
 
 
-# -- statistics -------------------------------------------------------------------------------------
+def suggest(trial: optuna.Trial, space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
+    """The explicit suggest_* calls a user would write for the same space."""
+    params: dict[str, Any] = {}
+    for name, d in space.items():
+        if isinstance(d, FloatDistribution):
+            params[name] = trial.suggest_float(name, d.low, d.high, log=d.log, step=d.step)
+        elif isinstance(d, IntDistribution):
+            params[name] = trial.suggest_int(name, d.low, d.high, log=d.log, step=d.step)
+        else:
+            assert isinstance(d, CategoricalDistribution)
+            params[name] = trial.suggest_categorical(name, list(d.choices))
+    return params
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) by linear interpolation; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def spread(values: Iterable[float]) -> dict[str, float]:
-    """Median, min and max of repeated measurements (NaN-free), for a figure reported as median [min-max]."""
-    clean = [v for v in values if v is not None and not math.isnan(v)]
-    if not clean:
-        return {"median": math.nan, "min": math.nan, "max": math.nan, "n": 0}
-    return {"median": statistics.median(clean), "min": min(clean), "max": max(clean), "n": len(clean)}
-
-
-def fmt(figure: Mapping[str, float], digits: int = 1, scale: float = 1.0) -> str:
-    """'median [min-max]' of a spread, scaled (e.g. 1000 for seconds shown as ms)."""
-    if not figure or figure.get("n", 0) == 0 or math.isnan(figure["median"]):
-        return "-"
-    median = f"{figure['median'] * scale:.{digits}f}"
-    if figure["n"] == 1:
-        return median
-    return f"{median} [{figure['min'] * scale:.{digits}f}-{figure['max'] * scale:.{digits}f}]"
-
-
-def ratio(ours: float, baseline: float) -> float:
-    """ours / baseline, NaN when the baseline is missing or zero."""
-    if baseline is None or ours is None or baseline == 0 or math.isnan(baseline) or math.isnan(ours):
-        return math.nan
-    return ours / baseline
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A GitHub Markdown table."""
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_result(result: Mapping[str, Any], out: str | Path) -> Path:
-    """Write the result JSON (NaN as null, so any JSON reader takes it)."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-            return None
-        if isinstance(value, Mapping):
-            return {str(k): clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return value
-
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(result), indent=2) + "\n")
-    return path
-
-
-# -- processes ----------------------------------------------------------------------------------------
-
-
-def clean_up_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit, so a benchmark stopped from outside still runs its clean-up."""
-
-    def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a live process (all its threads), from /proc; None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: the fields we want follow the last ')'.
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def backend_pids(engine: sa.Engine, application_name: str) -> list[int]:
-    """The PostgreSQL server processes serving sessions with this application_name."""
-    with engine.connect() as connection:
-        return list(
-            connection.execute(
-                sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
-                {"name": application_name},
-            ).scalars()
-        )
-
-
-# -- the zero-cost task ------------------------------------------------------------------------------
-
-
-def zero_cost_loss(params: Mapping[str, Any], *, seed: int, epoch: int) -> float:
-    """The synthetic task's loss (worker/synthetic.py), restated so plain-Optuna baselines need no tunefleet."""
-    learning_rate = float(params.get("learning_rate", 1e-3))
-    width = float(params.get("width", 64))
-    depth = float(params.get("depth", 1))
-    distance = (math.log10(learning_rate) + 2.5) ** 2 + 0.1 * (math.log2(width) - 7) ** 2 / 9 + 0.05 * depth
-    noise = random.Random(seed * 1_000_003 + epoch).gauss(0.0, 0.01)
-    return 0.1 + distance + 1.0 / epoch + noise
+# -- seeding and reading studies ---------------------------------------------------------------------
 
 
 def seed_trials(
@@ -243,7 +113,7 @@ def seed_trials(
     that "already holds 5,000 trials" only has to look like one to the samplers and the claim.
     """
     rng = random.Random(seed)
-    loss = loss or (lambda params, trial_seed, epoch: zero_cost_loss(params, seed=trial_seed, epoch=epoch))
+    loss = loss or (lambda params, trial_seed, epoch: synthetic_loss(params, seed=trial_seed, epoch=epoch))
     started = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
     sampler = optuna.samplers.RandomSampler(seed=seed)
     drawn: list[dict[str, Any]] = []
@@ -334,30 +204,43 @@ def analyze_trial_tables(engine: sa.Engine) -> None:
         connection.execute(sa.text("ANALYZE " + ", ".join(table.name for table in tables)))
 
 
+def study_trials(admin: sa.Engine, study_name: str, skip: int = 0) -> list[Any]:
+    """A study's trials numbered from `skip` on (seeded ones come first): times, state, claim_s, worker."""
+    query = sa.text(
+        """
+        SELECT t.number, t.state, t.datetime_start, t.datetime_complete,
+               a.value_json AS claim_s, w.value_json AS worker_id
+        FROM trials t JOIN studies s ON s.study_id = t.study_id
+        LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'claim_s'
+        LEFT JOIN trial_user_attributes w ON w.trial_id = t.trial_id AND w.key = 'worker_id'
+        WHERE s.study_name = :name AND t.number >= :skip
+        """
+    )
+    with admin.connect() as connection:
+        return list(connection.execute(query, {"name": study_name, "skip": skip}).all())
+
+
+# -- deleting what a run made ------------------------------------------------------------------------
+
+
 def delete_studies(url: str, names: Iterable[str]) -> None:
     """Delete these studies (Optuna's rows and tunefleet's), their trials first in bulk: the ORM's
     cascade would load and delete a 5,000-trial study row by row."""
     names = list(names)
     if not names:
         return
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     studies = models.StudyModel.__table__
     trials = models.TrialModel.__table__
-    try:
-        with engine.begin() as connection:
-            connection.execute(studies_table.delete().where(studies_table.c.study_name.in_(names)))
-            ids = list(
-                connection.execute(
-                    sa.select(studies.c.study_id).where(studies.c.study_name.in_(names))
-                ).scalars()
-            )
-            if ids:
-                trial_ids = sa.select(trials.c.trial_id).where(trials.c.study_id.in_(ids)).scalar_subquery()
-                for table in TRIAL_CHILD_TABLES:
-                    connection.execute(table.delete().where(table.c.trial_id.in_(trial_ids)))
-                connection.execute(trials.delete().where(trials.c.study_id.in_(ids)))
-    finally:
-        engine.dispose()
+    with admin_engine(url) as engine, engine.begin() as connection:
+        connection.execute(studies_table.delete().where(studies_table.c.study_name.in_(names)))
+        ids = list(
+            connection.execute(sa.select(studies.c.study_id).where(studies.c.study_name.in_(names))).scalars()
+        )
+        if ids:
+            trial_ids = sa.select(trials.c.trial_id).where(trials.c.study_id.in_(ids)).scalar_subquery()
+            for table in TRIAL_CHILD_TABLES:
+                connection.execute(table.delete().where(table.c.trial_id.in_(trial_ids)))
+            connection.execute(trials.delete().where(trials.c.study_id.in_(ids)))
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": sa.pool.NullPool})
     for name in names:
         with contextlib.suppress(KeyError):
@@ -365,27 +248,32 @@ def delete_studies(url: str, names: Iterable[str]) -> None:
     storage.engine.dispose()
 
 
-def delete_worker_rows(url: str, *, host: str, pids: Iterable[int]) -> None:
-    """Remove the registry rows our benchmark workers left behind (they deregistered as 'stopped')."""
-    pids = list(pids)
+def delete_worker_rows(url: str, *, pids: Iterable[int], host: str | None = None) -> None:
+    """Remove the registry rows our benchmark workers (on this machine by default) left behind."""
+    pids, host = list(pids), host or socket.gethostname()
     if not pids:
         return
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with admin_engine(url) as engine, engine.begin() as connection:
+        connection.execute(
+            workers_table.delete().where(workers_table.c.host == host, workers_table.c.pid.in_(pids))
+        )
+
+
+@dataclass
+class Made:
+    """The studies and worker processes a run made: their rows are deleted from the store when it ends."""
+
+    studies: list[str] = field(default_factory=list)
+    worker_pids: list[int] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def deleted_afterwards(url: str) -> Iterator[Made]:
+    """Collects what a run makes, and deletes it from the store however the run ends."""
+    made = Made()
     try:
-        with engine.begin() as connection:
-            connection.execute(
-                workers_table.delete().where(workers_table.c.host == host, workers_table.c.pid.in_(pids))
-            )
+        yield made
     finally:
-        engine.dispose()
-
-
-def publish(result: Mapping[str, Any], out: str | Path) -> None:
-    """Write the result JSON, then print its table, its targets and where it went."""
-    path = write_result(result, out)
-    print(result["markdown"])
-    print()
-    for target in result["targets"]:
-        verdict = {True: "met", False: "NOT met", None: "not applicable at this size"}[target["met"]]
-        print(f"- {target['target']}: {target['figure']} ({verdict})")
-    print(f"written to {path}; wall time {result['config']['wall_s']} s")
+        delete_studies(url, made.studies)
+        # Workers lost or stopped keep their rows (and trial ids): gone with their studies, remove them.
+        delete_worker_rows(url, pids=made.worker_pids)

@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,42 +26,39 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial
 
 from bench.common import (
-    clean_up_on_sigterm,
-    command_line,
-    delete_studies,
-    delete_worker_rows,
-    environment,
-    environment_markdown,
+    ZERO_COST_EPOCHS,
+    admin_engine,
+    deleted_afterwards,
+    seed_trials,
+    study_trials,
+    suggest,
+    url_from,
+    with_query,
+    zero_cost_spec,
+)
+from bench.processes import BackendCpu, Processes, clean_up_on_sigterm, python_module
+from bench.reporting import (
+    StoreRun,
+    benchmark_parser,
     fmt,
-    load_average,
     markdown_table,
     percentile,
-    postgres_url,
-    process_cpu_s,
     publish,
     ratio,
-    seed_trials,
     spread,
-    with_query,
-    zero_cost_loss,
 )
-from studies import StudyRepository, StudySpec, open_storage
+from studies import StudyRepository, open_storage
 from studies.space import distributions
-from studies.storage import normalize_url
 from studies.tables import workers_table
+from worker.synthetic_loss import synthetic_loss
 
 NAME = "coordination_overhead"
-ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 3
+# The study both systems run: the zero-cost study with this sampler seed.
+SPEC_SEED = 17
 TPE_STARTUP_TRIALS = 10
 # Workers idle between runs are frozen (SIGSTOP); a poll interval this short lets them start within
 # 0.1 s of being resumed. It only matters while a worker is idle, never while it runs trials.
@@ -138,26 +134,12 @@ def plan_for(args: argparse.Namespace) -> Plan:
     return Plan(**{**asdict(plan), **overrides})
 
 
-# -- the study both systems run --------------------------------------------------------------------
-
-
-def tunefleet_spec(name: str, sampler: str, n_trials: int) -> StudySpec:
-    """The zero-cost study: synthetic task, 3 epochs, no sleep, no pruner."""
-    return StudySpec.model_validate(
-        {
-            "name": name,
-            "task": {"kind": "synthetic", "epoch_sleep_s": 0},
-            "space": {"epochs": EPOCHS},
-            "sampler": {"name": sampler, "seed": 17},
-            "pruner": {"name": "none"},
-            "budget": {"n_trials": n_trials},
-        }
-    )
+# -- plain Optuna on the same study ------------------------------------------------------------------
 
 
 def baseline_space() -> dict[str, BaseDistribution]:
     """The searched parameters of the same space: a user would write the fixed epoch count as a constant."""
-    spec = tunefleet_spec("space", "random", 1)
+    spec = zero_cost_spec("space", "random", 1, seed=SPEC_SEED)
     fixed = {name for name, param in spec.space.params().items() if param.type == "fixed"}
     return {name: d for name, d in distributions(spec.space).items() if name not in fixed}
 
@@ -167,20 +149,6 @@ def baseline_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=TPE_STARTUP_TRIALS)
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
-    """The suggest_* call a user writes for this range."""
-    if isinstance(distribution, FloatDistribution):
-        return trial.suggest_float(
-            name, distribution.low, distribution.high, log=distribution.log, step=distribution.step
-        )
-    if isinstance(distribution, IntDistribution):
-        return trial.suggest_int(
-            name, distribution.low, distribution.high, log=distribution.log, step=distribution.step
-        )
-    assert isinstance(distribution, CategoricalDistribution)
-    return trial.suggest_categorical(name, distribution.choices)
 
 
 def optuna_optimize(
@@ -216,11 +184,11 @@ def optuna_optimize(
 
     def objective(trial: optuna.Trial) -> float:
         started = time.perf_counter()
-        params = {name: suggest(trial, name, distribution) for name, distribution in space.items()}
+        params = suggest(trial, space)
         claim_s[0] = asked[1] + time.perf_counter() - started
         best = math.inf
-        for epoch in range(1, EPOCHS + 1):
-            value = zero_cost_loss(params, seed=trial.number, epoch=epoch)
+        for epoch in range(1, ZERO_COST_EPOCHS + 1):
+            value = synthetic_loss(params, seed=trial.number, epoch=epoch)
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -238,10 +206,9 @@ def optuna_worker(url: str) -> int:
     """A long-lived plain-Optuna worker process: one JSON command per stdin line, one JSON result per line."""
     storage = optuna.storages.RDBStorage(url)
     print("ready", flush=True)
+    # Until its input ends: the benchmark closes it when done.
     for line in sys.stdin:
         command = json.loads(line)
-        if command.get("quit"):
-            break
         trials = optuna_optimize(
             storage, command["study"], command["sampler"], command["seed"], command["n_trials"]
         )
@@ -250,53 +217,16 @@ def optuna_worker(url: str) -> int:
     return 0
 
 
-# -- process pools ---------------------------------------------------------------------------------
-
-
-class Pool:
-    """N long-lived worker processes, started once and reused across runs, so start-up is never measured."""
-
-    def __init__(self, processes: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
-        self.processes = processes
-        self.logs = logs
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes]
-
-    def cpu_s(self) -> float:
-        """CPU seconds the pool's processes have used so far (every thread, user and system)."""
-        total = 0.0
-        for process in self.processes:
-            used = process_cpu_s(process.pid)
-            if used is None:
-                raise RuntimeError(f"worker {process.pid} exited unexpectedly:\n{self.log_tail()}")
-            total += used
-        return total
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return "\n".join(p.read_text(errors="replace")[-chars:] for p in self.logs if p.exists())
-
-    def signal(self, signum: int) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signum)
-
-    def close(self) -> None:
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+# -- worker processes --------------------------------------------------------------------------------
 
 
 def start_tunefleet_pool(
     n: int, url: str, study_names: Sequence[str], logdir: Path, admin: sa.Engine
-) -> Pool:
-    """`tunefleet worker` processes for these studies; frozen (SIGSTOP) once registered and idle."""
+) -> Processes:
+    """`tunefleet worker` processes for these studies; frozen (SIGSTOP) once registered and idle.
+
+    Started once and reused across runs, so start-up is never measured.
+    """
     env = {
         **os.environ,
         "TUNEFLEET_DATABASE_URL": url,
@@ -309,22 +239,8 @@ def start_tunefleet_pool(
         "PYTHONUNBUFFERED": "1",
     }
     args = [arg for name in study_names for arg in ("--study", name)]
-    processes, logs = [], []
-    for index in range(n):
-        log = logdir / f"tunefleet-{n}-{index}.log"
-        with log.open("wb") as out:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "tunefleet", "worker", *args],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-        logs.append(log)
-    pool = Pool(processes, logs)
+    command = python_module("tunefleet", "worker", *args)
+    pool = Processes([command] * n, logdir, f"tunefleet-{n}", pipes=False, env=env)
     deadline = time.monotonic() + 180
     c = workers_table.c
     while True:
@@ -336,82 +252,28 @@ def start_tunefleet_pool(
             ).scalar_one()
         if registered == n:
             break
-        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+        if pool.any_exited() or time.monotonic() > deadline:
             pool.close()
-            raise RuntimeError(f"tunefleet workers did not start:\n{pool.log_tail()}")
+            raise pool.failure("tunefleet workers did not start")
         time.sleep(0.2)
     time.sleep(0.5)  # past their first (empty) claim, into the idle wait
     pool.signal(signal.SIGSTOP)
     return pool
 
 
-def start_optuna_pool(n: int, url: str, logdir: Path) -> Pool:
+def start_optuna_pool(n: int, url: str, logdir: Path) -> Processes:
     """Plain-Optuna worker processes (this module's optuna_worker), waiting for commands."""
-    processes, logs = [], []
-    for index in range(n):
-        log = logdir / f"optuna-{n}-{index}.log"
-        with log.open("wb") as err:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "bench.coordination_overhead", "--optuna-worker", url],
-                    cwd=ROOT,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=err,
-                )
-            )
-        logs.append(log)
-    pool = Pool(processes, logs)
-    for process in processes:
-        assert process.stdout is not None
-        if process.stdout.readline().strip() != b"ready":
-            pool.close()
-            raise RuntimeError(f"optuna worker did not start:\n{pool.log_tail()}")
+    command = python_module("bench.coordination_overhead", "--optuna-worker", url)
+    pool = Processes([command] * n, logdir, f"optuna-{n}")
+    try:
+        pool.wait_ready("optuna worker")
+    except BaseException:
+        pool.close()
+        raise
     return pool
 
 
 # -- measuring one run ------------------------------------------------------------------------------
-
-
-class ServerCpu:
-    """CPU the PostgreSQL backends serving one application_name used between two samples."""
-
-    def __init__(self, admin: sa.Engine, application_name: str) -> None:
-        self.admin = admin
-        self.application_name = application_name
-        self.start: dict[int, float] = {}
-
-    def _sample(self) -> dict[int, float]:
-        with self.admin.connect() as connection:
-            pids = connection.execute(
-                sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
-                {"name": self.application_name},
-            ).scalars()
-            found = {pid: process_cpu_s(pid) for pid in pids}
-        return {pid: used for pid, used in found.items() if used is not None}
-
-    def begin(self) -> None:
-        self.start = self._sample()
-
-    def end_s(self) -> float:
-        # A backend started during the run counts whole; one that ended during it is lost (rare: pools keep theirs).
-        return sum(used - self.start.get(pid, 0.0) for pid, used in self._sample().items())
-
-
-def study_trials(admin: sa.Engine, study_name: str, skip: int) -> list[Any]:
-    """The run's trials (numbers from `skip` on: the seeded ones come first): times, state, claim_s, worker."""
-    query = sa.text(
-        """
-        SELECT t.number, t.state, t.datetime_start, t.datetime_complete,
-               a.value_json AS claim_s, w.value_json AS worker_id
-        FROM trials t JOIN studies s ON s.study_id = t.study_id
-        LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'claim_s'
-        LEFT JOIN trial_user_attributes w ON w.trial_id = t.trial_id AND w.key = 'worker_id'
-        WHERE s.study_name = :name AND t.number >= :skip
-        """
-    )
-    with admin.connect() as connection:
-        return list(connection.execute(query, {"name": study_name, "skip": skip}).all())
 
 
 def finished_count(admin: sa.Engine, study_name: str, skip: int) -> int:
@@ -471,15 +333,15 @@ def fill_run(run: Run, rows: list[Any], claims: list[Claimed], cpu_s: float, ser
 
 
 def run_tunefleet(
-    run: Run, name: str, pool: Pool, repository: StudyRepository, admin: sa.Engine, app: str
+    run: Run, name: str, pool: Processes, repository: StudyRepository, admin: sa.Engine, app: str
 ) -> None:
     """Create (and seed) the study while the workers are frozen, resume them, stop them when it is done."""
-    spec = tunefleet_spec(name, run.sampler, run.trials)
+    spec = zero_cost_spec(name, run.sampler, run.trials, seed=SPEC_SEED)
     record = repository.create(spec)
     if run.seeded:
         seed_trials(admin, record.optuna_study_id, distributions(spec.space), run.seeded, seed=run.repeat)
     time.sleep(2 * POLL_INTERVAL_S)  # every frozen worker's idle wait has run out: all start at once
-    server = ServerCpu(admin, app)
+    server = BackendCpu(admin, app)
     server.begin()
     cpu_before = pool.cpu_s()
     started = time.perf_counter()
@@ -487,7 +349,7 @@ def run_tunefleet(
     deadline = time.monotonic() + 600
     while finished_count(admin, name, run.seeded) < run.trials:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"tunefleet run {name} did not finish:\n{pool.log_tail()}")
+            raise pool.failure(f"tunefleet run {name} did not finish")
         time.sleep(0.05)
     pool.signal(signal.SIGSTOP)
     run.wall_s = time.perf_counter() - started
@@ -497,35 +359,25 @@ def run_tunefleet(
     fill_run(run, rows, tunefleet_claims(rows), cpu_s, server_s)
 
 
-def run_optuna(run: Run, name: str, pool: Pool, admin_url: str, admin: sa.Engine, app: str) -> None:
+def run_optuna(run: Run, name: str, pool: Processes, admin_url: str, admin: sa.Engine, app: str) -> None:
     """Each plain-Optuna process runs optimize(n_trials=K/N) on a fresh study, all started together."""
     storage = optuna.storages.RDBStorage(admin_url, engine_kwargs={"poolclass": sa.pool.NullPool})
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
     storage.engine.dispose()
     if run.seeded:
         seed_trials(admin, study._study_id, baseline_space(), run.seeded, seed=run.repeat)
-    server = ServerCpu(admin, app)
+    server = BackendCpu(admin, app)
     server.begin()
     cpu_before = pool.cpu_s()
     started = time.perf_counter()
     per_worker = run.trials // run.workers
-    for index, process in enumerate(pool.processes):
-        assert process.stdin is not None
-        command = {
-            "study": name,
-            "sampler": run.sampler,
-            "seed": 1000 * run.repeat + index,
-            "n_trials": per_worker,
-        }
-        process.stdin.write((json.dumps(command) + "\n").encode())
-        process.stdin.flush()
+    for index in range(run.workers):
+        seed = 1000 * run.repeat + index
+        command = {"study": name, "sampler": run.sampler, "seed": seed, "n_trials": per_worker}
+        pool.send(json.dumps(command), index)
     claims: list[Claimed] = []
-    for process in pool.processes:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"optuna worker {process.pid} died:\n{pool.log_tail()}")
-        claims += [Claimed(str(process.pid), *trial) for trial in json.loads(line)["trials"]]
+    for index, pid in enumerate(pool.pids):
+        claims += [Claimed(str(pid), *trial) for trial in json.loads(pool.read_line(index))["trials"]]
     run.wall_s = time.perf_counter() - started
     cpu_s = pool.cpu_s() - cpu_before
     server_s = server.end_s()
@@ -617,21 +469,22 @@ def profile_tunefleet(url: str, trials: int, *, cprofile: bool) -> dict[str, Any
     )
     runner, identity = build_runner(settings)
     repository = runner.repository
-    repository.create(tunefleet_spec(name, "random", trials))
     profiler = cProfile.Profile() if cprofile else None
-    started = time.perf_counter()
     try:
-        with counting(repository.engine) as counts:
-            if profiler:
-                profiler.enable()
-            run_loop(runner, identity, LoopOptions(study_names=(name,), exit_when_idle=True), settings)
-            if profiler:
-                profiler.disable()
-        wall_s = time.perf_counter() - started
+        with deleted_afterwards(url) as made:
+            made.studies.append(name)
+            made.worker_pids.append(os.getpid())
+            repository.create(zero_cost_spec(name, "random", trials, seed=SPEC_SEED))
+            started = time.perf_counter()
+            with counting(repository.engine) as counts:
+                if profiler:
+                    profiler.enable()
+                run_loop(runner, identity, LoopOptions(study_names=(name,), exit_when_idle=True), settings)
+                if profiler:
+                    profiler.disable()
+            wall_s = time.perf_counter() - started
     finally:
         repository.engine.dispose()
-        delete_studies(url, [name])
-        delete_worker_rows(url, host=socket.gethostname(), pids=[os.getpid()])
         shutil.rmtree(scratch, ignore_errors=True)
     result: dict[str, Any] = {
         "trials": trials,
@@ -676,15 +529,16 @@ def profile_optuna(url: str, trials: int) -> dict[str, Any]:
     """Plain Optuna's optimize in this process on a fresh random study: statements per trial."""
     name = f"bench-co-profile-{uuid.uuid4().hex[:10]}-op"
     storage = optuna.storages.RDBStorage(url)
-    optuna.create_study(study_name=name, storage=storage, direction="minimize")
-    started = time.perf_counter()
-    try:
-        with counting(storage.engine) as counts:
-            optuna_optimize(storage, name, "random", 0, trials)
-        wall_s = time.perf_counter() - started
-    finally:
-        storage.engine.dispose()
-        delete_studies(url, [name])
+    with deleted_afterwards(url) as made:
+        made.studies.append(name)
+        try:
+            optuna.create_study(study_name=name, storage=storage, direction="minimize")
+            started = time.perf_counter()
+            with counting(storage.engine) as counts:
+                optuna_optimize(storage, name, "random", 0, trials)
+            wall_s = time.perf_counter() - started
+        finally:
+            storage.engine.dispose()
     return {
         "trials": trials,
         "wall_ms_per_trial": round(1000 * wall_s / trials, 1),
@@ -739,9 +593,8 @@ def markdown(
     rows: list[dict[str, Any]],
     profile: dict[str, Any],
     plan: Plan,
-    env: dict[str, Any],
-    command: str,
     runs: list[Run],
+    environment: str,
 ) -> str:
     def r(x: float) -> str:
         return "-" if x is None or math.isnan(x) else f"{x:.2f}x"
@@ -833,7 +686,7 @@ def markdown(
         [[f"`{k}`", tf["by_statement"].get(k, 0), op["by_statement"].get(k, 0)] for k in kinds],
     )
     parts = [
-        f"Zero-cost task ({EPOCHS} reports per trial, pruner none), real worker processes on PostgreSQL; "
+        f"Zero-cost task ({ZERO_COST_EPOCHS} reports per trial, pruner none), real worker processes on PostgreSQL; "
         f"median [min-max] of {plan.repeats} run(s) per row. Trials per run: "
         + ", ".join(f"{s} {plan.trials[s]}" for s in plan.samplers)
         + ". Throughput and claim latency are measured in steady state, the same way for both systems: "
@@ -873,7 +726,7 @@ def markdown(
             "a reaper elsewhere on this store (a concurrent test's grace period may be 2 s) can declare a "
             "benchmark worker lost and fail its trial; rerun when the store is quiet.",
         ]
-    parts += ["", environment_markdown(env, command)]
+    parts += ["", environment]
     return "\n".join(parts)
 
 
@@ -901,75 +754,59 @@ def targets(rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
 
 
 def run_benchmark(plan: Plan, url: str, workdir: Path) -> tuple[list[Run], list[str]]:
+    """Every run of the plan; the studies it made are deleted afterwards, and their names returned."""
     token = uuid.uuid4().hex[:8]
-    created: list[str] = []
     runs: list[Run] = []
-    admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
     tf_app, op_app = f"bench-co-{token}-tf", f"bench-co-{token}-op"
     tf_url, op_url = with_query(url, application_name=tf_app), with_query(url, application_name=op_app)
     repository = StudyRepository(open_storage(url, pool_size=1))
-    pids: list[int] = []
     try:
-        for workers in plan.workers:
-            names = {
-                (sampler, seeded, repeat): f"bench-co-{token}-n{workers}-{sampler}-s{seeded}-r{repeat}"
-                for sampler in plan.samplers
-                for seeded in plan.seeded
-                for repeat in range(plan.repeats)
-            }
-            tf_pool = start_tunefleet_pool(
-                workers, tf_url, [n + "-tf" for n in names.values()], workdir, admin
-            )
-            pids += tf_pool.pids
-            op_pool = start_optuna_pool(workers, op_url, workdir)
-            try:
-                for (sampler, seeded, repeat), name in names.items():
-                    k = plan.trials[sampler] // workers * workers
-                    # Alternate which system goes first, so drift in the machine's load hits both alike.
-                    order = ("tunefleet", "optuna") if repeat % 2 == 0 else ("optuna", "tunefleet")
-                    for system in order:
-                        run = Run(system, sampler, seeded, workers, repeat, k)
-                        study_name = f"{name}-{'tf' if system == 'tunefleet' else 'op'}"
-                        created.append(study_name)
-                        if system == "tunefleet":
-                            run_tunefleet(run, study_name, tf_pool, repository, admin, tf_app)
-                        else:
-                            run_optuna(run, study_name, op_pool, url, admin, op_app)
-                        runs.append(run)
-                        print(
-                            f"  {system:9} {sampler:6} seeded={seeded:<5} workers={workers} rep={repeat}: "
-                            f"{run.trials_per_s:6.1f} trials/s, {run.worker_cpu_ms_per_trial:6.1f} ms CPU/trial, "
-                            f"claim p50 {run.claim_p50_ms:6.1f} ms",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-            finally:
-                tf_pool.close()
-                for process in op_pool.processes:
-                    with contextlib.suppress(OSError):
-                        assert process.stdin is not None
-                        process.stdin.write(b'{"quit": true}\n')
-                        process.stdin.close()
-                op_pool.close()
+        with deleted_afterwards(url) as made, admin_engine(url) as admin:
+            for workers in plan.workers:
+                names = {
+                    (sampler, seeded, repeat): f"bench-co-{token}-n{workers}-{sampler}-s{seeded}-r{repeat}"
+                    for sampler in plan.samplers
+                    for seeded in plan.seeded
+                    for repeat in range(plan.repeats)
+                }
+                tf_names = [n + "-tf" for n in names.values()]
+                with (
+                    start_tunefleet_pool(workers, tf_url, tf_names, workdir, admin) as tf_pool,
+                    start_optuna_pool(workers, op_url, workdir) as op_pool,
+                ):
+                    made.worker_pids += tf_pool.pids
+                    for (sampler, seeded, repeat), name in names.items():
+                        k = plan.trials[sampler] // workers * workers
+                        # Alternate which system goes first, so drift in the machine's load hits both alike.
+                        order = ("tunefleet", "optuna") if repeat % 2 == 0 else ("optuna", "tunefleet")
+                        for system in order:
+                            run = Run(system, sampler, seeded, workers, repeat, k)
+                            study_name = f"{name}-{'tf' if system == 'tunefleet' else 'op'}"
+                            made.studies.append(study_name)
+                            if system == "tunefleet":
+                                run_tunefleet(run, study_name, tf_pool, repository, admin, tf_app)
+                            else:
+                                run_optuna(run, study_name, op_pool, url, admin, op_app)
+                            runs.append(run)
+                            print(
+                                f"  {system:9} {sampler:6} seeded={seeded:<5} workers={workers} rep={repeat}: "
+                                f"{run.trials_per_s:6.1f} trials/s, {run.worker_cpu_ms_per_trial:6.1f} ms "
+                                f"CPU/trial, claim p50 {run.claim_p50_ms:6.1f} ms",
+                                file=sys.stderr,
+                                flush=True,
+                            )
     finally:
         repository.engine.dispose()
-        delete_studies(url, created)
-        delete_worker_rows(url, host=socket.gethostname(), pids=pids)
-        admin.dispose()
-    return runs, created
+    return runs, made.studies
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--quick", action="store_true", help="1 and 4 workers, random sampler, 500 seeded trials"
-    )
-    parser.add_argument(
-        "--smoke", action="store_true", help="1 worker, 10 trials: checks the script, measures nothing"
-    )
-    parser.add_argument("--out", default=f"bench/results/{NAME}.json")
-    parser.add_argument(
-        "--url", help="PostgreSQL URL (default: TUNEFLEET_BENCH_POSTGRES_URL or the test database)"
+    parser = benchmark_parser(
+        NAME,
+        __doc__,
+        quick="1 and 4 workers, random sampler, 500 seeded trials",
+        smoke="1 worker, 10 trials: checks the script, measures nothing",
+        store=True,
     )
     parser.add_argument("--workers", type=int, nargs="+")
     parser.add_argument("--samplers", nargs="+", choices=("random", "tpe"))
@@ -983,41 +820,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.optuna_worker:
         return optuna_worker(args.optuna_worker)
-    started = time.monotonic()
     clean_up_on_sigterm()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = normalize_url(args.url) if args.url else postgres_url()
+    url = url_from(args)
     plan = plan_for(args)
-    env = environment(url)
-    command = command_line(f"bench.{NAME}", argv)
+    invocation = StoreRun.begin(f"bench.{NAME}", argv, url)
     with tempfile.TemporaryDirectory(prefix="bench-co-") as workdir:
         runs, created = run_benchmark(plan, url, Path(workdir))
     profile = {
         "tunefleet": profile_tunefleet(url, plan.profile_trials, cprofile=plan.cprofile),
         "optuna": profile_optuna(url, plan.profile_trials),
     }
-    env["load_average_at_end"] = load_average()
     rows = summarize(runs)
     result: dict[str, Any] = {
-        "config": {
-            "command": command,
-            "plan": asdict(plan),
-            "epochs": EPOCHS,
-            "worker_settings": {
+        "config": invocation.config(
+            plan=asdict(plan),
+            epochs=ZERO_COST_EPOCHS,
+            worker_settings={
                 "poll_interval_s": POLL_INTERVAL_S,
                 "heartbeat_interval_s": "default",
                 "pool_size": "default",
             },
-            **env,
-            "wall_s": round(time.monotonic() - started, 1),
-        },
+        ),
         "summary": rows,
         "profile": profile,
         "studies_created_and_deleted": created,
         "runs": [asdict(r) for r in runs],
     }
     result["targets"] = targets(rows, plan)
-    result["markdown"] = markdown(rows, profile, plan, env, command, runs)
+    result["markdown"] = markdown(rows, profile, plan, runs, invocation.markdown())
     publish(result, args.out)
     return 0
 

@@ -1,9 +1,10 @@
-"""Packs what the GPU checks need on the device machine into .device/ (git-ignored), for bench/device_check.sh.
+"""Packs what the GPU checks need on a GPU machine without network access into .device/ (git-ignored).
 
-The device machine has Python 3.12 with PyTorch, transformers, pytest, NumPy, SciPy and friends, but no
-network: tunefleet's other dependencies travel as wheels of the versions installed here, and the built-in
-model as its config and tokenizer files (bench/device_model.py gives it random weights there). A device
-call carries at most 64 MiB; the pack is about 20.
+bench/device_check.sh runs the checks there. That machine is expected to have Python 3.12 with PyTorch,
+transformers, pytest, NumPy and SciPy, but no network: tunefleet's other dependencies travel as wheels of the
+versions installed here, and the built-in model as its config and tokenizer files (bench/device_model.py gives
+it random weights there, so its 92 MB of weights need not travel). The pack is a few tens of MiB at most; the
+command prints its size.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 from bench.device_model import CARRIED_FILES
 from worker.model import builtin_model_folder
 
-# tunefleet's worker-side dependencies that the device image lacks (its package list: the device tool's
-# KINDS.md), with what they need in turn. The service's (FastAPI, the dashboard) are not needed there.
+# tunefleet's worker-side dependencies that such a GPU image lacks, with what they need in turn. The
+# service's (FastAPI, the dashboard) are not needed there.
 WHEELS = (
     "optuna",
     "alembic",
@@ -66,7 +67,9 @@ def pack(dest: Path, python_version: str = DEVICE_PYTHON) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=Path(".device"))
-    parser.add_argument("--python-version", default=DEVICE_PYTHON, help="the device's Python (default 3.12)")
+    parser.add_argument(
+        "--python-version", default=DEVICE_PYTHON, help="the GPU machine's Python (default 3.12)"
+    )
     args = parser.parse_args(argv)
     wheels = pack(args.dest, args.python_version)
     size = sum(p.stat().st_size for p in args.dest.rglob("*") if p.is_file())

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 
-from bench.common import command_line, load_preset, publish
-from bench.time_to_good_model import suggest
+from bench.common import suggest
+from bench.reporting import benchmark_parser, command_line, markdown_table, publish
+from bench.text_task import PRESETS, cached_features, feature_cache_dir, load_preset, train_on_cpu, versions
 from studies import StudySpec
 from studies.space import distributions
 from studies.spec import DEFAULT_PATIENCE
 from worker.device import configure_threads
 from worker.early_stopping import Patience
-from worker.features import load_or_build_features
-from worker.objective import load_split, model_folder
-from worker.training import EpochResult, HeadParams, train_head
+from worker.epochs import EpochResult
 
 PATIENCES = (1, 2, 3, 4, 5)
 
@@ -56,14 +50,7 @@ def run_trials(features: Any, dists: dict[str, Any], n: int, seed: int) -> list[
         def on_epoch(result: EpochResult, cpu: list[float] = cpu, started: float = started) -> None:
             cpu.append(time.process_time() - started)
 
-        result = train_head(
-            features=features,
-            params=HeadParams(**params),
-            seed=seed * 100_003 + number,
-            device=torch.device("cpu"),
-            on_epoch=on_epoch,
-        )
-        losses = [e.val_loss for e in result.epochs]
+        losses = [e.val_loss for e in train_on_cpu(features, params, seed * 100_003 + number, on_epoch)]
         study.tell(asked, min(losses))
         trials.append(Trial(params=params, val_loss=losses, cpu_s=cpu))
     return trials
@@ -99,31 +86,37 @@ def summarize(trials: list[Trial], best_share: float = 0.1) -> list[dict[str, An
 
 
 def markdown(rows: list[dict[str, Any]], n_trials: int) -> str:
-    lines = [
-        "| patience (epochs) | CPU vs every epoch | epochs vs every epoch | trials that lost their best epoch | "
-        "of the best 10% | median loss given up |",
-        "| --- | --- | --- | --- | --- | --- |",
+    headers = [
+        "patience (epochs)",
+        "CPU vs every epoch",
+        "epochs vs every epoch",
+        "trials that lost their best epoch",
+        "of the best 10%",
+        "median loss given up",
     ]
-    for r in rows:
-        mark = " (default)" if r["patience"] == DEFAULT_PATIENCE else ""
-        lines.append(
-            f"| {r['patience']}{mark} | {r['cpu_ratio']:.2f} | {r['epoch_ratio']:.2f} | "
-            f"{r['trials_worse']}/{n_trials} | {r['best_trials_worse']}/{r['n_best']} | "
-            f"{r['median_loss_given_up']:.4f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        headers,
+        [
+            [
+                f"{r['patience']}" + (" (default)" if r["patience"] == DEFAULT_PATIENCE else ""),
+                f"{r['cpu_ratio']:.2f}",
+                f"{r['epoch_ratio']:.2f}",
+                f"{r['trials_worse']}/{n_trials}",
+                f"{r['best_trials_worse']}/{r['n_best']}",
+                f"{r['median_loss_given_up']:.4f}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="30 trials")
-    parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks the script works")
+    parser = benchmark_parser(
+        "early_stopping", __doc__, quick="30 trials", smoke="a tiny run that only checks the script works"
+    )
     parser.add_argument("--trials", type=int, help="random configurations to train (default 200)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--preset", default="bbc-news-minilm", choices=("bbc-news-minilm", "tweets-sentiment-minilm")
-    )
-    parser.add_argument("--out", default="bench/results/early_stopping.json")
+    parser.add_argument("--preset", default="bbc-news-minilm", choices=PRESETS)
     args = parser.parse_args(argv)
     n = args.trials or (4 if args.smoke else 30 if args.quick else 200)
     configure_threads(1)
@@ -132,13 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         raw["space"] = {**raw["space"], "epochs": {"type": "int", "low": 1, "high": 6}}
     spec = StudySpec.model_validate({**raw, "name": "early-stopping"})
-    cache_dir = Path(os.environ.get("TUNEFLEET_CACHE_DIR", Path.home() / ".cache" / "tunefleet"))
-    features = load_or_build_features(
-        encoder_folder=model_folder(spec.task),
-        split=load_split(spec.task),
-        max_length=spec.task.max_length,
-        cache_dir=cache_dir,
-    )
+    features = cached_features(spec.task, feature_cache_dir())
     started = time.monotonic()
     trials = run_trials(features, distributions(spec.space), n, args.seed)
     rows = summarize(trials)
@@ -149,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": command_line("bench.early_stopping", argv),
             "preset": args.preset,
             "trials": n,
-            "cores": os.cpu_count(),
-            "cpu": platform.processor() or platform.machine(),
-            "optuna": optuna.__version__,
-            "torch": torch.__version__,
+            **versions(),
             "wall_s": round(time.monotonic() - started, 1),
         },
         "targets": [

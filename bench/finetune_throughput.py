@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import platform
@@ -18,14 +17,16 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoModel, AutoTokenizer
 
-from bench.common import command_line, cpu_model, write_result
 from bench.model_flops import encoder_training_flops, matmul_weights, peak_flops
+from bench.reporting import benchmark_parser, command_line, cpu_model, markdown_table, publish, size_of
+from bench.text_task import feature_cache_dir, versions
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
-from worker.device import configure_threads
+from worker.data import LabelledSplit, load_split
+from worker.device import all_cores, configure_threads
 from worker.finetune import tokenize_split
-from worker.model import build_head, load_encoder, mean_pool
-from worker.objective import TrialRunner, all_cores, load_split, model_folder
-from worker.training import make_optimizer
+from worker.hyperparams import make_optimizer
+from worker.model import build_head, load_encoder, mean_pool, model_folder
+from worker.runner import TrialRunner
 
 PARAMS = {
     "learning_rate": 1e-3,
@@ -37,16 +38,35 @@ PARAMS = {
 }
 
 
+def make_head(input_size: int, n_classes: int) -> torch.nn.Module:
+    """The head every loop trains, of PARAMS' shape."""
+    return build_head(
+        input_size=input_size,
+        n_classes=n_classes,
+        depth=int(PARAMS["depth"]),
+        width=int(PARAMS["width"]),
+        activation=str(PARAMS["activation"]),
+    )
+
+
+def load_afresh(spec: StudySpec, seed: int) -> tuple[LabelledSplit, Any, Any]:
+    """A plain trial's start: seed torch, read the data, load the tokenizer and the model.
+
+    Loaded afresh each trial, as a plain script run once per configuration would.
+    """
+    torch.manual_seed(seed)
+    split = load_split(spec.task)
+    folder = model_folder(spec.task)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return split, tokenizer, AutoModel.from_pretrained(folder, local_files_only=True)
+
+
 def naive_trial(spec: StudySpec, epochs: int, seed: int, device: torch.device) -> dict[str, float]:
     """The obvious plain-PyTorch trial: load the model, encode every text (fp32, no cache), train the head."""
     started = time.perf_counter()
-    torch.manual_seed(seed)
     task = spec.task
-    split = load_split(task)
-    # Loaded afresh each trial, as a plain script run once per configuration would.
-    folder = model_folder(task)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True).eval().to(device)
+    split, tokenizer, model = load_afresh(spec, seed)
+    model = model.eval().to(device)
 
     def encode(texts: list[str]) -> torch.Tensor:
         chunks = []
@@ -69,13 +89,7 @@ def naive_trial(spec: StudySpec, epochs: int, seed: int, device: torch.device) -
     train_y = torch.tensor(split.train_labels, device=device)
     val_y = torch.tensor(split.validation_labels, device=device)
     encoded = time.perf_counter()
-    head = build_head(
-        input_size=train_x.shape[1],
-        n_classes=len(split.label_names),
-        depth=int(PARAMS["depth"]),
-        width=int(PARAMS["width"]),
-        activation=str(PARAMS["activation"]),
-    ).to(device)
+    head = make_head(train_x.shape[1], len(split.label_names)).to(device)
     optimizer = make_optimizer(str(PARAMS["optimizer"]), head.parameters(), float(PARAMS["learning_rate"]))
     loader = DataLoader(TensorDataset(train_x, train_y), batch_size=int(PARAMS["batch_size"]), shuffle=True)
     for _ in range(epochs):
@@ -101,25 +115,16 @@ def naive_encoder_trial(spec: StudySpec, epochs: int, seed: int, device: torch.d
     """The obvious plain-PyTorch last-k or full trial: load the model, freeze all but its top k blocks (last-k),
     and tokenize (padded per batch) and run every batch through the whole encoder, fp32, on every core."""
     started = time.perf_counter()
-    torch.manual_seed(seed)
     task = spec.task
-    split = load_split(task)
-    folder = model_folder(task)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True).to(device)
+    split, tokenizer, model = load_afresh(spec, seed)
+    model = model.to(device)
     if task.finetune == "last-k":
         for parameter in model.parameters():
             parameter.requires_grad = False
         for block in model.encoder.layer[-int(task.k or 1) :]:
             for parameter in block.parameters():
                 parameter.requires_grad = True
-    head = build_head(
-        input_size=model.config.hidden_size,
-        n_classes=len(split.label_names),
-        depth=int(PARAMS["depth"]),
-        width=int(PARAMS["width"]),
-        activation=str(PARAMS["activation"]),
-    ).to(device)
+    head = make_head(model.config.hidden_size, len(split.label_names)).to(device)
     trained = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = make_optimizer(str(PARAMS["optimizer"]), trained, float(PARAMS["learning_rate"]))
 
@@ -172,8 +177,8 @@ def tunefleet_trials(
     repository.create(spec)
     runner = TrialRunner(repository=repository, device=device, cache_dir=cache_dir)
     # The node's one-time feature cache, or the process's one-time tokenization, is not part of a trial.
-    head = spec.task.finetune == "head"
-    train_size = len(runner.features(spec.task).train) if head else len(runner.tokens(spec.task).train.ids)
+    runner.prepare(spec.task)
+    train_size = len(load_split(spec.task).train_texts)
     results = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -258,13 +263,7 @@ def epoch_flops(spec: StudySpec) -> float:
     task = spec.task
     encoder = load_encoder(model_folder(task))
     tokens = tokenize_split(encoder, load_split(task), max_length=task.max_length)
-    head = build_head(
-        input_size=encoder.hidden_size,
-        n_classes=len(tokens.label_names),
-        depth=int(PARAMS["depth"]),
-        width=int(PARAMS["width"]),
-        activation=str(PARAMS["activation"]),
-    )
+    head = make_head(encoder.hidden_size, len(tokens.label_names))
     return encoder_training_flops(
         layer_weights=matmul_weights(encoder.model.encoder),
         n_layers=int(encoder.model.config.num_hidden_layers),
@@ -318,9 +317,12 @@ def measure_mode(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--smoke", action="store_true")
+    parser = benchmark_parser(
+        "finetune_throughput",
+        __doc__,
+        quick="trials of 10 s or more, one per loop and mode",
+        smoke="a tiny run that only checks the script works",
+    )
     parser.add_argument(
         "--modes", nargs="+", choices=tuple(SIZES), help="default: head and last-k; and full on a GPU"
     )
@@ -339,7 +341,6 @@ def main(argv: list[str] | None = None) -> int:
         "built-in package: bench/device_model.py writes MiniLM's architecture with random weights, which "
         "trains at the same speed)",
     )
-    parser.add_argument("--out", default="bench/results/finetune_throughput.json")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no GPU on this machine: the GPU throughput benchmark cannot run here", file=sys.stderr)
@@ -347,14 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     configure_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    size = size_of(args)
     repeats = args.repeats or (1 if args.smoke or args.quick else 3)
-    cache_dir = Path(os.environ.get("TUNEFLEET_CACHE_DIR", Path.home() / ".cache" / "tunefleet"))
     started = time.monotonic()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     peak = peak_flops(device_name, args.peak_tflops)
     names = args.modes or ["head", "last-k", *(["full"] if device.type == "cuda" else [])]
-    modes = [measure_mode(mode, size, repeats, cache_dir, device, peak, args.model) for mode in names]
+    modes = [
+        measure_mode(mode, size, repeats, feature_cache_dir(), device, peak, args.model) for mode in names
+    ]
     gpu = "not measured: no GPU on this machine" if not torch.cuda.is_available() else device_name
     result: dict[str, Any] = {
         "device": str(device),
@@ -367,10 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model or "builtin:all-MiniLM-L6-v2",
             "size": size,
             "repeats": repeats,
-            "cores": os.cpu_count(),
             "threads": "1 for head trials (tunefleet's worker default); every core for last-k, both loops",
-            "python": platform.python_version(),
-            "torch": torch.__version__,
+            **versions(),
             "wall_s": round(time.monotonic() - started, 1),
         },
     }
@@ -390,18 +390,28 @@ def main(argv: list[str] | None = None) -> int:
         f"Median of {repeats} trial(s) per loop, {device}; the same model ({model_words}), data, seed, batch size "
         "and head; training samples/s counts training examples over the trial's whole wall time.",
         "",
-        "| mode | loop | examples, epochs | trial wall s | training samples/s (of trial wall) | time in training |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for m in modes:
-        ours_name, plain_name = LOOPS[m["mode"]]
-        for name, figures in ((ours_name, m["tunefleet"]), (plain_name, m["plain_pytorch"])):
-            examples = m["max_examples"] or "all"
-            lines.append(
-                f"| {m['mode']} | {name} | {examples}, {m['params']['epochs']} | {figures['trial_wall_s']:.2f} | "
-                f"{figures['samples_per_s_of_trial_wall']:.0f} | {figures['time_in_training']:.1%} |"
-            )
-    lines += [
+        markdown_table(
+            [
+                "mode",
+                "loop",
+                "examples, epochs",
+                "trial wall s",
+                "training samples/s (of trial wall)",
+                "time in training",
+            ],
+            [
+                [
+                    m["mode"],
+                    name,
+                    f"{m['max_examples'] or 'all'}, {m['params']['epochs']}",
+                    f"{figures['trial_wall_s']:.2f}",
+                    f"{figures['samples_per_s_of_trial_wall']:.0f}",
+                    f"{figures['time_in_training']:.1%}",
+                ]
+                for m in modes
+                for name, figures in zip(LOOPS[m["mode"]], (m["tunefleet"], m["plain_pytorch"]), strict=True)
+            ],
+        ),
         "",
         "Per-trial speed-up: " + ", ".join(f"{m['mode']} {m['speedup_per_trial']:.1f}x" for m in modes) + ".",
     ]
@@ -423,10 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(m["mode"] == "full" for m in modes):
         lines.append(f"GPU (full mode, bf16, MFU: `make bench-gpu`): {gpu}.")
     result["markdown"] = "\n".join(lines)
-    # NaN (no MFU without a peak rate) is written as null, so any JSON reader takes it.
-    out = write_result(result, args.out)
-    print(result["markdown"])
-    print(f"written to {out}")
+    publish(result, args.out)
     return 0
 
 

@@ -12,7 +12,6 @@ import os
 import random
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,35 +29,30 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage
-from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-from bench.common import (
-    clean_up_on_sigterm,
-    command_line,
-    delete_studies,
-    delete_worker_rows,
-    environment,
-    environment_markdown,
+from bench.common import ZERO_COST_EPOCHS, deleted_afterwards, url_from, with_query, zero_cost_spec
+from bench.pgbouncer import INSTALL_HINT, available, pgbouncer
+from bench.processes import Processes, clean_up_on_sigterm, python_module
+from bench.reporting import (
+    StoreRun,
+    benchmark_parser,
     fmt,
-    load_average,
     markdown_table,
     percentile,
-    postgres_url,
     publish,
     spread,
-    with_query,
 )
-from bench.pgbouncer import INSTALL_HINT, available, pgbouncer
-from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
+from studies import StudyRepository, WorkerIdentity, open_storage
+from studies._optuna import models
 from studies.fleet import new_worker_id
-from studies.repository import Claim
+from studies.records import Claim
 from studies.resilience import GaveUp, is_transient, with_retry
-from studies.storage import check_schema, engine_kwargs, normalize_url
+from studies.schema import VERSION_TABLE
+from studies.storage import check_schema, engine_kwargs
 from studies.tables import metadata as tunefleet_metadata
 
 NAME = "store_scale"
-EPOCHS = 3
 BOUNCER_POOL = 20
 VARIANTS = {
     "shipped": "open_storage(url, pool_size=1): a QueuePool of 1 (+1 overflow) per worker, pre-ping",
@@ -232,7 +226,8 @@ def fleet_login(admin: sa.Engine, url: str, cap: int) -> Iterator[str]:
         return
     drop_stale_roles(admin)
     role = f"{ROLE_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    tables = [*models.BaseModel.metadata.tables, *tunefleet_metadata.tables, "alembic_version"]
+    # Both version tables: Optuna's and tunefleet's own, read by every process that opens the store.
+    tables = [*models.BaseModel.metadata.tables, *tunefleet_metadata.tables, "alembic_version", VERSION_TABLE]
     with admin.begin() as connection:
         connection.execute(sa.text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {int(cap)}"))
         present = set(sa.inspect(connection).get_table_names())
@@ -417,19 +412,6 @@ def where_threads_are(threads: list[threading.Thread]) -> dict[str, int]:
     return dict(places.most_common())
 
 
-def scale_spec(name: str, n_trials: int, epoch_sleep_s: float) -> StudySpec:
-    return StudySpec.model_validate(
-        {
-            "name": name,
-            "task": {"kind": "synthetic", "epoch_sleep_s": epoch_sleep_s},
-            "space": {"epochs": EPOCHS},
-            "sampler": {"name": "random", "seed": 5},
-            "pruner": {"name": "none"},
-            "budget": {"n_trials": n_trials},
-        }
-    )
-
-
 class GcPauses:
     """Records how long each garbage collection stopped this process, by generation."""
 
@@ -470,7 +452,7 @@ def run_shard(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from worker.loop import LoopOptions, freeze_startup_heap, run_loop
-    from worker.objective import TrialRunner
+    from worker.runner import TrialRunner
     from worker.settings import WorkerSettings
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -579,64 +561,6 @@ def shard_main() -> int:
     return 0
 
 
-class Shards:
-    """The simulating processes of one fleet: started together, released together, read back."""
-
-    def __init__(self, configs: list[dict[str, Any]], logdir: Path) -> None:
-        root = Path(__file__).resolve().parents[1]
-        self.logs = [logdir / f"shard-{i}.log" for i in range(len(configs))]
-        self.processes: list[subprocess.Popen[str]] = []
-        try:
-            for config, log in zip(configs, self.logs, strict=True):
-                with log.open("wb") as err:
-                    process = subprocess.Popen(
-                        [sys.executable, "-m", "bench.store_scale", "--shard"],
-                        cwd=root,
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        stderr=err,
-                        text=True,
-                    )
-                self.processes.append(process)
-                assert process.stdin is not None
-                process.stdin.write(json.dumps(config) + "\n")
-                process.stdin.flush()
-        except BaseException:
-            self.close()  # a shard left waiting for "go" would wait for ever
-            raise
-
-    def failure(self, index: int) -> RuntimeError:
-        return RuntimeError(f"store_scale shard {index} failed:\n{self.logs[index].read_text()[-3000:]}")
-
-    def wait_ready(self) -> None:
-        for i, process in enumerate(self.processes):
-            assert process.stdout is not None
-            if process.stdout.readline().strip() != "ready":
-                raise self.failure(i)
-
-    def go(self) -> None:
-        for process in self.processes:
-            assert process.stdin is not None
-            process.stdin.write("go\n")
-            process.stdin.flush()
-
-    def results(self, timeout_s: float) -> list[dict[str, Any]]:
-        out = []
-        for i, process in enumerate(self.processes):
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            if process.wait(timeout=timeout_s) != 0 or not line.strip():
-                raise self.failure(i)
-            out.append(json.loads(line))
-        return out
-
-    def close(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
 def run_fleet(
     run: Run, plan: Plan, fleet_url: str, admin_repository: StudyRepository, workdir: Path, study_name: str
 ) -> list[int]:
@@ -650,7 +574,10 @@ def run_fleet(
     run.trial_s = run.workers / plan.fleet_rate if paced else 0.0
     # Paced: a budget the window never exhausts; zero-cost: the budget is the run.
     run.n_trials = 3 * run.workers if paced else plan.trials(run.workers)
-    record = admin_repository.create(scale_spec(study_name, run.n_trials, run.trial_s / EPOCHS))
+    spec = zero_cost_spec(
+        study_name, "random", run.n_trials, seed=5, epoch_sleep_s=run.trial_s / ZERO_COST_EPOCHS
+    )
+    record = admin_repository.create(spec)
     delays = random.Random(run.repeat * 7919 + run.workers)
     first_delays = [delays.uniform(0, run.trial_s) for _ in range(run.workers)]
     span_s = plan.window_s if paced else plan.timeout_s
@@ -673,12 +600,15 @@ def run_fleet(
     sampler = ConnectionSampler(
         admin_repository.engine, sa.engine.make_url(fleet_url).database or "", application_name
     )
-    shards = Shards(configs, workdir)
-    pids = [process.pid for process in shards.processes]
+    command = python_module(f"bench.{NAME}", "--shard")
+    # Killed at once if anything fails: a shard left waiting for "go" would wait for ever.
+    shards = Processes([command] * len(configs), workdir, "shard", grace_s=0)
     try:
-        shards.wait_ready()
+        for index, config in enumerate(configs):
+            shards.send(json.dumps(config), index)
+        shards.wait_ready("a store_scale shard")
         sampler.start()
-        shards.go()
+        shards.send("go")
         results = shards.results(timeout_s=span_s + 300)
     finally:
         shards.close()
@@ -747,7 +677,7 @@ def run_fleet(
     run.gc_full_max_ms = max(float(r["gc"]["full_max_ms"]) for r in results)
     if crashes:
         print(f"  crashed workers: {Counter(crashes).most_common(3)}", file=sys.stderr)
-    return pids
+    return shards.pids
 
 
 # -- the whole benchmark -----------------------------------------------------------------------------
@@ -813,7 +743,7 @@ def processes_sentence(plan: Plan) -> str:
     )
 
 
-def markdown(rows: list[dict[str, Any]], plan: Plan, env: dict[str, Any], command: str) -> str:
+def markdown(rows: list[dict[str, Any]], plan: Plan, env: dict[str, Any], environment: str) -> str:
     table = markdown_table(
         [
             "load",
@@ -906,7 +836,7 @@ def markdown(rows: list[dict[str, Any]], plan: Plan, env: dict[str, Any], comman
             f"{sum(row['retried_trials'] for row in rows)} trials were retried: any worker's reaper on this "
             "store, with its own grace period (a concurrent test's may be 2 s), judges every worker's heartbeat.",
         ]
-    parts += ["", environment_markdown(env, command)]
+    parts += ["", environment]
     return "\n".join(parts)
 
 
@@ -943,16 +873,12 @@ def targets(rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a zero-cost fleet of 32 and a paced fleet of 256, shipped pool and PgBouncer, one run each",
-    )
-    parser.add_argument("--smoke", action="store_true", help="2 workers, 10 trials: checks the script")
-    parser.add_argument("--out", default=f"bench/results/{NAME}.json")
-    parser.add_argument(
-        "--url", help="PostgreSQL URL (default: TUNEFLEET_BENCH_POSTGRES_URL or the test database)"
+    parser = benchmark_parser(
+        NAME,
+        __doc__,
+        quick="a zero-cost fleet of 32 and a paced fleet of 256, shipped pool and PgBouncer, one run each",
+        smoke="2 workers, 10 trials: checks the script",
+        store=True,
     )
     parser.add_argument("--fleets", type=int, nargs="+", help="fleet sizes, e.g. 32 128 256")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS))
@@ -976,10 +902,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.shard:
         return shard_main()
-    started = time.monotonic()
     clean_up_on_sigterm()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = normalize_url(args.url) if args.url else postgres_url()
+    url = url_from(args)
     plan = plan_for(args)
     not_run: dict[str, str] = {}
     if "pgbouncer" in plan.variants and available() is None:
@@ -987,26 +912,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         not_run["pgbouncer"] = f"pgbouncer is not installed: {INSTALL_HINT}"
         plan = replace(plan, variants=tuple(v for v in plan.variants if v != "pgbouncer"))
         print(f"  not run: {not_run['pgbouncer']}", file=sys.stderr)
-    env = environment(url)
-    command = command_line(f"bench.{NAME}", argv)
+    invocation = StoreRun.begin(f"bench.{NAME}", argv, url)
     admin_repository = StudyRepository(open_storage(url, pool_size=2))
     runs: list[Run] = []
-    created: list[str] = []
-    pids: list[int] = []
     try:
         with (
+            deleted_afterwards(url) as made,
             fleet_login(admin_repository.engine, url, plan.connection_cap) as fleet_url,
             tempfile.TemporaryDirectory(prefix="bench-scale-") as workdir,
             contextlib.ExitStack() as stack,
         ):
+            # Lost workers keep their registry rows: the simulating processes' and this one's pids.
+            made.worker_pids.append(os.getpid())
             urls = {variant: fleet_url for variant in plan.variants}
             if "pgbouncer" in plan.variants:
                 urls["pgbouncer"] = stack.enter_context(pgbouncer(fleet_url, server_pool_size=BOUNCER_POOL))
             for repeat in range(plan.repeats):
                 for load, workers, variant in plan.runs():
                     run = Run(variant, load, workers, repeat, plan.trials(workers))
-                    created.append(f"bench-scale-{uuid.uuid4().hex[:8]}-{variant}-{load}-n{workers}")
-                    pids += run_fleet(run, plan, urls[variant], admin_repository, Path(workdir), created[-1])
+                    name = f"bench-scale-{uuid.uuid4().hex[:8]}-{variant}-{load}-n{workers}"
+                    made.studies.append(name)
+                    made.worker_pids += run_fleet(
+                        run, plan, urls[variant], admin_repository, Path(workdir), name
+                    )
                     runs.append(run)
                     print(
                         f"  {load:9} {variant:8} workers={workers:<4} rep={repeat}: claim p50/p99 "
@@ -1018,29 +946,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         flush=True,
                     )
     finally:
-        delete_studies(url, created)
-        # Lost workers keep their rows (and trial ids) for the reaper: gone with their studies, remove them.
-        delete_worker_rows(url, host=socket.gethostname(), pids=[os.getpid(), *pids])
         admin_repository.engine.dispose()
-    env["load_average_at_end"] = load_average()
     rows = summarize(runs)
     result: dict[str, Any] = {
-        "config": {
-            "command": command,
-            "plan": asdict(plan),
-            "variants": {k: v for k, v in VARIANTS.items() if k in plan.variants},
-            "loads": {k: v for k, v in LOADS.items() if k in plan.loads},
-            "threads_per_process": plan.threads_per_process,
-            "not_run": not_run,
-            **env,
-            "wall_s": round(time.monotonic() - started, 1),
-        },
+        "config": invocation.config(
+            plan=asdict(plan),
+            variants={k: v for k, v in VARIANTS.items() if k in plan.variants},
+            loads={k: v for k, v in LOADS.items() if k in plan.loads},
+            threads_per_process=plan.threads_per_process,
+            not_run=not_run,
+        ),
         "summary": rows,
-        "studies_created_and_deleted": created,
+        "studies_created_and_deleted": made.studies,
         "runs": [asdict(r) for r in runs],
     }
     result["targets"] = targets(rows, plan)
-    result["markdown"] = markdown(rows, plan, env, command) + "".join(
+    result["markdown"] = markdown(rows, plan, invocation.env, invocation.markdown()) + "".join(
         f"\n\nNot run: `{variant}`: {why}." for variant, why in not_run.items()
     )
     publish(result, args.out)

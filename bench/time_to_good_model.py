@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -21,14 +19,16 @@ from typing import Any
 import optuna
 import torch
 
-from bench.common import command_line, load_preset, publish
+from bench.common import suggest
+from bench.reporting import benchmark_parser, command_line, markdown_table, median_interval, publish
+from bench.text_task import PRESETS, cached_features, feature_cache_dir, load_preset, train_on_cpu, versions
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies.space import distributions
 from studies.spec import DEFAULT_COST_WEIGHT, DEFAULT_PATIENCE
 from worker.device import configure_threads
-from worker.features import Features, load_or_build_features
-from worker.objective import TrialRunner, load_split, model_folder
-from worker.training import EpochResult, HeadParams, train_head
+from worker.epochs import EpochResult
+from worker.features import Features
+from worker.runner import TrialRunner
 
 WORKER = WorkerIdentity(host=platform.node(), pid=os.getpid(), device="cpu", worker_id="bench")
 
@@ -58,20 +58,6 @@ class Run:
         return next((p for p in self.points if p.best <= target + 1e-12), None)
 
 
-def suggest(trial: optuna.Trial, dists: dict[str, optuna.distributions.BaseDistribution]) -> dict[str, Any]:
-    """The explicit suggest_* calls a user would write for the same space."""
-    params: dict[str, Any] = {}
-    for name, dist in dists.items():
-        if isinstance(dist, optuna.distributions.FloatDistribution):
-            params[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
-        elif isinstance(dist, optuna.distributions.IntDistribution):
-            params[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log)
-        else:
-            assert isinstance(dist, optuna.distributions.CategoricalDistribution)
-            params[name] = trial.suggest_categorical(name, list(dist.choices))
-    return params
-
-
 def run_plain_optuna(method: str, spec: StudySpec, features: Features, seed: int, epoch_budget: int) -> Run:
     """Plain Optuna study.optimize, no pruning: (b) default TPE or (c) random, the same training function."""
     sampler = (
@@ -92,15 +78,9 @@ def run_plain_optuna(method: str, spec: StudySpec, features: Features, seed: int
         def on_epoch(result: EpochResult) -> None:
             trial.report(result.val_loss, result.epoch)
 
-        result = train_head(
-            features=features,
-            params=HeadParams(**params),
-            seed=seed * 100_003 + trial.number,
-            device=torch.device("cpu"),
-            on_epoch=on_epoch,
-        )
-        epochs_used += len(result.epochs)
-        return min(e.val_loss for e in result.epochs)
+        epochs = train_on_cpu(features, params, seed * 100_003 + trial.number, on_epoch)
+        epochs_used += len(epochs)
+        return min(e.val_loss for e in epochs)
 
     def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         best = study.best_value if any(t.value is not None for t in study.trials) else float("inf")
@@ -120,7 +100,7 @@ def run_tunefleet(spec: StudySpec, seed: int, epoch_budget: int, cache_dir: Path
     runner = TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=cache_dir)
     # The baselines get the task's features loaded before their clocks start; so does tunefleet's
     # worker, which otherwise read them from the cache inside its first trial (a second of CPU here).
-    runner.features(spec.task)
+    runner.prepare(spec.task)
     run = Run(method="tunefleet", seed=seed, points=[])
     epochs_used = 0
     best = float("inf")
@@ -154,12 +134,7 @@ def run_seed(raw: dict[str, Any], seed: int, epoch_budget: int, cache_dir: Path)
             "budget": {"n_trials": 100_000},
         }
     )
-    features = load_or_build_features(
-        encoder_folder=model_folder(spec.task),
-        split=load_split(spec.task),
-        max_length=spec.task.max_length,
-        cache_dir=cache_dir,
-    )
+    features = cached_features(spec.task, cache_dir)
     with tempfile.TemporaryDirectory() as workdir:
         runs = [
             run_tunefleet(spec, seed, epoch_budget, cache_dir, Path(workdir)),
@@ -219,20 +194,6 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
     return {"rows": rows, "summary": summary}
 
 
-def median_interval(
-    values: list[float], confidence: float = 0.9, resamples: int = 2000
-) -> tuple[float, float]:
-    """A bootstrap percentile interval for the median of values (seeds resampled with replacement).
-
-    How far the headline median could move with another draw of seeds: two runs of the same
-    search on the same seeds differ (the cost model reads measured seconds), and by this much.
-    """
-    rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
-    tail = (1 - confidence) / 2
-    return medians[int(tail * resamples)], medians[min(resamples - 1, int((1 - tail) * resamples))]
-
-
 CHECKPOINTS = (0.1, 0.25, 0.5, 1.0)
 
 
@@ -267,20 +228,14 @@ def checkpoints(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
 
 
 def checkpoint_markdown(table: dict[str, list[dict[str, Any]]]) -> str:
-    head = " | ".join(f"{c:.0%} of random's compute" for c in CHECKPOINTS)
-    lines = [f"| method | {head} |", "| --- |" + " --- |" * len(CHECKPOINTS)]
-    for method, rows in table.items():
-        cells = " | ".join(
-            (
-                "no trial yet"
-                if r["best_median"] is None or math.isinf(r["best_median"])
-                else f"{r['best_median']:.4f}"
-            )
-            + f" ({r['reached']})"
-            for r in rows
-        )
-        lines.append(f"| {method} | {cells} |")
-    return "\n".join(lines)
+    def cell(r: dict[str, Any]) -> str:
+        best = r["best_median"]
+        return ("no trial yet" if best is None or math.isinf(best) else f"{best:.4f}") + f" ({r['reached']})"
+
+    return markdown_table(
+        ["method", *(f"{c:.0%} of random's compute" for c in CHECKPOINTS)],
+        [[method, *(cell(r) for r in rows)] for method, rows in table.items()],
+    )
 
 
 def fmt(value: Any, spec: str = ".3f") -> str:
@@ -296,19 +251,26 @@ def interval(summary: dict[str, Any]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [
-        "| method | reached random's best | compute to reach it vs random, median of all seeds (90% interval) | "
-        "median of the seeds that reached it (min to max) | trial-epochs vs random (median) | "
-        "best val loss (median) |",
-        "| --- | --- | --- | --- | --- | --- |",
+    headers = [
+        "method",
+        "reached random's best",
+        "compute to reach it vs random, median of all seeds (90% interval)",
+        "median of the seeds that reached it (min to max)",
+        "trial-epochs vs random (median)",
+        "best val loss (median)",
     ]
-    for method, s in result["summary"].items():
-        spread = f"{fmt(s['cpu_ratio_median'], '.2f')} ({fmt(s['cpu_ratio_min'], '.2f')} to {fmt(s['cpu_ratio_max'], '.2f')})"
-        lines.append(
-            f"| {method} | {s['reached_target']} | {fmt(s.get('cpu_ratio_median_all_seeds'), '.2f')}{interval(s)} | {spread} | "
-            f"{fmt(s['epoch_ratio_median'], '.2f')} | {fmt(s['best_median'], '.4f')} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [
+            method,
+            s["reached_target"],
+            fmt(s.get("cpu_ratio_median_all_seeds"), ".2f") + interval(s),
+            f"{fmt(s['cpu_ratio_median'], '.2f')} ({fmt(s['cpu_ratio_min'], '.2f')} to {fmt(s['cpu_ratio_max'], '.2f')})",
+            fmt(s["epoch_ratio_median"], ".2f"),
+            fmt(s["best_median"], ".4f"),
+        ]
+        for method, s in result["summary"].items()
+    ]
+    return markdown_table(headers, rows)
 
 
 def report(runs: list[Run], config: dict[str, Any]) -> dict[str, Any]:
@@ -359,21 +321,23 @@ def rescore(path: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="2 seeds, a smaller budget and data subset")
-    parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks the script works")
+    parser = benchmark_parser(
+        "time_to_good_model",
+        __doc__,
+        quick="2 seeds, a smaller budget and data subset",
+        smoke="a tiny run that only checks the script works",
+    )
     parser.add_argument("--seeds", type=int, help="how many seeds (default 5, quick 2)")
     parser.add_argument("--epoch-budget", type=int, help="trial-epochs per run (default 400, quick 150)")
     parser.add_argument(
         "--preset",
         default="bbc-news-minilm",
-        choices=("bbc-news-minilm", "tweets-sentiment-minilm"),
+        choices=PRESETS,
         help="the built-in study to search (default: BBC News, the issue's task)",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="seeds run side by side, each in its own single-threaded process"
     )
-    parser.add_argument("--out", default="bench/results/time_to_good_model.json")
     parser.add_argument(
         "--rescore", type=Path, help="only recompute this results file's figures from its runs"
     )
@@ -386,18 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     raw = load_preset(args.preset, smoke=args.smoke)
     if args.quick:
         raw["task"] = {**raw.get("task", {}), "max_examples": 600}
-    cache_dir = Path(os.environ.get("TUNEFLEET_CACHE_DIR", Path.home() / ".cache" / "tunefleet"))
+    cache = feature_cache_dir()
     started = time.monotonic()
     # Built once here, so parallel seeds only read the cache.
-    probe = StudySpec.model_validate({**raw, "name": "probe"})
-    load_or_build_features(
-        encoder_folder=model_folder(probe.task),
-        split=load_split(probe.task),
-        max_length=probe.task.max_length,
-        cache_dir=cache_dir,
-    )
+    cached_features(StudySpec.model_validate({**raw, "name": "probe"}).task, cache)
     runs: list[Run] = []
-    jobs = [(raw, seed, budget, cache_dir) for seed in range(seeds)]
+    jobs = [(raw, seed, budget, cache) for seed in range(seeds)]
     if args.jobs > 1:
         # Each seed in its own single-threaded process: compute is each process's own CPU time,
         # so running seeds side by side changes the wall time, not what is measured.
@@ -413,11 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "epoch_budget": budget,
         "preset": args.preset,
         "task": raw["task"],
-        "cores": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "optuna": optuna.__version__,
-        "torch": torch.__version__,
+        **versions(),
         "jobs": args.jobs,
         "wall_s": round(time.monotonic() - started, 1),
     }

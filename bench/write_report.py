@@ -96,7 +96,7 @@ def main() -> int:
         "",
         "Made by `make bench` (or `make bench-quick`); each script prints its table, and `python -m bench.write_report`",
         "gathers them here. Every figure that matters is a ratio against a baseline measured in the same run on the",
-        "same machine: these machines are shared and noisy, so compare ratios, not absolute times.",
+        "same machine: benchmark machines are often shared and noisy, so compare ratios, not absolute times.",
         "",
         f"- Written: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {os.cpu_count()} cores, {cpu_model()}; GPU: {gpu()}",

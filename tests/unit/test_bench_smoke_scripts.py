@@ -136,8 +136,8 @@ def test_finetune_throughput_measures_full_fine_tuning_with_mfu(tmp_path: Path) 
 
 
 def test_finetune_throughput_trains_every_epoch_of_its_trials() -> None:
-    # With early stopping the quick head trial stopped after 4 of 45 epochs, and its "speed-up" over
-    # the plain loop (which trains all 45) was 8.7x instead of about 2x.
+    # With early stopping the quick head trial would stop after 4 of 45 epochs, and its "speed-up" over
+    # the plain loop (which trains all 45) would read 8.7x instead of about 2x.
     for mode in finetune_throughput.SIZES:
         for size in ("quick", "full"):
             spec = finetune_throughput.study_spec(mode, size, repeats=3)

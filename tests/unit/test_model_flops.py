@@ -8,8 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.model_flops import encoder_training_flops, matmul_weights, peak_flops
 from studies.spec import Task
-from worker.model import EncoderClassifier, build_head, load_encoder
-from worker.objective import model_folder
+from worker.model import EncoderClassifier, build_head, load_encoder, model_folder
 
 
 @pytest.mark.parametrize("length", [16, 128])

@@ -1,0 +1,69 @@
+"""The built-in text-classification task as the fine-tuning benchmarks load it: presets, the node's feature cache, versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from bench.reporting import cpu_model
+from studies import load_spec_file, preset_path
+from studies.spec import Task
+from worker.data import load_split
+from worker.epochs import EpochResult
+from worker.features import Features, load_or_build_features
+from worker.hyperparams import HeadParams
+from worker.model import model_folder
+from worker.training import train_head
+
+PRESETS = ("bbc-news-minilm", "tweets-sentiment-minilm")
+
+
+def load_preset(preset: str, *, smoke: bool = False) -> dict[str, Any]:
+    """A built-in preset's spec as a mapping; at smoke size, on a tiny subset of short texts."""
+    raw = load_spec_file(preset_path(preset))
+    if smoke:
+        raw["task"] = {**raw.get("task", {}), "max_examples": 60, "max_length": 32}
+    return raw
+
+
+def feature_cache_dir() -> Path:
+    """Where the node's feature cache lives: TUNEFLEET_CACHE_DIR, as for a worker, else ~/.cache/tunefleet."""
+    return Path(os.environ.get("TUNEFLEET_CACHE_DIR", Path.home() / ".cache" / "tunefleet"))
+
+
+def cached_features(task: Task, cache: Path) -> Features:
+    """The task's encoder features, read from the node's cache (built there first if missing)."""
+    return load_or_build_features(
+        encoder_folder=model_folder(task), split=load_split(task), max_length=task.max_length, cache_dir=cache
+    )
+
+
+def train_on_cpu(
+    features: Features, params: dict[str, Any], seed: int, on_epoch: Callable[[EpochResult], None]
+) -> list[EpochResult]:
+    """One head trained on cached features with these parameters, every epoch: what a plain-Optuna objective runs."""
+    result = train_head(
+        features=features,
+        params=HeadParams(**params),
+        seed=seed,
+        device=torch.device("cpu"),
+        on_epoch=on_epoch,
+    )
+    return result.epochs
+
+
+def versions() -> dict[str, Any]:
+    """The machine and the versions a fine-tuning benchmark's figures depend on."""
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "optuna": optuna.__version__,
+        "torch": torch.__version__,
+    }
