@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -70,10 +72,46 @@ def repository(store_url: str) -> Iterator[StudyRepository]:
     repo.engine.dispose()
 
 
+_NAMES_TO_DELETE: list[str] = []
+
+
 @pytest.fixture
 def study_name() -> str:
-    """A name no other test uses, so tests can share the PostgreSQL database."""
-    return f"test-{uuid.uuid4().hex[:12]}"
+    """A name no other test uses, so tests can share the PostgreSQL database; its studies (this name and
+    any that start with it) are deleted from that database when the run ends."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    _NAMES_TO_DELETE.append(name)
+    return name
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_the_studies_tests_made() -> Iterator[None]:
+    """The shared PostgreSQL database outlives every run: leave it as the run found it. At the end of the
+    run, not after each test, so no worker process a test started still runs against a study deleted under
+    it."""
+    yield
+    if not _NAMES_TO_DELETE or _postgres_reachable(POSTGRES_URL) is not None:
+        return
+    storage = optuna.storages.RDBStorage(
+        normalize_url(POSTGRES_URL), engine_kwargs={"poolclass": sa.pool.NullPool}
+    )
+    try:
+        tables = sa.MetaData()
+        tunefleet_studies = sa.Table("tunefleet_studies", tables, autoload_with=storage.engine)
+        optuna_studies = sa.Table("studies", tables, autoload_with=storage.engine)
+        with storage.engine.begin() as connection:
+            names: set[str] = set()
+            for start in range(0, len(_NAMES_TO_DELETE), 500):
+                prefixes = _NAMES_TO_DELETE[start : start + 500]
+                for table in (tunefleet_studies, optuna_studies):
+                    matches = sa.or_(*(table.c.study_name.startswith(prefix) for prefix in prefixes))
+                    names.update(connection.execute(sa.select(table.c.study_name).where(matches)).scalars())
+            connection.execute(tunefleet_studies.delete().where(tunefleet_studies.c.study_name.in_(names)))
+        for name in sorted(names):
+            with contextlib.suppress(KeyError):
+                optuna.delete_study(study_name=name, storage=storage)
+    finally:
+        storage.engine.dispose()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from studies import StudyRepository, StudySpec, WorkerIdentity
 from studies.fleet import Fleet, Reaper
-from studies.tables import utcnow, workers_table
+from studies.tables import leases_table, utcnow, workers_table
 from tests.conftest import tiny_spec
 
 
@@ -62,10 +62,16 @@ def test_one_reaper_sweeps_for_the_fleet_until_it_lets_go(
     assert fleet.take_lease(lease, "first", ttl_s=60.0)  # the holder renews
     assert not fleet.take_lease(lease, "second", ttl_s=60.0)
     fleet.release_lease(lease, "first")
-    assert fleet.take_lease(lease, "second", ttl_s=0.05)
+    assert fleet.take_lease(lease, "second", ttl_s=60.0)
     assert not fleet.take_lease(lease, "first", ttl_s=60.0)
-    time.sleep(0.1)
-    # A holder that died (no release) is replaced once its lease has run out.
+    # A holder that died (no release) is replaced once its lease has run out. The clock is moved in
+    # the store, not slept through: a short real lease could run out early on a loaded machine.
+    with repository.engine.begin() as connection:
+        connection.execute(
+            leases_table.update()
+            .where(leases_table.c.name == lease)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     assert fleet.take_lease(lease, "first", ttl_s=60.0)
 
 
@@ -94,7 +100,9 @@ def test_a_reaper_sweeps_at_most_twice_an_interval_and_renews_on_early_beats(
     # renew its two-interval lease only every second beat, and could lose it.
     fleet = Fleet(repository)
     lease = f"{study_name}-reaper"
-    reaper = Reaper(fleet, grace_s=1.0, interval_s=1.0, lease=lease)
+    # A long interval, and its half passed by moving the reaper's clock: a loaded machine cannot take
+    # half a minute between two ticks, where it could take half a second.
+    reaper = Reaper(fleet, grace_s=1.0, interval_s=60.0, lease=lease)
     silent = [
         WorkerIdentity(host="h", pid=5 + i, device="cpu", worker_id=f"{study_name}-s{i}") for i in range(2)
     ]
@@ -104,7 +112,7 @@ def test_a_reaper_sweeps_at_most_twice_an_interval_and_renews_on_early_beats(
     fleet.register(silent[1], grace_s=1.0)
     silence(repository, silent[1].worker_id, 30)
     assert reaper.tick() == []
-    time.sleep(0.55)
+    reaper._last_run -= 30.5
     assert silent[1].worker_id in reaper.tick()
     reaper.release()
 
@@ -113,8 +121,8 @@ def test_a_lost_workers_trial_whose_study_was_deleted_does_not_stop_the_sweep(
     repository: StudyRepository, study_name: str
 ) -> None:
     # A worker is declared lost, then its study is deleted (here as the dashboard and the optuna CLI
-    # do) before a sweep retries its trial: the trial is gone, and every later sweep failed on it,
-    # leaving every other lost worker's trial RUNNING for good.
+    # do) before a sweep retries its trial: the trial is gone, and a sweep that failed on it would fail
+    # on it at every tick, leaving every other lost worker's trial RUNNING for good.
     fleet = Fleet(repository)
     doomed, kept = f"{study_name}-deleted", f"{study_name}-kept"
     gone = WorkerIdentity(host="h", pid=6, device="cpu", worker_id=f"{study_name}-gone")
