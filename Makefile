@@ -76,8 +76,8 @@ bench-gpu: install
 	$(BIN)/python -m bench.finetune_throughput --device cuda --out bench/results/finetune_throughput_gpu.json
 	$(BIN)/python -m bench.write_report
 
-# For a session lent a GPU machine (no network there): pack what its checks need into .device/, then run
-# bench/device_check.sh there with .device carried (the script's header says how).
+# For a GPU machine without network access: pack what the GPU checks need into .device/ here, copy the
+# checkout with .device/ there and run bench/device_check.sh (the script's header says how).
 device-pack: install
 	$(BIN)/python -m bench.device_pack
 

@@ -239,7 +239,7 @@ def stop_and_check(demo: subprocess.Popen[bytes], out: Path, stop: signal.Signal
 
 
 # Ctrl-C; `kill`; a closed terminal. The demo starts with SIGINT ignored, as a shell leaves it for a
-# background job: it still stops on Ctrl-C, since it says it does. SIGTERM and SIGHUP used to end the
+# background job: it still stops on Ctrl-C, since it says it does. SIGTERM and SIGHUP must not end the
 # demo alone and leave its service and workers (in their own sessions) running.
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_demo_keeps_serving_until_stopped_and_then_stops_everything(

@@ -33,7 +33,7 @@ def one_session(postgres_url: str) -> Iterator[str]:
 
 def test_opening_the_store_needs_one_server_session(one_session: str) -> None:
     # Optuna's schema check reads the alembic revision on a second connection while its first holds a
-    # transaction open: a fleet starting at once behind a pool of N sessions deadlocked once N workers
+    # transaction open: a fleet starting at once behind a pool of N sessions would deadlock once N workers
     # each held one, until PgBouncer's query_wait_timeout cut them all off.
     storage = open_storage(one_session, pool_size=1)
     try:

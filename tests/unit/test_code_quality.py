@@ -1,4 +1,4 @@
-"""ruff and mypy stay clean: the style rules of DESIGN.md section 7 are checked, not hoped for."""
+"""ruff and mypy stay clean: the conventions of docs/architecture.md section 6 are checked, not hoped for."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""What a session lent the GPU machine runs there: the random-weight encoder, and GPU tests that need nothing
-the machine lacks (it has the worker's dependencies once the carried wheels are in, not the service's)."""
+"""What bench/device_check.sh runs on a GPU machine without network access: the random-weight encoder, and GPU
+tests that need nothing such a machine lacks (the worker's dependencies, once the packed wheels are in; not the
+service's)."""
 
 from __future__ import annotations
 
