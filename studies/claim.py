@@ -20,7 +20,7 @@ from studies.lifecycle import TrialLifecycle
 from studies.records import Claim, ClaimedTrial, StudyRecord, WorkerIdentity, record_from_row
 from studies.resilience import GaveUp, with_retry
 from studies.sampling import build_pruner, build_sampler, derived_seed, sample_params
-from studies.space import distributions
+from studies.space import conditions, distributions
 from studies.spec import StudySpec
 from studies.states import WORKER_ALIVE, StudyState, WorkerState
 from studies.tables import studies_table, utcnow, workers_table
@@ -170,7 +170,7 @@ class ClaimTransaction(TrialLifecycle):
         study = self._study(record)
         study.sampler = self._sampler(record, claim_index=record.n_claimed - 1)
         study.pruner = build_pruner(record.spec)
-        sample_params(study, frozen, distributions(record.spec.space))
+        sample_params(study, frozen, distributions(record.spec.space), conditions(record.spec.space))
         return study
 
     def _write_params(self, trial: FrozenTrial) -> None:

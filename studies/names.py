@@ -1,4 +1,4 @@
-"""The vocabulary of a study spec: activations, optimizers, samplers, pruners."""
+"""The vocabulary of a study spec: task kinds, activations, optimizers, samplers, pruners."""
 
 from typing import Final
 
@@ -11,3 +11,14 @@ BUILTIN_MODELS: Final = ("all-MiniLM-L6-v2",)
 BUILTIN_DATA: Final = ("bbc-news", "tweets-sentiment")
 FINETUNE_MODES: Final = ("head", "last-k", "full")
 DATA_FILE_SUFFIXES: Final = (".csv", ".jsonl", ".parquet")
+TASK_KIND_NAMES: Final = ("text-classification", "synthetic", "torch-module", "python")
+# torch-module: which of the pretrained model's modules train beside the new head (or a list of module paths).
+FREEZE_MODES: Final = ("all-but-replaced", "none")
+# Files a text-classification model (a Hugging Face folder) cannot be: they are torch-module models.
+MODEL_FILE_SUFFIXES: Final = (".pt", ".pth", ".ts", ".torchscript", ".pkl", ".bin", ".safetensors", ".onnx")
+# package.module:function, as entry points and model factories are named.
+ENTRYPOINT_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+# A submodule's dotted path in a model, indexes allowed: classifier.1, encoder.layer.11.output
+MODULE_PATH_PATTERN: Final = r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$"
+# A parameter name of a kind python space: what the user's code reads from trial.params.
+PARAM_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -13,7 +14,7 @@ from optuna.trial import FrozenTrial
 
 from studies._optuna.cost_aware import CostAwareTPESampler
 from studies._optuna.internals import filter_study, forget_cached_trials, single_value
-from studies.space import grid
+from studies.space import Condition, grid
 from studies.spec import (
     DEFAULT_COST_WEIGHT,
     HyperbandPruner,
@@ -104,14 +105,23 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     if isinstance(p, HyperbandPruner):
         return optuna.pruners.HyperbandPruner(
             min_resource=p.min_resource,
-            max_resource=spec.space.max_epochs(),
+            # A kind python space may have no epochs parameter: Optuna then finds the largest step reported.
+            max_resource=spec.space.max_epochs() or "auto",
             reduction_factor=p.reduction_factor,
         )
     raise ValueError(f"unknown pruner {p!r}")
 
 
-def sample_params(study: optuna.Study, trial: FrozenTrial, space: dict[str, BaseDistribution]) -> None:
+def sample_params(
+    study: optuna.Study,
+    trial: FrozenTrial,
+    space: dict[str, BaseDistribution],
+    conditions: Mapping[str, Condition] | None = None,
+) -> None:
     """Draw the trial's missing parameters into trial.params, as Trial.suggest_* would, without writing.
+
+    A conditional parameter is drawn only when its condition holds on the parameters drawn before it, as
+    an `if` around a suggest call in an objective function would.
 
     The same order of sources as optuna.Trial._suggest: parameters the trial already has (a trial
     handed back), fixed ones (enqueued), single-valued ones, the sampler's relative sample, then its
@@ -127,6 +137,9 @@ def sample_params(study: optuna.Study, trial: FrozenTrial, space: dict[str, Base
     relative: dict[str, Any] | None = None
     relative_space: dict[str, BaseDistribution] = {}
     for name, distribution in space.items():
+        condition = (conditions or {}).get(name)
+        if condition is not None and not condition(trial.params):
+            continue
         if name in trial.params:
             check_distribution_compatibility(trial.distributions[name], distribution)
             continue

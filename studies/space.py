@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from optuna.distributions import (
@@ -11,7 +12,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from studies.spec import Param, Space
+from studies.spec import FreeSpace, Param, Space
+
+# Whether a parameter is sampled, given the parameters drawn before it.
+Condition = Callable[[Mapping[str, Any]], bool]
 
 
 def to_distribution(param: Param) -> BaseDistribution:
@@ -34,12 +38,17 @@ def to_distribution(param: Param) -> BaseDistribution:
     return CategoricalDistribution([value])
 
 
-def distributions(space: Space) -> dict[str, BaseDistribution]:
-    """Every parameter of the space as an Optuna distribution, by name."""
+def distributions(space: Space | FreeSpace) -> dict[str, BaseDistribution]:
+    """Every parameter of the space as an Optuna distribution, by name, in sampling order."""
     return {name: to_distribution(param) for name, param in space.params().items()}
 
 
-def grid(space: Space) -> dict[str, list[Any]]:
+def conditions(space: Space | FreeSpace) -> dict[str, Condition]:
+    """The conditional parameters of the space, each with its test on the parameters drawn before it."""
+    return {name: param.applies for name, param in space.params().items() if param.when is not None}
+
+
+def grid(space: Space | FreeSpace) -> dict[str, list[Any]]:
     """The grid sampler's search space; the spec has already checked every range is discrete."""
     points: dict[str, list[Any]] = {}
     for name, param in space.params().items():

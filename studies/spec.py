@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
@@ -13,12 +15,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    RootModel,
     SerializerFunctionWrapHandler,
     StrictFloat,
     StrictInt,
     StrictStr,
     Tag,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_serializer,
     model_validator,
@@ -29,10 +33,16 @@ from studies.names import (
     BUILTIN_DATA,
     BUILTIN_MODELS,
     DATA_FILE_SUFFIXES,
+    ENTRYPOINT_PATTERN,
     FINETUNE_MODES,
+    FREEZE_MODES,
+    MODEL_FILE_SUFFIXES,
+    MODULE_PATH_PATTERN,
     OPTIMIZER_NAMES,
+    PARAM_NAME_PATTERN,
     SAMPLER_NAMES,
     STUDY_NAME_PATTERN,
+    TASK_KIND_NAMES,
 )
 
 Scalar = StrictInt | StrictFloat | StrictStr
@@ -56,8 +66,49 @@ _RANGE_KEYS: dict[str, set[str]] = {
 }
 
 
+class Comparison(_Strict):
+    """A numeric condition on another parameter: {ge: 2} is "at least 2"."""
+
+    ge: StrictInt | StrictFloat | None = None
+    gt: StrictInt | StrictFloat | None = None
+    le: StrictInt | StrictFloat | None = None
+    lt: StrictInt | StrictFloat | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Comparison:
+        if not self.model_fields_set:
+            raise ValueError("a comparison needs at least one of ge, gt, le, lt")
+        for bound in (self.ge, self.gt, self.le, self.lt):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError("a comparison's bounds must be finite numbers")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def holds(self, value: Any) -> bool:
+        """Whether a numeric value meets every bound."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+
+# when: {parent: value}, {parent: [values]} or {parent: {ge: 2}}; one parent per condition.
+ConditionValue = Scalar | list[Scalar] | Comparison
+
+
 class Param(_Strict):
-    """One hyperparameter: a float or int range, a list of choices, or a fixed value (written bare)."""
+    """One hyperparameter: a float or int range, a list of choices, or a fixed value (written bare).
+
+    In a kind python space, `when` makes it conditional: sampled only when another parameter, drawn
+    before it, has one of the given values or meets a comparison.
+    """
 
     type: Literal["float", "int", "categorical", "fixed"]
     low: StrictInt | StrictFloat | None = None
@@ -66,17 +117,25 @@ class Param(_Strict):
     step: StrictInt | StrictFloat | None = None
     choices: list[Scalar] | None = None
     value: Scalar | None = None
+    when: dict[str, ConditionValue] | None = Field(
+        None,
+        description="kind python only: sample this parameter only when another one, defined before it, has one"
+        " of these values ({optimizer: sgd}, {optimizer: [sgd, adagrad]}) or meets a comparison ({depth: {ge: 2}})",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _bare_value_is_fixed(cls, data: Any) -> Any:
-        if isinstance(data, dict):
+        if isinstance(data, dict | Param):
             return data
+        if isinstance(data, list):
+            # [sgd, adam] reads as a list of choices, and is one.
+            return {"type": "categorical", "choices": data}
         return {"type": "fixed", "value": data}
 
     @model_validator(mode="after")
     def _consistent(self) -> Param:
-        stray = sorted((self.model_fields_set - {"type"}) - _RANGE_KEYS[self.type])
+        stray = sorted((self.model_fields_set - {"type", "when"}) - _RANGE_KEYS[self.type])
         if stray:
             raise ValueError(f"{', '.join(stray)} does not apply to a {self.type} parameter")
         if self.type in ("float", "int"):
@@ -90,7 +149,23 @@ class Param(_Strict):
                 raise ValueError("choices must not repeat")
         elif self.value is None:
             raise ValueError("a fixed value must not be null")
+        if self.when is not None and len(self.when) != 1:
+            raise ValueError(f"when names exactly one parameter, got {len(self.when)}")
         return self
+
+    def applies(self, params: Mapping[str, Any]) -> bool:
+        """Whether this parameter is sampled, given the parameters drawn before it."""
+        if not self.when:
+            return True
+        ((parent, wanted),) = self.when.items()
+        if parent not in params:
+            return False
+        value = params[parent]
+        if isinstance(wanted, Comparison):
+            return wanted.holds(value)
+        if isinstance(wanted, list):
+            return any(_same(value, w) for w in wanted)
+        return _same(value, wanted)
 
     def _check_range(self) -> None:
         if self.low is None or self.high is None:
@@ -114,7 +189,7 @@ class Param(_Strict):
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
-        if self.type == "fixed":
+        if self.type == "fixed" and self.when is None:
             return self.value
         return {k: v for k, v in handler(self).items() if k == "type" or k in self.model_fields_set}
 
@@ -144,6 +219,17 @@ class Param(_Strict):
         values = self.discrete_values() or []
         numbers = [float(v) for v in values if isinstance(v, int | float)]
         return min(numbers), max(numbers)
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    # True is not 1 here, as it is not in the spec's strict types.
+    return (type(value) is type(wanted) and value == wanted) or (
+        isinstance(value, int | float)
+        and isinstance(wanted, int | float)
+        and not isinstance(value, bool)
+        and not isinstance(wanted, bool)
+        and value == wanted
+    )
 
 
 def _check_numeric(
@@ -236,11 +322,24 @@ class Space(_Strict):
     def _optimizer(cls, p: Param) -> Param:
         return _check_names("optimizer", p, OPTIMIZER_NAMES)
 
+    @model_validator(mode="after")
+    def _no_conditions(self) -> Space:
+        for name, param in self.params().items():
+            if param.when is not None:
+                raise ValueError(
+                    f"{name}: when (a condition) applies only to the parameters of a kind python space"
+                )
+        return self
+
     def params(self) -> dict[str, Param]:
         """The parameters by name, in a stable order; an optional one left out is not there."""
         return {
             name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) is not None
         }
+
+    def is_conditional(self) -> bool:
+        """Whether some parameter is sampled only under a condition (never, in the built-in space)."""
+        return False
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
@@ -250,6 +349,71 @@ class Space(_Strict):
     def max_epochs(self) -> int:
         """The most epochs any trial can run: the pruners' max resource."""
         return int(self.epochs.bounds()[1])
+
+
+MAX_FREE_PARAMS = 256
+
+
+class FreeSpace(RootModel[dict[Annotated[str, Field(pattern=PARAM_NAME_PATTERN)], Param]]):
+    """A kind python study's parameters: the user's own names, each a range, choices or a fixed value.
+
+    A parameter with `when` is conditional on one defined before it; the order is the order written.
+    """
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    @model_validator(mode="after")
+    def _conditions_point_back(self) -> FreeSpace:
+        if not self.root:
+            raise ValueError("kind python needs a space: the parameters its entry point reads, by name")
+        if len(self.root) > MAX_FREE_PARAMS:
+            raise ValueError(f"at most {MAX_FREE_PARAMS} parameters are allowed, got {len(self.root)}")
+        before: dict[str, Param] = {}
+        for name, param in self.root.items():
+            if param.when is not None:
+                ((parent, wanted),) = param.when.items()
+                if parent not in before:
+                    raise ValueError(
+                        f"{name}: when names {parent!r}, which is not a parameter defined before {name!r}"
+                    )
+                _check_condition(name, parent, before[parent], wanted)
+            before[name] = param
+        return self
+
+    def params(self) -> dict[str, Param]:
+        """The parameters by name, in the order written (a condition's parent comes first)."""
+        return dict(self.root)
+
+    def is_conditional(self) -> bool:
+        """Whether some parameter is sampled only under a condition."""
+        return any(param.when is not None for param in self.root.values())
+
+    def max_epochs(self) -> int | None:
+        """The largest `epochs` value when the space has a numeric `epochs` parameter: the pruners' max resource."""
+        epochs = self.root.get("epochs")
+        if epochs is None:
+            return None
+        try:
+            return int(epochs.bounds()[1])
+        except ValueError:  # an epochs parameter without numbers: the pruner finds its own maximum
+            return None
+
+
+def _check_condition(name: str, parent: str, parent_param: Param, wanted: Any) -> None:
+    values = parent_param.discrete_values()
+    if isinstance(wanted, Comparison):
+        numbers = [v for v in values or [0.0] if isinstance(v, int | float) and not isinstance(v, bool)]
+        if not numbers:
+            raise ValueError(f"{name}: when compares {parent!r}, whose values are not numbers")
+        return
+    if values is None:
+        # A continuous range never hits one exact value: a comparison says what is meant.
+        raise ValueError(
+            f"{name}: when {parent!r} is a continuous range; compare it, e.g. {{{parent}: {{ge: 0.5}}}}"
+        )
+    for one in wanted if isinstance(wanted, list) else [wanted]:
+        if not any(_same(v, one) for v in values):
+            raise ValueError(f"{name}: when {parent} is {one!r} never holds; {parent} takes {values!r}")
 
 
 def _check_text(name: str, value: str) -> str:
@@ -319,12 +483,56 @@ DataSource = Annotated[
 ]
 
 
+class ColumnInputs(_Strict):
+    """A torch-module model's inputs: numeric columns of the data files, in this order."""
+
+    kind: Literal["columns"]
+    columns: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=100_000,
+        description="absent: every column but the label, in file order",
+    )
+
+
+class HashedTextInputs(_Strict):
+    """A torch-module model's inputs: the text column hashed into n_features numbers, the same on every worker."""
+
+    kind: Literal["hashed-text"]
+    n_features: int = Field(ge=2, le=2**24, description="must equal the model's input width")
+
+
+Inputs = Annotated[ColumnInputs | HashedTextInputs, Field(discriminator="kind")]
+
+_TEXT, _SYNTHETIC, _MODULE, _PYTHON = TASK_KIND_NAMES
+# The task fields each kind reads. The two original kinds keep accepting the others, as they always did.
+_KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "model": (_TEXT, _MODULE),
+    "data": (_TEXT, _MODULE),
+    "finetune": (_TEXT,),
+    "k": (_TEXT,),
+    "max_length": (_TEXT,),
+    "max_examples": (_TEXT, _MODULE),
+    "validation_fraction": (_TEXT, _MODULE),
+    "data_seed": (_TEXT, _MODULE),
+    "epoch_sleep_s": (_SYNTHETIC,),
+    "factory": (_MODULE,),
+    "replace": (_MODULE,),
+    "freeze": (_MODULE,),
+    "inputs": (_MODULE,),
+    "entrypoint": (_PYTHON,),
+}
+_NEW_FIELDS = frozenset({"factory", "replace", "freeze", "inputs", "entrypoint"})
+
+
 class Task(_Strict):
     """What a trial fine-tunes, on which data, and how."""
 
-    kind: Literal["text-classification", "synthetic"] = Field(
+    kind: Literal["text-classification", "synthetic", "torch-module", "python"] = Field(
         "text-classification",
-        description="synthetic: a zero-cost task for tests and benchmarks (no model, no data; a seeded loss)",
+        description="text-classification: a Hugging Face encoder with a searched head | torch-module: your own"
+        " pretrained nn.Module from a file, one layer replaced by the searched head | python: your own training"
+        " function | synthetic: a zero-cost task for tests and benchmarks (no model, no data; a seeded loss)",
     )
     model: str = Field("builtin:all-MiniLM-L6-v2", min_length=1, max_length=4096)
     data: DataSource = Field(
@@ -343,6 +551,35 @@ class Task(_Strict):
     data_seed: int = Field(0, ge=0, le=2**31 - 1)
     epoch_sleep_s: float = Field(
         0.0, ge=0, le=60, description="synthetic task only: seconds each epoch takes"
+    )
+    factory: str | None = Field(
+        None,
+        max_length=512,
+        description="torch-module only: package.module:function that builds the model a state_dict file fills",
+    )
+    replace: str | None = Field(
+        None,
+        max_length=512,
+        description="torch-module only: the dotted path of the layer the searched head replaces, e.g. classifier.1",
+    )
+    freeze: (
+        Literal["all-but-replaced", "none"]
+        | list[Annotated[str, Field(pattern=MODULE_PATH_PATTERN, max_length=512)]]
+        | None
+    ) = Field(
+        None,
+        description="torch-module only: all-but-replaced (default: only the new head trains), none (everything"
+        " trains), or the module paths that train beside the head",
+    )
+    inputs: Inputs | None = Field(
+        None,
+        description="torch-module only: {kind: columns, columns: [...]} numeric columns (absent: all but the label),"
+        " or {kind: hashed-text, n_features: N} the text column hashed to the model's input width",
+    )
+    entrypoint: str | None = Field(
+        None,
+        max_length=512,
+        description="python only: package.module:function, importable on every worker, that trains one trial",
     )
 
     @field_validator("model")
@@ -380,6 +617,78 @@ class Task(_Strict):
         if self.finetune != "last-k" and self.k is not None:
             raise ValueError(f"k applies only to finetune last-k, not {self.finetune}")
         return self
+
+    @field_validator("factory", "entrypoint")
+    @classmethod
+    def _entrypoint(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not re.fullmatch(ENTRYPOINT_PATTERN, v):
+            raise ValueError(
+                f"{info.field_name} {v[:200]!r} is not package.module:function (e.g. mypkg.train:run)"
+            )
+        return v
+
+    @field_validator("replace")
+    @classmethod
+    def _module_path(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(MODULE_PATH_PATTERN, v):
+            raise ValueError(f"replace {v[:200]!r} is not a dotted module path (e.g. classifier.1)")
+        return v
+
+    @model_validator(mode="after")
+    def _fields_fit_the_kind(self) -> Task:
+        kind = self.kind
+        for name, kinds in _KIND_FIELDS.items():
+            if (
+                name in self.model_fields_set
+                and kind not in kinds
+                and (kind in (_MODULE, _PYTHON) or name in _NEW_FIELDS)
+            ):
+                raise ValueError(f"{name} applies only to kind {' or '.join(kinds)}, not {kind}")
+        if kind == _MODULE:
+            self._check_torch_module()
+        elif kind == _PYTHON and self.entrypoint is None:
+            raise ValueError(
+                "kind python needs entrypoint: package.module:function, importable on every worker"
+            )
+        elif kind == _TEXT and PurePath(self.model).suffix.lower() in MODEL_FILE_SUFFIXES:
+            raise ValueError(
+                f"model {self.model[:200]!r} is a file, and a text-classification model is a Hugging Face folder"
+                " (config.json, weights, tokenizer); for a model saved with torch.save or TorchScript, use kind"
+                " torch-module"
+            )
+        return self
+
+    def _check_torch_module(self) -> None:
+        if "model" not in self.model_fields_set or self.model.startswith("builtin:"):
+            raise ValueError(
+                "kind torch-module needs model: the path of a file saved with torch.save (a whole module, or a"
+                " state_dict with factory) or of a TorchScript file"
+            )
+        if self.replace is None:
+            raise ValueError(
+                "kind torch-module needs replace: the dotted path of the layer the head replaces, e.g. classifier.1"
+            )
+        if self.inputs is None:
+            raise ValueError(
+                "kind torch-module needs inputs: {kind: columns} for numeric columns, or {kind: hashed-text,"
+                " n_features: N} for a text column"
+            )
+        if isinstance(self.inputs, ColumnInputs) and isinstance(self.data, str):
+            raise ValueError(
+                "inputs kind columns reads numeric columns of local files; a built-in data set is text: use"
+                " inputs kind hashed-text, or data {train: PATH, ...}"
+            )
+        if self.freeze is None:
+            object.__setattr__(self, "freeze", FREEZE_MODES[0])
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A field the kind does not read stays out of the stored spec unless the user wrote it.
+        return {
+            name: value
+            for name, value in handler(self).items()
+            if name in self.model_fields_set or self.kind in _KIND_FIELDS.get(name, (self.kind,))
+        }
 
     def data_key(self) -> str:
         """The data source as canonical JSON: one string per data set, for memo keys and records."""
@@ -528,16 +837,45 @@ class StudySpec(_Strict):
     description: str = Field("", max_length=4096)
     task: Task = Field(default_factory=Task)
     objective: Objective = Field(default_factory=Objective)
-    space: Space = Field(default_factory=Space)
+    space: Space | FreeSpace = Field(
+        default_factory=Space,
+        description="the built-in kinds: the named parameters below; kind python: your own names, each a range,"
+        " choices or a fixed value, optionally with when",
+    )
     sampler: Sampler = Field(default_factory=Sampler)
     pruner: Pruner = Field(default_factory=lambda: HyperbandPruner(name="hyperband"))
     budget: Budget = Field(default_factory=Budget)
     priority: int = Field(0, ge=-1000, le=1000, description="higher runs first when studies compete")
 
+    @field_validator("space", mode="wrap")
+    @classmethod
+    def _space_by_kind(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        # The built-in kinds search the built-in names, kind python its own: the task (validated first) decides.
+        if isinstance(value, Space | FreeSpace):
+            return value
+        task = info.data.get("task")
+        if task is None:
+            return value  # the task is invalid: its own errors say why, a guess at the space's would mislead
+        if task.kind == _PYTHON:
+            return FreeSpace.model_validate(value)
+        return Space.model_validate(value)
+
+    @model_validator(mode="after")
+    def _space_fits_the_kind(self) -> StudySpec:
+        if self.task.kind != _PYTHON and isinstance(self.space, FreeSpace):
+            raise ValueError(
+                f"space: kind {self.task.kind} searches the built-in parameters, not a free space"
+            )
+        if self.task.kind == _PYTHON and isinstance(self.space, Space):
+            raise ValueError("space: kind python needs its parameters: the names its entry point reads")
+        return self
+
     @model_validator(mode="after")
     def _grid_needs_a_discrete_space(self) -> StudySpec:
         if self.sampler.name != "grid":
             return self
+        if self.space.is_conditional():
+            raise ValueError("space: the grid sampler does not take conditional parameters (when)")
         points = 1
         for name, param in self.space.params().items():
             values = param.discrete_values()
@@ -554,7 +892,16 @@ class StudySpec(_Strict):
     def _encoder_learning_rate_needs_an_encoder_to_train(self) -> StudySpec:
         # Rejected rather than ignored: in head mode the encoder is frozen, and a searched
         # parameter that changes nothing would waste the sampler's effort on a flat dimension.
-        if self.space.encoder_learning_rate is not None and self.task.finetune == "head":
+        if not isinstance(self.space, Space) or self.space.encoder_learning_rate is None:
+            return self
+        if self.task.kind == _MODULE:
+            if self.task.freeze == FREEZE_MODES[0]:
+                raise ValueError(
+                    "space.encoder_learning_rate is the learning rate of the pretrained modules that train;"
+                    " with freeze all-but-replaced none does"
+                )
+            return self
+        if self.task.finetune == "head":
             raise ValueError(
                 "space.encoder_learning_rate applies only to finetune last-k or full; the head mode's encoder is frozen"
             )
@@ -563,9 +910,10 @@ class StudySpec(_Strict):
     @model_validator(mode="after")
     def _pruner_resources_fit(self) -> StudySpec:
         min_resource = getattr(self.pruner, "min_resource", None)
-        if min_resource is not None and min_resource > self.space.max_epochs():
+        max_epochs = self.space.max_epochs()
+        if min_resource is not None and max_epochs is not None and min_resource > max_epochs:
             raise ValueError(
-                f"pruner.min_resource ({min_resource}) exceeds the largest epochs value ({self.space.max_epochs()})"
+                f"pruner.min_resource ({min_resource}) exceeds the largest epochs value ({max_epochs})"
             )
         return self
 
