@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import torch
@@ -28,7 +28,7 @@ from worker.hyperparams import make_optimizer
 from worker.model import build_head, load_encoder, mean_pool, model_folder
 from worker.runner import TrialRunner
 
-PARAMS = {
+PARAMS: dict[str, Any] = {
     "learning_rate": 1e-3,
     "batch_size": 16,
     "depth": 3,
@@ -265,8 +265,9 @@ def epoch_flops(spec: StudySpec) -> float:
     tokens = tokenize_split(encoder, load_split(task), max_length=task.max_length)
     head = make_head(encoder.hidden_size, len(tokens.label_names))
     return encoder_training_flops(
-        layer_weights=matmul_weights(encoder.model.encoder),
-        n_layers=int(encoder.model.config.num_hidden_layers),
+        # transformers types its submodules loosely (Tensor | Module): these are the BERT encoder and its config.
+        layer_weights=matmul_weights(cast(torch.nn.Module, encoder.model.encoder)),
+        n_layers=int(cast(Any, encoder.model.config).num_hidden_layers),
         hidden_size=encoder.hidden_size,
         per_sequence_weights=matmul_weights(head),
         lengths=tokens.train.lengths,

@@ -43,7 +43,7 @@ from bench.reporting import (
     publish,
     spread,
 )
-from studies import StudyRepository, WorkerIdentity, open_storage
+from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies._optuna import models
 from studies.fleet import new_worker_id
 from studies.records import Claim
@@ -321,7 +321,13 @@ class TimedRepository(StudyRepository):
     def _write_params(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed("params", partial(super()._write_params, *args, **kwargs))
 
-    def claim(self, worker: WorkerIdentity, *, study_names: Sequence[str] | None = None) -> Claim | None:
+    def claim(
+        self,
+        worker: WorkerIdentity,
+        *,
+        study_names: Sequence[str] | None = None,
+        can_run: Callable[[StudySpec], bool] | None = None,
+    ) -> Claim | None:
         if self.first_claim_delay_s:
             delay, self.first_claim_delay_s = self.first_claim_delay_s, 0.0
             if self.stop.wait(delay):
@@ -330,7 +336,7 @@ class TimedRepository(StudyRepository):
         self._phases = {}
         cpu_began = time.thread_time()
         try:
-            claim = super().claim(worker, study_names=study_names)
+            claim = super().claim(worker, study_names=study_names, can_run=can_run)
         except Exception:
             if self._failing_since is None:
                 self._failing_since = started

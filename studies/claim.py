@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from functools import partial
 from typing import Any
@@ -35,9 +35,14 @@ class ClaimTransaction(TrialLifecycle):
         self._specs: dict[tuple[str, int], StudySpec] = {}
         self._samplers: dict[tuple[str, int], optuna.samplers.BaseSampler] = {}
 
-    def _runnable(self, connection: sa.Connection, study_names: Sequence[str] | None) -> list[str]:
+    def _runnable(
+        self,
+        connection: sa.Connection,
+        study_names: Sequence[str] | None,
+        can_run: Callable[[StudySpec], bool] | None = None,
+    ) -> list[str]:
         c = studies_table.c
-        query = sa.select(c.study_name).where(
+        query = sa.select(c.study_name, c.optuna_study_id).where(
             c.state == StudyState.RUNNING,
             c.n_claimed < c.n_trials,
             sa.or_(c.deadline_at.is_(None), c.deadline_at > utcnow()),
@@ -45,9 +50,22 @@ class ClaimTransaction(TrialLifecycle):
         )
         if study_names is not None:
             query = query.where(c.study_name.in_(list(study_names)))
-        return list(
-            connection.execute(query.order_by(c.priority.desc(), c.n_claimed, c.created_at)).scalars()
-        )
+        rows = connection.execute(query.order_by(c.priority.desc(), c.n_claimed, c.created_at)).all()
+        return [
+            row.study_name
+            for row in rows
+            if can_run is None or can_run(self._spec_of(connection, row.study_name, row.optuna_study_id))
+        ]
+
+    def _spec_of(self, connection: sa.Connection, study_name: str, optuna_study_id: int) -> StudySpec:
+        # Read once per study and process: a spec never changes once stored.
+        key = (study_name, optuna_study_id)
+        if key not in self._specs:
+            stored = connection.execute(
+                sa.select(studies_table.c.spec).where(studies_table.c.study_name == study_name)
+            ).scalar_one()
+            self._specs[key] = StudySpec.model_validate(stored)
+        return self._specs[key]
 
     def _take_slot(self, connection: sa.Connection, study_name: str) -> Any:
         c = studies_table.c
@@ -69,14 +87,17 @@ class ClaimTransaction(TrialLifecycle):
         return record_from_row(row, spec)
 
     def _take_trial(
-        self, worker: WorkerIdentity, study_names: Sequence[str] | None
+        self,
+        worker: WorkerIdentity,
+        study_names: Sequence[str] | None,
+        can_run: Callable[[StudySpec], bool] | None = None,
     ) -> tuple[StudyRecord, NewTrial, dict[str, Any]] | None:
         # The whole claim in one transaction: a budget slot, a RUNNING trial (queued first), its
         # tags, and the worker's registry row pointing at it. Nothing half-made survives a crash or
         # a dropped connection; a retry after a commit whose answer was lost leaves the first trial
         # held by no registry row, which the reaper's sweep for unheld trials retries.
         with self._begin() as connection:
-            for name in self._runnable(connection, study_names):
+            for name in self._runnable(connection, study_names, can_run):
                 row = self._take_slot(connection, name)
                 if row is None:
                     continue
@@ -178,13 +199,21 @@ class ClaimTransaction(TrialLifecycle):
             trial_rows.lock_running(connection, trial._trial_id)
             trial_rows.add_params(connection, trial._trial_id, trial.params, trial.distributions)
 
-    def claim(self, worker: WorkerIdentity, *, study_names: Sequence[str] | None = None) -> Claim | None:
+    def claim(
+        self,
+        worker: WorkerIdentity,
+        *,
+        study_names: Sequence[str] | None = None,
+        can_run: Callable[[StudySpec], bool] | None = None,
+    ) -> Claim | None:
         """Claim the next trial of a runnable study within its budget, or None when there is nothing to do.
 
+        can_run(spec) leaves out the studies this worker may not run (an entry point its operator does not
+        allow), so their trials wait for a worker that may, instead of failing here.
         WorkerDeclaredLost if the worker's registry row says it was declared lost (nothing is claimed).
         """
         started = time.perf_counter()
-        taken = self._take_trial(worker, study_names)
+        taken = self._take_trial(worker, study_names, can_run)
         if taken is None:
             return None
         record, new, tags = taken

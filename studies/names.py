@@ -8,6 +8,9 @@ SAMPLER_NAMES: Final = ("tpe", "random", "grid", "qmc", "cmaes", "gp")
 PRUNER_NAMES: Final = ("none", "median", "percentile", "successive_halving", "hyperband")
 STUDY_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 BUILTIN_MODELS: Final = ("all-MiniLM-L6-v2",)
+# Built-in torch-module models: a small MLP text classifier over hashed text, pretrained once per node on a
+# built-in corpus and saved with torch.save(model), as a user's own pretrained_model.pth would be.
+BUILTIN_MODULES: Final = ("mlp-tweets-sentiment",)
 BUILTIN_DATA: Final = ("bbc-news", "tweets-sentiment")
 FINETUNE_MODES: Final = ("head", "last-k", "full")
 DATA_FILE_SUFFIXES: Final = (".csv", ".jsonl", ".parquet")

@@ -32,6 +32,7 @@ from studies.names import (
     ACTIVATION_NAMES,
     BUILTIN_DATA,
     BUILTIN_MODELS,
+    BUILTIN_MODULES,
     DATA_FILE_SUFFIXES,
     ENTRYPOINT_PATTERN,
     FINETUNE_MODES,
@@ -587,8 +588,9 @@ class Task(_Strict):
     def _model(cls, v: str) -> str:
         if "\x00" in v:
             raise ValueError("model must not contain NUL characters")
-        if v.startswith("builtin:") and v.removeprefix("builtin:") not in BUILTIN_MODELS:
-            raise ValueError(f"unknown built-in model {v!r}; built-in: {', '.join(BUILTIN_MODELS)}")
+        known = (*BUILTIN_MODELS, *BUILTIN_MODULES)
+        if v.startswith("builtin:") and v.removeprefix("builtin:") not in known:
+            raise ValueError(f"unknown built-in model {v!r}; built-in: {', '.join(known)}")
         return v
 
     @field_validator("data")
@@ -650,6 +652,10 @@ class Task(_Strict):
             raise ValueError(
                 "kind python needs entrypoint: package.module:function, importable on every worker"
             )
+        elif kind == _TEXT and self.model.removeprefix("builtin:") in BUILTIN_MODULES:
+            raise ValueError(
+                f"model {self.model!r} is a built-in torch-module model: use it with kind torch-module"
+            )
         elif kind == _TEXT and PurePath(self.model).suffix.lower() in MODEL_FILE_SUFFIXES:
             raise ValueError(
                 f"model {self.model[:200]!r} is a file, and a text-classification model is a Hugging Face folder"
@@ -659,10 +665,10 @@ class Task(_Strict):
         return self
 
     def _check_torch_module(self) -> None:
-        if "model" not in self.model_fields_set or self.model.startswith("builtin:"):
+        if "model" not in self.model_fields_set or self.model.removeprefix("builtin:") in BUILTIN_MODELS:
             raise ValueError(
                 "kind torch-module needs model: the path of a file saved with torch.save (a whole module, or a"
-                " state_dict with factory) or of a TorchScript file"
+                f" state_dict with factory), of a TorchScript file, or builtin:{BUILTIN_MODULES[0]}"
             )
         if self.replace is None:
             raise ValueError(

@@ -72,6 +72,17 @@ def repository(store_url: str) -> Iterator[StudyRepository]:
     repo.engine.dispose()
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the test: a tiny model trains faster on one thread than on two busy ones."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 _NAMES_TO_DELETE: list[str] = []
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from studies.startup import StartupError, build_settings, positive_int, store_problem
 
 if TYPE_CHECKING:
+    from studies.spec import Task
     from worker.runner import TrialRunner
 
 EXIT_USAGE = 2
@@ -34,6 +35,8 @@ def _launch(args: argparse.Namespace) -> int:
         child_args += ["--max-trials", str(args.max_trials)]
     if args.exit_when_idle:
         child_args.append("--exit-when-idle")
+    for allowed in args.allow_entrypoint or []:
+        child_args += ["--allow-entrypoint", allowed]
     if args.gpus:
         try:
             gpus = parse_gpus(args.gpus, visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -49,12 +52,30 @@ def _launch(args: argparse.Namespace) -> int:
     return supervise(child_args, slots)
 
 
+def _warm_torch_module(runner: TrialRunner, task: Task) -> int:
+    from worker.builtin_modules import is_builtin_module
+    from worker.failures import TrialFailure
+
+    if not is_builtin_module(task.model):
+        print("nothing to warm: a torch-module study's model is its own file, loaded by each worker")
+        return 0
+    print(f"preparing {task.model} (built once per node, then reused)")
+    try:
+        runner.prepare(task)
+    except TrialFailure as error:
+        # The same reason its trials would fail with, as one line: the demo stops here rather than fail them all.
+        raise StartupError(f"cannot prepare {task.model}: {error}") from None
+    return 0
+
+
 def _warm_cache(runner: TrialRunner, study_names: list[str] | None) -> int:
     if not study_names or len(study_names) != 1:
         raise StartupError("--warm-cache needs exactly one --study NAME")
     from tqdm import tqdm
 
     task = runner.repository.get(study_names[0]).spec.task
+    if task.kind == "torch-module":
+        return _warm_torch_module(runner, task)
     if task.kind == "synthetic" or task.finetune != "head":
         # Only head studies train on cached encoder features; last-k and full run the encoder itself.
         kind = "synthetic" if task.kind == "synthetic" else task.finetune
@@ -89,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from worker.settings import WorkerSettings
 
-    settings = build_settings(WorkerSettings, {"device": ("--device", args.device)})
+    allowed = tuple(args.allow_entrypoint) if args.allow_entrypoint else None
+    settings = build_settings(
+        WorkerSettings,
+        {"device": ("--device", args.device), "allowed_entrypoints": ("--allow-entrypoint", allowed)},
+    )
     try:
         runner, identity = build_runner(settings)
     except DeviceError as error:
@@ -119,9 +144,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--max-trials", type=positive_int, help="exit after this many trials")
     parser.add_argument("--exit-when-idle", action="store_true", help="exit when no trial is left to claim")
     parser.add_argument(
-        "--warm-cache", action="store_true", help="only build the study's feature cache, then exit"
+        "--warm-cache",
+        action="store_true",
+        help="only build the study's feature cache (or its built-in model), then exit",
     )
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (TUNEFLEET_DEVICE)")
+    parser.add_argument(
+        "--allow-entrypoint",
+        action="append",
+        metavar="PACKAGE",
+        help="kind python studies may run entry points under this package, or this package.module:function"
+        " (repeat for several; replaces TUNEFLEET_ALLOWED_ENTRYPOINTS)",
+    )
     fleet = parser.add_mutually_exclusive_group()
     fleet.add_argument(
         "--gpus", help="one worker process per GPU: 'all' or indexes like 0,1 (restarted on crash)"

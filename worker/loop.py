@@ -58,7 +58,12 @@ def build_runner(settings: WorkerSettings) -> tuple[TrialRunner, WorkerIdentity]
         )
         artifact_store = None
     runner = TrialRunner(
-        repository=repository, device=device, cache_dir=settings.cache_dir, artifact_store=artifact_store
+        repository=repository,
+        device=device,
+        cache_dir=settings.cache_dir,
+        artifact_store=artifact_store,
+        trust_pickled_models=settings.trust_pickled_models,
+        allowed_entrypoints=settings.allowed_entrypoints,
     )
     return runner, identity
 
@@ -171,7 +176,12 @@ def run_loop(
                     runner.lost.clear()
             try:
                 claim = with_retry(
-                    partial(runner.repository.claim, identity, study_names=options.study_names),
+                    partial(
+                        runner.repository.claim,
+                        identity,
+                        study_names=options.study_names,
+                        can_run=runner.can_run,
+                    ),
                     what="claim",
                     stop=stop,
                     reset=runner.repository.reset_session,

@@ -22,9 +22,10 @@ import torch
 from studies import Claim, StudyRepository
 from studies.artifacts import MODEL_ARTIFACT_ATTR, ArtifactStore, upload_model, write_model_archive
 from studies.resilience import GaveUp, is_transient, with_retry
-from studies.spec import Task
+from studies.spec import StudySpec, Task
 from studies.states import StopReason, StudyState
 from worker.early_stopping import Patience
+from worker.entrypoints import is_allowed, user_code
 from worker.epochs import EpochResult, KeepRule, StopTraining, TrainResult, keep_rule
 from worker.failures import TrialFailure
 from worker.tasks import TASK_KINDS
@@ -86,6 +87,10 @@ class RunningTrial:
     on_epoch: Callable[[EpochResult], None]
     interrupted: Callable[[], str | None]
     wake: threading.Event
+    # Which trial this is and which metric its objective reads: for kinds that hand it to the user's code.
+    study_name: str = ""
+    number: int = 0
+    metric: str = "val_loss"
 
     def report(self, result: EpochResult) -> None:
         """Record an epoch's results; raises StopTraining when the trial must end there (pruned, stopped)."""
@@ -112,13 +117,38 @@ class TrialRunner:
     _state_checked: dict[str, tuple[float, str]] = field(default_factory=dict)
     # Where a new best trial's fine-tuned weights go; None keeps no models (tests, benchmarks).
     artifact_store: ArtifactStore | None = None
+    trust_pickled_models: bool = False
+    allowed_entrypoints: tuple[str, ...] = ()
     _tasks: dict[str, TrialTask] = field(default_factory=dict)
+    _refused: set[str] = field(default_factory=set)
+
+    def can_run(self, spec: StudySpec) -> bool:
+        """Whether this worker may run the study's trials: its user code, if any, is on the operator's allow list."""
+        code = user_code(spec)
+        if code is None or is_allowed(code, self.allowed_entrypoints):
+            return True
+        if spec.name not in self._refused:
+            # Said once per study: its trials wait for a worker that allows the code, and none may fail here.
+            self._refused.add(spec.name)
+            log.warning(
+                "study %s runs %s, which this worker does not allow: left to workers that do"
+                " (tunefleet worker --allow-entrypoint %s, or TUNEFLEET_ALLOWED_ENTRYPOINTS)",
+                spec.name,
+                code,
+                code.partition(":")[0].split(".")[0],
+            )
+        return False
 
     def task_kind(self, task: Task) -> TrialTask:
         """This process's instance of the task's kind, made on first use."""
         if task.kind not in self._tasks:
             self._tasks[task.kind] = TASK_KINDS[task.kind](
-                TaskHost(device=self.device, cache_dir=self.cache_dir)
+                TaskHost(
+                    device=self.device,
+                    cache_dir=self.cache_dir,
+                    trust_pickled_models=self.trust_pickled_models,
+                    allowed_entrypoints=self.allowed_entrypoints,
+                )
             )
         return self._tasks[task.kind]
 
@@ -168,6 +198,9 @@ class TrialRunner:
             on_epoch=on_epoch,
             interrupted=self.interrupted,
             wake=self.stopping,
+            study_name=claim.study_name,
+            number=claim.trial.number,
+            metric=claim.spec.objective.metric,
         )
         return kind.run(task, trial)
 
@@ -222,7 +255,11 @@ class TrialRunner:
         # Pruned, not failed: Optuna's TPE learns only from COMPLETE and PRUNED trials, and ranks an
         # infeasible one below every feasible one, so it steers away from configurations that ran
         # out of memory. A FAIL would be invisible to it. The reason is recorded as for a failure.
-        reason = f"out of memory at batch_size={claim.params.get('batch_size')}"
+        if "batch_size" in claim.params:
+            reason = f"out of memory at batch_size={claim.params['batch_size']}"
+        else:  # a kind python space of the user's own names: all of them say what was asked for
+            shown = ", ".join(f"{name}={value}" for name, value in claim.params.items())
+            reason = f"out of memory with {shown}"[:500]
         log.warning("trial %d of %s: %s", claim.trial.number, claim.study_name, reason)
         self._store("mark infeasible", lambda: mark_infeasible(claim.trial, OUT_OF_MEMORY_CONSTRAINT))
         self._store("prune", lambda: self.repository.prune(claim, {**extra_attrs, "fail_reason": reason}))
@@ -285,6 +322,8 @@ class TrialRunner:
                 base.update(
                     val_loss=last[0].val_loss, val_accuracy=last[0].val_accuracy, epochs_run=last[0].epoch
                 )
+                if last[0].metrics:
+                    base["metrics"] = last[0].metrics
             return {**base, **(extra or {})}
 
         def fail(reason: str, *, logged: bool = False) -> str:
@@ -339,6 +378,7 @@ class TrialRunner:
                 "val_accuracy": chosen.val_accuracy,
                 "chosen_epoch": chosen.epoch,
                 "epochs_run": len(result.epochs),
+                **({"metrics": chosen.metrics} if chosen.metrics else {}),
                 "train_s": round(result.train_s - reporting_s[0], 3),
                 "report_s": round(reporting_s[0], 3),
                 **early_stop,

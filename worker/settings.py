@@ -1,9 +1,10 @@
 """Worker settings from TUNEFLEET_* environment variables, built at start-up and passed in."""
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from studies import DEFAULT_DATABASE_URL
 from studies.artifacts import default_artifact_dir
@@ -29,3 +30,17 @@ class WorkerSettings(BaseSettings):
     pool_size: int = Field(2, ge=0, description="connections kept per process; 0: none (NullPool)")
     heartbeat_interval_s: float = Field(10.0, gt=0)
     grace_period_s: float = Field(60.0, gt=0, description="silence after which a worker is declared lost")
+    # torch.load of a whole pickled module runs code from the file: an operator's decision, never a default.
+    trust_pickled_models: bool = Field(
+        False, description="load torch-module models saved as whole pickled modules"
+    )
+    # kind python runs these entry points only: a package (mypkg: everything under it) or one function
+    # (mypkg.train:run), comma-separated. Empty: no kind python trial runs on this worker.
+    allowed_entrypoints: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("allowed_entrypoints", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value

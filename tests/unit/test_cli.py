@@ -302,5 +302,5 @@ def test_study_create_takes_a_presets_name_as_the_demo_does(capsys: pytest.Captu
     assert one_error_line(capsys).startswith("cannot reach the tunefleet service")
     assert main(["study", "create", "no-such-preset", "--url", "http://127.0.0.1:9"]) == 2
     assert one_error_line(capsys) == (
-        "no such spec file: no-such-preset (or a preset: bbc-news-minilm, tweets-sentiment-minilm)"
+        "no such spec file: no-such-preset (or a preset: bbc-news-minilm, mlp-bbc-news, tweets-sentiment-minilm)"
     )

@@ -18,10 +18,14 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class TaskHost:
-    """Where a task kind runs: this process's device and the node's cache folder."""
+    """Where a task kind runs: this process's device, the node's cache folder, and what its operator allows."""
 
     device: torch.device
     cache_dir: Path
+    # Whole pickled modules are loaded only when the worker's operator said so (TUNEFLEET_TRUST_PICKLED_MODELS).
+    trust_pickled_models: bool = False
+    # The entry points kind python may run: packages, or package.module:function (TUNEFLEET_ALLOWED_ENTRYPOINTS).
+    allowed_entrypoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,21 @@ class TrialContext(Protocol):
     @property
     def keep(self) -> KeepRule:
         """Which epoch's weights the objective wants kept (its best, or its final epoch)."""
+        ...
+
+    @property
+    def study_name(self) -> str:
+        """The name of the trial's study."""
+        ...
+
+    @property
+    def number(self) -> int:
+        """The trial's number in its study; a trial handed back keeps it."""
+        ...
+
+    @property
+    def metric(self) -> str:
+        """The metric the study's objective reads from each epoch: val_loss or val_accuracy."""
         ...
 
     def report(self, result: EpochResult) -> None:
