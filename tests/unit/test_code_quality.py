@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PACKAGES = ["studies", "service", "worker", "tunefleet", "tests"]
+PACKAGES = ["studies", "service", "worker", "tunefleet", "bench", "examples", "tests"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
