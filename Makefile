@@ -60,7 +60,7 @@ lock: install
 # Benchmarks measure; tests never assert times. Each script prints its table and writes bench/results/*.json
 # (kept in git: the raw figures behind BENCHMARKS.md); bench/write_report.py gathers them into BENCHMARKS.md
 # with the machine, versions and commands.
-BENCHES := time_to_good_model early_stopping coordination_overhead claim_phases finetune_throughput store_scale
+BENCHES := time_to_good_model early_stopping coordination_overhead claim_phases trial_api_overhead finetune_throughput store_scale
 
 bench: install
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b || exit 1; done

@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from bench.reporting import (
     ratio,
     spread,
 )
-from studies import StudyRepository, open_storage
+from studies import StudyRepository, StudySpec, open_storage
 from studies.space import distributions
 from studies.tables import workers_table
 from worker.synthetic_loss import synthetic_loss
@@ -221,14 +221,21 @@ def optuna_worker(url: str) -> int:
 
 
 def start_tunefleet_pool(
-    n: int, url: str, study_names: Sequence[str], logdir: Path, admin: sa.Engine
+    n: int,
+    url: str,
+    study_names: Sequence[str],
+    logdir: Path,
+    admin: sa.Engine,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Processes:
     """`tunefleet worker` processes for these studies; frozen (SIGSTOP) once registered and idle.
 
-    Started once and reused across runs, so start-up is never measured.
+    Started once and reused across runs, so start-up is never measured. extra_env adds settings
+    (an allow list of entry points, say) to the environment they start with.
     """
     env = {
         **os.environ,
+        **(extra_env or {}),
         "TUNEFLEET_DATABASE_URL": url,
         "TUNEFLEET_POLL_INTERVAL_S": str(POLL_INTERVAL_S),
         # Frozen between runs, workers miss heartbeats: they must not be declared lost meanwhile.
@@ -333,10 +340,19 @@ def fill_run(run: Run, rows: list[Any], claims: list[Claimed], cpu_s: float, ser
 
 
 def run_tunefleet(
-    run: Run, name: str, pool: Processes, repository: StudyRepository, admin: sa.Engine, app: str
+    run: Run,
+    name: str,
+    pool: Processes,
+    repository: StudyRepository,
+    admin: sa.Engine,
+    app: str,
+    spec: StudySpec | None = None,
 ) -> None:
-    """Create (and seed) the study while the workers are frozen, resume them, stop them when it is done."""
-    spec = zero_cost_spec(name, run.sampler, run.trials, seed=SPEC_SEED)
+    """Create (and seed) the study while the workers are frozen, resume them, stop them when it is done.
+
+    The study is the zero-cost one with the run's sampler, unless another spec (named `name`) is given.
+    """
+    spec = spec or zero_cost_spec(name, run.sampler, run.trials, seed=SPEC_SEED)
     record = repository.create(spec)
     if run.seeded:
         seed_trials(admin, record.optuna_study_id, distributions(spec.space), run.seeded, seed=run.repeat)

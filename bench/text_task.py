@@ -1,4 +1,4 @@
-"""The built-in text-classification task as the fine-tuning benchmarks load it: presets, the node's feature cache, versions."""
+"""The built-in text tasks as the fine-tuning benchmarks load them: presets, the node's feature cache, versions."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 import torch
 
+from bench.module_task import module_trainer
 from bench.reporting import cpu_model
 from studies import load_spec_file, preset_path
 from studies.spec import Task
@@ -23,12 +24,17 @@ from worker.training import train_head
 
 PRESETS = ("bbc-news-minilm", "tweets-sentiment-minilm")
 
+# What a plain-Optuna objective calls: train(params, seed, on_epoch) -> every epoch's results.
+Trainer = Callable[[dict[str, Any], int, Callable[[EpochResult], None]], list[EpochResult]]
+
 
 def load_preset(preset: str, *, smoke: bool = False) -> dict[str, Any]:
-    """A built-in preset's spec as a mapping; at smoke size, on a tiny subset of short texts."""
+    """A built-in preset's spec as a mapping; at smoke size, on a tiny subset (of short texts, for an encoder)."""
     raw = load_spec_file(preset_path(preset))
     if smoke:
-        raw["task"] = {**raw.get("task", {}), "max_examples": 60, "max_length": 32}
+        task = raw.get("task", {})
+        short = {"max_length": 32} if task.get("kind", "text-classification") == "text-classification" else {}
+        raw["task"] = {**task, "max_examples": 60, **short}
     return raw
 
 
@@ -56,6 +62,18 @@ def train_on_cpu(
         on_epoch=on_epoch,
     )
     return result.epochs
+
+
+def plain_trainer(task: Task, cache: Path) -> Trainer:
+    """The task's training as a plain-Optuna objective runs it, its data (and model) loaded once, before any clock.
+
+    A text-classification head trains on the node's cached features; a torch-module task fine-tunes the
+    kind's model on the kind's inputs (bench.module_task).
+    """
+    if task.kind == "torch-module":
+        return module_trainer(task, cache)
+    features = cached_features(task, cache)
+    return lambda params, seed, on_epoch: train_on_cpu(features, params, seed, on_epoch)
 
 
 def versions() -> dict[str, Any]:

@@ -20,14 +20,14 @@ import optuna
 import torch
 
 from bench.common import suggest
+from bench.module_task import MODULE_PRESETS
 from bench.reporting import benchmark_parser, command_line, markdown_table, median_interval, publish
-from bench.text_task import PRESETS, cached_features, feature_cache_dir, load_preset, train_on_cpu, versions
+from bench.text_task import PRESETS, Trainer, feature_cache_dir, load_preset, plain_trainer, versions
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies.space import distributions
 from studies.spec import DEFAULT_COST_WEIGHT, DEFAULT_PATIENCE
 from worker.device import configure_threads
 from worker.epochs import EpochResult
-from worker.features import Features
 from worker.runner import TrialRunner
 
 WORKER = WorkerIdentity(host=platform.node(), pid=os.getpid(), device="cpu", worker_id="bench")
@@ -58,7 +58,7 @@ class Run:
         return next((p for p in self.points if p.best <= target + 1e-12), None)
 
 
-def run_plain_optuna(method: str, spec: StudySpec, features: Features, seed: int, epoch_budget: int) -> Run:
+def run_plain_optuna(method: str, spec: StudySpec, train: Trainer, seed: int, epoch_budget: int) -> Run:
     """Plain Optuna study.optimize, no pruning: (b) default TPE or (c) random, the same training function."""
     sampler = (
         optuna.samplers.TPESampler(seed=seed)
@@ -78,7 +78,7 @@ def run_plain_optuna(method: str, spec: StudySpec, features: Features, seed: int
         def on_epoch(result: EpochResult) -> None:
             trial.report(result.val_loss, result.epoch)
 
-        epochs = train_on_cpu(features, params, seed * 100_003 + trial.number, on_epoch)
+        epochs = train(params, seed * 100_003 + trial.number, on_epoch)
         epochs_used += len(epochs)
         return min(e.val_loss for e in epochs)
 
@@ -134,12 +134,12 @@ def run_seed(raw: dict[str, Any], seed: int, epoch_budget: int, cache_dir: Path)
             "budget": {"n_trials": 100_000},
         }
     )
-    features = cached_features(spec.task, cache_dir)
+    train = plain_trainer(spec.task, cache_dir)
     with tempfile.TemporaryDirectory() as workdir:
         runs = [
             run_tunefleet(spec, seed, epoch_budget, cache_dir, Path(workdir)),
-            run_plain_optuna("optuna-tpe", spec, features, seed, epoch_budget),
-            run_plain_optuna("random", spec, features, seed, epoch_budget),
+            run_plain_optuna("optuna-tpe", spec, train, seed, epoch_budget),
+            run_plain_optuna("random", spec, train, seed, epoch_budget),
         ]
     print(f"seed {seed}: " + ", ".join(f"{r.method} best {r.best():.4f}" for r in runs), flush=True)
     return runs
@@ -295,20 +295,41 @@ def report(runs: list[Run], config: dict[str, Any]) -> dict[str, Any]:
             "met": ours is not None and (tpe is None or ours < tpe),
         },
     ]
+    task, loaded = task_text(config)
     result["markdown"] = (
         markdown(result)
-        + f"\n\nTask: the `{config['preset']}` preset ({config['task'].get('finetune', 'head')} mode). "
-        f"{config['seeds']} seeds, {config['epoch_budget']} trial-epochs per run, one worker process (one CPU "
-        "thread) per method; tunefleet with its defaults (TPE weighing predicted seconds per epoch at "
+        + f"\n\nTask: {task}. {config['seeds']} seeds, {config['epoch_budget']} trial-epochs per run, one "
+        "worker process (one CPU thread) per method; tunefleet with its defaults (TPE weighing predicted seconds per epoch at "
         f"cost_weight {DEFAULT_COST_WEIGHT}, Hyperband, early stopping after {DEFAULT_PATIENCE} epochs without a "
-        "better loss); compute = process CPU seconds, after each method has the task's cached features in "
-        "memory, to the first trial whose best reached random search's final best; a seed that never reached "
-        "it counts as needing more than any that did."
+        f"better loss); compute = process CPU seconds, after each method has {loaded} in memory, to the first "
+        "trial whose best reached random search's final best; a seed that never reached it counts as needing "
+        "more than any that did."
         "\n\nBest validation loss (median over seeds) within a share of random search's whole compute for "
         "the same seed, and in brackets the seeds that had reached random search's final best by then:\n\n"
         + checkpoint_markdown(result["checkpoints"])
     )
+    if "cpu" in config:
+        result["markdown"] += (
+            f"\n\nMachine: {config['cores']} cores, {config['cpu']}; Python {config['python']}, "
+            f"optuna {config['optuna']}, torch {config['torch']}."
+        )
     return result
+
+
+def task_text(config: dict[str, Any]) -> tuple[str, str]:
+    """What the run searched, and what each method loads before its clock starts, as the table's text says it."""
+    task = config["task"]
+    if task.get("kind") == "torch-module":
+        return (
+            f"the `{config['preset']}` preset (kind torch-module: `{task['model']}` with `{task['replace']}` "
+            f"replaced by the searched head, freeze {task.get('freeze', 'all-but-replaced')}; the baselines "
+            "train it with the kind's own model, inputs and training loop)",
+            "the pretrained model and the hashed inputs",
+        )
+    return (
+        f"the `{config['preset']}` preset ({task.get('finetune', 'head')} mode)",
+        "the task's cached features",
+    )
 
 
 def rescore(path: Path) -> dict[str, Any]:
@@ -332,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--preset",
         default="bbc-news-minilm",
-        choices=PRESETS,
-        help="the built-in study to search (default: BBC News, the issue's task)",
+        choices=(*PRESETS, *MODULE_PRESETS),
+        help="the built-in study to search (default: BBC News with MiniLM)",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="seeds run side by side, each in its own single-threaded process"
@@ -352,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         raw["task"] = {**raw.get("task", {}), "max_examples": 600}
     cache = feature_cache_dir()
     started = time.monotonic()
-    # Built once here, so parallel seeds only read the cache.
-    cached_features(StudySpec.model_validate({**raw, "name": "probe"}).task, cache)
+    # The features (or the built-in pretrained model) built once here, so parallel seeds only read the cache.
+    plain_trainer(StudySpec.model_validate({**raw, "name": "probe"}).task, cache)
     runs: list[Run] = []
     jobs = [(raw, seed, budget, cache) for seed in range(seeds)]
     if args.jobs > 1:

@@ -28,6 +28,8 @@ EXTRA = {
     "finetune_throughput_gpu": "3b. Fine-tuning throughput on a GPU (head, last-k, full with bf16; MFU)",
     "early_stopping": "1c. Early stopping: the CPU random trials spend after their validation loss stalls",
     "early_stopping_tweets": "1d. Early stopping on the tweets preset",
+    "time_to_good_model_mlp": "1e. Time to a good model on the mlp-bbc-news preset (kind torch-module: a pretrained MLP, fine-tuned)",
+    "trial_api_overhead": "2c. What a kind python trial (the Trial API) costs per trial, against the built-in synthetic task",
     "store_scale_paced_256": "4b. Scale of the store: the paced 256-worker fleet behind PgBouncer, longer windows",
 }
 

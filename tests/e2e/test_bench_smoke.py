@@ -1,4 +1,4 @@
-"""Benchmarks 2, 2b and 4 still run: each at a tiny size on the test PostgreSQL, writing the JSON they report from."""
+"""Benchmarks 2, 2b, 2c and 4 still run: each at a tiny size on the test PostgreSQL, writing the JSON they report from."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from bench import claim_phases, coordination_overhead, pgbouncer, store_scale
+from bench import claim_phases, coordination_overhead, pgbouncer, store_scale, trial_api_overhead
 from studies.storage import normalize_url
 from studies.tables import studies_table
 
@@ -130,3 +130,25 @@ def test_claim_phases_times_every_phase_of_real_workers_and_cleans_up(
     assert phases["claim"]["wall_ms_p50"] >= phases["sampling"]["wall_ms_p50"]
     assert fleet["claim_s_p50_ms"] > 0 and fleet["runnable_mean"] >= 1
     assert leftover_studies(postgres_url, [fleet["study_name"]]) == []
+
+
+def test_trial_api_overhead_runs_both_kinds_on_the_same_workers_and_cleans_up(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    out = tmp_path / "trial_api.json"
+    assert trial_api_overhead.main(["--smoke", "--url", postgres_url, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert_describes_its_run(result)
+    assert sorted(run["system"] for run in result["runs"]) == ["python", "synthetic"]
+    assert all(run["states"] == {"complete": run["trials"]} for run in result["runs"])
+    # The entry point does what the synthetic task does: the same trials, values and reports.
+    assert result["same_trials"] == [True]
+    for kind in ("synthetic", "python"):
+        figures = result["summary"]["kinds"][kind]
+        assert figures["wall_ms_per_trial"]["median"] > 0 and figures["in_process_cpu_us"]["median"] > 0
+        assert result["statements"][kind]["statements"] > 0
+    assert result["summary"]["ratio"]["wall_ms_per_trial"]["median"] > 0
+    same_sql = result["targets"][0]
+    assert same_sql["target"].startswith("a kind python trial makes the same SQL") and same_sql["met"] is True
+    assert "| kind python |" in result["markdown"]
+    assert leftover_studies(postgres_url, result["studies_created_and_deleted"]) == []

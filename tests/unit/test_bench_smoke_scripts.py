@@ -1,4 +1,4 @@
-"""Benchmarks 1 and 3 and the early-stopping study still run: each at a tiny size, writing the JSON that BENCHMARKS.md is made from."""
+"""Benchmarks 1 (on the MiniLM and torch-module presets) and 3 and the early-stopping study still run: each at a tiny size, writing the JSON that BENCHMARKS.md is made from."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from bench import coordination_overhead, early_stopping, finetune_throughput, time_to_good_model, write_report
+from bench.module_task import module_trainer
+from bench.text_task import feature_cache_dir, load_preset
+from bench.trial_api_overhead import NullTrial
+from studies import StudySpec
+from worker.tasks.interface import TaskHost
+from worker.tasks.torch_module import TorchModule
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +35,33 @@ def test_time_to_good_model_runs_at_a_tiny_size(tmp_path: Path) -> None:
     # Recomputing the figures from the raw runs gives the same figures.
     assert time_to_good_model.main(["--rescore", str(out)]) == 0
     assert json.loads(out.read_text())["summary"] == result["summary"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_time_to_good_model_runs_the_torch_module_preset_at_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "ttg.json"
+    assert (
+        time_to_good_model.main(["--smoke", "--preset", "mlp-bbc-news", "--seeds", "1", "--out", str(out)])
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["config"]["task"]["kind"] == "torch-module"
+    assert sorted(r["method"] for r in result["runs"]) == ["optuna-tpe", "random", "tunefleet"]
+    assert all(r["points"] for r in result["runs"])
+    assert result["summary"]["random"]["reached_target"] == "1/1"
+    assert "kind torch-module" in result["markdown"] and "Machine:" in result["markdown"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_plain_baselines_train_the_torch_module_preset_as_its_kind_does() -> None:
+    task = StudySpec.model_validate({**load_preset("mlp-bbc-news", smoke=True), "name": "probe"}).task
+    params = {"learning_rate": 3e-3, "batch_size": 16, "epochs": 2, "depth": 1, "width": 32}
+    params |= {"activation": "elu", "optimizer": "adam"}
+    train = module_trainer(task, feature_cache_dir())
+    plain = [e.val_loss for e in train(params, 7, lambda result: None)]
+    kind = TorchModule(TaskHost(device=torch.device("cpu"), cache_dir=feature_cache_dir()))
+    worker = [e.val_loss for e in kind.run(task, NullTrial(params, seed=7, number=0)).epochs]
+    assert len(plain) == 2 and plain == worker
 
 
 def test_a_seed_that_never_reaches_the_target_counts_against_the_median() -> None:
