@@ -19,6 +19,7 @@ import torch
 
 from studies.names import BUILTIN_MODULES
 from worker.data import LabelledSplit, load_builtin_tweets_sentiment, tweets_sentiment_file
+from worker.features import acquire_lock
 from worker.model import ModelError
 from worker.module_files import LoadedModel
 from worker.module_inputs import hash_texts
@@ -29,8 +30,6 @@ BUILTIN_PREFIX = "builtin:"
 MLP_TWEETS_SENTIMENT = "mlp-tweets-sentiment"
 # Bump when the class, the recipe's meaning or the files' layout changes, so old cached models are never read.
 BUILTIN_FORMAT_VERSION = 1
-# How often a process waiting for another's build asks whether it should stop waiting.
-LOCK_POLL_S = 1.0
 # A model that does not beat always answering the most common class by this much is broken, not pretrained.
 MIN_ACCURACY_OVER_MAJORITY = 0.1
 # Validation runs in chunks: hashed text is wide, and the whole set made dense at once is needlessly large.
@@ -307,17 +306,6 @@ def _build(
     )
 
 
-def _acquire(lock: filelock.BaseFileLock, interrupt: Callable[[], None] | None) -> None:
-    # A worker told to stop must not sit out another process's build.
-    while True:
-        try:
-            lock.acquire(timeout=LOCK_POLL_S if interrupt is not None else -1)
-            return
-        except filelock.Timeout:
-            if interrupt is not None:
-                interrupt()
-
-
 def load_builtin_module(
     model: str,
     *,
@@ -344,7 +332,7 @@ def load_builtin_module(
     module = _read_verified(files, recipe, warn=False)
     if module is None:
         lock = filelock.FileLock(str(files.lock))
-        _acquire(lock, interrupt)
+        acquire_lock(lock, interrupt)
         try:
             # Another process may have built it while this one waited for the lock.
             module = _read_verified(files, recipe, warn=True)

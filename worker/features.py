@@ -240,6 +240,18 @@ def _build_features(
     )
 
 
+def acquire_lock(lock: filelock.BaseFileLock, interrupt: Callable[[], None] | None) -> None:
+    """Take a node-wide build lock, calling interrupt() (which raises to give up) while another process holds it."""
+    # A build takes minutes on a CPU: a worker told to stop must not sit out another process's build.
+    while True:
+        try:
+            lock.acquire(timeout=LOCK_POLL_S if interrupt is not None else -1)
+            return
+        except filelock.Timeout:
+            if interrupt is not None:
+                interrupt()
+
+
 def load_or_build_features(
     *,
     encoder_folder: Path,
@@ -273,14 +285,7 @@ def load_or_build_features(
     if features is not None:
         return features
     lock = filelock.FileLock(str(cache_dir / f"features-{key}.lock"))
-    # A build takes minutes on a CPU: a worker told to stop must not sit out another process's build.
-    while True:
-        try:
-            lock.acquire(timeout=LOCK_POLL_S if interrupt is not None else -1)
-            break
-        except filelock.Timeout:
-            if interrupt is not None:
-                interrupt()
+    acquire_lock(lock, interrupt)
     try:
         # Another process may have built it while this one waited for the lock.
         features = _read_cache(path, split, warn=True)
