@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -65,9 +66,17 @@ def download_best_model(study_name: StudyName, repository: Repository, request: 
         raise BestModelNotFound(
             study_name, f"its best trial {best.number} saved no model" + (f" ({why})" if why else "")
         )
+    try:
+        # Optuna names artifacts by UUID: anything else was not written by a worker, and as a path it could
+        # point outside the store.
+        artifact_id = str(uuid.UUID(str(artifact_id)))
+    except ValueError:
+        raise BestModelNotFound(
+            study_name, f"its best trial {best.number} records a malformed {MODEL_ARTIFACT_ATTR}"
+        ) from None
     store = _artifact_store(request.app.state.settings.artifact_dir)
     try:
-        reader = store.open_reader(str(artifact_id))
+        reader = store.open_reader(artifact_id)
     except ArtifactNotFound as error:
         raise BestModelNotFound(
             study_name,
