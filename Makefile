@@ -43,7 +43,8 @@ test: install
 test-latest:
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
-	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	@# torch stays at TORCH_SPEC: an eager upgrade would otherwise fetch the newest torch, a CUDA build of gigabytes.
+	$(LATEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]" "$(TORCH_SPEC)"
 	@$(LATEST_VENV)/bin/pip freeze --all --exclude-editable | sed -E "$(PIN_NAMES)" | LC_ALL=C sort -t= -k1,1 >$(LATEST_VENV)/newest.txt
 	@grep '==' $(LOCK) | sed -E "$(PIN_NAMES)" | LC_ALL=C sort -t= -k1,1 >$(LATEST_VENV)/locked.txt
 	@echo "newer than $(LOCK):"; LC_ALL=C join -t= -o 1.1,1.3,2.3 $(LATEST_VENV)/locked.txt $(LATEST_VENV)/newest.txt \
