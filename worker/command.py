@@ -76,9 +76,10 @@ def _warm_cache(runner: TrialRunner, study_names: list[str] | None) -> int:
     task = runner.repository.get(study_names[0]).spec.task
     if task.kind == "torch-module":
         return _warm_torch_module(runner, task)
-    if task.kind == "synthetic" or task.finetune != "head":
-        # Only head studies train on cached encoder features; last-k and full run the encoder itself.
-        kind = "synthetic" if task.kind == "synthetic" else task.finetune
+    if task.kind != "text-classification" or task.finetune != "head":
+        # Only head studies train on cached encoder features; last-k and full run the encoder itself, and
+        # synthetic and python studies have no encoder of tunefleet's.
+        kind = task.kind if task.kind != "text-classification" else task.finetune
         print(f"nothing to warm: a {kind} study uses no feature cache")
         return 0
     with tqdm(desc="feature cache (one time)", unit="text", leave=True) as bar:

@@ -101,6 +101,17 @@ def test_warm_cache_leaves_a_last_k_study_alone(tmp_path: Path) -> None:
     assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
 
 
+def test_warm_cache_says_a_python_study_has_nothing_to_warm(tmp_path: Path) -> None:
+    spec = {
+        "name": "warm-python",
+        "task": {"kind": "python", "entrypoint": "mypkg.train:run"},
+        "space": {"x": 1},
+    }
+    result = _warm(tmp_path, spec)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to warm: a python study" in result.stdout
+
+
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
