@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC
@@ -16,14 +17,19 @@ from optuna.trial import FrozenTrial, TrialState
 from studies._optuna import trial_rows
 from studies._optuna.trial_rows import NewTrial
 from studies.errors import WorkerDeclaredLost
-from studies.lifecycle import TrialLifecycle
+from studies.lifecycle import Held, TrialLifecycle, TrialVanished, lock_held
 from studies.records import Claim, ClaimedTrial, StudyRecord, WorkerIdentity, record_from_row
-from studies.resilience import GaveUp, with_retry
+from studies.resilience import GaveUp, is_transient, with_retry
 from studies.sampling import build_pruner, build_sampler, derived_seed, sample_params
 from studies.space import conditions, distributions
 from studies.spec import StudySpec
 from studies.states import WORKER_ALIVE, StudyState, WorkerState
 from studies.tables import studies_table, utcnow, workers_table
+
+log = logging.getLogger("tunefleet.claim")
+
+# Claims in a row whose study was deleted under them (outside tunefleet) before one is given up as none.
+CLAIM_ATTEMPTS = 5
 
 
 class ClaimTransaction(TrialLifecycle):
@@ -194,10 +200,25 @@ class ClaimTransaction(TrialLifecycle):
         sample_params(study, frozen, distributions(record.spec.space), conditions(record.spec.space))
         return study
 
-    def _write_params(self, trial: FrozenTrial) -> None:
+    def _write_params(self, held: Held, trial: FrozenTrial) -> None:
         with self._begin() as connection:
-            trial_rows.lock_running(connection, trial._trial_id)
+            lock_held(connection, held)
             trial_rows.add_params(connection, trial._trial_id, trial.params, trial.distributions)
+
+    def _vanished(self, held: Held) -> bool:
+        """Whether a trial just claimed went with its study (deleted or renamed outside tunefleet)."""
+        try:
+            with self._begin() as connection:
+                lock_held(connection, held)
+        except TrialVanished:
+            return True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        # The trial's row may still be there while its study is not (a sampler read the study as it went).
+        try:
+            return self.storage.get_study_id_from_name(held.study_name) != held.study_id
+        except KeyError:
+            return True
 
     def claim(
         self,
@@ -211,13 +232,33 @@ class ClaimTransaction(TrialLifecycle):
         can_run(spec) leaves out the studies this worker may not run (an entry point its operator does not
         allow), so their trials wait for a worker that may, instead of failing here.
         WorkerDeclaredLost if the worker's registry row says it was declared lost (nothing is claimed).
+        A study deleted or renamed outside tunefleet while a trial of it is being claimed is passed over.
         """
         started = time.perf_counter()
+        for attempt in range(CLAIM_ATTEMPTS):
+            try:
+                return self._claim(worker, study_names, can_run, started)
+            except TrialVanished as gone:
+                log.warning("%s while being claimed; claiming another", gone)
+            except sa.exc.IntegrityError:
+                # PostgreSQL refuses a trial for a study deleted after the claim picked it.
+                if attempt == CLAIM_ATTEMPTS - 1:
+                    raise
+        return None
+
+    def _claim(
+        self,
+        worker: WorkerIdentity,
+        study_names: Sequence[str] | None,
+        can_run: Callable[[StudySpec], bool] | None,
+        started: float,
+    ) -> Claim | None:
         taken = self._take_trial(worker, study_names, can_run)
         if taken is None:
             return None
         record, new, tags = taken
         spec = record.spec
+        held = Held(new.trial_id, record.optuna_study_id, new.number, worker.worker_id, record.name)
         # The trial is claimed and held: each step from here is retried on its own through a store
         # outage (a parameter already drawn is kept, not drawn again), never by claiming anew.
         try:
@@ -228,19 +269,23 @@ class ClaimTransaction(TrialLifecycle):
                 partial(self._sample, record, frozen), what="sample parameters", reset=self.reset_session
             )
             with_retry(
-                partial(self._write_params, frozen), what="record parameters", reset=self.reset_session
+                partial(self._write_params, held, frozen),
+                what="record parameters",
+                reset=self.reset_session,
             )
         except optuna.exceptions.UpdateFinishedTrialError:
             # This worker stalled mid-claim and a reaper already failed (and re-queued) the trial.
             return None
-        except GaveUp:
+        except (GaveUp, TrialVanished):
             raise
         except Exception as error:
+            # Reading or sampling a study deleted meanwhile fails, with Optuna's KeyError or another.
+            if not is_transient(error) and self._vanished(held):
+                raise TrialVanished(record.name, new.number) from None
             # A sampler that cannot sample is this trial's failure, recorded, not a trial left RUNNING.
             try:
                 self._end(
-                    new.trial_id,
-                    worker.worker_id,
+                    held,
                     TrialState.FAIL,
                     None,
                     {"fail_reason": f"sampling failed: {type(error).__name__}: {error}"[:2000]},

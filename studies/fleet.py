@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from studies.lifecycle import COPIED_WHILE_RUNNING
 from studies.records import Claim, WorkerIdentity
 from studies.repository import StudyRepository
 from studies.resilience import is_transient
@@ -253,8 +254,10 @@ class Fleet:
     def _retry_unheld_trials(self, grace_s: float) -> None:
         # A claim records its trial in the worker's row in the same transaction, so a RUNNING trial no live
         # worker holds comes from elsewhere: a claim retried after its commit's answer was lost (the row
-        # now holds the retry's trial), a script claiming outside the fleet, a trial another tool started.
-        # A trial seen unheld twice, a grace period apart, is orphaned.
+        # now holds the retry's trial), a script claiming outside the fleet, a trial another tool started,
+        # or a copy of a running trial in a study renamed or copied outside tunefleet (its worker runs the
+        # original, if anything). A trial seen unheld twice, a grace period apart, is orphaned: retried in a
+        # tunefleet study, failed in a study tunefleet does not know (it has no spec to retry it by).
         # Our own monotonic clock decides, never timestamps from hosts whose clocks may disagree.
         c = workers_table.c
         with self.engine.begin() as connection:
@@ -263,11 +266,14 @@ class Fleet:
                     sa.select(c.trial_id).where(c.state.in_(WORKER_ALIVE), c.trial_id.is_not(None))
                 ).scalars()
             )
-        unheld = set(self.repository.running_trial_ids()) - held
+        running = self.repository.running_trials()
+        unheld = set(running) - held
         now = time.monotonic()
         self._unheld_since = {t: self._unheld_since.get(t, now) for t in unheld}
         for trial_id, since in list(self._unheld_since.items()):
-            if now - since >= grace_s:
+            if now - since < grace_s:
+                continue
+            if running[trial_id]:
                 retried = self.repository.retry_lost_trial(trial_id, StopReason.WORKER_LOST)
                 if retried is not None:
                     log.warning(
@@ -275,7 +281,11 @@ class Fleet:
                         retried.number,
                         StopReason.WORKER_LOST,
                     )
-                del self._unheld_since[trial_id]
+            else:
+                failed = self.repository.fail_copied_trial(trial_id)
+                if failed is not None:
+                    log.warning("trial %d of %s failed: %s", failed[1], failed[0], COPIED_WHILE_RUNNING)
+            del self._unheld_since[trial_id]
 
 
 REAPER_LEASE = "reaper"

@@ -1,8 +1,9 @@
-"""A claimed trial's life after its claim: finished, handed back, or retried when its worker is lost."""
+"""A claimed trial's life after its claim: reported, finished, handed back, or retried when its worker is lost."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -11,16 +12,77 @@ from optuna.trial import FrozenTrial, TrialState
 
 from studies._optuna import trial_rows
 from studies._optuna.internals import filter_study, forget_cached_trials, frozen_trial_of
-from studies._optuna.models import TrialModel
+from studies._optuna.models import StudyModel, TrialModel
 from studies.catalog import StudyCatalog
-from studies.errors import StudyNotFound
+from studies.errors import StudyNotFound, TunefleetError
 from studies.records import Claim
+from studies.resilience import is_transient
 from studies.states import WORKER_ALIVE, StopReason, StudyState, WorkerState
 from studies.tables import studies_table, utcnow, workers_table
 
+# The fail_reason of a RUNNING trial that a claim tagged but that no worker runs, in a study tunefleet does
+# not know: optuna-dashboard's rename copies a study's trials, running ones included, then deletes it.
+COPIED_WHILE_RUNNING = (
+    "copied while running: its study was renamed or copied outside tunefleet, and no worker runs it"
+)
+
+
+class TrialVanished(TunefleetError):
+    """A claimed trial is gone: its study was deleted or renamed outside tunefleet (optuna-dashboard, the optuna
+    CLI), or another trial now has its id. Its worker drops it and claims the next."""
+
+    code = "trial_vanished"
+
+    def __init__(self, study_name: str, number: int) -> None:
+        super().__init__(
+            f"trial {number} of {study_name} is gone: its study was deleted or renamed outside tunefleet"
+        )
+        self.study_name = study_name
+        self.number = number
+
+
+@dataclass(frozen=True)
+class Held:
+    """A claimed trial as its claim knows it: the id, and what tells it from another trial given that id."""
+
+    trial_id: int
+    study_id: int
+    number: int
+    worker_id: str
+    study_name: str
+
+    @classmethod
+    def of(cls, claim: Claim) -> Held:
+        """The claim's trial."""
+        return cls(
+            claim.trial._trial_id,
+            claim.study._study_id,
+            claim.trial.number,
+            claim.worker_id,
+            claim.study_name,
+        )
+
+
+def lock_held(connection: sa.Connection, held: Held) -> None:
+    """Lock a claimed trial's row for this transaction; TrialVanished unless it is still the claim's trial,
+    UpdateFinishedTrialError unless it is still RUNNING."""
+    locked = trial_rows.lock(connection, held.trial_id)
+    # The claim tagged its trial with its worker's id, in the claim's transaction.
+    if locked is None or (locked.study_id, locked.number, locked.worker_id) != (
+        held.study_id,
+        held.number,
+        held.worker_id,
+    ):
+        raise TrialVanished(held.study_name, held.number)
+    if locked.state != TrialState.RUNNING:
+        raise optuna.exceptions.UpdateFinishedTrialError(
+            f"trial {held.number} of {held.study_name} is {locked.state.name}, not RUNNING: it cannot be updated"
+        )
+
 
 class TrialLifecycle(StudyCatalog):
-    """Ends claimed trials (complete, pruned, failed), hands them back, retries lost ones, trips the breaker."""
+    """Reports and ends claimed trials (complete, pruned, failed), hands them back, retries lost ones, trips
+    the breaker. Each write first checks that the trial is still the claim's (TrialVanished if not)."""
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Set several user attributes of an unfinished trial in one transaction."""
@@ -28,15 +90,40 @@ class TrialLifecycle(StudyCatalog):
             trial_rows.lock_running(connection, trial_id)
             trial_rows.set_user_attrs(connection, trial_id, attrs)
 
-    def _end(
-        self, trial_id: int, worker_id: str, state: TrialState, value: float | None, attrs: dict[str, Any]
-    ) -> None:
+    def still_claimed(self, claim: Claim) -> bool:
+        """Whether the claim's trial is still there and still the claim's, whatever its state."""
         with self._begin() as connection:
-            trial_rows.lock_running(connection, trial_id)
-            trial_rows.set_user_attrs(connection, trial_id, attrs)
-            trial_rows.finish(connection, trial_id, state, value, utcnow())
-            if worker_id:
-                self._release(connection, worker_id, trial_id)
+            try:
+                lock_held(connection, Held.of(claim))
+            except TrialVanished:
+                return False
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return True
+        return True
+
+    def report(self, claim: Claim, value: float, step: int) -> None:
+        """Record the trial's value at step (an epoch), as Trial.report does, checked to be the claim's trial.
+
+        TrialVanished if it is gone, UpdateFinishedTrialError if it has ended (a reaper retried it).
+        """
+        # Trial.report writes by id alone: into a stranger's trial, once SQLite has given a deleted
+        # trial's id to a new one. One transaction checks and writes.
+        frozen = frozen_trial_of(claim.trial)
+        value = float(value)
+        if step in frozen.intermediate_values:
+            return  # as Trial.report: a step is reported once
+        with self._begin() as connection:
+            lock_held(connection, Held.of(claim))
+            trial_rows.set_intermediate_value(connection, claim.trial._trial_id, step, value)
+        frozen.intermediate_values[step] = value
+
+    def _end(self, held: Held, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
+        with self._begin() as connection:
+            lock_held(connection, held)
+            trial_rows.set_user_attrs(connection, held.trial_id, attrs)
+            trial_rows.finish(connection, held.trial_id, state, value, utcnow())
+            if held.worker_id:
+                self._release(connection, held.worker_id, held.trial_id)
 
     def _finish(self, claim: Claim, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
         # Study.tell's rules and hooks, then one transaction for the attributes, value, state and
@@ -50,10 +137,16 @@ class TrialLifecycle(StudyCatalog):
             state, value = TrialState.FAIL, None
             attrs = {**attrs, "fail_reason": "the objective value is not a number"}
         study = claim.study
-        forget_cached_trials(study)
-        filtered = filter_study(study, frozen)
-        study.sampler.after_trial(filtered, frozen, state, None if value is None else [value])
-        self._end(claim.trial._trial_id, claim.worker_id, state, value, attrs)
+        try:
+            forget_cached_trials(study)
+            filtered = filter_study(study, frozen)
+            study.sampler.after_trial(filtered, frozen, state, None if value is None else [value])
+        except Exception as error:
+            # A sampler that reads the study's trials (grid) fails on a study deleted meanwhile.
+            if not is_transient(error) and not self.still_claimed(claim):
+                raise TrialVanished(claim.study_name, claim.trial.number) from None
+            raise
+        self._end(Held.of(claim), state, value, attrs)
 
     def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
         """End the trial COMPLETE with its objective value and result attributes."""
@@ -75,7 +168,7 @@ class TrialLifecycle(StudyCatalog):
         """
         trial_id = claim.trial._trial_id
         with self._begin() as connection:
-            trial_rows.lock_running(connection, trial_id)
+            lock_held(connection, Held.of(claim))
             trial_rows.requeue(connection, trial_id)
             self._give_slot_back(connection, claim.study_name)
             if claim.worker_id:
@@ -126,34 +219,80 @@ class TrialLifecycle(StudyCatalog):
             self.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             if not self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 return None
+            retries = int(trial.user_attrs.get("retry", 0))
+            if retries < record.spec.budget.max_retries:
+                self._study(record).enqueue_trial(
+                    trial.params,
+                    user_attrs={
+                        "retry_of": trial.number,
+                        "retry": retries + 1,
+                        "seed": trial.user_attrs.get("seed"),
+                    },
+                    skip_if_exists=False,
+                )
+                with self._begin() as connection:
+                    self._give_slot_back(connection, study_name)
+            return self.storage.get_trial(trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             # The worker finished it after all, between our read and our write: its result stands.
             return None
-        retries = int(trial.user_attrs.get("retry", 0))
-        if retries < record.spec.budget.max_retries:
-            self._study(record).enqueue_trial(
-                trial.params,
-                user_attrs={
-                    "retry_of": trial.number,
-                    "retry": retries + 1,
-                    "seed": trial.user_attrs.get("seed"),
-                },
-                skip_if_exists=False,
-            )
-            with self._begin() as connection:
-                self._give_slot_back(connection, study_name)
-        return self.storage.get_trial(trial_id)
+        except KeyError:
+            # Its study was deleted between our read and our writes: nothing is left to fail or retry.
+            return None
 
-    def running_trial_ids(self) -> list[int]:
-        """The ids of every RUNNING trial of every tunefleet study (plain Optuna studies are not ours)."""
-        with self._begin() as connection:
-            return list(
-                connection.execute(
-                    sa.select(TrialModel.trial_id)
-                    .join(studies_table, studies_table.c.optuna_study_id == TrialModel.study_id)
-                    .where(TrialModel.state == TrialState.RUNNING)
-                ).scalars()
+    def running_trials(self) -> dict[int, bool]:
+        """The RUNNING trials the reaper looks after, by id, each True when its study is a tunefleet study.
+
+        Those of every tunefleet study, and those a claim tagged in a study tunefleet does not know (copied
+        while running by a rename in optuna-dashboard, or by optuna.copy_study); a plain Optuna study's own
+        trials are not ours.
+        """
+        ours = (
+            sa.exists()
+            .where(
+                studies_table.c.optuna_study_id == StudyModel.study_id,
+                studies_table.c.study_name == StudyModel.study_name,
             )
+            .correlate(StudyModel)
+        )
+        tagged = sa.exists().where(
+            trial_rows.user_attrs.c.trial_id == TrialModel.trial_id,
+            trial_rows.user_attrs.c.key == "worker_id",
+        )
+        with self._begin() as connection:
+            rows = connection.execute(
+                sa.select(TrialModel.trial_id, ours.label("ours"))
+                .join(StudyModel, StudyModel.study_id == TrialModel.study_id)
+                .where(TrialModel.state == TrialState.RUNNING, sa.or_(ours, tagged))
+            ).all()
+        return {int(row.trial_id): bool(row.ours) for row in rows}
+
+    def fail_copied_trial(self, trial_id: int) -> tuple[str, int] | None:
+        """End FAIL, with COPIED_WHILE_RUNNING, a RUNNING trial a claim tagged in a study tunefleet does not
+        know; its study's name and its number, or None if it has ended, is gone, or is in a tunefleet study."""
+        with self._begin() as connection:
+            locked = trial_rows.lock(connection, trial_id)
+            if locked is None or locked.state != TrialState.RUNNING or locked.worker_id is None:
+                return None
+            known = connection.execute(
+                sa.select(studies_table.c.study_name)
+                .join(
+                    StudyModel,
+                    sa.and_(
+                        StudyModel.study_id == studies_table.c.optuna_study_id,
+                        StudyModel.study_name == studies_table.c.study_name,
+                    ),
+                )
+                .where(studies_table.c.optuna_study_id == locked.study_id)
+            ).first()
+            if known is not None:
+                return None
+            trial_rows.set_user_attrs(connection, trial_id, {"fail_reason": COPIED_WHILE_RUNNING})
+            trial_rows.finish(connection, trial_id, TrialState.FAIL, None, utcnow())
+            study_name = connection.execute(
+                sa.select(StudyModel.study_name).where(StudyModel.study_id == locked.study_id)
+            ).scalar_one()
+        return str(study_name), locked.number
 
     def _study_id_of(self, trial_id: int) -> int:
         with self._begin() as connection:
@@ -168,7 +307,10 @@ class TrialLifecycle(StudyCatalog):
     def _trip_breaker_if_due(self, study_name: str) -> None:
         # A study whose first trials all fail the same way (a missing data file, a model that cannot
         # load) is broken, not unlucky: stop it before it burns the fleet's time on its whole budget.
-        record = self.get(study_name)
+        try:
+            record = self.get(study_name)
+        except StudyNotFound:
+            return  # deleted outside tunefleet meanwhile: no study left to fail
         threshold = record.spec.budget.max_consecutive_failures
         if record.state != StudyState.RUNNING or threshold == 0:
             return

@@ -210,8 +210,9 @@ def run_loop(
                 time.perf_counter() - started,
                 claim.params,
             )
-            if outcome == "abandoned" and not runner.lost.is_set():
-                # The store stayed unreachable: let the trial go, so the reaper's sweep retries it.
+            if outcome in ("abandoned", "dropped") and not runner.lost.is_set():
+                # The store stayed unreachable: let the trial go, so the reaper's sweep retries it. Or the
+                # trial went with its study: the registry must not name it (on SQLite its id is reused).
                 with contextlib.suppress(GaveUp):
                     with_retry(partial(fleet.set_trial, identity.worker_id, None), what="idle", stop=stop)
     finally:

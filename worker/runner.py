@@ -21,6 +21,8 @@ import torch
 
 from studies import Claim, StudyRepository
 from studies.artifacts import MODEL_ARTIFACT_ATTR, ArtifactStore, upload_model, write_model_archive
+from studies.errors import StudyNotFound
+from studies.lifecycle import TrialVanished
 from studies.resilience import GaveUp, is_transient, with_retry
 from studies.spec import StudySpec, Task
 from studies.states import StopReason, StudyState
@@ -39,6 +41,11 @@ OUT_OF_MEMORY_CONSTRAINT = "out_of_memory"
 _CPU_OUT_OF_MEMORY = re.compile(
     r"(can't|cannot|could not|unable to) allocate memory|not enough memory|out of memory", re.IGNORECASE
 )
+# What torch says it could not allocate: "Tried to allocate 275.00 GiB" (CUDA), "you tried to allocate
+# 68719476736 bytes" (CPU), "Tried to allocate 256 bytes on private pool" (MPS).
+_ALLOCATION = re.compile(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGTPE]i?B|B)\b", re.IGNORECASE)
+# The parameters that size a built-in kind's memory: the batch, and the head built from depth x width.
+MEMORY_PARAMS = ("batch_size", "depth", "width")
 STATE_CHECK_INTERVAL_S = 1.0
 
 
@@ -47,6 +54,35 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
         return True
     return isinstance(error, RuntimeError) and bool(_CPU_OUT_OF_MEMORY.search(str(error)))
+
+
+def allocation_size(message: str) -> str | None:
+    """The allocation an out-of-memory message says failed, as torch writes sizes ("275.00 GiB"), or None."""
+    found = _ALLOCATION.search(message)
+    if found is None:
+        return None
+    number, unit = found.groups()
+    if unit.lower() != "bytes" and unit != "B":
+        return f"{number} {unit}"
+    size = float(number)
+    if size < 1024:
+        return f"{int(size)} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            break
+    return f"{size:.2f} {unit}"
+
+
+def out_of_memory_reason(message: str, params: dict[str, Any], *, kind: str) -> str:
+    """An out-of-memory trial's fail_reason: the allocation that failed, if torch said, and the parameters
+    that asked for the memory (a built-in kind's batch size, depth and width; every parameter of kind python)."""
+    named = {name: params[name] for name in MEMORY_PARAMS if name in params} if kind != "python" else {}
+    # Kind python's space is the user's own names: any of them may be what took the memory.
+    shown = ", ".join(f"{name}={value}" for name, value in (named or params).items())
+    size = allocation_size(message)
+    reason = f"out of memory: tried to allocate {size}" if size else "out of memory"
+    return f"{reason} ({shown})"[:500] if shown else reason
 
 
 def free_memory(device: torch.device) -> None:
@@ -91,6 +127,12 @@ class RunningTrial:
     study_name: str = ""
     number: int = 0
     metric: str = "val_loss"
+    # User attributes the kind noted (what its data held): recorded with the trial, whatever its end.
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, name: str, value: Any) -> None:
+        """Record a user attribute the trial ends with (duplicates its data had, say)."""
+        self.notes[name] = value
 
     def report(self, result: EpochResult) -> None:
         """Record an epoch's results; raises StopTraining when the trial must end there (pruned, stopped)."""
@@ -160,13 +202,30 @@ class TrialRunner:
         # A database blip must not cost a trial: wait for the store, unless this worker is stopping.
         return with_retry(call, what=what, stop=self.stopping, reset=self.repository.reset_session)
 
-    def _study_state(self, study_name: str) -> str:
+    def _on_trial(self, claim: Claim, what: str, call: Callable[[], T]) -> T:
+        """A store call about the claim's trial; TrialVanished when it failed because the trial is gone."""
+        try:
+            return self._store(what, call)
+        except (optuna.exceptions.UpdateFinishedTrialError, GaveUp, TrialVanished):
+            raise
+        except Exception:
+            # Optuna's own calls (a pruner reading the study, a constraint, an artifact) fail on a study
+            # deleted outside tunefleet each in its own way: ask the store whether the trial is still there.
+            if not self._store("trial check", lambda: self.repository.still_claimed(claim)):
+                raise TrialVanished(claim.study_name, claim.trial.number) from None
+            raise
+
+    def _study_state(self, claim: Claim) -> str:
         # Short epochs would otherwise spend a query per epoch on a state that rarely changes;
         # a stop still reaches a running trial within STATE_CHECK_INTERVAL_S, at an epoch boundary.
+        study_name = claim.study_name
         now = time.monotonic()
         checked = self._state_checked.get(study_name)
         if checked is None or now - checked[0] >= STATE_CHECK_INTERVAL_S:
-            state = self._store("study state", lambda: self.repository.stored_state(study_name))
+            try:
+                state = self._store("study state", lambda: self.repository.stored_state(study_name))
+            except StudyNotFound:
+                raise TrialVanished(study_name, claim.trial.number) from None
             self._state_checked[study_name] = (now, state)
             return state
         return checked[1]
@@ -186,7 +245,9 @@ class TrialRunner:
             return StopReason.WORKER_STOPPING
         return None
 
-    def _train(self, claim: Claim, on_epoch: Callable[[EpochResult], None]) -> TrainResult:
+    def _train(
+        self, claim: Claim, on_epoch: Callable[[EpochResult], None], notes: dict[str, Any]
+    ) -> TrainResult:
         task = claim.spec.task
         kind = self.task_kind(task)
         kind.prepare(task, interrupt=self._stop_if_interrupted)
@@ -201,6 +262,7 @@ class TrialRunner:
             study_name=claim.study_name,
             number=claim.trial.number,
             metric=claim.spec.objective.metric,
+            notes=notes,
         )
         return kind.run(task, trial)
 
@@ -218,7 +280,7 @@ class TrialRunner:
         task = claim.spec.task
         if self.artifact_store is None or not result.best_state:
             return {}
-        if not self._store("best value", lambda: self._beats_best(claim, value)):
+        if not self._on_trial(claim, "best value", lambda: self._beats_best(claim, value)):
             return {}
         store = self.artifact_store
         try:
@@ -242,8 +304,10 @@ class TrialRunner:
                     labels=files.labels,
                     config=files.config,
                 )
-                artifact_id = self._store("upload model", lambda: upload_model(store, claim.trial, path))
-        except (optuna.exceptions.UpdateFinishedTrialError, GaveUp):
+                artifact_id = self._on_trial(
+                    claim, "upload model", lambda: upload_model(store, claim.trial, path)
+                )
+        except (optuna.exceptions.UpdateFinishedTrialError, GaveUp, TrialVanished):
             raise
         # A full disk or an unreachable bucket must not cost the trial its result: record why instead.
         except Exception as error:
@@ -251,24 +315,27 @@ class TrialRunner:
             return {"model_artifact_error": f"{type(error).__name__}: {error}"[:500]}
         return {MODEL_ARTIFACT_ATTR: artifact_id}
 
-    def _out_of_memory(self, claim: Claim, extra_attrs: dict[str, Any]) -> str:
+    def _out_of_memory(self, claim: Claim, message: str, extra_attrs: dict[str, Any]) -> str:
         # Pruned, not failed: Optuna's TPE learns only from COMPLETE and PRUNED trials, and ranks an
         # infeasible one below every feasible one, so it steers away from configurations that ran
         # out of memory. A FAIL would be invisible to it. The reason is recorded as for a failure.
-        if "batch_size" in claim.params:
-            reason = f"out of memory at batch_size={claim.params['batch_size']}"
-        else:  # a kind python space of the user's own names: all of them say what was asked for
-            shown = ", ".join(f"{name}={value}" for name, value in claim.params.items())
-            reason = f"out of memory with {shown}"[:500]
+        reason = out_of_memory_reason(message, claim.params, kind=claim.spec.task.kind)
         log.warning("trial %d of %s: %s", claim.trial.number, claim.study_name, reason)
-        self._store("mark infeasible", lambda: mark_infeasible(claim.trial, OUT_OF_MEMORY_CONSTRAINT))
+        self._on_trial(
+            claim, "mark infeasible", lambda: mark_infeasible(claim.trial, OUT_OF_MEMORY_CONSTRAINT)
+        )
         self._store("prune", lambda: self.repository.prune(claim, {**extra_attrs, "fail_reason": reason}))
         return "out of memory"
 
     def run(self, claim: Claim) -> str:
-        """Run the claimed trial to its end and record it; returns what became of it."""
+        """Run the claimed trial to its end and record it; returns what became of it ("dropped": it is gone)."""
         try:
             return self._run(claim)
+        except TrialVanished as gone:
+            # Deleted or renamed in optuna-dashboard or with `optuna delete-study`: nothing is left to
+            # record the trial in, and the next claim is as good as ever.
+            log.warning("%s; dropping it", gone)
+            return "dropped"
         except optuna.exceptions.UpdateFinishedTrialError:
             # The trial was ended elsewhere (declared lost while this worker was silent, and
             # retried): a late report must never overwrite the retry, so drop this result.
@@ -302,19 +369,22 @@ class TrialRunner:
         def report(result: EpochResult) -> None:
             last[:] = [result]
             value = result.val_loss if spec.objective.metric == "val_loss" else result.val_accuracy
-            self._store("report", lambda: trial.report(value, result.epoch))
+            self._store("report", lambda: repository.report(claim, value, result.epoch))
             reason = self.interrupted()
             if reason is not None:
                 raise StopTraining(reason)
-            if self._study_state(claim.study_name) != StudyState.RUNNING:
+            if self._study_state(claim) != StudyState.RUNNING:
                 raise StopTraining(StopReason.STUDY_STOPPED)
-            if self._store("should_prune", trial.should_prune):
+            if self._on_trial(claim, "should_prune", trial.should_prune):
                 raise StopTraining(StopReason.PRUNED)
             if patience.stalled(value):
                 raise StopTraining(StopReason.PLATEAU)
 
+        notes: dict[str, Any] = {}
+
         def attrs(extra: dict[str, Any] | None = None) -> dict[str, Any]:
             base: dict[str, Any] = {
+                **notes,
                 "trial_s": round(time.perf_counter() - started, 3),
                 "claim_s": round(claim.claim_s, 4),
             }
@@ -333,10 +403,10 @@ class TrialRunner:
             self._store("fail", lambda: repository.fail(claim, reason, attrs()))
             return "fail"
 
-        out_of_memory = False
+        out_of_memory: str | None = None
         early_stop: dict[str, Any] = {}
         try:
-            result = self._train(claim, on_epoch)
+            result = self._train(claim, on_epoch, notes)
         except StopTraining as stop:
             reason = str(stop)
             if reason == StopReason.PLATEAU and stop.result is not None:
@@ -354,21 +424,21 @@ class TrialRunner:
                 return "pruned"
         except TrialFailure as error:
             return fail(str(error))
-        except (optuna.exceptions.UpdateFinishedTrialError, GaveUp):
+        except (optuna.exceptions.UpdateFinishedTrialError, GaveUp, TrialVanished):
             raise
         except Exception as error:
             if is_out_of_memory(error):
                 # Handled after this block: until it ends, the traceback holds the trial's tensors.
-                out_of_memory = True
+                out_of_memory = str(error)
             elif is_transient(error):
                 raise
             else:
                 # One broken trial must not take the worker down: record why, then go on to the next.
                 log.exception("trial %d of %s failed", trial.number, claim.study_name)
                 return fail(f"{type(error).__name__}: {error}", logged=True)
-        if out_of_memory:
+        if out_of_memory is not None:
             free_memory(self.device)
-            return self._out_of_memory(claim, attrs())
+            return self._out_of_memory(claim, out_of_memory, attrs())
         chosen = chosen_epoch(result.epochs, metric=spec.objective.metric, value=spec.objective.value)
         value = chosen.val_loss if spec.objective.metric == "val_loss" else chosen.val_accuracy
         saved = self._save_model_if_best(claim, result, value)

@@ -13,12 +13,16 @@ Optuna's storage API writes a trial in one transaction per parameter and attribu
 count, page or bulk read; tunefleet issues that SQL against Optuna's own tables:
 
 - ``optuna.storages._rdb.models.BaseModel``: models.py, every Optuna table (bench grants and cleans them).
-- ``optuna.storages._rdb.models.StudyModel``: models.py, trial_rows.py; a study's row (alive check, numbering lock).
+- ``optuna.storages._rdb.models.StudyModel``: models.py, trial_rows.py, catalog.py and lifecycle.py through models.py;
+  a study's row (alive check, numbering lock, the reaper's look for running trials of studies tunefleet does not know).
 - ``optuna.storages._rdb.models.TrialModel``: trial_rows.py, catalog.py and lifecycle.py through models.py; counts, pages, claims.
 - ``optuna.storages._rdb.models.TrialParamModel``: trial_rows.py; a claim's parameters in one insert.
 - ``optuna.storages._rdb.models.TrialValueModel``: trial_rows.py; a finished trial's value and its stored form.
-- ``optuna.storages._rdb.models.TrialUserAttributeModel``: trial_rows.py; a trial's tags in one upsert.
-- ``optuna.storages._rdb.models.TrialIntermediateValueModel``: trial_rows.py, trial_reads.py; per-epoch values.
+- ``optuna.storages._rdb.models.TrialUserAttributeModel``: trial_rows.py, and catalog.py through models.py; a trial's
+  tags in one upsert, its worker tag read with its locked row (is it still the claim's trial), and a study's data
+  warnings in one read.
+- ``optuna.storages._rdb.models.TrialIntermediateValueModel``: trial_rows.py, trial_reads.py; per-epoch values,
+  written in the transaction that checks the trial is still the claim's (Trial.report writes by id alone).
 - ``optuna.storages._rdb.models.TrialSystemAttributeModel``: trial_reads.py; the bulk read of system attributes.
 - ``optuna.storages._rdb.models.TrialHeartbeatModel``: models.py; bench/ cleans its rows.
 - ``optuna.storages._rdb.models.NOT_FOUND_MSG``: trial_reads.py; the same KeyError as Optuna's reader.

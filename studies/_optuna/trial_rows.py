@@ -93,8 +93,8 @@ def insert_running_trial(connection: sa.Connection, study_id: int, now: datetime
     return NewTrial(int(trial_id), int(number), now, from_queue=False)
 
 
-def _upsert(connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], key: str) -> None:
-    # One multi-row INSERT ... ON CONFLICT DO UPDATE, the upsert Optuna itself uses on both backends.
+def _insert(connection: sa.Connection, table: sa.Table) -> Any:
+    # The dialect's INSERT, which has ON CONFLICT DO UPDATE: the upsert Optuna itself uses on both backends.
     dialect = connection.dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -102,7 +102,12 @@ def _upsert(connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any
         from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
     else:
         raise NotImplementedError(f"tunefleet's store runs on PostgreSQL or SQLite, not {dialect}")
-    statement = insert(table).values(rows)
+    return insert(table)
+
+
+def _upsert(connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], key: str) -> None:
+    # One multi-row INSERT ... ON CONFLICT DO UPDATE.
+    statement = _insert(connection, table).values(rows)
     connection.execute(
         statement.on_conflict_do_update(
             index_elements=[table.c.trial_id, table.c[key]],
@@ -124,6 +129,36 @@ def user_attr(connection: sa.Connection, trial_id: int, key: str) -> Any:
         sa.select(user_attrs.c.value_json).where(user_attrs.c.trial_id == trial_id, user_attrs.c.key == key)
     ).scalar()
     return None if stored is None else json.loads(stored)
+
+
+@dataclass(frozen=True)
+class LockedTrial:
+    """A trial's row as locked for a transaction: its study, number and state, and the worker its claim tagged."""
+
+    study_id: int
+    number: int
+    state: TrialState
+    worker_id: str | None
+
+
+def lock(connection: sa.Connection, trial_id: int) -> LockedTrial | None:
+    """Lock the trial's row for this transaction and say whose it is; None when there is no such row."""
+    # The claim's worker tag in the same statement: on SQLite a deleted trial's id (and its study's)
+    # goes to the next one made, and only the tag tells a claim's trial from a stranger under its id.
+    tag = (
+        sa.select(user_attrs.c.value_json)
+        .where(user_attrs.c.trial_id == trials.c.trial_id, user_attrs.c.key == "worker_id")
+        .scalar_subquery()
+    )
+    row = connection.execute(
+        sa.select(trials.c.study_id, trials.c.number, trials.c.state, tag.label("worker_id"))
+        .where(trials.c.trial_id == trial_id)
+        .with_for_update()
+    ).first()
+    if row is None or row.study_id is None or row.number is None:
+        return None
+    worker_id = None if row.worker_id is None else json.loads(row.worker_id)
+    return LockedTrial(int(row.study_id), int(row.number), TrialState(row.state), worker_id)
 
 
 def lock_running(connection: sa.Connection, trial_id: int) -> None:
@@ -174,6 +209,27 @@ def finish(
         )
     connection.execute(
         trials.update().where(trials.c.trial_id == trial_id).values(state=state, datetime_complete=now)
+    )
+
+
+def set_intermediate_value(connection: sa.Connection, trial_id: int, step: int, value: float) -> None:
+    """Record (or replace) the trial's value at step, as Trial.report stores it."""
+    stored, value_type = TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+    row = {
+        "trial_id": trial_id,
+        "step": step,
+        "intermediate_value": stored,
+        "intermediate_value_type": value_type,
+    }
+    statement = _insert(connection, intermediate_values).values([row])
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=[intermediate_values.c.trial_id, intermediate_values.c.step],
+            set_={
+                "intermediate_value": statement.excluded.intermediate_value,
+                "intermediate_value_type": statement.excluded.intermediate_value_type,
+            },
+        )
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,6 +42,14 @@ WORKER = WorkerIdentity(host="gpu-test", pid=1, device="cuda")
 
 def encoder_folder() -> str:
     return os.environ.get("TUNEFLEET_GPU_TEST_MODEL") or str(builtin_model_folder("all-MiniLM-L6-v2"))
+
+
+@pytest.fixture(autouse=True)
+def _worker_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers read data and local models only inside their data roots, and join a store rather than make one:
+    # these tests' files and stores live in tmp_path.
+    monkeypatch.setenv("TUNEFLEET_DATA_ROOTS", f"{tmp_path},{Path(encoder_folder()).resolve().parent}")
+    monkeypatch.setenv("TUNEFLEET_CREATE_STORE", "1")
 
 
 @pytest.fixture
@@ -108,7 +117,10 @@ def test_a_real_out_of_memory_prunes_the_trial_and_the_next_one_runs(
         torch.cuda.set_per_process_memory_fraction(1.0)
     assert outcome == "out of memory"
     assert starved.state == TrialState.PRUNED
-    assert starved.user_attrs["fail_reason"] == "out of memory at batch_size=8"
+    assert re.fullmatch(
+        r"out of memory: tried to allocate .+ \(batch_size=8, depth=\d+, width=\d+\)",
+        starved.user_attrs["fail_reason"],
+    )
     outcome, trial = run_next(runner, repository, "gpu-oom", WORKER)
     assert outcome == "complete", trial.user_attrs.get("fail_reason")
 

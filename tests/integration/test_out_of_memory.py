@@ -15,16 +15,22 @@ import torch
 from optuna.trial import TrialState
 
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
-from worker.runner import OUT_OF_MEMORY_CONSTRAINT, TrialRunner, is_out_of_memory
+from worker.runner import OUT_OF_MEMORY_CONSTRAINT, TrialRunner, allocation_size, is_out_of_memory
 from worker.tasks import synthetic as synthetic_task
 
 WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
+# What torch says when a 275 GiB allocation fails: on a GPU, and in host memory (275 GiB in bytes).
+CUDA_OUT_OF_MEMORY = (
+    "CUDA out of memory. Tried to allocate 275.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which"
+    " 77.12 GiB is free. Of the allocated memory 1.20 GiB is allocated by PyTorch."
+)
 CPU_OUT_OF_MEMORY = (
     "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory:"
-    " you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"
+    " you tried to allocate 295279001600 bytes. Error code 12 (Cannot allocate memory)"
 )
 BATCH_SIZES = [16, 32, 64, 128, 256, 512]
 FITS_BELOW = 128
+WIDEST_THAT_FITS = 1024
 
 
 @pytest.fixture
@@ -39,15 +45,15 @@ def runner(repository: StudyRepository, tmp_path: Path) -> TrialRunner:
     return TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=tmp_path)
 
 
-def fake_device_memory(monkeypatch: pytest.MonkeyPatch, error: type[BaseException] | None = None) -> None:
-    """Trials with batch_size >= FITS_BELOW raise what torch raises when memory runs out."""
+def fake_device_memory(monkeypatch: pytest.MonkeyPatch, error: BaseException | None = None) -> None:
+    """Trials with batch_size >= FITS_BELOW or a head wider than WIDEST_THAT_FITS raise what torch raises
+    when memory runs out (error, or a CUDA out-of-memory error of a 275 GiB allocation)."""
     real = synthetic_task.run_synthetic
 
     def run(**kwargs: Any) -> Any:
-        if kwargs["params"]["batch_size"] >= FITS_BELOW:
-            if error is RuntimeError:
-                raise RuntimeError(CPU_OUT_OF_MEMORY)
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        params = kwargs["params"]
+        if params["batch_size"] >= FITS_BELOW or params["width"] > WIDEST_THAT_FITS:
+            raise error or torch.cuda.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
         return real(**kwargs)
 
     monkeypatch.setattr(synthetic_task, "run_synthetic", run)
@@ -66,26 +72,34 @@ def synthetic(name: str, **overrides: Any) -> StudySpec:
     return StudySpec.model_validate(body)
 
 
-@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, RuntimeError])
-def test_an_out_of_memory_trial_records_why_and_the_worker_goes_on(
+HEAD = {"batch_size": 16, "depth": 3, "width": 65536, "epochs": 1, "learning_rate": 1e-3}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.cuda.OutOfMemoryError(CUDA_OUT_OF_MEMORY), RuntimeError(CPU_OUT_OF_MEMORY)],
+    ids=["cuda", "cpu"],
+)
+def test_an_out_of_memory_trial_names_the_allocation_and_the_parameters_that_asked_for_it(
     repository: StudyRepository,
     runner: TrialRunner,
     study_name: str,
     monkeypatch: pytest.MonkeyPatch,
-    error: type[BaseException],
+    error: BaseException,
 ) -> None:
+    # A head 65536 wide asks for 275 GiB at a batch size that fits: the reason must name the head, not
+    # only the batch size, and say how much was asked for.
     fake_device_memory(monkeypatch, error)
-    repository.create(
-        synthetic(study_name, space={"batch_size": {"type": "categorical", "choices": [512, 16]}})
-    )
-    repository.create(synthetic(f"{study_name}-small", space={"batch_size": 16}))
+    repository.create(synthetic(study_name, space=HEAD))
+    repository.create(synthetic(f"{study_name}-small", space={**HEAD, "width": 64}))
 
     claim = repository.claim(WORKER, study_names=[study_name])
     assert claim is not None
-    claim.params["batch_size"] = 512  # whatever was sampled, this one does not fit
     assert runner.run(claim) == "out of memory"
     trial = repository.trial(repository.get(study_name), claim.trial.number)
-    assert trial.user_attrs["fail_reason"] == "out of memory at batch_size=512"
+    assert trial.user_attrs["fail_reason"] == (
+        "out of memory: tried to allocate 275.00 GiB (batch_size=16, depth=3, width=65536)"
+    )
     assert trial.state == TrialState.PRUNED
     assert trial.constraints == {OUT_OF_MEMORY_CONSTRAINT: 1.0}
 
@@ -95,6 +109,31 @@ def test_an_out_of_memory_trial_records_why_and_the_worker_goes_on(
     assert runner.run(claim) == "complete"
     done = repository.trial(repository.get(f"{study_name}-small"), claim.trial.number)
     assert done.state == TrialState.COMPLETE and done.constraints == {}
+
+
+def test_an_out_of_memory_error_that_gives_no_size_still_names_the_parameters(
+    repository: StudyRepository, runner: TrialRunner, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_device_memory(monkeypatch, MemoryError())
+    repository.create(synthetic(study_name, space={**HEAD, "batch_size": 512, "width": 64}))
+    claim = repository.claim(WORKER, study_names=[study_name])
+    assert claim is not None
+    assert runner.run(claim) == "out of memory"
+    trial = repository.trial(repository.get(study_name), claim.trial.number)
+    assert trial.user_attrs["fail_reason"] == "out of memory (batch_size=512, depth=3, width=64)"
+    assert trial.state == TrialState.PRUNED
+
+
+def test_the_allocation_size_is_read_as_torch_writes_it_on_each_device() -> None:
+    assert allocation_size(CUDA_OUT_OF_MEMORY) == "275.00 GiB"
+    assert allocation_size(CPU_OUT_OF_MEMORY) == "275.00 GiB"
+    assert allocation_size("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 4.00 GiB total)") == (
+        "20.00 MiB"
+    )
+    mps = "MPS backend out of memory (MPS allocated: 1.00 GB). Tried to allocate 256 bytes on private pool."
+    assert allocation_size(mps) == "256 bytes"
+    assert allocation_size("DefaultCPUAllocator: you tried to allocate 3221225472 bytes") == "3.00 GiB"
+    assert allocation_size("CUDA out of memory") is None
 
 
 def test_only_memory_errors_count_as_out_of_memory() -> None:

@@ -299,7 +299,10 @@ def test_user_code_out_of_memory_prunes_the_trial_as_infeasible_and_the_worker_g
     outcome, trial = run_study(repository, tmp_path, study_name, "out_of_memory", space=space)
     assert outcome == "out of memory"
     assert trial.state == TrialState.PRUNED
-    assert trial.user_attrs["fail_reason"] == "out of memory at batch_size=512"
+    assert (
+        trial.user_attrs["fail_reason"]
+        == "out of memory: tried to allocate 2.00 GiB (epochs=2, batch_size=512)"
+    )
     assert trial.constraints == {OUT_OF_MEMORY_CONSTRAINT: 1.0}
     repository.create(python_spec(f"{study_name}-fits", "out_of_memory", space={**space, "batch_size": 32}))
     outcome, trial = run_next(runner_for(repository, tmp_path), repository, f"{study_name}-fits")
@@ -312,7 +315,7 @@ def test_out_of_memory_without_a_batch_size_names_every_parameter_of_the_trial(
     space = {"epochs": 2, "hidden": 4096}
     outcome, trial = run_study(repository, tmp_path, study_name, "out_of_memory_wide", space=space)
     assert (outcome, trial.state) == ("out of memory", TrialState.PRUNED)
-    assert trial.user_attrs["fail_reason"] == "out of memory with epochs=2, hidden=4096"
+    assert trial.user_attrs["fail_reason"] == "out of memory (epochs=2, hidden=4096)"
 
 
 def test_three_alike_failures_of_user_code_fail_the_study(
