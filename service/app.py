@@ -14,6 +14,7 @@ from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.metrics import build_registry
 from service.openapi import install_openapi
+from service.outage import watch_store
 from service.reaper import ReaperThread
 from service.routes import best_model, health, studies, workers
 from service.settings import ServiceSettings
@@ -54,6 +55,8 @@ def create_app(
     )
     app.state.repository = repository
     app.state.settings = settings
+    # One log line when the store stops answering and one when it is back, not one per failed request.
+    app.state.store_outage = watch_store(repository.engine)
     install_error_handlers(app)
     # Pure ASGI, outermost last: auth answers before a body is read, then the size limit; both cover
     # the dashboard mount too.
@@ -67,5 +70,5 @@ def create_app(
     app.state.metrics_registry = build_registry(repository, grace_s=settings.grace_period_s)
     app.include_router(metrics.router)
     if settings.mount_dashboard:
-        mount_dashboard(app, repository.storage)
+        mount_dashboard(app, repository.storage, app.state.store_outage)
     return app

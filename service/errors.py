@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from service.outage import StoreOutageLog
 from studies.errors import (
     AuthenticationRequired,
     BestModelNotFound,
@@ -53,6 +54,10 @@ HTTP_CODES: dict[int, str] = {
     405: "method_not_allowed",
     413: PayloadTooLarge.code,
 }
+# A body the mounted dashboard would choke on (its directions nested in lists, say): 400 with this code.
+INVALID_REQUEST = "invalid_request"
+# Anything else that went wrong inside: logged with its traceback, answered without it.
+INTERNAL_ERROR = "internal_error"
 
 
 class ErrorJSONResponse(JSONResponse):
@@ -88,6 +93,16 @@ def domain_error_response(exc: TunefleetError, headers: Mapping[str, str] | None
     if isinstance(exc, AuthenticationRequired) and headers is None:
         headers = {"WWW-Authenticate": 'Bearer realm="tunefleet"'}
     return error_response(status, str(exc), exc.code, headers)
+
+
+def store_unavailable_response() -> JSONResponse:
+    """The 503 for a store that does not answer; the driver's message can carry host names and SQL."""
+    return error_response(503, "the study store is unavailable; try again shortly", StoreUnavailable.code)
+
+
+def internal_error_response() -> JSONResponse:
+    """The 500 for a bug: the log has the traceback, the client gets nothing of it."""
+    return error_response(500, "internal server error", INTERNAL_ERROR)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
@@ -128,14 +143,21 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:
-    # The driver's message can carry host names and SQL: log it, answer without it.
-    log.warning("store unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return error_response(503, "the study store is unavailable; try again shortly", StoreUnavailable.code)
+    outage: StoreOutageLog | None = getattr(request.app.state, "store_outage", None)
+    if outage is not None and outage.down:
+        # Said once when the outage began (service/outage.py); a readiness probe must not repeat it.
+        log.debug("store unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    else:
+        # A failure on a live connection (a lock timeout, a table gone): rare, so each one is told.
+        log.warning(
+            "store unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__
+        )
+    return store_unavailable_response()
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error during %s %s", request.method, request.url.path)
-    return error_response(500, "internal server error", "internal_error")
+    return internal_error_response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from optuna import visualization
 
 from studies import StudyProgress, StudyRepository
+from studies.states import StudyState
 
 PLOTS: tuple[tuple[str, Callable[[optuna.Study], go.Figure]], ...] = (
     ("Optimisation history", visualization.plot_optimization_history),
@@ -54,6 +55,7 @@ def render_report(repository: StudyRepository, progress: StudyProgress) -> str:
         else "none yet"
     )
     name = html.escape(record.name)
+    reason = _state_reason(progress)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tunefleet report: {name}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;padding:0 1rem}}
@@ -61,8 +63,20 @@ table{{border-collapse:collapse}}th,td{{text-align:left;padding:.2rem .8rem;bord
 </head><body>
 <h1>Study {name}</h1>
 <p>State <b>{html.escape(progress.state)}</b>; {html.escape(counts) or "no trials"}; budget {record.n_trials} trials.</p>
+{reason}
 <p>Best: {html.escape(best_text)}</p>
 <table>{best_rows}</table>
 {"".join(sections)}
 </body></html>
 """
+
+
+def _state_reason(progress: StudyProgress) -> str:
+    """Why the study is failed or stopped, as a paragraph; empty when it is neither."""
+    reason = progress.record.state_reason
+    if progress.state == StudyState.FAILED:
+        # A failed study's page must say why, or its reader has only the trials to guess from.
+        return f'<p class="state-reason">Failed: {html.escape(reason or "no reason was recorded")}</p>'
+    if reason:
+        return f'<p class="state-reason">Reason: {html.escape(reason)}</p>'
+    return ""

@@ -63,7 +63,7 @@ class TunefleetClient:
                 body = response.text
             detail, code = _detail(body)
             raise ApiError(response.status_code, detail, code)
-        return response.json()
+        return response.json() if response.content else None  # 204 No Content has no body
 
     def create_study(self, spec: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/studies."""
@@ -99,6 +99,16 @@ class TunefleetClient:
         """POST /v1/studies/{name}/resume."""
         result: dict[str, Any] = self._call("POST", f"/v1/studies/{name}/resume")
         return result
+
+    def delete_study(self, name: str) -> None:
+        """DELETE /v1/studies/{name}: a stopped, failed or completed study, with its trials."""
+        self._call("DELETE", f"/v1/studies/{name}")
+
+    def workers(self, *, include_stopped: bool = False) -> list[dict[str, Any]]:
+        """The fleet's workers, newest first (GET /v1/workers)."""
+        params = {"include_stopped": "true"} if include_stopped else None
+        workers: list[dict[str, Any]] = self._call("GET", "/v1/workers", params=params)
+        return workers
 
     def report_html(self, name: str) -> str:
         """GET /v1/studies/{name}/report: a self-contained HTML page."""

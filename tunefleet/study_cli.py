@@ -1,10 +1,11 @@
-"""`tunefleet study …`: create, list, show, trials, stop, resume, best, watch and report, over the REST API."""
+"""`tunefleet study …`: create, list, show, trials, stop, resume, delete, best, watch and report, over REST."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import yaml
 from tunefleet.client import TunefleetClient
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# `study delete` answered no: nothing went wrong, and nothing was done.
+EXIT_DECLINED = 1
 
 
 class UsageError(Exception):
@@ -120,6 +123,17 @@ def run_study_command(args: argparse.Namespace) -> int:
         elif command in ("stop", "resume"):
             study = client.stop_study(args.name) if command == "stop" else client.resume_study(args.name)
             emit(study, f"{study['name']}: {study['state']}")
+        elif command == "delete":
+            # An unknown study fails at the look-up, and a running one at the delete: neither is asked about.
+            found = client.get_study(args.name) if not args.yes else None
+            if found is not None and found["state"] not in ("running", "stopping"):
+                trials = sum(found["trial_counts"].values())
+                question = f"delete study {found['name']} ({found['state']}) and its {trials} trials? [y/N] "
+                if not _confirmed(question):
+                    print(f"{args.name}: not deleted", file=sys.stderr)
+                    return EXIT_DECLINED
+            client.delete_study(args.name)
+            emit({"deleted": args.name}, f"deleted {args.name}")
         elif command == "best":
             study = client.get_study(args.name)
             best = study.get("best_trial")
@@ -150,6 +164,13 @@ def run_study_command(args: argparse.Namespace) -> int:
                 raise UsageError(_write_problem(out, error)) from None
             emit({"report": str(out)}, f"report written to {out}")
     return 0
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on stderr (stdout stays the command's output) and read one line; only y or yes says yes."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")  # end of input, too, is a no
 
 
 def _write_problem(path: str | Path, error: OSError) -> str:
@@ -191,6 +212,13 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
         ("resume", "reopen a stopped study"),
     ):
         study_sub.add_parser(name, parents=[common], help=text).add_argument("name")
+    delete = study_sub.add_parser(
+        "delete",
+        parents=[common],
+        help="delete a stopped, failed or completed study and its trials (asks first)",
+    )
+    delete.add_argument("name")
+    delete.add_argument("--yes", "-y", action="store_true", help="delete without asking")
     trials = study_sub.add_parser("trials", parents=[common], help="a page of a study's trials")
     trials.add_argument("name")
     trials.add_argument("--state", choices=["running", "complete", "pruned", "fail", "waiting"])

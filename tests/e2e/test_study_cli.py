@@ -51,9 +51,15 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     service.wait(timeout=10)
 
 
-def tunefleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def tunefleet(env: dict[str, str], *args: str, answer: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the CLI; `answer` is what it reads on stdin (nothing: end of input at once)."""
     return subprocess.run(
-        [sys.executable, "-m", "tunefleet", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tunefleet", *args],
+        env=env,
+        input=answer,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -126,3 +132,43 @@ def test_cli_errors_are_one_line_and_exit_2(env: dict[str, str], tmp_path: Path)
 
     bad_set = tunefleet(env, "study", "create", str(bad), "--set", "nonsense")
     assert bad_set.returncode == 2 and "KEY.PATH=VALUE" in bad_set.stderr
+
+
+def test_study_delete_asks_first_and_says_what_it_did_in_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        yaml.safe_dump({"name": "doomed", "task": {"kind": "synthetic"}, "space": {"epochs": 1}})
+    )
+    assert tunefleet(env, "study", "create", str(spec_file)).returncode == 0
+
+    for args in (["--yes"], []):  # a running study is refused before any question
+        running = tunefleet(env, "study", "delete", "doomed", *args, answer="y\n")
+        assert running.returncode == 2
+        assert running.stderr == "tunefleet: error: study 'doomed' is running; stop it before deleting it\n"
+
+    assert tunefleet(env, "study", "stop", "doomed").returncode == 0
+    declined = tunefleet(env, "study", "delete", "doomed", answer="n\n")
+    assert declined.returncode == 1
+    assert declined.stderr == "delete study doomed (stopped) and its 0 trials? [y/N] doomed: not deleted\n"
+    assert tunefleet(env, "study", "delete", "doomed").returncode == 1  # no answer at all is no
+    assert tunefleet(env, "study", "show", "doomed").returncode == 0
+
+    confirmed = tunefleet(env, "study", "delete", "doomed", answer="y\n")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert confirmed.stdout == "deleted doomed\n"
+    gone = tunefleet(env, "study", "show", "doomed")
+    assert gone.returncode == 2 and "not found" in gone.stderr
+
+    # The name is free again; --yes asks nothing, for scripts.
+    assert tunefleet(env, "study", "create", str(spec_file)).returncode == 0
+    assert tunefleet(env, "study", "stop", "doomed").returncode == 0
+    scripted = tunefleet(env, "study", "delete", "doomed", "--yes", "--json")
+    assert scripted.returncode == 0 and scripted.stderr == ""
+    assert json.loads(scripted.stdout) == {"deleted": "doomed"}
+
+    for args in (["--yes"], []):
+        unknown = tunefleet(env, "study", "delete", "no-such-study", *args, answer="y\n")
+        assert unknown.returncode == 2
+        assert unknown.stderr == "tunefleet: error: study 'no-such-study' not found\n"

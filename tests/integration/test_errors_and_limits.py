@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import select
 import socket
 import time
@@ -21,8 +22,10 @@ from fastapi.testclient import TestClient
 
 from service import ServiceSettings, create_app
 from studies import StudyNotFound, StudyRepository, WorkerIdentity, open_storage
+from studies.storage import normalize_url
 from studies.tables import studies_table
 from tests.conftest import tiny_spec
+from tests.faults import OutageProxy
 from tests.live import serving
 
 WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
@@ -114,21 +117,77 @@ def test_an_unexpected_error_is_a_generic_500_and_its_traceback_is_logged(
     assert "Traceback" in caplog.text and "secret_internal_field" in caplog.text
 
 
-def test_an_error_inside_the_dashboard_mount_is_a_500_without_internals(
-    client: TestClient, repository: StudyRepository, study_name: str
+def test_an_error_inside_the_dashboard_is_our_500_and_is_logged_once_however_often_it_is_asked(
+    client: TestClient, repository: StudyRepository, study_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     client.post("/v1/studies", json=tiny_spec(study_name))
+    claim = repository.claim(WORKER, study_names=[study_name])
+    assert claim is not None
+    claim.trial.set_user_attr("note", "fine")
     study_id = client.get(f"/v1/studies/{study_name}").json()["dashboard_url"].rsplit("/", 1)[1]
+    # A real fault: a trial's attribute no longer JSON, so Optuna cannot read the trial back. The
+    # dashboard's API catches it and logs a stack itself; its CSV page lets it fly.
+    attributes = sa.table("trial_user_attributes", sa.column("trial_id"), sa.column("value_json"))
+    corrupt = sa.update(attributes).where(attributes.c.trial_id == claim.trial._trial_id)
     with repository.engine.begin() as connection:
-        connection.execute(sa.text("ALTER TABLE study_directions RENAME TO study_directions_gone"))
+        connection.execute(corrupt.values(value_json="{not json"))
     try:
-        response = client.get(f"/api/studies/{study_id}")
-        assert response.status_code == 500
-        for internal in ("Traceback", "study_directions", "SELECT", "sqlalchemy", ".py"):
-            assert internal not in response.text
+        with caplog.at_level(logging.DEBUG):
+            responses = [client.get(f"/api/studies/{study_id}") for _ in range(3)]
+            responses += [client.get(f"/csv/{study_id}") for _ in range(2)]
     finally:
         with repository.engine.begin() as connection:
-            connection.execute(sa.text("ALTER TABLE study_directions_gone RENAME TO study_directions"))
+            connection.execute(corrupt.values(value_json='"fine"'))
+    for response in responses:
+        assert_error(response, 500, "internal_error")
+        assert response.json()["detail"] == "internal server error"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        f"dashboard failed during GET /api/studies/{study_id}: JSONDecodeError: {errors[0].exc_info[1]}",
+        f"dashboard failed during GET /csv/{study_id}: JSONDecodeError: {errors[1].exc_info[1]}",
+    ]
+    assert all(r.exc_info is not None for r in errors)  # with the traceback
+
+
+def test_the_dashboards_files_are_served_to_a_client_that_sends_no_accept_encoding(
+    client: TestClient,
+) -> None:
+    # curl, a load balancer's probe: optuna-dashboard read the header without a default and failed.
+    for path in ("/static/bundle.js", "/favicon.ico"):
+        request = client.build_request("GET", path)
+        del request.headers["accept-encoding"]
+        response = client.send(request)
+        assert response.status_code == 200, response.text
+        assert "content-encoding" not in response.headers  # not gzip, which the client never offered
+    assert response.content.startswith(b"\x00\x00\x01\x00")  # the icon, as an icon
+
+
+def test_a_dashboard_study_with_nested_directions_is_a_400_naming_the_field(
+    client: TestClient, study_name: str
+) -> None:
+    response = client.post("/api/studies", json={"study_name": study_name, "directions": [["minimize"]]})
+    body = assert_error(response, 400, "invalid_request")
+    assert body["detail"] == """directions[0]: must be 'minimize' or 'maximize', got ["minimize"]"""
+    for bad, field in (
+        ({"study_name": study_name, "directions": "minimize"}, "directions"),
+        ({"study_name": study_name, "directions": []}, "directions"),
+        ({"study_name": [study_name], "directions": ["minimize"]}, "study_name"),
+        ([study_name], "body"),
+    ):
+        assert assert_error(client.post("/api/studies", json=bad), 400, "invalid_request")[
+            "detail"
+        ].startswith(f"{field}:")
+    assert_error(
+        client.post("/api/studies", content=b"{", headers={"content-type": "application/json"}),
+        400,
+        "invalid_json",
+    )
+    names = [s["study_name"] for s in client.get("/api/studies").json()["study_summaries"]]
+    assert study_name not in names
+    # A good body still creates the study, as the dashboard's own form does.
+    created = client.post("/api/studies", json={"study_name": study_name, "directions": ["Minimize"]})
+    assert created.status_code == 201, created.text
+    assert created.json()["study_summary"]["directions"] == ["minimize"]
 
 
 # -- DELETE ---------------------------------------------------------------------------------------
@@ -407,3 +466,48 @@ def test_a_nul_byte_in_the_best_model_path_is_a_4xx_not_a_500(client: TestClient
     response = client.get("/v1/studies/bad%00name/best-model")
     assert 400 <= response.status_code < 500
     assert "code" in response.json()
+
+
+# -- store outages --------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_store_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    postgres_url: str, study_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = sa.engine.make_url(normalize_url(postgres_url))
+    proxy = OutageProxy(target.host or "127.0.0.1", target.port or 5432)
+    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    repository = StudyRepository(open_storage(url))
+    # The reaper thread sleeps through the test: the lines counted are the requests' own.
+    settings = ServiceSettings(database_url=url, heartbeat_interval_s=3600)
+    try:
+        with TestClient(create_app(settings, repository=repository), raise_server_exceptions=False) as client:
+            assert client.post("/v1/studies", json=tiny_spec(study_name)).status_code == 201
+            with caplog.at_level(logging.DEBUG):
+                proxy.cut()
+                # A readiness probe, a user, a scraper and the dashboard, all during the outage.
+                during = [client.get("/readyz") for _ in range(5)]
+                during += [client.get(f"/v1/studies/{study_name}"), client.get("/v1/workers")]
+                during += [client.get("/metrics"), client.get("/api/studies")]
+                logged_during = [r for r in caplog.records if r.levelno >= logging.WARNING]
+                proxy.restore()
+                deadline = time.monotonic() + 30
+                while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                after = [client.get(f"/v1/studies/{study_name}") for _ in range(3)]
+    finally:
+        proxy.close()
+        repository.engine.dispose()
+    for response in during:
+        assert_error(response, 503, "store_unavailable")
+    assert [r.status_code for r in after] == [200, 200, 200]
+    assert len(logged_during) == 1, [r.getMessage() for r in logged_during]
+    assert logged_during[0].getMessage().startswith("store unavailable (OperationalError: ")
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == logged_during  # recovery is no warning, and nothing after it warned
+    ends = [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(ends) == 1, ends
+    assert re.fullmatch(
+        r"store reachable again after \d+\.\d s unavailable \(\d+ failed connection attempts\)", ends[0]
+    )

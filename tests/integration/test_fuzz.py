@@ -1,4 +1,5 @@
-"""Schemathesis fuzzes the whole REST API from its own OpenAPI schema, with every check, open and with tokens."""
+"""Schemathesis fuzzes the whole REST API from its own OpenAPI schema, with every check, open and with tokens;
+Hypothesis fuzzes the mounted dashboard's JSON bodies."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import schemathesis
 import schemathesis.engine
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import strategies as st
+from schemathesis.checks import CHECKS
 from schemathesis.engine import events
 
 from service import ServiceSettings, create_app
@@ -105,19 +111,21 @@ def config(target: Target) -> schemathesis.Config:
     )
 
 
-def run_schemathesis(target: Target) -> tuple[list[str], Counter[str]]:
+def run_schemathesis(target: Target) -> tuple[list[str], Counter[str], set[str]]:
     """Every phase (examples, coverage, fuzzing, stateful) as the CLI runs it: failures as readable
-    lines, and how many requests each operation got."""
+    lines, how many requests each operation got, and the names of the checks that ran."""
     schema = schemathesis.openapi.from_asgi(
         "/openapi.json", target.app, config=config(target), headers=target.headers
     )
     problems: list[str] = []
     requests: Counter[str] = Counter()
+    checks_run: set[str] = set()
     for event in schemathesis.engine.from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished):
             requests[event.label or "stateful"] += len(event.recorder.interactions)
             for checks in event.recorder.checks.values():
                 for check in checks:
+                    checks_run.add(check.name)
                     if check.failure_info is not None:
                         failure = check.failure_info.failure
                         problems.append(
@@ -128,13 +136,15 @@ def run_schemathesis(target: Target) -> tuple[list[str], Counter[str]]:
             problems.append(f"{event.label}: error {event.info.title}: {event.info.message}")
         elif isinstance(event, events.FatalError):
             problems.append(f"fatal: {event.exception!r}")
-    return problems, requests
+    return problems, requests, checks_run
 
 
 @pytest.mark.slow
 def test_the_api_answers_every_generated_request_as_its_schema_says(target: Target) -> None:
-    problems, requests = run_schemathesis(target)
+    problems, requests, checks_run = run_schemathesis(target)
     assert not problems, f"TUNEFLEET_FUZZ_SEED={SEED}\n" + "\n".join(sorted(set(problems)))
+    # `--checks all`: every check schemathesis has ran (max_response_time is one only given a limit).
+    assert set(CHECKS.get_all_names()) <= checks_run, sorted(set(CHECKS.get_all_names()) - checks_run)
     # Every operation with inputs got at least the examples asked for; one without (/healthz) fewer, and
     # so does DELETE: schemathesis stops drawing deletions once the studies it knows of are gone.
     schema = target.app.openapi()
@@ -144,3 +154,70 @@ def test_the_api_answers_every_generated_request_as_its_schema_says(target: Targ
                 label = f"{method.upper()} {path}"
                 wanted = 10 if method == "delete" else EXAMPLES_PER_OPERATION
                 assert requests[label] >= wanted, (label, requests)
+
+
+# Any JSON at all, and bodies shaped like the dashboard's form for a new study with any JSON in its fields.
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+DIRECTION = st.sampled_from(["minimize", "maximize", "MAXIMIZE"]) | JSON
+NEW_STUDY = st.fixed_dictionaries(
+    {
+        "study_name": st.text(min_size=1, max_size=20) | JSON,
+        "directions": st.lists(DIRECTION, max_size=3) | JSON,
+    }
+)
+
+
+def test_the_dashboards_json_api_answers_any_body_without_a_server_error(tmp_path: Path) -> None:
+    # The dashboard is no part of the OpenAPI schema, so schemathesis never reaches it: its form for a new
+    # study, and bodies that are no JSON object for the views that read one, are fuzzed here.
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    repository = StudyRepository(open_storage(url))
+    _seed(repository)
+    settings = ServiceSettings(database_url=url, api_token=None, api_tokens_file=None, protect_reads=False)
+    study_id = repository.get("quick").optuna_study_id
+    trial_id = repository.trial(repository.get("quick"), 0)._trial_id
+    paths = [
+        ("POST", "/api/studies"),
+        ("POST", f"/api/studies/{study_id}/rename"),
+        ("PUT", f"/api/studies/{study_id}/note"),
+        ("POST", f"/api/trials/{trial_id}/tell"),
+        ("POST", f"/api/trials/{trial_id}/user-attrs"),
+    ]
+    with TestClient(create_app(settings, repository=repository), raise_server_exceptions=False) as client:
+
+        @hypothesis.seed(SEED)
+        @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION * 2, deadline=None, database=None)
+        @hypothesis.given(body=NEW_STUDY | JSON)
+        def create(body: Any) -> None:
+            response = client.post("/api/studies", json=body)
+            assert response.status_code < 500, (f"TUNEFLEET_FUZZ_SEED={SEED}", body, response.text)
+
+        @hypothesis.seed(SEED)
+        @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None)
+        @hypothesis.given(
+            body=JSON.filter(lambda value: not isinstance(value, dict)), where=st.sampled_from(paths)
+        )
+        def not_an_object(body: Any, where: tuple[str, str]) -> None:
+            response = client.request(where[0], where[1], json=body)
+            if body is None:  # no body at all: the view's own answer, whatever it is, but no 500
+                assert response.status_code < 500, (f"TUNEFLEET_FUZZ_SEED={SEED}", where, response.text)
+            else:
+                assert response.status_code == 400, (
+                    f"TUNEFLEET_FUZZ_SEED={SEED}",
+                    where,
+                    body,
+                    response.text,
+                )
+                assert response.json()["code"] == "invalid_request"
+
+        create()
+        not_an_object()
+    repository.engine.dispose()

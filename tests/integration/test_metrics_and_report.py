@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,6 +85,28 @@ def test_report_is_a_self_contained_page_naming_the_study(
     # plotly.js is inlined, so the file opens without a network.
     assert "<script src=" not in page
     assert page.count("Plotly.newPlot") >= 3
+
+
+def test_the_report_of_a_failed_study_says_why_it_failed(
+    client: TestClient, repository: StudyRepository, study_name: str, tmp_path: Path
+) -> None:
+    # A study that cannot work: its data file is not where the workers look. The breaker fails it after
+    # its first three trials fail alike.
+    missing = tmp_path / "gone" / "train.csv"
+    spec = {"name": study_name, "task": {"data": {"train": str(missing)}, "max_length": 32}}
+    assert client.post("/v1/studies", json=spec).status_code == 201
+    runner = TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=tmp_path)
+    for _ in range(3):
+        claim = repository.claim(WORKER, study_names=[study_name])
+        assert claim is not None
+        assert runner.run(claim) == "fail"
+    study = client.get(f"/v1/studies/{study_name}").json()
+    assert study["state"] == "failed"
+    reason = study["state_reason"]
+    assert reason.startswith("the first 3 trials failed: ") and str(missing) in reason
+
+    page = client.get(f"/v1/studies/{study_name}/report").text
+    assert f"Failed: {html.escape(reason)}</p>" in page
 
 
 def test_report_of_an_unknown_study_is_404(client: TestClient) -> None:
