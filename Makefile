@@ -12,7 +12,7 @@ LATEST_VENV ?= .venv-latest
 # A pin's package name as pip compares names (lower case, '-' for '_' and '.'), its version left alone.
 PIN_NAMES := :a; s/^([^=]*)[._]/\1-/; ta; s/^([^=]*)==/\L\1==/
 
-.PHONY: install run test test-latest lock lint typecheck clean bench bench-quick bench-gpu device-pack
+.PHONY: install run test test-latest lock lint typecheck clean bench bench-quick bench-gpu device-pack readme
 
 install: $(VENV)/.installed
 
@@ -81,6 +81,11 @@ bench-gpu: install
 # checkout with .device/ there and run bench/device_check.sh (the script's header says how).
 device-pack: install
 	$(BIN)/python -m bench.device_pack
+
+# README.md's block of the study spec's defaults, written from studies/spec.py (tests/unit/test_spec.py fails when
+# the two disagree).
+readme: install
+	$(BIN)/python -m tunefleet.spec_defaults README.md
 
 lint: install
 	$(BIN)/ruff check studies service worker tunefleet tests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -13,6 +14,8 @@ import torch
 from worker.failures import TrialFailure
 
 Batch = TypeVar("Batch")
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(TrialFailure):
@@ -170,15 +173,18 @@ def run_epochs(
     on_epoch: Callable[[EpochResult], None] | None,
     interrupted: Callable[[], str | None] | None,
     started: float,
+    run_name: str = "training",
 ) -> TrainResult:
     """Train for `epochs` epochs over `batches()`, evaluating and reporting after each; the run's result.
 
     loss_of(batch) is the batch's mean loss and its number of examples; evaluate() is (val loss, accuracy).
     on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`.
     interrupted is polled between batches; a reason it returns ends training with StopTraining(reason).
+    Each epoch is one INFO line of the log, headed by run_name (e.g. "trial 3 of my-study").
     """
     log = EpochLog(keep=keep, snapshot=snapshot, on_epoch=on_epoch, started=started)
     for epoch in range(1, epochs + 1):
+        epoch_started = time.perf_counter()
         train_mode()
         loss_sum = 0.0
         for batch in batches():
@@ -197,5 +203,17 @@ def run_epochs(
             loss_sum += loss_value * n_rows
 
         val_loss, val_accuracy = evaluate()
-        log.end_epoch(epoch, train_loss=loss_sum / n_train, val_loss=val_loss, val_accuracy=val_accuracy)
+        train_loss = loss_sum / n_train
+        # Logged before the report, which may end the trial (pruned, stalled, stopped): every epoch run is shown.
+        logger.info(
+            "%s: epoch %d/%d train_loss %.4f val_loss %.4f val_accuracy %.4f in %.2fs",
+            run_name,
+            epoch,
+            epochs,
+            train_loss,
+            val_loss,
+            val_accuracy,
+            time.perf_counter() - epoch_started,
+        )
+        log.end_epoch(epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_accuracy)
     return log.result()

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from worker.data import LabelledSplit
 from worker.model import Encoder, ModelError, load_encoder, mean_pool
+from worker.tokenizer_check import check_coverage
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,10 @@ ENCODE_BATCH_SIZE = 64
 # How often a process waiting for another's build asks whether it should stop waiting.
 LOCK_POLL_S = 1.0
 _READ_CHUNK_BYTES = 1 << 20
+# A build's progress in the worker's log: a line at each tenth done, but none within PROGRESS_MIN_INTERVAL_S of
+# the last (a quick build says only start and end), and one at least every PROGRESS_MAX_INTERVAL_S.
+PROGRESS_MIN_INTERVAL_S = 2.0
+PROGRESS_MAX_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,43 @@ def cache_key(*, model_folder: Path, split: LabelledSplit, max_length: int) -> s
 def cache_path(*, cache_dir: Path, key: str) -> Path:
     """Return where the features with this key are cached."""
     return Path(cache_dir) / f"features-{key}.pt"
+
+
+class ProgressLog:
+    """Logs a long job's progress at INFO: each tenth done, within the intervals above; clock is for tests."""
+
+    def __init__(self, what: str, total: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.total = total
+        self.clock = clock
+        self.started = clock()
+        self.last_logged = self.started
+        self.last_tenth = 0
+
+    def advance(self, done: int) -> None:
+        """Note that `done` of the total are done now; log a line if one is due."""
+        if done >= self.total or self.total <= 0:
+            return  # the end is logged by whoever finishes the job, with its results
+        now = self.clock()
+        tenth = done * 10 // self.total
+        since_last = now - self.last_logged
+        new_tenth = tenth > self.last_tenth and since_last >= PROGRESS_MIN_INTERVAL_S
+        if not new_tenth and since_last < PROGRESS_MAX_INTERVAL_S:
+            return
+        self.last_logged = now
+        self.last_tenth = tenth
+        logger.info(
+            "%s: %d of %d texts (%d%%) in %.0fs",
+            self.what,
+            done,
+            self.total,
+            done * 100 // self.total,
+            now - self.started,
+        )
+
+    def elapsed_s(self) -> float:
+        """Seconds since the job started."""
+        return self.clock() - self.started
 
 
 def _labels(labels: list[int]) -> torch.Tensor:
@@ -194,16 +237,21 @@ def _build_features(
     progress: Callable[[int, int], None] | None,
     interrupt: Callable[[], None] | None,
 ) -> Features:
+    total = len(split.train_texts) + len(split.validation_texts)
+    logged = ProgressLog("building the feature cache", total)
     encoder = load_encoder(encoder_folder)
+    # Before minutes of encoding: a tokenizer that reads the texts as unknown tokens would make features
+    # that say nothing about them, and every trial would train to chance.
+    check_coverage(encoder.tokenizer, split.train_texts, encoder.folder)
     # Positions beyond the encoder's table would crash it, so longer requests are capped.
     max_positions = getattr(getattr(encoder.model, "config", None), "max_position_embeddings", None)
     effective_length = min(max_length, max_positions) if isinstance(max_positions, int) else max_length
-    total = len(split.train_texts) + len(split.validation_texts)
     done = 0
 
     def advance(n_texts: int) -> None:
         nonlocal done
         done += n_texts
+        logged.advance(done)
         if progress is not None:
             progress(done, total)
         if interrupt is not None:
@@ -231,6 +279,16 @@ def _build_features(
     finally:
         # The encoder is shared by the whole process; leave it where it was found.
         encoder.model.to(original_device)
+    seconds = logged.elapsed_s()
+    logger.info(
+        "feature cache built: %d texts (%d train, %d validation), %d features each, in %.1fs (%.0f texts/s)",
+        total,
+        len(split.train_texts),
+        len(split.validation_texts),
+        encoder.hidden_size,
+        seconds,
+        total / seconds if seconds > 0 else 0.0,
+    )
     return Features(
         train=train,
         validation=validation,
@@ -283,15 +341,30 @@ def load_or_build_features(
     # problems are reported by the second read, under the lock, so they are logged once.
     features = _read_cache(path, split, warn=False)
     if features is not None:
+        logger.info(
+            "using the feature cache %s (%d texts)",
+            path,
+            features.train.shape[0] + features.validation.shape[0],
+        )
         return features
     lock = filelock.FileLock(str(cache_dir / f"features-{key}.lock"))
-    acquire_lock(lock, interrupt)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        logger.info("waiting for another process to build the feature cache %s", path)
+        acquire_lock(lock, interrupt)
     try:
         # Another process may have built it while this one waited for the lock.
         features = _read_cache(path, split, warn=True)
         if features is not None:
             return features
-        logger.info("building feature cache %s", path)
+        logger.info(
+            "building the feature cache for %d texts (max_length %d, on %s): %s",
+            len(split.train_texts) + len(split.validation_texts),
+            max_length,
+            device if device is not None else "cpu",
+            path,
+        )
         features = _build_features(
             encoder_folder=encoder_folder,
             split=split,

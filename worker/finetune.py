@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ from worker.data import LabelledSplit
 from worker.epochs import EpochResult, KeepRule, TrainResult, by_val_loss, run_epochs
 from worker.hyperparams import HeadParams, make_optimizer
 from worker.model import Encoder, EncoderClassifier, build_head, effective_max_length, mark_trainable
+from worker.tokenizer_check import check_coverage
+
+logger = logging.getLogger(__name__)
 
 # Batches are cut from chunks of this many batches, sorted by length inside each chunk: most of
 # the padding goes away, and the chunks (and the batches) are still shuffled every epoch.
@@ -51,16 +55,29 @@ def _tokenize(encoder: Encoder, texts: list[str], labels: list[int], max_length:
 
 
 def tokenize_split(encoder: Encoder, split: LabelledSplit, *, max_length: int) -> Tokens:
-    """Tokenize train and validation texts once, truncated to the encoder's effective max length."""
+    """Tokenize train and validation texts once, truncated to the encoder's effective max length.
+
+    TokenizerError when the tokenizer reads most of a sample of the training texts as unknown tokens.
+    """
+    started = time.perf_counter()
+    # A tokenizer that reads the texts as unknown tokens would train every trial to chance.
+    check_coverage(encoder.tokenizer, split.train_texts, encoder.folder)
     length = effective_max_length(encoder, max_length)
     pad_id = encoder.tokenizer.pad_token_id
-    return Tokens(
+    n_texts = len(split.train_texts) + len(split.validation_texts)
+    logger.info("tokenizing %d texts (max_length %d) for fine-tuning through the encoder", n_texts, length)
+    tokens = Tokens(
         train=_tokenize(encoder, split.train_texts, split.train_labels, length),
         validation=_tokenize(encoder, split.validation_texts, split.validation_labels, length),
         label_names=list(split.label_names),
         pad_id=int(pad_id) if pad_id is not None else 0,
         max_length=length,
     )
+    n_tokens = sum(tokens.train.lengths) + sum(tokens.validation.lengths)
+    logger.info(
+        "tokenized %d texts into %d tokens in %.1fs", n_texts, n_tokens, time.perf_counter() - started
+    )
+    return tokens
 
 
 def length_batches(lengths: list[int], batch_size: int, generator: torch.Generator | None) -> list[list[int]]:
@@ -173,6 +190,7 @@ def train_encoder(
     on_epoch: Callable[[EpochResult], None] | None = None,
     interrupted: Callable[[], str | None] | None = None,
     keep: KeepRule = by_val_loss,
+    run_name: str = "training",
 ) -> TrainResult:
     """Train a head and the encoder's top k blocks (or all of it) on tokens; same seed and device, same losses.
 
@@ -229,4 +247,5 @@ def train_encoder(
         on_epoch=on_epoch,
         interrupted=interrupted,
         started=started,
+        run_name=run_name,
     )

@@ -84,6 +84,7 @@ def train_module(
     on_epoch: Callable[[EpochResult], None] | None = None,
     interrupted: Callable[[], str | None] | None = None,
     keep: KeepRule = by_val_loss,
+    run_name: str = "training",
 ) -> TrainResult:
     """Train the model (a private copy, changed in place) with a fresh head; same seed and device, same losses.
 
@@ -148,4 +149,5 @@ def train_module(
         on_epoch=on_epoch,
         interrupted=interrupted,
         started=started,
+        run_name=run_name,
     )

@@ -63,6 +63,7 @@ def train_head(
     on_epoch: Callable[[EpochResult], None] | None = None,
     interrupted: Callable[[], str | None] | None = None,
     keep: KeepRule = by_val_loss,
+    run_name: str = "training",
 ) -> TrainResult:
     """Train a fresh head on the features, evaluating after every epoch; same seed and device, same losses.
 
@@ -114,4 +115,5 @@ def train_head(
         on_epoch=on_epoch,
         interrupted=interrupted,
         started=started,
+        run_name=run_name,
     )

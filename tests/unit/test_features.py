@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from worker import features as features_module
 from worker.data import LabelledSplit, load_builtin_bbc_news
-from worker.features import cache_key, cache_path, load_or_build_features, model_fingerprint
+from worker.features import ProgressLog, cache_key, cache_path, load_or_build_features, model_fingerprint
 from worker.hyperparams import HeadParams
 from worker.model import ModelError, builtin_model_folder, load_encoder, mean_pool
 from worker.training import train_head
@@ -119,6 +122,61 @@ def test_a_second_call_is_a_cache_hit_that_reports_no_progress(
     assert torch.equal(first, second)
     assert not list(tmp_path.glob("*.tmp"))
     assert cache_path(cache_dir=tmp_path, key=key).stat().st_mode & 0o444 == 0o444
+
+
+def test_a_build_logs_its_start_its_progress_by_tenths_and_its_end_and_a_hit_logs_one_line(
+    model_folder: Path,
+    tiny_split: LabelledSplit,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # This build takes under the usual interval between progress lines: let every tenth have its line.
+    monkeypatch.setattr(features_module, "PROGRESS_MIN_INTERVAL_S", 0.0)
+    caplog.set_level(logging.INFO, logger="worker.features")
+    build(model_folder, tiny_split, tmp_path, [])
+    said = [r.getMessage() for r in caplog.records if r.name == "worker.features"]
+    path = cache_path(
+        cache_dir=tmp_path, key=cache_key(model_folder=model_folder, split=tiny_split, max_length=MAX_LENGTH)
+    )
+    assert said[0] == f"building the feature cache for 20 texts (max_length {MAX_LENGTH}, on cpu): {path}"
+    # 15 train texts in batches of 8 and 7, then 5 validation texts: 8 and 15 of 20 done before the end.
+    assert [re.sub(r"in \d+s$", "in Ns", line) for line in said[1:-1]] == [
+        "building the feature cache: 8 of 20 texts (40%) in Ns",
+        "building the feature cache: 15 of 20 texts (75%) in Ns",
+    ]
+    assert re.fullmatch(
+        r"feature cache built: 20 texts \(15 train, 5 validation\), 384 features each, in \d+\.\ds \(\d+ texts/s\)",
+        said[-1],
+    )
+    caplog.clear()
+    build(model_folder, tiny_split, tmp_path, [])
+    assert [r.getMessage() for r in caplog.records if r.name == "worker.features"] == [
+        f"using the feature cache {path} (20 texts)"
+    ]
+
+
+def test_build_progress_is_logged_at_each_tenth_but_at_most_every_few_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="worker.features")
+    seconds = [0.0]
+    fast = ProgressLog("fast", 1000, clock=lambda: seconds[0])
+    for done in range(10, 1001, 10):  # a tenth a second: a line every other tenth, none at the end
+        seconds[0] = done / 100
+        fast.advance(done)
+    slow = ProgressLog("slow", 100, clock=lambda: seconds[0])
+    for done in range(1, 8):  # four seconds a text: a line every 12 seconds, though no tenth is reached
+        seconds[0] += 4.0
+        slow.advance(done)
+    assert [r.getMessage() for r in caplog.records] == [
+        "fast: 200 of 1000 texts (20%) in 2s",
+        "fast: 400 of 1000 texts (40%) in 4s",
+        "fast: 600 of 1000 texts (60%) in 6s",
+        "fast: 800 of 1000 texts (80%) in 8s",
+        "slow: 3 of 100 texts (3%) in 12s",
+        "slow: 6 of 100 texts (6%) in 24s",
+    ]
 
 
 def test_cached_features_train_a_head(model_folder: Path, tiny_split: LabelledSplit, tmp_path: Path) -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from studies import StudySpec, load_spec_file, preset_path
 from studies.space import distributions, grid
+from studies.spec import DEFAULT_COST_WEIGHT, DEFAULT_PATIENCE, Budget
+from tunefleet import spec_defaults
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def errors_of(spec: dict[str, Any]) -> list[tuple[str, str]]:
@@ -153,3 +160,53 @@ def test_every_preset_is_a_valid_spec() -> None:
     spec = StudySpec.model_validate(load_spec_file(preset_path("bbc-news-minilm")))
     assert spec.name == "bbc-news-minilm"
     assert spec.space.max_epochs() == 20
+
+
+def test_the_readme_shows_the_spec_defaults_the_code_has() -> None:
+    readme = README.read_text(encoding="utf-8")
+    assert spec_defaults.readme_block() in readme, (
+        "README.md's spec defaults differ from studies/spec.py: run `make readme`"
+    )
+
+
+def test_the_defaults_block_is_the_spec_a_study_given_only_its_name_gets() -> None:
+    shown = yaml.safe_load(spec_defaults.defaults_yaml())
+    spec = StudySpec(name=spec_defaults.STUDY_NAME)
+    assert shown == spec.model_dump(mode="json")
+    assert StudySpec.model_validate(shown) == spec
+
+
+def test_the_readme_example_is_a_valid_spec_and_says_it_is_not_the_defaults() -> None:
+    readme = README.read_text(encoding="utf-8")
+    example = re.search(r"\*\*An example, not the defaults:\*\*.*?```yaml\n(.*?)```", readme, re.DOTALL)
+    assert example is not None
+    spec = StudySpec.model_validate(yaml.safe_load(example.group(1)))
+    assert spec.space != StudySpec(name=spec.name).space
+
+
+def test_the_defaults_the_readme_states_in_prose_are_the_codes() -> None:
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    budget = Budget()
+    for said in (
+        f"`objective.patience` epochs (default {DEFAULT_PATIENCE})",
+        f"`sampler.cost_weight` (default {DEFAULT_COST_WEIGHT})",
+        f"`budget.max_retries` per trial, default {budget.max_retries})",
+        f"(`budget.max_consecutive_failures`, default {budget.max_consecutive_failures};",
+    ):
+        assert said in text
+
+
+def test_the_generator_says_a_stale_readme_is_stale_and_rewrites_only_its_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = tmp_path / "README.md"
+    stale = "# Title\n\n<!-- spec-defaults -->\nold\n<!-- /spec-defaults -->\n\nThe rest.\n"
+    readme.write_text(stale, encoding="utf-8")
+    assert spec_defaults.main(["--check", str(readme)]) == 1
+    assert "run `make readme`" in capsys.readouterr().err
+    assert readme.read_text(encoding="utf-8") == stale
+    assert spec_defaults.main([str(readme)]) == 0
+    assert readme.read_text(encoding="utf-8") == f"# Title\n\n{spec_defaults.readme_block()}\n\nThe rest.\n"
+    assert spec_defaults.main(["--check", str(readme)]) == 0
+    readme.write_text("no block here\n", encoding="utf-8")
+    assert spec_defaults.main([str(readme)]) == 2

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
 import torch
 
@@ -108,6 +111,36 @@ def test_stop_training_raised_by_the_epoch_callback_propagates_after_one_epoch_w
     assert partial is not None
     assert partial.best_epoch == 1 and len(partial.epochs) == 1
     assert partial.best_state and partial.best_val_loss == seen[0].val_loss
+
+
+def test_each_epoch_is_one_info_line_headed_by_the_run_even_when_the_run_stops_there(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="worker.epochs")
+    seen: list[EpochResult] = []
+
+    def stop_at_the_second(epoch: EpochResult) -> None:
+        seen.append(epoch)
+        if epoch.epoch == 2:
+            raise StopTraining("pruned")
+
+    with pytest.raises(StopTraining):
+        train_head(
+            features=two_blobs(),
+            params=params(epochs=5),
+            seed=0,
+            device=CPU,
+            on_epoch=stop_at_the_second,
+            run_name="trial 7 of my-study",
+        )
+    records = [r for r in caplog.records if r.name == "worker.epochs"]
+    assert [r.levelno for r in records] == [logging.INFO, logging.INFO]
+    for record, epoch in zip(records, seen, strict=True):
+        assert re.fullmatch(
+            rf"trial 7 of my-study: epoch {epoch.epoch}/5 train_loss {epoch.train_loss:.4f}"
+            rf" val_loss {epoch.val_loss:.4f} val_accuracy {epoch.val_accuracy:.4f} in \d+\.\d\ds",
+            record.getMessage(),
+        )
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZER_NAMES)
