@@ -117,6 +117,9 @@ class NullTrial:
     def pause(self, seconds: float) -> None:
         """Nothing: the zero-cost study's epochs take no time."""
 
+    def note(self, name: str, value: Any) -> None:
+        """Nothing: no store to record it in."""
+
 
 def in_process_us(kind: str, trials: int, scratch: Path) -> tuple[float, float]:
     """(wall, CPU) microseconds per trial of the kind's run() with the zero-cost study's parameters, no store."""

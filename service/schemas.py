@@ -105,10 +105,15 @@ class StudyRead(BaseModel):
     created_at: UtcDatetime
     dashboard_url: str
     spec: dict[str, Any]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what workers found wrong with the study's data (duplicates dropped, labels never"
+        " validated), each once",
+    )
 
     @classmethod
-    def from_progress(cls, progress: StudyProgress) -> StudyRead:
-        """Build from the repository's progress view."""
+    def from_progress(cls, progress: StudyProgress, warnings: list[str] | None = None) -> StudyRead:
+        """Build from the repository's progress view and the study's data warnings."""
         record = progress.record
         best = TrialRead.from_frozen(progress.best_trial) if progress.best_trial is not None else None
         return cls(
@@ -124,6 +129,7 @@ class StudyRead(BaseModel):
             created_at=record.created_at,
             dashboard_url=f"/dashboard/studies/{record.optuna_study_id}",
             spec=record.spec.model_dump(mode="json"),
+            warnings=warnings or [],
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,9 +15,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 # Optuna's table models: counting and paging trials in SQL beats loading tens of thousands of them.
-from studies._optuna.models import StudyModel, TrialModel
+from studies._optuna.models import StudyModel, TrialModel, TrialUserAttributeModel
 from studies.errors import InvalidStudyState, StudyAlreadyExists, StudyNotFound, TrialNotFound
-from studies.records import TRIAL_STATE_NAMES, StudyProgress, StudyRecord, record_from_row
+from studies.records import DATA_WARNINGS_ATTR, TRIAL_STATE_NAMES, StudyProgress, StudyRecord, record_from_row
 from studies.sampling import grid_points
 from studies.schema import upgrade_store
 from studies.spec import StudySpec
@@ -159,6 +160,29 @@ class StudyCatalog:
         return StudyProgress(
             record=record, state=self._derived_state(record, counts), trial_counts=counts, best_trial=best
         )
+
+    def data_warnings(self, record: StudyRecord, limit: int = 50) -> list[str]:
+        """What workers found wrong with the study's data (its trials' data_warnings), each once, oldest first."""
+        first_seen = sa.func.min(TrialModel.number)
+        query = (
+            sa.select(TrialUserAttributeModel.value_json)
+            .join(TrialModel, TrialModel.trial_id == TrialUserAttributeModel.trial_id)
+            .where(
+                TrialModel.study_id == record.optuna_study_id,
+                TrialUserAttributeModel.key == DATA_WARNINGS_ATTR,
+            )
+            .group_by(TrialUserAttributeModel.value_json)
+            .order_by(first_seen)
+        )
+        with self._begin() as connection:
+            stored = connection.execute(query).scalars().all()
+        warnings: dict[str, None] = {}
+        for value_json in stored:
+            # Every trial on the same data records the same list: one entry per distinct warning.
+            listed = json.loads(value_json)
+            for warning in listed if isinstance(listed, list) else [listed]:
+                warnings[str(warning)] = None
+        return list(warnings)[:limit]
 
     @staticmethod
     def _derived_state(record: StudyRecord, counts: dict[str, int]) -> StudyState:

@@ -14,6 +14,7 @@ from studies.spec import StudySpec
 from studies.states import StudyState
 
 __all__ = [
+    "DATA_WARNINGS_ATTR",
     "TRIAL_STATE_NAMES",
     "Claim",
     "ClaimedTrial",
@@ -24,6 +25,8 @@ __all__ = [
 ]
 
 TRIAL_STATE_NAMES = {s: s.name.lower() for s in TrialState}
+# The trial user attribute where a worker lists what it found wrong with a study's data (readable strings).
+DATA_WARNINGS_ATTR = "data_warnings"
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus, unquote, unquote_plus
 
 import optuna
 from sqlalchemy.engine import make_url
@@ -15,6 +17,7 @@ from studies._optuna.trial_reads import BulkReadRDBStorage
 
 DEFAULT_DATABASE_URL = "sqlite:///tunefleet.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
+MIN_LITERAL_SECRET = 4
 
 
 def normalize_url(url: str) -> str:
@@ -24,12 +27,97 @@ def normalize_url(url: str) -> str:
     return url
 
 
+# A key whose value is a secret, in a URL's query (`?password=...`, `&sslpassword=...`) or a libpq keyword
+# connection string (`host=db password=...`): any key that names a password, a passphrase, a secret or a token.
+_SECRET_KEY = r"[\w.-]*?(?:password|passwd|passphrase|pwd|secret|token)[\w.-]*"
+# `//user:password@`: greedy up to the last @ before the host, so a password with an unescaped @ hides whole.
+_USERINFO = re.compile(r"(?P<head>//[^:/@\s]*:)(?P<value>[^\s/]*)@")
+_QUERY_SECRET = re.compile(rf"(?P<head>[?&;]{_SECRET_KEY}=)(?P<value>[^&;#\s]*)", re.IGNORECASE)
+# Keyword form: after a space, a quote or the start (never ?, & or ;, which the query form covers);
+# the value single- or double-quoted (with backslash escapes, as libpq reads them) or up to a space.
+_KEYWORD_SECRET = re.compile(
+    rf"(?P<head>(?<![\w.?&;-]){_SECRET_KEY}\s*=\s*)"
+    r"(?P<value>'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"|[^\s'\"]+)",
+    re.IGNORECASE,
+)
+
+
+def _hide(match: re.Match[str]) -> str:
+    tail = "@" if match.re is _USERINFO else ""
+    return f"{match.group('head')}***{tail}"
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with each password of a URL or connection string in it as ***: `//u:***@`, `?password=***`, `password=***`."""
+    for pattern in (_USERINFO, _QUERY_SECRET, _KEYWORD_SECRET):
+        text = pattern.sub(_hide, text)
+    return text
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe to log or show."""
+    """The URL (or libpq connection string) with every password in it replaced by ***, safe to log or show."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        masked = make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+        # Not a URL SQLAlchemy reads (a keyword connection string, a typo): mask what looks like a secret.
+        masked = url
+    # SQLAlchemy hides the userinfo password only up to its first @, and nothing in the query string.
+    return mask_secrets(_hide_literals(masked, url))
+
+
+def _hide_literals(text: str, url: str) -> str:
+    # Longest first, so a secret that holds a shorter one is hidden whole. A secret of a character or
+    # three is left to the patterns: replaced wherever it occurs, it would garble every word holding it.
+    for secret in sorted(_secrets_in(url), key=len, reverse=True):
+        if len(secret) >= MIN_LITERAL_SECRET:
+            text = text.replace(secret, "***").replace(quote_plus(secret), "***")
+    return text
+
+
+def _secrets_in(url: str) -> set[str]:
+    """Every secret value the URL or connection string holds, as written and as decoded."""
+    found: set[str] = set()
+    for pattern in (_USERINFO, _QUERY_SECRET, _KEYWORD_SECRET):
+        for match in pattern.finditer(url):
+            value = match.group("value")
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                found.add(value)
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            found.update({value, unquote(value), unquote_plus(value)})
+    try:
+        parsed = make_url(url)
+    except Exception:
+        parsed = None
+    if parsed is not None:
+        found.add(str(parsed.password or ""))
+        for key, value in parsed.query.items():
+            if re.fullmatch(_SECRET_KEY, key, re.IGNORECASE):
+                found.update([value] if isinstance(value, str) else value)
+    found.discard("")
+    return found
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of a SQLite store's file; None for another backend, an in-memory store or no URL."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):  # a SQLite URI (?uri=true): its own syntax, not a plain path
+        return None
+    return Path(os.path.abspath(database))
+
+
+def describe_store(url: str) -> str:
+    """The store as logs and errors name it: its URL with passwords masked, a SQLite file's path absolute."""
+    path = sqlite_file(url)
+    if path is not None:
+        # A relative path is the process's working folder's: say which file that is.
+        url = make_url(url).set(database=str(path)).render_as_string(hide_password=False)
+    return mask_url(url)
 
 
 def _prepare_sqlite(url: str) -> None:
@@ -96,11 +184,8 @@ def check_schema(storage: optuna.storages.RDBStorage) -> None:
 
 
 def redact_password(text: str, url: str) -> str:
-    """`text` with the URL's password, should it appear (a driver may quote its connection string), as ***."""
-    try:
-        password = make_url(url).password
-    except Exception:
-        password = None
-    if password:
-        text = text.replace(str(password), "***")
-    return text.replace(url, mask_url(url))
+    """`text` with the URL's passwords, should they appear (a driver may quote its connection string), as ***."""
+    if url:
+        text = text.replace(url, mask_url(url))
+    # The secrets as written first: a pattern that hid part of one would leave the rest unmatched.
+    return mask_secrets(_hide_literals(text, url))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,34 @@ def _no_auth_from_the_environment() -> Iterator[None]:
     saved = {name: os.environ.pop(name) for name in names if name in os.environ}
     yield
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _workers_may_create_their_test_stores() -> Iterator[None]:
+    """Tests start workers on a fresh tmp_path store of their own, with no service to make it first; the
+    tests of a worker that refuses a missing store (tests/integration/test_store_url.py) unset this."""
+    saved = os.environ.get("TUNEFLEET_CREATE_STORE")
+    os.environ["TUNEFLEET_CREATE_STORE"] = "1"
+    yield
+    if saved is None:
+        os.environ.pop("TUNEFLEET_CREATE_STORE", None)
+    else:
+        os.environ["TUNEFLEET_CREATE_STORE"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_roots_for_the_tests_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Workers read study data and local models only inside TUNEFLEET_DATA_ROOTS: the tests' files lie in the
+    checkout and in temporary folders, so those are the roots of every runner and worker process a test starts
+    (the data-roots tests set their own)."""
+    saved = os.environ.get("TUNEFLEET_DATA_ROOTS")
+    roots = (Path(__file__).resolve().parents[1], Path(tempfile.gettempdir()), tmp_path_factory.getbasetemp())
+    os.environ["TUNEFLEET_DATA_ROOTS"] = ",".join(dict.fromkeys(str(root) for root in roots))
+    yield
+    if saved is None:
+        os.environ.pop("TUNEFLEET_DATA_ROOTS", None)
+    else:
+        os.environ["TUNEFLEET_DATA_ROOTS"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -84,8 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service import ServiceSettings, create_app
     from service.auth import AuthConfigError, load_tokens
-    from studies import mask_url
-    from studies.startup import build_settings, store_problem
+    from studies.startup import build_settings, check_store, store_problem
+    from studies.storage import describe_store
 
     _setup_logging()
     log = logging.getLogger("tunefleet.service")
@@ -99,6 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"refusing to serve an open API on {settings.host}: set TUNEFLEET_API_TOKEN "
             "(or TUNEFLEET_API_TOKENS_FILE), or pass --insecure"
         )
+    # The service makes the store it is pointed at; a URL that cannot be right is one line, not a retry loop.
+    check_store(settings.database_url, create=True)
     sock = listening_socket(settings.host, settings.port)
     port = sock.getsockname()[1]
     if not tokens:
@@ -113,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except Exception as error:
         sock.close()
         raise store_problem(error, settings.database_url) from None
-    log.info("serving on http://%s:%d (store %s)", settings.host, port, mask_url(settings.database_url))
+    log.info("serving on http://%s:%d (store %s)", settings.host, port, describe_store(settings.database_url))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[sock])
     return 0 if server.started else 1

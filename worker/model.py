@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,11 @@ import torch
 
 from studies.names import ACTIVATION_NAMES
 from studies.spec import Task
+from worker.data_roots import DataRoots
 from worker.failures import TrialFailure
+from worker.tokenizer_check import check_vocabulary
+
+logger = logging.getLogger(__name__)
 
 # Built-in model name -> (package that ships it, folder inside that package).
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
@@ -61,11 +67,14 @@ def builtin_model_folder(name: str) -> Path:
     return folder
 
 
-def model_folder(task: Task) -> Path:
-    """The encoder folder a task names: a built-in model or a local Hugging Face folder."""
+def model_folder(task: Task, roots: DataRoots | None = None) -> Path:
+    """The encoder folder a task names: a built-in model or a local Hugging Face folder (inside roots, if given)."""
     if task.model.startswith("builtin:"):
         return builtin_model_folder(task.model.removeprefix("builtin:"))
-    folder = Path(task.model).expanduser()
+    # A worker passes its data roots: a folder outside them is refused before anything in it is looked at.
+    folder = (
+        roots.confine(task.model, what="model folder") if roots is not None else Path(task.model).expanduser()
+    )
     if not folder.is_dir():
         raise ModelError(f"model folder {task.model!r} does not exist on this worker")
     return folder
@@ -82,6 +91,7 @@ def _load_encoder_cached(folder: Path) -> Encoder:
         raise ModelError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
         raise ModelError(f"model folder {folder} has no config.json (is it a Hugging Face model folder?)")
+    started = time.perf_counter()
     # A worker node may have no network: never let transformers try the Hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Imported here because it takes seconds, and a worker that hits the feature cache never needs it.
@@ -94,10 +104,21 @@ def _load_encoder_cached(folder: Path) -> Encoder:
     # the worker needs one readable reason to put on the trial, whatever the cause.
     except Exception as error:
         raise ModelError(f"cannot load the model in {folder}: {error}") from error
+    # Without its tokenizer files a folder still loads, as a tokenizer of a few special tokens: every
+    # text would train as unknown tokens, at chance level.
+    check_vocabulary(tokenizer, folder)
     model.eval()
     hidden_size = getattr(model.config, "hidden_size", None)
     if not isinstance(hidden_size, int):
         raise ModelError(f"the model in {folder} has no integer hidden_size in its config")
+    logger.info(
+        "loaded the encoder in %s (%s, vocabulary of %d tokens, hidden size %d) in %.1fs",
+        folder,
+        type(model).__name__,
+        len(tokenizer),
+        hidden_size,
+        time.perf_counter() - started,
+    )
     return Encoder(tokenizer=tokenizer, model=model, folder=folder, hidden_size=hidden_size)
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import safetensors.torch
 import torch
 
+from worker.data_roots import DataRoots, absolute
 from worker.entrypoints import is_allowed
 from worker.model import ModelError
 
@@ -64,15 +65,18 @@ class LoadedModel:
         return copied
 
 
-def resolve_model_file(given: str) -> Path:
-    """The model file a task names, as this host sees it; ModelError naming both spellings if it is not there."""
-    path = Path(given).expanduser()
-    resolved = path if path.is_absolute() else Path.cwd() / path
+def resolve_model_file(given: str, roots: DataRoots | None = None) -> Path:
+    """The model file a task names, as this host sees it; ModelError naming both spellings if it is not there.
+
+    With roots (a worker's), a path outside them fails first, before anything about the file is looked up.
+    """
+    shown = absolute(given)
+    resolved = roots.confine(given, what="model file") if roots is not None else shown
     host = socket.gethostname()
     if not resolved.exists():
-        raise ModelError(f"model file {given!r} is missing on worker host {host} (looked for {resolved})")
+        raise ModelError(f"model file {given!r} is missing on worker host {host} (looked for {shown})")
     if not resolved.is_file():
-        raise ModelError(f"model {given!r} on worker host {host} is not a file ({resolved})")
+        raise ModelError(f"model {given!r} on worker host {host} is not a file ({shown})")
     return resolved
 
 
@@ -241,9 +245,14 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())[:400]}"
 
 
-def load_model_file(given: str, *, factory: str | None, permissions: Permissions) -> LoadedModel:
-    """Load the model a torch-module task names, in eval mode on the CPU; ModelError with the reason otherwise."""
-    path = resolve_model_file(given)
+def load_model_file(
+    given: str, *, factory: str | None, permissions: Permissions, roots: DataRoots | None = None
+) -> LoadedModel:
+    """Load the model a torch-module task names, in eval mode on the CPU; ModelError with the reason otherwise.
+
+    A worker passes its data roots: a file outside them is refused unread.
+    """
+    path = resolve_model_file(given, roots)
     stored = file_format(path, given)
     if stored == "torchscript":
         if factory is not None:

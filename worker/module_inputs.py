@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,15 +15,14 @@ from worker.data import (
     DataError,
     data_memo_key,
     label_of,
-    label_order,
     load_split,
-    read_labelled_file,
+    name_listing,
     read_rows,
-    shuffle_by_label,
-    split_by_label,
+    split_local,
 )
+from worker.data_report import DataReport
+from worker.data_roots import DataRoots
 
-K = TypeVar("K", bound=Hashable)
 # How hashed text is made (with n_features from the task), recorded with a kept model so anyone can make it again.
 HASHING = {
     "vectorizer": "sklearn.feature_extraction.text.HashingVectorizer",
@@ -78,17 +77,13 @@ class ModelInputs:
     columns: list[str] | None
     # For reasons: "4 columns: a, b, c, d" or "the text hashed into 64 features".
     described: str
+    # What loading found (duplicates, conflicts, labels never validated).
+    report: DataReport = field(default=DataReport())
 
     @property
     def width(self) -> int:
         """How many features a row has: what the model's input width must be."""
         return self.train.width
-
-
-def _listing(names: Sequence[str]) -> str:
-    shown = ", ".join(repr(name) for name in names[:_LISTED_COLUMNS]) or "none"
-    more = len(names) - _LISTED_COLUMNS
-    return f"{shown} (and {more} more)" if more > 0 else shown
 
 
 def hash_texts(texts: list[str], n_features: int) -> Any:
@@ -110,13 +105,17 @@ def _number(value: Any, *, given: str, number: int, column: str, present: list[s
         except ValueError:
             parsed = None
     if parsed is None or not math.isfinite(parsed):
-        what = (
-            "is empty" if value is None or (isinstance(value, str) and not value.strip()) else f"is {value!r}"
-        )
+        # What the cell is, never what it holds: a reason quotes a file's column names, not its data.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            what = "is empty"
+        elif parsed is not None:
+            what = "is not finite"
+        else:
+            what = "is not a number"
         raise DataError(
             f"column {column!r} of {given!r} is not numeric: row {number} {what}; inputs kind columns reads"
             f" finite numbers, so name the numeric columns in task.inputs.columns (columns present:"
-            f" {_listing(present)})"
+            f" {name_listing(present)})"
         )
     return parsed
 
@@ -125,7 +124,7 @@ def feature_columns(present: list[str], wanted: list[str] | None, label_column: 
     """The feature columns, in order: those named, or every column but the label; DataError naming a missing one."""
     if label_column not in present:
         raise DataError(
-            f"{given!r} has no column {label_column!r} (task.data.label_column); columns present: {_listing(present)}"
+            f"{given!r} has no column {label_column!r} (task.data.label_column); columns present: {name_listing(present)}"
         )
     if wanted is None:
         columns = [name for name in present if name != label_column]
@@ -137,7 +136,7 @@ def feature_columns(present: list[str], wanted: list[str] | None, label_column: 
             raise DataError(f"task.inputs.columns lists the label column {label_column!r}")
         if column not in present:
             raise DataError(
-                f"{given!r} has no column {column!r} (task.inputs.columns); columns present: {_listing(present)}"
+                f"{given!r} has no column {column!r} (task.inputs.columns); columns present: {name_listing(present)}"
             )
     return list(wanted)
 
@@ -159,9 +158,9 @@ def row_features(
 
 
 def _read_columns(
-    given: str, *, role: str, wanted: list[str] | None, label_column: str
+    given: str, *, role: str, wanted: list[str] | None, label_column: str, roots: DataRoots | None
 ) -> tuple[list[str], list[tuple[float, ...]], list[str]]:
-    present, rows = read_rows(given, role=role)
+    present, rows = read_rows(given, role=role, roots=roots)
     columns = feature_columns(present, wanted, label_column, given)
     labels = [
         label_of(row.get(label_column), given=given, number=number, label_column=label_column)
@@ -170,59 +169,30 @@ def _read_columns(
     return columns, row_features(rows, columns, given), labels
 
 
-def _split(
-    task: Task,
-    train: list[tuple[K, str]],
-    validation: list[tuple[K, str]] | None,
-    given: str,
-) -> tuple[list[tuple[K, int]], list[tuple[K, int]], list[str]]:
-    """Duplicates dropped, labels indexed, then the seeded split (or the validation file, whole)."""
-    label_names = label_order({label for _, label in train})
-    if len(label_names) < 2:
-        raise DataError(f"training file {given!r} has only one label ({label_names[0]!r}); need at least 2")
-    index = {name: i for i, name in enumerate(label_names)}
-    by_label: list[list[K]] = [[] for _ in label_names]
-    seen: set[K] = set()
-    for item, label in train:
-        # An exact duplicate could land on both sides of the split and flatter the validation score.
-        if item in seen:
-            continue
-        seen.add(item)
-        by_label[index[label]].append(item)
-    if validation is None:
-        train_pairs, validation_pairs = split_by_label(
-            by_label,
-            validation_fraction=task.validation_fraction,
-            seed=task.data_seed,
-            max_examples=task.max_examples,
-        )
-        return train_pairs, validation_pairs, label_names
-    unknown = sorted({label for _, label in validation} - index.keys())
-    if unknown:
-        raise DataError(
-            f"the validation file has labels that are not in the training file {given!r}:"
-            f" {', '.join(repr(name) for name in unknown[:10])}; training labels: {_listing(label_names)}"
-        )
-    train_pairs = shuffle_by_label(by_label, seed=task.data_seed, max_examples=task.max_examples)
-    return train_pairs, [(item, index[label]) for item, label in validation], label_names
-
-
 def _labels(pairs: Sequence[tuple[Any, int]]) -> torch.Tensor:
     return torch.tensor([label for _, label in pairs], dtype=torch.int64)
 
 
-def _column_inputs(task: Task, data: LocalData, wanted: list[str] | None) -> ModelInputs:
+def _column_inputs(
+    task: Task, data: LocalData, wanted: list[str] | None, roots: DataRoots | None
+) -> ModelInputs:
     columns, features, labels = _read_columns(
-        data.train, role="training", wanted=wanted, label_column=data.label_column
+        data.train, role="training", wanted=wanted, label_column=data.label_column, roots=roots
     )
     validation = None
     if data.validation is not None:
         _, validation_features, validation_labels = _read_columns(
-            data.validation, role="validation", wanted=columns, label_column=data.label_column
+            data.validation, role="validation", wanted=columns, label_column=data.label_column, roots=roots
         )
         validation = list(zip(validation_features, validation_labels, strict=True))
-    train_pairs, validation_pairs, label_names = _split(
-        task, list(zip(features, labels, strict=True)), validation, data.train
+    split = split_local(
+        list(zip(features, labels, strict=True)),
+        validation,
+        train_file=data.train,
+        validation_file=data.validation,
+        validation_fraction=task.validation_fraction,
+        seed=task.data_seed,
+        max_examples=task.max_examples,
     )
 
     def dense(pairs: list[tuple[tuple[float, ...], int]]) -> FeatureRows:
@@ -230,40 +200,22 @@ def _column_inputs(task: Task, data: LocalData, wanted: list[str] | None) -> Mod
 
     shown = ", ".join(columns[:_LISTED_COLUMNS]) + (" ..." if len(columns) > _LISTED_COLUMNS else "")
     return ModelInputs(
-        train=dense(train_pairs),
-        train_labels=_labels(train_pairs),
-        validation=dense(validation_pairs),
-        validation_labels=_labels(validation_pairs),
-        label_names=label_names,
+        train=dense(split.train),
+        train_labels=_labels(split.train),
+        validation=dense(split.validation),
+        validation_labels=_labels(split.validation),
+        label_names=split.label_names,
         columns=columns,
         described=f"{len(columns)} column{'s' if len(columns) != 1 else ''}: {shown}",
+        report=split.report,
     )
 
 
-def _hashed_inputs(task: Task, n_features: int) -> ModelInputs:
-    if isinstance(task.data, LocalData):
-        data = task.data
-        texts, labels = read_labelled_file(
-            data.train, text_column=data.text_column, label_column=data.label_column, role="training"
-        )
-        validation = None
-        if data.validation is not None:
-            validation_texts, validation_labels = read_labelled_file(
-                data.validation,
-                text_column=data.text_column,
-                label_column=data.label_column,
-                role="validation",
-            )
-            validation = list(zip(validation_texts, validation_labels, strict=True))
-        train_pairs, validation_pairs, label_names = _split(
-            task, list(zip(texts, labels, strict=True)), validation, data.train
-        )
-    else:
-        # The built-in data sets come split already, their duplicates dropped.
-        split = load_split(task)
-        train_pairs = list(zip(split.train_texts, split.train_labels, strict=True))
-        validation_pairs = list(zip(split.validation_texts, split.validation_labels, strict=True))
-        label_names = list(split.label_names)
+def _hashed_inputs(task: Task, n_features: int, roots: DataRoots | None) -> ModelInputs:
+    # Texts are split as kind text-classification splits them: the same duplicates dropped, the same warnings.
+    split = load_split(task, roots)
+    train_pairs = list(zip(split.train_texts, split.train_labels, strict=True))
+    validation_pairs = list(zip(split.validation_texts, split.validation_labels, strict=True))
 
     def hashed(pairs: list[tuple[str, int]]) -> FeatureRows:
         return FeatureRows(sparse=hash_texts([text for text, _ in pairs], n_features))
@@ -273,23 +225,27 @@ def _hashed_inputs(task: Task, n_features: int) -> ModelInputs:
         train_labels=_labels(train_pairs),
         validation=hashed(validation_pairs),
         validation_labels=_labels(validation_pairs),
-        label_names=label_names,
+        label_names=list(split.label_names),
         columns=None,
         described=f"the text hashed into {n_features} features",
+        report=split.report,
     )
 
 
-def load_model_inputs(task: Task) -> ModelInputs:
-    """The task's inputs, labels and split, as task.inputs and task.data say; DataError with the reason."""
+def load_model_inputs(task: Task, roots: DataRoots | None = None) -> ModelInputs:
+    """The task's inputs, labels and split, as task.inputs and task.data say; DataError with the reason.
+
+    A worker passes its data roots: a local file outside them is refused unread.
+    """
     inputs = task.inputs
     if isinstance(inputs, HashedTextInputs):
-        return _hashed_inputs(task, inputs.n_features)
+        return _hashed_inputs(task, inputs.n_features, roots)
     if isinstance(inputs, ColumnInputs):
         if not isinstance(task.data, LocalData):
             raise DataError(
                 "inputs kind columns reads numeric columns of local files, not a built-in data set"
             )
-        return _column_inputs(task, task.data, inputs.columns)
+        return _column_inputs(task, task.data, inputs.columns, roots)
     raise DataError(
         "kind torch-module needs task.inputs: {kind: columns} or {kind: hashed-text, n_features: N}"
     )

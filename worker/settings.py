@@ -14,12 +14,19 @@ def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "tunefleet"
 
 
+def _default_data_roots() -> tuple[Path, ...]:
+    return (Path.cwd(),)
+
+
 class WorkerSettings(BaseSettings):
     """How a worker reaches the store, where it caches features, and how it uses its device."""
 
     model_config = SettingsConfigDict(env_prefix="TUNEFLEET_", extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL
+    # A worker joins a store the service made: a SQLite file it does not find is a wrong folder or a typo,
+    # not a store to start empty, unless the operator says so (--create-store).
+    create_store: bool = Field(False, description="create the SQLite store file when it does not exist")
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     # A folder (shared with the service: NFS for many nodes) or s3://BUCKET: where best models go.
     artifact_dir: str = Field(default_factory=default_artifact_dir)
@@ -37,10 +44,22 @@ class WorkerSettings(BaseSettings):
     # kind python runs these entry points only: a package (mypkg: everything under it) or one function
     # (mypkg.train:run), comma-separated. Empty: no kind python trial runs on this worker.
     allowed_entrypoints: Annotated[tuple[str, ...], NoDecode] = ()
+    # The only folders a study's data files and local models may lie in (symlinks and .. resolved),
+    # comma-separated; unset or empty: the folder the worker was started in.
+    data_roots: Annotated[tuple[Path, ...], NoDecode] = Field(default_factory=_default_data_roots)
 
     @field_validator("allowed_entrypoints", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _folders(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple) and not value:
+            return _default_data_roots()
         return value

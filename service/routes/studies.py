@@ -11,13 +11,17 @@ from optuna.trial import TrialState
 from service.dependencies import Repository
 from service.report import render_report
 from service.schemas import ErrorRead, StudyName, StudyPage, StudyRead, TrialNumber, TrialPage, TrialRead
-from studies import StudySpec
+from studies import StudyRecord, StudyRepository, StudySpec
 from studies.states import StudyState
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorRead, "description": "no such study"}}
 TrialStateName = Literal["running", "complete", "pruned", "fail", "waiting"]
+
+
+def _study_read(repository: StudyRepository, record: StudyRecord) -> StudyRead:
+    return StudyRead.from_progress(repository.progress(record), repository.data_warnings(record))
 
 
 @router.post(
@@ -45,14 +49,14 @@ def list_studies(
         total=total,
         offset=offset,
         limit=limit,
-        items=[StudyRead.from_progress(repository.progress(record)) for record in records],
+        items=[_study_read(repository, record) for record in records],
     )
 
 
 @router.get("/{study_name}", response_model=StudyRead, responses=NOT_FOUND)
 def get_study(study_name: StudyName, repository: Repository) -> StudyRead:
     """One study: spec, state, progress and best trial."""
-    return StudyRead.from_progress(repository.progress(repository.get(study_name)))
+    return _study_read(repository, repository.get(study_name))
 
 
 @router.delete(
@@ -77,16 +81,14 @@ def delete_study(study_name: StudyName, repository: Repository) -> Response:
 def stop_study(study_name: StudyName, repository: Repository) -> StudyRead:
     """Stop claiming new trials; running trials stop at their next epoch boundary."""
     repository.get(study_name)
-    return StudyRead.from_progress(
-        repository.progress(repository.set_state(study_name, StudyState.STOPPED, "stopped by user"))
-    )
+    return _study_read(repository, repository.set_state(study_name, StudyState.STOPPED, "stopped by user"))
 
 
 @router.post("/{study_name}/resume", response_model=StudyRead, responses=NOT_FOUND)
 def resume_study(study_name: StudyName, repository: Repository) -> StudyRead:
     """Reopen a stopped study for claims."""
     repository.get(study_name)
-    return StudyRead.from_progress(repository.progress(repository.set_state(study_name, StudyState.RUNNING)))
+    return _study_read(repository, repository.set_state(study_name, StudyState.RUNNING))
 
 
 @router.get("/{study_name}/trials", response_model=TrialPage, responses=NOT_FOUND)

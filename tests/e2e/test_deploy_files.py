@@ -120,6 +120,16 @@ def test_compose_worker_reserves_an_nvidia_gpu_and_can_be_scaled() -> None:
     assert mount == cache_dir
 
 
+def test_workers_read_study_files_under_a_data_root_the_deployment_mounts() -> None:
+    # Without TUNEFLEET_DATA_ROOTS a container's worker would read only its working folder, where no data is.
+    worker = compose()["services"]["worker"]
+    root = worker["environment"]["TUNEFLEET_DATA_ROOTS"]
+    assert any(volume.endswith(f":{root}:ro") for volume in worker["volumes"]), worker["volumes"]
+    container = pod_container(k8s_manifest("Deployment", "tunefleet-worker"), "worker")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TUNEFLEET_DATA_ROOTS"] == "/data"
+
+
 def test_compose_commands_are_accepted_by_the_tunefleet_cli() -> None:
     for name in ("service", "worker"):
         assert_tunefleet_command_parses(shlex.split(compose()["services"][name]["command"]))

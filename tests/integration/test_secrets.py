@@ -103,11 +103,15 @@ def _free_port() -> int:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize(("form", "masked"), [("userinfo", ":***@"), ("query", "?password=***")])
 def test_serve_logs_its_store_with_the_password_masked_and_warns_that_the_api_is_open(
-    postgres_url: str,
+    form: str, masked: str, postgres_url: str
 ) -> None:
+    # A password in the query string was printed in clear.
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
-    env["TUNEFLEET_DATABASE_URL"] = url_with_password(postgres_url)
+    env["TUNEFLEET_DATABASE_URL"] = (
+        url_with_password(postgres_url) if form == "userinfo" else f"{postgres_url}?password={PASSWORD}"
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "tunefleet", "serve", "--port", str(_free_port())],
         cwd=ROOT,
@@ -138,7 +142,7 @@ def test_serve_logs_its_store_with_the_password_masked_and_warns_that_the_api_is
     output = "".join(lines)
     serving = next((line for line in lines if "serving on" in line), None)
     assert serving is not None, output
-    assert ":***@" in serving
+    assert masked in serving
     assert "the API is open" in output
     assert PASSWORD not in output
 
@@ -158,6 +162,38 @@ def test_serve_reports_a_store_it_cannot_open_in_one_line_without_the_password(
     )
     assert len(err.splitlines()) == 1
     assert PASSWORD not in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"host=127.0.0.1 port=5432 password='se cret {PASSWORD}' dbname=test",
+        f"postgresql+nosuchdriver://127.0.0.1/test?user=u&password={PASSWORD}",
+        f"postgresql://u@127.0.0.1:notaport/test?sslpassword={PASSWORD}",
+    ],
+)
+@pytest.mark.parametrize("command", ["worker", "serve"])
+def test_serve_and_worker_never_print_a_password_of_a_store_they_cannot_open(
+    command: str, url: str, tmp_path: Path
+) -> None:
+    # A keyword connection string was echoed whole, password and all, in the `cannot open the store` line.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFLEET_")}
+    env["TUNEFLEET_DATABASE_URL"] = url
+    env["TUNEFLEET_CACHE_DIR"] = str(tmp_path / "cache")
+    args = ["worker", "--exit-when-idle"] if command == "worker" else ["serve", "--port", "0"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tunefleet", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "tunefleet: error: cannot open the store " in result.stderr
+    output = result.stdout + result.stderr
+    assert PASSWORD not in output and "se cret" not in output
+    assert "Traceback" not in output
 
 
 def test_a_store_error_reason_keeps_what_the_driver_said_and_drops_any_password() -> None:

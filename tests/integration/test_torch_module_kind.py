@@ -341,7 +341,7 @@ FAILURES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any], list[str]]] 
         {},
         [
             "column 'colour' of",
-            "is not numeric: row 1 is 'red'",
+            "is not numeric: row 1 is not a number",
             "columns present: 'a', 'b', 'c', 'd', 'colour'",
         ],
     ),

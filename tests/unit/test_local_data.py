@@ -16,10 +16,17 @@ from pydantic import ValidationError
 from studies import StudySpec, load_spec_file, preset_path
 from studies.spec import LocalData, Task
 from worker.data import DataError, data_memo_key, load_builtin_tweets_sentiment, load_local_data, load_split
+from worker.module_inputs import load_model_inputs
 
 ROWS = [
     {"text": f"{word} example number {i}", "label": label}
     for i in range(10)
+    for word, label in (("great", "positive"), ("awful", "negative"), ("table", "neutral"))
+]
+# Rows training does not have, for validation files.
+HELD_OUT = [
+    {"text": f"{word} held-out example {i}", "label": label}
+    for i in range(2)
     for word, label in (("great", "positive"), ("awful", "negative"), ("table", "neutral"))
 ]
 
@@ -83,16 +90,16 @@ def test_the_split_is_seeded(tmp_path: Path) -> None:
 
 def test_a_validation_file_is_used_whole_and_shares_the_training_label_index(tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", ROWS)
-    validation = write_csv(tmp_path / "validation.csv", ROWS[:4])
+    validation = write_csv(tmp_path / "validation.csv", HELD_OUT)
     split = load(train, validation)
-    assert split.validation_texts == [row["text"] for row in ROWS[:4]]
-    assert [split.label_names[i] for i in split.validation_labels] == [row["label"] for row in ROWS[:4]]
+    assert split.validation_texts == [row["text"] for row in HELD_OUT]
+    assert [split.label_names[i] for i in split.validation_labels] == [row["label"] for row in HELD_OUT]
     assert len(split.train_texts) == len(ROWS)
 
 
 def test_max_examples_caps_only_training_when_there_is_a_validation_file(tmp_path: Path) -> None:
     train = write_csv(tmp_path / "train.csv", ROWS)
-    split = load(train, write_csv(tmp_path / "v.csv", ROWS[:5]), max_examples=12)
+    split = load(train, write_csv(tmp_path / "v.csv", HELD_OUT[:5]), max_examples=12)
     assert len(split.train_texts) == 12 and Counter(split.train_labels) == {0: 4, 1: 4, 2: 4}
     assert len(split.validation_texts) == 5
 
@@ -186,7 +193,7 @@ def test_an_empty_parquet_file_says_so(tmp_path: Path) -> None:
 
 def test_a_validation_label_not_in_training_is_named_with_the_training_labels(tmp_path: Path) -> None:
     train = write_csv(tmp_path / "train.csv", ROWS)
-    validation = write_csv(tmp_path / "v.csv", [{"text": "meh", "label": "mixed"}, *ROWS[:2]])
+    validation = write_csv(tmp_path / "v.csv", [{"text": "meh", "label": "mixed"}, *HELD_OUT[:2]])
     text = reason(train, validation)
     assert "'mixed'" in text and "not in the training file" in text
     assert "'negative', 'neutral', 'positive'" in text
@@ -341,3 +348,91 @@ def test_the_tweets_preset_is_a_valid_spec_on_the_builtin_tweets() -> None:
     spec = StudySpec.model_validate(load_spec_file(preset_path("tweets-sentiment-minilm")))
     assert spec.name == "tweets-sentiment-minilm"
     assert spec.task.data == "builtin:tweets-sentiment" and spec.task.finetune == "head"
+
+
+# -- duplicates, conflicting labels, labels never validated ----------------------------------------
+
+
+def test_duplicate_rows_are_dropped_before_the_split_counted_and_warned_about(tmp_path: Path) -> None:
+    # 185 distinct rows, then 115 of them again: 300 rows, as a user's export with repeated pages might be.
+    pages = [{"text": f"{row['text']} page {i}", "label": row["label"]} for i in range(7) for row in ROWS]
+    distinct = pages[:185]
+    train = write_csv(tmp_path / "train.csv", distinct + distinct[:115])
+    split = load(train)
+    assert len(split.train_texts) + len(split.validation_texts) == 185
+    assert not set(split.train_texts) & set(split.validation_texts)
+    assert split.report.duplicates_dropped == 115 and split.report.conflicting_labels == 0
+    assert split.report.attrs()["data_duplicates_dropped"] == 115
+    assert any("115 duplicate rows" in warning and str(train) in warning for warning in split.report.warnings)
+
+
+def test_a_text_with_two_labels_is_counted_and_kept_once_per_label(tmp_path: Path) -> None:
+    clash = [{"text": ROWS[0]["text"], "label": "negative"}, {"text": ROWS[3]["text"], "label": "neutral"}]
+    split = load(write_csv(tmp_path / "train.csv", ROWS + clash + clash))
+    assert split.report.conflicting_labels == 2 and split.report.duplicates_dropped == 2
+    assert len(split.train_texts) + len(split.validation_texts) == len(ROWS) + 2
+    assert split.report.attrs()["data_conflicting_labels"] == 2
+    assert any("2 examples with more than one label" in warning for warning in split.report.warnings)
+
+
+def test_validation_rows_that_training_has_are_dropped_from_validation_and_counted(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", ROWS)
+    # Two rows training has (one under another label), one of them twice, and the held-out rows.
+    leaked = [ROWS[0], ROWS[0], {"text": ROWS[1]["text"], "label": "positive"}]
+    validation = write_csv(tmp_path / "validation.csv", leaked + HELD_OUT)
+    split = load(train, validation)
+    assert split.validation_texts == [row["text"] for row in HELD_OUT]
+    assert not set(split.train_texts) & set(split.validation_texts)
+    assert split.report.validation_overlap_dropped == 2 and split.report.duplicates_dropped == 1
+    assert any("2 rows dropped" in warning for warning in split.report.warnings)
+
+
+def test_a_validation_file_made_only_of_training_rows_is_refused(tmp_path: Path) -> None:
+    text = reason(write_csv(tmp_path / "train.csv", ROWS), write_csv(tmp_path / "v.csv", ROWS[:6]))
+    assert "every row of validation file" in text and "also in training file" in text
+
+
+def test_a_label_with_a_single_example_trains_and_is_warned_about(tmp_path: Path) -> None:
+    split = load(write_csv(tmp_path / "train.csv", [*ROWS, {"text": "so-so at best", "label": "mixed"}]))
+    mixed = split.label_names.index("mixed")
+    assert mixed in split.train_labels and mixed not in split.validation_labels
+    (warning,) = split.report.warnings
+    assert "no example of label ('mixed')" in warning and "at least 2 examples" in warning
+    assert split.report.attrs()["data_warnings"] == [warning]
+
+
+def test_a_validation_file_without_a_label_training_has_is_warned_about(tmp_path: Path) -> None:
+    validation = write_csv(tmp_path / "v.csv", [row for row in HELD_OUT if row["label"] != "neutral"])
+    split = load(write_csv(tmp_path / "train.csv", ROWS), validation)
+    (warning,) = split.report.warnings
+    assert str(validation) in warning and "no example of label that training has ('neutral')" in warning
+
+
+def test_clean_files_record_zero_counts_and_no_warnings(tmp_path: Path) -> None:
+    split = load(write_csv(tmp_path / "train.csv", ROWS))
+    assert split.report.attrs() == {
+        "data_duplicates_dropped": 0,
+        "data_conflicting_labels": 0,
+        "data_validation_overlap_dropped": 0,
+    }
+
+
+def test_rows_of_numbers_for_a_torch_module_drop_duplicates_by_the_same_rule(tmp_path: Path) -> None:
+    rows = [f"{i},{i * 2},{'odd' if i % 2 else 'even'}" for i in range(20)]
+    path = tmp_path / "columns.csv"
+    path.write_text("\n".join(["a,b,label", *rows, *rows[:10]]) + "\n", encoding="utf-8")
+    task = Task.model_validate(
+        {
+            "kind": "torch-module",
+            "model": "model.pt",
+            "replace": "fc",
+            "inputs": {"kind": "columns"},
+            "data": {"train": str(path)},
+        }
+    )
+    inputs = load_model_inputs(task)
+    assert inputs.report.duplicates_dropped == 10
+    assert inputs.train.dense is not None and inputs.validation.dense is not None
+    train = {tuple(row) for row in inputs.train.dense.tolist()}
+    validation = {tuple(row) for row in inputs.validation.dense.tolist()}
+    assert len(train) + len(validation) == 20 and not train & validation

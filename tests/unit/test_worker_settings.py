@@ -32,3 +32,16 @@ def test_allow_entrypoint_flags_replace_the_environment(monkeypatch: pytest.Monk
     args = build_parser().parse_args(["--allow-entrypoint", "mypkg", "--allow-entrypoint", "b.c:d"])
     flags = {"allowed_entrypoints": ("--allow-entrypoint", tuple(args.allow_entrypoint))}
     assert build_settings(WorkerSettings, flags).allowed_entrypoints == ("mypkg", "b.c:d")
+
+
+def test_a_worker_creates_no_store_unless_told_by_flag_or_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TUNEFLEET_CREATE_STORE", raising=False)
+    assert WorkerSettings().create_store is False
+    args = build_parser().parse_args(["--create-store"])
+    assert build_settings(
+        WorkerSettings, {"create_store": ("--create-store", args.create_store)}
+    ).create_store
+    monkeypatch.setenv("TUNEFLEET_CREATE_STORE", "1")
+    assert WorkerSettings().create_store is True

@@ -87,6 +87,10 @@ class TrialContext(Protocol):
         """Wait up to seconds, returning early when the worker is told to stop."""
         ...
 
+    def note(self, name: str, value: Any) -> None:
+        """Record a user attribute the trial ends with, whatever its end (what its data held, say)."""
+        ...
+
 
 class TrialTask(Protocol):
     """A task kind: what a trial trains, prepared once per process and run one trial at a time."""

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from studies.spec import Task
-from worker.data import data_memo_key, load_split
+from worker.data import LabelledSplit, data_memo_key, load_split
+from worker.data_report import DataReport, note_on
+from worker.data_roots import confine_task, worker_data_roots
 from worker.device import all_cores
 from worker.epochs import TrainResult
 from worker.export import model_config, serialise_weights
@@ -22,24 +24,40 @@ _MAX_TOKEN_SETS = 4
 
 
 class TextClassification:
-    """The built-in task kind; keeps each data set's features (head) or token ids (last-k, full) per process."""
+    """The built-in task kind; keeps each data set's features (head) or token ids (last-k, full) per process.
+
+    Local data files and model folders are read only inside the worker's data roots.
+    """
 
     def __init__(self, host: TaskHost) -> None:
         self.host = host
+        self.roots = worker_data_roots()
         self._features: dict[tuple[Any, ...], Features] = {}
         self._tokens: dict[tuple[Any, ...], Tokens] = {}
+        # What loading each data set found, by the same keys: every trial on it records it.
+        self._reports: dict[tuple[Any, ...], DataReport] = {}
+
+    def _key(self, task: Task) -> tuple[Any, ...]:
+        # Every path is checked before the memo key looks at any file's size and time.
+        confine_task(task, self.roots)
+        return data_memo_key(task)
+
+    def _split(self, task: Task, key: tuple[Any, ...]) -> LabelledSplit:
+        split = load_split(task, self.roots)
+        self._reports[key] = split.report
+        return split
 
     def features(
         self, task: Task, progress: Progress | None = None, interrupt: Callable[[], None] | None = None
     ) -> Features:
         """The task's encoder features: from this process's memo, else the node's disk cache, else computed."""
-        key = data_memo_key(task)
+        key = self._key(task)
         if key not in self._features:
             # Encoding is one big batch job, unlike head training: give it every core while it runs.
             with all_cores():
                 self._features[key] = load_or_build_features(
-                    encoder_folder=model_folder(task),
-                    split=load_split(task),
+                    encoder_folder=model_folder(task, self.roots),
+                    split=self._split(task, key),
                     max_length=task.max_length,
                     cache_dir=self.host.cache_dir,
                     progress=progress,
@@ -50,10 +68,10 @@ class TextClassification:
 
     def tokens(self, task: Task) -> Tokens:
         """The task's token ids for last-k and full: tokenized once per process and data set."""
-        key = data_memo_key(task)
+        key = self._key(task)
         if key not in self._tokens:
-            encoder = load_encoder(model_folder(task))
-            split = load_split(task)
+            encoder = load_encoder(model_folder(task, self.roots))
+            split = self._split(task, key)
             while len(self._tokens) >= _MAX_TOKEN_SETS:
                 self._tokens.pop(next(iter(self._tokens)))
             self._tokens[key] = tokenize_split(encoder, split, max_length=task.max_length)
@@ -66,24 +84,29 @@ class TextClassification:
         if task.finetune == "head":
             self.features(task, progress=progress, interrupt=interrupt)
         else:
-            load_encoder(model_folder(task))
+            load_encoder(model_folder(task, self.roots))
             self.tokens(task)
 
     def run(self, task: Task, trial: TrialContext) -> TrainResult:
         """Train a fresh head on the features, or the head and the encoder on the token ids."""
         params = HeadParams.of(trial.params)
+        run_name = f"trial {trial.number} of {trial.study_name}"
         if task.finetune == "head":
+            features = self.features(task)
+            note_on(trial, self._reports.get(data_memo_key(task), DataReport()))
             return train_head(
-                features=self.features(task),
+                features=features,
                 params=params,
                 seed=trial.seed,
                 device=trial.device,
                 on_epoch=trial.report,
                 interrupted=trial.stop_reason,
                 keep=trial.keep,
+                run_name=run_name,
             )
-        encoder = load_encoder(model_folder(task))
+        encoder = load_encoder(model_folder(task, self.roots))
         tokens = self.tokens(task)
+        note_on(trial, self._reports.get(data_memo_key(task), DataReport()))
         encoder_learning_rate = trial.params.get("encoder_learning_rate")
         # Training through the encoder is big matrix work, unlike a small head: use every core.
         with all_cores():
@@ -99,6 +122,7 @@ class TextClassification:
                 on_epoch=trial.report,
                 interrupted=trial.stop_reason,
                 keep=trial.keep,
+                run_name=run_name,
             )
 
     def label_names(self, task: Task) -> list[str]:

@@ -8,6 +8,8 @@ from typing import Any
 from studies.names import FREEZE_MODES
 from studies.spec import Task
 from worker.builtin_modules import is_builtin_module, load_builtin_module
+from worker.data_report import note_on
+from worker.data_roots import confine_task, worker_data_roots
 from worker.epochs import TrainResult
 from worker.hyperparams import HeadParams
 from worker.model import ModelError
@@ -38,10 +40,14 @@ def _replace(task: Task) -> str:
 
 
 class TorchModule:
-    """The torch-module kind; keeps each model file's pristine module and each data set's inputs per process."""
+    """The torch-module kind; keeps each model file's pristine module and each data set's inputs per process.
+
+    Model files and local data files are read only inside the worker's data roots.
+    """
 
     def __init__(self, host: TaskHost) -> None:
         self.host = host
+        self.roots = worker_data_roots()
         self.permissions = Permissions(
             trust_pickled_models=host.trust_pickled_models, allowed_entrypoints=host.allowed_entrypoints
         )
@@ -54,6 +60,8 @@ class TorchModule:
 
     def model(self, task: Task, interrupt: Callable[[], None] | None = None) -> LoadedModel:
         """The task's pretrained model as loaded from its file, once per process (again if the file changes)."""
+        # Every path is checked before the memo keys look at any file's size and time.
+        confine_task(task, self.roots)
         key = self._model_key(task)
         if key not in self._models:
             if is_builtin_module(task.model):
@@ -62,15 +70,18 @@ class TorchModule:
                     task.model, cache_dir=self.host.cache_dir, factory=task.factory, interrupt=interrupt
                 )
             else:
-                loaded = load_model_file(task.model, factory=task.factory, permissions=self.permissions)
+                loaded = load_model_file(
+                    task.model, factory=task.factory, permissions=self.permissions, roots=self.roots
+                )
             _remember(self._models, key, loaded, _MAX_MODELS)
         return self._models[key]
 
     def inputs(self, task: Task) -> ModelInputs:
         """The task's inputs, labels and split, read once per process and data set."""
+        confine_task(task, self.roots)
         key = inputs_memo_key(task)
         if key not in self._inputs:
-            _remember(self._inputs, key, load_model_inputs(task), _MAX_INPUT_SETS)
+            _remember(self._inputs, key, load_model_inputs(task, self.roots), _MAX_INPUT_SETS)
         return self._inputs[key]
 
     def prepare(
@@ -91,12 +102,14 @@ class TorchModule:
     def run(self, task: Task, trial: TrialContext) -> TrainResult:
         """Train a fresh copy of the pretrained model with a fresh head, reporting every epoch."""
         self.prepare(task)
+        inputs = self.inputs(task)
+        note_on(trial, inputs.report)
         encoder_learning_rate = trial.params.get("encoder_learning_rate")
         return train_module(
             model=self.model(task).fresh_copy(),
             replace=_replace(task),
             freeze=task.freeze or FREEZE_MODES[0],
-            inputs=self.inputs(task),
+            inputs=inputs,
             params=HeadParams.of(trial.params),
             encoder_learning_rate=float(encoder_learning_rate) if encoder_learning_rate else None,
             seed=trial.seed,
@@ -104,6 +117,7 @@ class TorchModule:
             on_epoch=trial.report,
             interrupted=trial.stop_reason,
             keep=trial.keep,
+            run_name=f"trial {trial.number} of {trial.study_name}",
         )
 
     def model_files(self, task: Task, params: dict[str, Any], result: TrainResult) -> ModelFiles | None:
