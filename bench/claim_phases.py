@@ -61,7 +61,7 @@ PHASES: list[tuple[str, int, str, str]] = [
         "_compute_acquisition_func",
     ),
     ("parameters written", 1, "studies.repository:StudyRepository", "_write_params"),
-    ("report (each of 3 per trial)", 0, "optuna.trial:Trial", "report"),
+    ("report (each of 3 per trial)", 0, "studies.repository:StudyRepository", "report"),
     ("complete", 0, "studies.repository:StudyRepository", "complete"),
 ]
 
