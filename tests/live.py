@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -27,3 +29,14 @@ def serving(app: FastAPI) -> Iterator[tuple[str, int]]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout_s: float, what: str, every_s: float = 0.1) -> Any:
+    """Poll predicate until it returns something true, and return that; fail the test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")

@@ -22,6 +22,7 @@ from studies import StudyRepository, StudySpec, open_storage
 from studies.fleet import Fleet
 from studies.storage import normalize_url
 from tests.faults import OutageProxy
+from tests.live import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +44,6 @@ def synthetic_spec(
             **extra,
         }
     )
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
 
 
 class Workers:

@@ -6,10 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
@@ -19,6 +17,7 @@ from optuna.trial import TrialState
 from service import ServiceSettings, create_app
 from studies import StudyRepository, StudySpec, open_storage
 from studies.lifecycle import COPIED_WHILE_RUNNING
+from tests.live import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +37,6 @@ def synthetic_spec(name: str, n_trials: int, *, epochs: int, sleep_s: float, pri
             "priority": priority,
         }
     )
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
 
 
 class Worker:
