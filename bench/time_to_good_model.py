@@ -24,13 +24,18 @@ from bench.module_task import MODULE_PRESETS
 from bench.reporting import benchmark_parser, command_line, markdown_table, median_interval, publish
 from bench.text_task import PRESETS, Trainer, feature_cache_dir, load_preset, plain_trainer, versions
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
-from studies.space import distributions
-from studies.spec import DEFAULT_COST_WEIGHT, DEFAULT_PATIENCE
+from studies.space import conditions, distributions
+from studies.spec import DEFAULT_COST_WEIGHT, DEFAULT_PATIENCE, Space
 from worker.device import configure_threads
 from worker.epochs import EpochResult
 from worker.runner import TrialRunner
 
 WORKER = WorkerIdentity(host=platform.node(), pid=os.getpid(), device="cpu", worker_id="bench")
+# tunefleet on the unconditional head space: width and activation drawn at every depth, a linear head's included.
+UNCONDITIONAL = "tunefleet-unconditional"
+METHODS = ("tunefleet", UNCONDITIONAL, "optuna-tpe", "random")
+# A condition that holds at every depth: width and activation drawn for a linear head too.
+EVERY_DEPTH = {"depth": {"ge": 0}}
 
 
 @dataclass
@@ -58,6 +63,28 @@ class Run:
         return next((p for p in self.points if p.best <= target + 1e-12), None)
 
 
+def unconditional_head(raw: dict[str, Any]) -> dict[str, Any]:
+    """The spec with width and activation drawn at every depth, a linear head's included: the unconditional space."""
+    space = StudySpec.model_validate({**raw, "name": "probe"}).space
+    assert isinstance(space, Space)
+    dumped = space.model_dump(mode="json")
+    for name in ("width", "activation"):
+        param = dumped[name] if isinstance(dumped[name], dict) else {"type": "fixed", "value": dumped[name]}
+        dumped[name] = {**param, "when": EVERY_DEPTH}
+    return {**raw, "space": dumped}
+
+
+def suggest_conditionally(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """The suggest_* calls a user would write for the spec's space, a conditional one inside its `if`."""
+    dists, tests = distributions(spec.space), conditions(spec.space)
+    params: dict[str, Any] = {}
+    for name, distribution in dists.items():
+        test = tests.get(name)
+        if test is None or test(params):
+            params |= suggest(trial, {name: distribution})
+    return params
+
+
 def run_plain_optuna(method: str, spec: StudySpec, train: Trainer, seed: int, epoch_budget: int) -> Run:
     """Plain Optuna study.optimize, no pruning: (b) default TPE or (c) random, the same training function."""
     sampler = (
@@ -66,14 +93,13 @@ def run_plain_optuna(method: str, spec: StudySpec, train: Trainer, seed: int, ep
         else optuna.samplers.RandomSampler(seed)
     )
     study = optuna.create_study(sampler=sampler, direction="minimize")
-    dists = distributions(spec.space)
     run = Run(method=method, seed=seed, points=[])
     epochs_used = 0
     started = time.process_time()
 
     def objective(trial: optuna.Trial) -> float:
         nonlocal epochs_used
-        params = suggest(trial, dists)
+        params = suggest_conditionally(trial, spec)
 
         def on_epoch(result: EpochResult) -> None:
             trial.report(result.val_loss, result.epoch)
@@ -92,16 +118,18 @@ def run_plain_optuna(method: str, spec: StudySpec, train: Trainer, seed: int, ep
     return run
 
 
-def run_tunefleet(spec: StudySpec, seed: int, epoch_budget: int, cache_dir: Path, workdir: Path) -> Run:
+def run_tunefleet(
+    spec: StudySpec, seed: int, epoch_budget: int, cache_dir: Path, workdir: Path, method: str = "tunefleet"
+) -> Run:
     """tunefleet's own path, in process: the claim, the training, the per-epoch reports and its pruner."""
-    storage = open_storage(f"sqlite:///{workdir / f'tunefleet-{seed}.db'}")
+    storage = open_storage(f"sqlite:///{workdir / f'{method}-{seed}.db'}")
     repository = StudyRepository(storage)
     repository.create(spec)
     runner = TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=cache_dir)
     # The baselines get the task's features loaded before their clocks start; so does tunefleet's
     # worker, which otherwise read them from the cache inside its first trial (a second of CPU here).
     runner.prepare(spec.task)
-    run = Run(method="tunefleet", seed=seed, points=[])
+    run = Run(method=method, seed=seed, points=[])
     epochs_used = 0
     best = float("inf")
     started = time.process_time()
@@ -121,12 +149,9 @@ def run_tunefleet(spec: StudySpec, seed: int, epoch_budget: int, cache_dir: Path
     return run
 
 
-def run_seed(raw: dict[str, Any], seed: int, epoch_budget: int, cache_dir: Path) -> list[Run]:
-    """The three methods on one seed, one after another in this process (one CPU thread)."""
-    # One thread per run, as tunefleet's CPU workers use (measured faster for small heads on 2 cores).
-    configure_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = StudySpec.model_validate(
+def seed_spec(raw: dict[str, Any], seed: int) -> StudySpec:
+    """The spec one seed's runs search: tunefleet's TPE seeded with it, a budget the epoch budget ends first."""
+    return StudySpec.model_validate(
         {
             **raw,
             "name": f"bench-ttg-{seed}",
@@ -134,10 +159,27 @@ def run_seed(raw: dict[str, Any], seed: int, epoch_budget: int, cache_dir: Path)
             "budget": {"n_trials": 100_000},
         }
     )
+
+
+def run_seed(
+    raw: dict[str, Any], seed: int, epoch_budget: int, cache_dir: Path, unconditional: bool = False
+) -> list[Run]:
+    """The methods on one seed, one after another in this process (one CPU thread).
+
+    With unconditional, tunefleet also searches the unconditional space (width and activation drawn at depth 0
+    too), against the same random search: both ratios come from one run.
+    """
+    # One thread per run, as tunefleet's CPU workers use (measured faster for small heads on 2 cores).
+    configure_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = seed_spec(raw, seed)
     train = plain_trainer(spec.task, cache_dir)
     with tempfile.TemporaryDirectory() as workdir:
-        runs = [
-            run_tunefleet(spec, seed, epoch_budget, cache_dir, Path(workdir)),
+        runs = [run_tunefleet(spec, seed, epoch_budget, cache_dir, Path(workdir))]
+        if unconditional:
+            old = seed_spec(unconditional_head(raw), seed)
+            runs.append(run_tunefleet(old, seed, epoch_budget, cache_dir, Path(workdir), UNCONDITIONAL))
+        runs += [
             run_plain_optuna("optuna-tpe", spec, train, seed, epoch_budget),
             run_plain_optuna("random", spec, train, seed, epoch_budget),
         ]
@@ -173,7 +215,7 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
                 }
             )
     summary: dict[str, Any] = {}
-    for method in ("tunefleet", "optuna-tpe", "random"):
+    for method in methods_of(runs):
         mine = [r for r in rows if r["method"] == method]
         ratios = [r["cpu_ratio_vs_random"] for r in mine if r["cpu_ratio_vs_random"] is not None]
         epoch_ratios = [r["epoch_ratio_vs_random"] for r in mine if r["epoch_ratio_vs_random"] is not None]
@@ -194,6 +236,12 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
     return {"rows": rows, "summary": summary}
 
 
+def methods_of(runs: list[Run]) -> list[str]:
+    """The methods the runs hold, in the tables' order."""
+    present = {r.method for r in runs}
+    return [m for m in METHODS if m in present]
+
+
 CHECKPOINTS = (0.1, 0.25, 0.5, 1.0)
 
 
@@ -204,7 +252,7 @@ def checkpoints(runs: list[Run]) -> dict[str, list[dict[str, Any]]]:
     """
     random_runs = {r.seed: r for r in runs if r.method == "random"}
     out: dict[str, list[dict[str, Any]]] = {}
-    for method in ("tunefleet", "optuna-tpe", "random"):
+    for method in methods_of(runs):
         mine = [r for r in runs if r.method == method and r.seed in random_runs]
         rows = []
         for fraction in CHECKPOINTS:
@@ -308,6 +356,11 @@ def report(runs: list[Run], config: dict[str, Any]) -> dict[str, Any]:
         "the same seed, and in brackets the seeds that had reached random search's final best by then:\n\n"
         + checkpoint_markdown(result["checkpoints"])
     )
+    if UNCONDITIONAL in summary:
+        result["markdown"] += (
+            f"\n\n{UNCONDITIONAL}: tunefleet on the same space with width and activation drawn at every depth,"
+            " a linear head's included, rather than only at depth >= 1; against the same random search."
+        )
     if "cpu" in config:
         result["markdown"] += (
             f"\n\nMachine: {config['cores']} cores, {config['cpu']}; Python {config['python']}, "
@@ -362,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rescore", type=Path, help="only recompute this results file's figures from its runs"
     )
+    parser.add_argument(
+        "--unconditional-head",
+        action="store_true",
+        help=f"also run tunefleet with width and activation drawn at depth 0 too ({UNCONDITIONAL})",
+    )
     args = parser.parse_args(argv)
     if args.rescore is not None:
         publish(rescore(args.rescore), args.rescore)
@@ -376,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     # The features (or the built-in pretrained model) built once here, so parallel seeds only read the cache.
     plain_trainer(StudySpec.model_validate({**raw, "name": "probe"}).task, cache)
     runs: list[Run] = []
-    jobs = [(raw, seed, budget, cache) for seed in range(seeds)]
+    jobs = [(raw, seed, budget, cache, args.unconditional_head) for seed in range(seeds)]
     if args.jobs > 1:
         # Each seed in its own single-threaded process: compute is each process's own CPU time,
         # so running seeds side by side changes the wall time, not what is measured.
@@ -394,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         "task": raw["task"],
         **versions(),
         "jobs": args.jobs,
+        "unconditional_head": args.unconditional_head,
         "wall_s": round(time.monotonic() - started, 1),
     }
     result = report(runs, config)

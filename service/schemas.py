@@ -1,4 +1,4 @@
-"""API response schemas (requests use studies.StudySpec directly: the spec is the one definition)."""
+"""API response schemas, and the enqueue request (a study is created from studies.StudySpec, the one definition)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from typing import Annotated, Any
 
 from fastapi import Path
 from optuna.trial import FrozenTrial
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from studies import StudyProgress
+from studies import StudyProgress, StudyRecord
+from studies.artifacts import MODEL_ARTIFACT_ATTR
+from studies.enqueue import MAX_ENQUEUED_AT_ONCE
 from studies.names import STUDY_NAME_PATTERN
+from studies.pareto import available_metrics, metric_value
 from studies.records import TRIAL_STATE_NAMES
+from studies.spec import MAX_FREE_PARAMS
 
 # Path parameters are checked like the spec checks a name: anything else is a 422 naming the parameter,
 # before any store is asked (a NUL byte, for one, is an error in PostgreSQL, not a miss).
@@ -54,7 +58,10 @@ class TrialRead(BaseModel):
 
     number: int
     state: str
-    value: float | None
+    value: float | None = Field(description="the objective's value; null for a study of several objectives")
+    values: list[float | None] | None = Field(
+        None, description="one value per objective, in the spec's order (objective.metrics)"
+    )
     params: dict[str, Any]
     intermediate_values: dict[int, float | None] = Field(description="validation metric by epoch")
     fail_reason: str | None
@@ -70,7 +77,9 @@ class TrialRead(BaseModel):
         return cls(
             number=trial.number,
             state=TRIAL_STATE_NAMES[trial.state],
-            value=_finite(trial.value) if trial.values is not None else None,
+            # FrozenTrial.value raises for a trial of several objectives: it has values.
+            value=_finite(trial.values[0]) if trial.values is not None and len(trial.values) == 1 else None,
+            values=[_finite(v) for v in trial.values] if trial.values is not None else None,
             params=trial.params,
             intermediate_values={k: _finite(v) for k, v in sorted(trial.intermediate_values.items())},
             fail_reason=trial.user_attrs.get("fail_reason"),
@@ -102,6 +111,11 @@ class StudyRead(BaseModel):
     trial_counts: dict[str, int]
     best_value: float | None
     best_trial: TrialRead | None
+    pareto_front_size: int | None = Field(
+        None,
+        description="several objectives: how many feasible trials are on the Pareto front (GET .../pareto);"
+        " best_value and best_trial are then null",
+    )
     created_at: UtcDatetime
     dashboard_url: str
     spec: dict[str, Any]
@@ -112,8 +126,11 @@ class StudyRead(BaseModel):
     )
 
     @classmethod
-    def from_progress(cls, progress: StudyProgress, warnings: list[str] | None = None) -> StudyRead:
-        """Build from the repository's progress view and the study's data warnings."""
+    def from_progress(
+        cls, progress: StudyProgress, warnings: list[str] | None = None, pareto_front_size: int | None = None
+    ) -> StudyRead:
+        """Build from the repository's progress view, the study's data warnings and (several objectives)
+        the size of its Pareto front."""
         record = progress.record
         best = TrialRead.from_frozen(progress.best_trial) if progress.best_trial is not None else None
         return cls(
@@ -126,6 +143,7 @@ class StudyRead(BaseModel):
             trial_counts=progress.trial_counts,
             best_value=best.value if best is not None else None,
             best_trial=best,
+            pareto_front_size=pareto_front_size if record.spec.objective.several else None,
             created_at=record.created_at,
             dashboard_url=f"/dashboard/studies/{record.optuna_study_id}",
             spec=record.spec.model_dump(mode="json"),
@@ -142,7 +160,88 @@ class StudyPage(BaseModel):
     items: list[StudyRead]
 
 
+class EnqueuedTrial(BaseModel):
+    """One known configuration to run: values for some or all of the space's parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Any] = Field(
+        max_length=MAX_FREE_PARAMS,
+        description="parameter name to value (a number or a choice); a parameter left out is drawn by the"
+        " sampler, a conditional one may be given only when its condition holds on the values given",
+        examples=[{"learning_rate": 0.003, "batch_size": 32}],
+    )
+
+
+class EnqueueRequest(BaseModel):
+    """Known configurations to run first: each becomes a queued trial, claimed before any new one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trials: list[EnqueuedTrial] = Field(
+        min_length=1,
+        max_length=MAX_ENQUEUED_AT_ONCE,
+        description="one parameter set per trial, queued in this order; each takes a slot of budget.n_trials",
+    )
+
+
+class EnqueuedRead(BaseModel):
+    """The trials just queued."""
+
+    study_name: str
+    numbers: list[int] = Field(description="the queued trials' numbers, in the order their sets were given")
+    slots_left: int = Field(description="trials of the budget neither claimed nor queued yet")
+
+
 class HealthRead(BaseModel):
     """Liveness or readiness."""
 
     status: str
+
+
+class ParetoTrialRead(BaseModel):
+    """A trial on the Pareto front: its parameters, objective values by metric, and constraint values."""
+
+    number: int
+    params: dict[str, Any]
+    values: dict[str, float | None] = Field(description="each objective's value, by metric name")
+    measured: dict[str, float | None] = Field(
+        description="every metric the worker recorded for it, the constraints' included, by name"
+    )
+    constraints: dict[str, float] = Field(
+        description="each constraint's value (above 0: broken; a trial on the front breaks none)"
+    )
+    model: bool = Field(description="whether its fine-tuned model can be downloaded (best-model?trial=N)")
+
+
+class ParetoRead(BaseModel):
+    """A study's Pareto front: the feasible trials no other trial beats in every objective."""
+
+    study_name: str
+    metrics: list[str] = Field(description="the objectives, in the order of a trial's values")
+    directions: list[str]
+    constraints: list[str]
+    trials: list[ParetoTrialRead] = Field(description="by trial number")
+
+    @classmethod
+    def from_front(cls, record: StudyRecord, front: list[FrozenTrial]) -> ParetoRead:
+        """Build from the study's record and its front (StudyRepository.pareto_front)."""
+        objective = record.spec.objective
+        names = list(objective.names)
+        return cls(
+            study_name=record.name,
+            metrics=names,
+            directions=list(objective.directions),
+            constraints=[c.key for c in objective.parsed_constraints()],
+            trials=[
+                ParetoTrialRead(
+                    number=trial.number,
+                    params=trial.params,
+                    values=dict(zip(names, (_finite(v) for v in trial.values or []), strict=False)),
+                    measured={name: metric_value(trial, name) for name in available_metrics(objective)},
+                    constraints=trial.constraints,
+                    model=bool(trial.user_attrs.get(MODEL_ARTIFACT_ATTR)),
+                )
+                for trial in front
+            ],
+        )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -20,6 +21,12 @@ PARAMS_FILE = "params.json"
 LABELS_FILE = "labels.json"
 CONFIG_FILE = "config.json"
 ARCHIVE_FILES = (WEIGHTS_FILE, PARAMS_FILE, LABELS_FILE, CONFIG_FILE)
+# peft's own file names (peft.utils.SAFETENSORS_WEIGHTS_NAME and CONFIG_NAME): a finetune lora archive carries
+# them too, so PeftModel.from_pretrained(encoder, folder) loads its unpacked folder.
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+# The only members an archive may carry beyond ARCHIVE_FILES: extracting writes no other name.
+EXTRA_FILES = (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE)
 
 
 class ArtifactStore(Protocol):
@@ -65,8 +72,17 @@ def write_model_archive(
     params: dict[str, Any],
     labels: list[str],
     config: dict[str, Any],
+    extra: Mapping[str, bytes] | None = None,
 ) -> None:
-    """Write the zip a user downloads: the weights, the trial's parameters, the label names and the config."""
+    """Write the zip a user downloads: the weights, the trial's parameters, the label names and the config,
+    and any extra files by name (only the names in EXTRA_FILES; ValueError for any other)."""
+    extra = dict(extra or {})
+    unknown = sorted(name for name in extra if name not in EXTRA_FILES)
+    if unknown:
+        raise ValueError(
+            f"a model archive cannot carry {', '.join(map(repr, unknown))}: its extra files are"
+            f" {', '.join(EXTRA_FILES)}"
+        )
 
     def as_json(value: Any) -> str:
         return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -77,6 +93,9 @@ def write_model_archive(
         archive.writestr(PARAMS_FILE, as_json(params), compress_type=zipfile.ZIP_DEFLATED)
         archive.writestr(LABELS_FILE, as_json(labels), compress_type=zipfile.ZIP_DEFLATED)
         archive.writestr(CONFIG_FILE, as_json(config), compress_type=zipfile.ZIP_DEFLATED)
+        for name, data in extra.items():
+            stored = name.endswith(".safetensors")
+            archive.writestr(name, data, compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
 
 
 def upload_model(store: ArtifactStore, trial: optuna.Trial, path: Path) -> str:
@@ -90,7 +109,8 @@ def upload_model(store: ArtifactStore, trial: optuna.Trial, path: Path) -> str:
 
 
 def extract_model_archive(archive: Path, folder: Path) -> Path:
-    """Unpack a downloaded model archive into folder (only the four known files); returns the folder."""
+    """Unpack a downloaded model archive into folder (the four files every archive has, and those of EXTRA_FILES
+    it carries, nothing else); returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(archive) as opened:
         names = set(opened.namelist())
@@ -98,6 +118,6 @@ def extract_model_archive(archive: Path, folder: Path) -> Path:
         if missing:
             raise ValueError(f"{archive} is not a tunefleet model archive: {', '.join(missing)} missing")
         # Only known flat names are written, so a crafted archive cannot write outside the folder.
-        for name in ARCHIVE_FILES:
+        for name in (*ARCHIVE_FILES, *(name for name in EXTRA_FILES if name in names)):
             (folder / name).write_bytes(opened.read(name))
     return folder

@@ -55,8 +55,9 @@ class StudyCatalog:
                 studies_table.delete().where(studies_table.c.study_name == spec.name, ~self._alive())
             )
         try:
+            # One direction per objective, in the order of a trial's values.
             study = optuna.create_study(
-                study_name=spec.name, storage=self.storage, direction=spec.objective.direction or "minimize"
+                study_name=spec.name, storage=self.storage, directions=list(spec.objective.directions)
             )
         except optuna.exceptions.DuplicatedStudyError as error:
             raise StudyAlreadyExists(spec.name) from error
@@ -153,13 +154,22 @@ class StudyCatalog:
     def progress(self, record: StudyRecord) -> StudyProgress:
         """The study's derived state, trial counts and best trial."""
         counts = self.trial_counts(record)
-        try:
-            best: FrozenTrial | None = self.storage.get_best_trial(record.optuna_study_id)
-        except ValueError:
-            best = None
+        best: FrozenTrial | None = None
+        # A study of several objectives has a front, not one best trial (pareto_front).
+        if not record.spec.objective.several:
+            try:
+                best = self.storage.get_best_trial(record.optuna_study_id)
+            except ValueError:
+                best = None
         return StudyProgress(
             record=record, state=self._derived_state(record, counts), trial_counts=counts, best_trial=best
         )
+
+    def pareto_front(self, record: StudyRecord) -> list[FrozenTrial]:
+        """The study's feasible non-dominated completed trials by number (for one objective: its best trials)."""
+        study = self._study(record)
+        # Study.best_trials leaves out trials that break a constraint whenever any trial stored one.
+        return sorted(study.best_trials, key=lambda trial: trial.number)
 
     def data_warnings(self, record: StudyRecord, limit: int = 50) -> list[str]:
         """What workers found wrong with the study's data (its trials' data_warnings), each once, oldest first."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,40 +118,72 @@ class TrialLifecycle(StudyCatalog):
             trial_rows.set_intermediate_value(connection, claim.trial._trial_id, step, value)
         frozen.intermediate_values[step] = value
 
-    def _end(self, held: Held, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
+    def _end(
+        self,
+        held: Held,
+        state: TrialState,
+        values: list[float] | None,
+        attrs: dict[str, Any],
+        constraints: Mapping[str, float] | None = None,
+    ) -> None:
         with self._begin() as connection:
             lock_held(connection, held)
             trial_rows.set_user_attrs(connection, held.trial_id, attrs)
-            trial_rows.finish(connection, held.trial_id, state, value, utcnow())
+            trial_rows.set_constraints(connection, held.trial_id, constraints or {})
+            trial_rows.finish(connection, held.trial_id, state, values, utcnow())
             if held.worker_id:
                 self._release(connection, held.worker_id, held.trial_id)
 
-    def _finish(self, claim: Claim, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
-        # Study.tell's rules and hooks, then one transaction for the attributes, value, state and
-        # the worker's registry row (Study.tell would take one per attribute and two more).
+    def _finish(
+        self,
+        claim: Claim,
+        state: TrialState,
+        values: list[float] | None,
+        attrs: dict[str, Any],
+        constraints: Mapping[str, float] | None = None,
+    ) -> None:
+        # Study.tell's rules and hooks, then one transaction for the attributes, values, constraints, state
+        # and the worker's registry row (Study.tell would take one per attribute and two more).
         frozen = frozen_trial_of(claim.trial)
-        if state == TrialState.PRUNED and value is None and frozen.last_step is not None:
-            # As Study.tell does: a pruned trial's value is its last reported one, when finite.
+        n_objectives = len(claim.spec.objective.names)
+        if (
+            state == TrialState.PRUNED
+            and values is None
+            and frozen.last_step is not None
+            and n_objectives == 1
+        ):
+            # As Study.tell does: a pruned trial's value is its last reported one, when finite (and
+            # there is one objective for it to be the value of).
             last = frozen.intermediate_values[frozen.last_step]
-            value = last if math.isfinite(last) else None
-        if state == TrialState.COMPLETE and (value is None or math.isnan(value)):
-            state, value = TrialState.FAIL, None
+            values = [last] if math.isfinite(last) else None
+        if values is not None and len(values) != n_objectives:
+            raise ValueError(f"{len(values)} values for a study of {n_objectives} objectives")
+        if state == TrialState.COMPLETE and (values is None or any(math.isnan(v) for v in values)):
+            state, values = TrialState.FAIL, None
             attrs = {**attrs, "fail_reason": "the objective value is not a number"}
         study = claim.study
         try:
             forget_cached_trials(study)
             filtered = filter_study(study, frozen)
-            study.sampler.after_trial(filtered, frozen, state, None if value is None else [value])
+            study.sampler.after_trial(filtered, frozen, state, values)
         except Exception as error:
             # A sampler that reads the study's trials (grid) fails on a study deleted meanwhile.
             if not is_transient(error) and not self.still_claimed(claim):
                 raise TrialVanished(claim.study_name, claim.trial.number) from None
             raise
-        self._end(Held.of(claim), state, value, attrs)
+        self._end(Held.of(claim), state, values, attrs, constraints)
 
-    def complete(self, claim: Claim, value: float, attrs: dict[str, Any]) -> None:
-        """End the trial COMPLETE with its objective value and result attributes."""
-        self._finish(claim, TrialState.COMPLETE, value, attrs)
+    def complete(
+        self,
+        claim: Claim,
+        value: float | Sequence[float],
+        attrs: dict[str, Any],
+        constraints: Mapping[str, float] | None = None,
+    ) -> None:
+        """End the trial COMPLETE with its objective value (one per objective, in the study's order), result
+        attributes, and constraint values by name (above 0: broken, as Optuna's samplers read them)."""
+        values = [float(value)] if isinstance(value, int | float) else [float(v) for v in value]
+        self._finish(claim, TrialState.COMPLETE, values, attrs, constraints)
 
     def prune(self, claim: Claim, attrs: dict[str, Any]) -> None:
         """End the trial PRUNED (its last reported value stands as its value)."""

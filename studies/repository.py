@@ -1,9 +1,10 @@
-"""The one door to studies in the shared store: the catalog, the claim transaction and the trial lifecycle."""
+"""The one door to studies in the shared store: the catalog, the claim transaction, the trial lifecycle and queue."""
 
 from __future__ import annotations
 
 from studies.catalog import StudyCatalog
 from studies.claim import ClaimTransaction
+from studies.enqueue import TrialQueue
 from studies.lifecycle import TrialLifecycle
 
 # Records that callers used to import from here.
@@ -27,5 +28,5 @@ __all__ = [
 ]
 
 
-class StudyRepository(ClaimTransaction, TrialLifecycle, StudyCatalog):
+class StudyRepository(ClaimTransaction, TrialLifecycle, TrialQueue, StudyCatalog):
     """All reads and writes of studies go through here, on one storage and its one pool."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +13,7 @@ from optuna.trial import FrozenTrial
 
 from studies._optuna.cost_aware import CostAwareTPESampler
 from studies._optuna.internals import filter_study, forget_cached_trials, single_value
-from studies.space import Condition, grid
+from studies.space import Condition, grid_combinations
 from studies.spec import (
     DEFAULT_COST_WEIGHT,
     HyperbandPruner,
@@ -41,6 +40,12 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
     seed = derived_seed(spec.sampler.seed or 0, "sampler", claim_index)
     startup = spec.sampler.n_startup_trials
     name = spec.sampler.name
+    if name == "tpe" and spec.objective.several:
+        # The cost-aware TPE weighs one objective; Optuna's own TPE ranks several by non-domination. Its
+        # constant liar files running trials with the worst, before it reads any values, as for one objective.
+        return optuna.samplers.TPESampler(
+            seed=seed, constant_liar=True, n_startup_trials=10 if startup is None else startup
+        )
     if name == "tpe":
         # The constant liar makes TPE treat running trials as bad results, so workers spread out.
         cost_weight = spec.sampler.cost_weight
@@ -68,13 +73,20 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup or 1)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10 if startup is None else startup)
+    if name == "nsga2":
+        # Infeasible trials (a constraint's value above 0) rank below feasible ones by constrained domination;
+        # Optuna's samplers read the constraint values each trial stores, so no constraints_func is needed.
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=startup or 50)
     raise ValueError(f"unknown sampler {name!r}")
 
 
 def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
-    """Every point of the spec's grid, in a seeded shuffled order that all workers share."""
-    space = grid(spec.space)
-    points = [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
+    """Every point of the spec's grid, in a seeded shuffled order that all workers share.
+
+    A conditional parameter appears only in the points where its condition holds, so a grid over the
+    built-in space has one depth-0 point per combination of the other parameters, not one per width too.
+    """
+    points = grid_combinations(spec.space)
     random.Random(spec.sampler.seed or 0).shuffle(points)
     return points
 

@@ -48,6 +48,23 @@ def conditions(space: Space | FreeSpace) -> dict[str, Condition]:
     return {name: param.applies for name, param in space.params().items() if param.when is not None}
 
 
+def grid_combinations(space: Space | FreeSpace) -> list[dict[str, Any]]:
+    """Every point of the space's grid, in order: a conditional parameter only in the points where it holds.
+
+    Without conditions this is itertools.product over the parameters' values, the first one slowest;
+    with them a depth-0 point has no width, rather than one copy per width that would train the same head.
+    """
+    points: list[dict[str, Any]] = [{}]
+    for name, values in grid(space).items():
+        param = space.params()[name]
+        points = [
+            extended
+            for point in points
+            for extended in ([{**point, name: v} for v in values] if param.applies(point) else [point])
+        ]
+    return points
+
+
 def grid(space: Space | FreeSpace) -> dict[str, list[Any]]:
     """The grid sampler's search space; the spec has already checked every range is discrete."""
     points: dict[str, list[Any]] = {}

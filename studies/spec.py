@@ -6,11 +6,13 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -35,10 +37,14 @@ from studies.names import (
     BUILTIN_MODULES,
     DATA_FILE_SUFFIXES,
     ENTRYPOINT_PATTERN,
+    EPOCH_METRICS,
     FINETUNE_MODES,
     FREEZE_MODES,
+    LORA_TARGETS,
     MODEL_FILE_SUFFIXES,
     MODULE_PATH_PATTERN,
+    MULTI_OBJECTIVE_SAMPLERS,
+    OBJECTIVE_METRICS,
     OPTIMIZER_NAMES,
     PARAM_NAME_PATTERN,
     SAMPLER_NAMES,
@@ -107,8 +113,9 @@ ConditionValue = Scalar | list[Scalar] | Comparison
 class Param(_Strict):
     """One hyperparameter: a float or int range, a list of choices, or a fixed value (written bare).
 
-    In a kind python space, `when` makes it conditional: sampled only when another parameter, drawn
-    before it, has one of the given values or meets a comparison.
+    `when` makes it conditional: sampled only when another parameter, drawn before it, has one of the
+    given values or meets a comparison. The built-in space makes width and activation conditional on
+    depth >= 1 unless the spec says otherwise.
     """
 
     type: Literal["float", "int", "categorical", "fixed"]
@@ -120,8 +127,9 @@ class Param(_Strict):
     value: Scalar | None = None
     when: dict[str, ConditionValue] | None = Field(
         None,
-        description="kind python only: sample this parameter only when another one, defined before it, has one"
-        " of these values ({optimizer: sgd}, {optimizer: [sgd, adagrad]}) or meets a comparison ({depth: {ge: 2}})",
+        description="sample this parameter only when another one, defined before it, has one of these values"
+        " ({optimizer: sgd}, {optimizer: [sgd, adagrad]}) or meets a comparison ({depth: {ge: 2}}); in the built-in"
+        " space only width, activation (default {depth: {ge: 1}}) and encoder_learning_rate take one",
     )
 
     @model_validator(mode="before")
@@ -212,6 +220,37 @@ class Param(_Strict):
         count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
         return [round(self.low + i * self.step, 12) for i in range(count)]
 
+    def check_value(self, value: Any) -> Scalar:
+        """The value as a trial of this parameter records it; ValueError saying why it cannot take the value."""
+        shown = repr(value)[:100]
+        if self.type in ("fixed", "categorical"):
+            # The stored choice, not the value given: 32.0 given for the choice 32 records 32.
+            allowed = [self.value] if self.type == "fixed" else list(self.choices or [])
+            for choice in allowed:
+                if choice is not None and _same(value, choice):
+                    return choice
+            if self.type == "fixed":
+                raise ValueError(f"is fixed at {self.value!r}, got {shown}")
+            raise ValueError(f"must be one of {', '.join(map(repr, allowed))}, got {shown}")
+        integer = self.type == "int"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (integer and not isinstance(value, int))
+        ):
+            hint = ", which is text (YAML reads 1e-3 as text: write 1.0e-3)" if _numeric_text(value) else ""
+            raise ValueError(f"must be {'an integer' if integer else 'a number'}, got {shown}{hint}")
+        assert self.low is not None and self.high is not None
+        scale = " on a log scale" if self.log else ""
+        if not math.isfinite(value) or not self.low <= value <= self.high:
+            raise ValueError(f"must be between {self.low} and {self.high}{scale}, got {shown}")
+        if self.step is not None:
+            # The tolerance Optuna's FloatDistribution uses for a value on its step grid.
+            steps = (value - self.low) / self.step
+            if (integer and (value - self.low) % self.step) or abs(steps - round(steps)) > 1e-8:
+                raise ValueError(f"must be {self.low} plus a multiple of {self.step}, got {shown}")
+        return float(value) if self.type == "float" else value
+
     def bounds(self) -> tuple[float, float]:
         """The smallest and largest numeric value this parameter can take."""
         if self.type in ("float", "int"):
@@ -220,6 +259,13 @@ class Param(_Strict):
         values = self.discrete_values() or []
         numbers = [float(v) for v in values if isinstance(v, int | float)]
         return min(numbers), max(numbers)
+
+
+def _numeric_text(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _same(value: Any, wanted: Any) -> bool:
@@ -268,8 +314,46 @@ def _param(default: Any) -> Any:
     return Field(default_factory=lambda: Param.model_validate(default))
 
 
+# The built-in space's parameters, in sampling order: a condition names one before its own.
+SPACE_PARAMS = (
+    "learning_rate",
+    "batch_size",
+    "epochs",
+    "depth",
+    "width",
+    "activation",
+    "optimizer",
+    "encoder_learning_rate",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
+)
+# Every trial's training reads these, so none of them may be left undrawn by a condition.
+_ALWAYS_NEEDED = frozenset({"learning_rate", "batch_size", "epochs", "depth", "optimizer"})
+# Only a head with hidden layers reads these: by default they are drawn only when depth is at least 1.
+_HIDDEN_LAYER_PARAMS = ("width", "activation")
+_HIDDEN_LAYERS_ONLY: dict[str, ConditionValue] = {"depth": Comparison(ge=1)}
+
+
+# What a finetune lora study searches where its space leaves a lora parameter out: ranks 4 to 32, adapters
+# scaled by 2 (peft's lora_alpha twice the rank, the usual choice), dropout 0.1 (peft's examples'), adapters on
+# the attention layers. Written into the spec, so every worker draws the same and every trial records them.
+LORA_DEFAULTS: dict[str, Any] = {
+    "lora_rank": {"type": "int", "low": 4, "high": 32, "log": True},
+    "lora_alpha": 2.0,
+    "lora_dropout": 0.1,
+    "lora_targets": "attention",
+}
+LORA_PARAMS = tuple(LORA_DEFAULTS)
+MAX_LORA_RANK = 1024
+MAX_LORA_ALPHA = 64.0
+MAX_LORA_DROPOUT = 0.9
+
+
 class Space(_Strict):
-    """The seven searchable hyperparameters of a fine-tuning trial, and an optional eighth for the encoder."""
+    """The seven searchable hyperparameters of a fine-tuning trial, an optional eighth for the encoder, and
+    finetune lora's four (filled in with LORA_DEFAULTS where a lora study leaves them out)."""
 
     learning_rate: Param = _param({"type": "float", "low": 1e-4, "high": 1e-1, "log": True})
     batch_size: Param = _param({"type": "categorical", "choices": [16, 32, 64, 128]})
@@ -280,8 +364,24 @@ class Space(_Strict):
     optimizer: Param = _param({"type": "categorical", "choices": ["adam", "adamw", "sgd"]})
     encoder_learning_rate: Param | None = Field(
         None,
-        description="finetune last-k or full only: the trained encoder blocks' learning rate"
-        " (absent: they train at learning_rate)",
+        description="finetune last-k, full or lora only: the trained encoder blocks' (or lora's adapters')"
+        " learning rate (absent: they train at learning_rate)",
+    )
+    lora_rank: Param | None = Field(
+        None, description="finetune lora only: the rank of every adapter (absent: int 4 to 32, log)"
+    )
+    lora_alpha: Param | None = Field(
+        None,
+        description="finetune lora only: the adapters' scale as a multiple of lora_rank, so it means the same at"
+        " every rank (peft's lora_alpha is lora_alpha times lora_rank; absent: 2.0)",
+    )
+    lora_dropout: Param | None = Field(
+        None, description="finetune lora only: dropout on the adapters' input (absent: 0.1)"
+    )
+    lora_targets: Param | None = Field(
+        None,
+        description="finetune lora only: attention (query, key, value and the attention output) or"
+        " attention+ffn (those and the feed-forward layers) (absent: attention)",
     )
 
     @field_validator("learning_rate", "encoder_learning_rate")
@@ -292,6 +392,24 @@ class Space(_Strict):
         return _check_numeric(
             str(info.field_name), p, integer=False, minimum=0.0, maximum=10.0, strictly_above=True
         )
+
+    @field_validator(*LORA_PARAMS)
+    @classmethod
+    def _lora(cls, p: Param | None, info: ValidationInfo) -> Param | None:
+        if p is None:
+            return None
+        name = str(info.field_name)
+        if p.when is not None:
+            raise ValueError(f"{name}: every lora trial needs {name}, so it cannot have when")
+        if name == "lora_rank":
+            return _check_numeric(name, p, integer=True, minimum=1, maximum=MAX_LORA_RANK)
+        if name == "lora_alpha":
+            return _check_numeric(
+                name, p, integer=False, minimum=0.0, maximum=MAX_LORA_ALPHA, strictly_above=True
+            )
+        if name == "lora_dropout":
+            return _check_numeric(name, p, integer=False, minimum=0.0, maximum=MAX_LORA_DROPOUT)
+        return _check_names(name, p, LORA_TARGETS)
 
     @field_validator("batch_size")
     @classmethod
@@ -323,13 +441,55 @@ class Space(_Strict):
     def _optimizer(cls, p: Param) -> Param:
         return _check_names("optimizer", p, OPTIMIZER_NAMES)
 
-    @model_validator(mode="after")
-    def _no_conditions(self) -> Space:
-        for name, param in self.params().items():
-            if param.when is not None:
+    @field_validator(*SPACE_PARAMS)
+    @classmethod
+    def _condition(cls, p: Param | None, info: ValidationInfo) -> Param | None:
+        if p is None or p.when is None:
+            return p
+        name = str(info.field_name)
+        if name in _ALWAYS_NEEDED:
+            raise ValueError(
+                f"{name}: every trial needs {name}, so it cannot have when;"
+                " only width, activation and encoder_learning_rate can"
+            )
+        ((parent, wanted),) = p.when.items()
+        before = SPACE_PARAMS[: SPACE_PARAMS.index(name)]
+        if parent not in before:
+            raise ValueError(
+                f"{name}: when names {parent!r}, which is not a parameter defined before {name!r}"
+                f" ({', '.join(before)})"
+            )
+        if name in _HIDDEN_LAYER_PARAMS and parent != "depth":
+            raise ValueError(
+                f"{name}: when may name only depth: every hidden layer needs its {name}, whatever else was drawn"
+            )
+        parent_param = info.data.get(parent)
+        if parent_param is None:
+            return p  # the parent is invalid, and its own error says why
+        _check_condition(name, parent, parent_param, wanted)
+        if name in _HIDDEN_LAYER_PARAMS:
+            missed = [
+                d
+                for d in parent_param.discrete_values() or []
+                if isinstance(d, int) and d >= 1 and not p.applies({"depth": d})
+            ]
+            if missed:
                 raise ValueError(
-                    f"{name}: when (a condition) applies only to the parameters of a kind python space"
+                    f"{name}: when must hold at every depth of 1 or more, as every hidden layer needs its {name};"
+                    f" it does not at depth {missed[0]}"
                 )
+        return p
+
+    @model_validator(mode="after")
+    def _hidden_layer_params_need_hidden_layers(self) -> Space:
+        # A linear head (depth 0) reads neither width nor activation: drawing them anyway would give
+        # the sampler dimensions that change nothing, and the trial's record values that mean nothing.
+        if self.depth.bounds()[0] >= 1:
+            return self
+        for name in _HIDDEN_LAYER_PARAMS:
+            param: Param = getattr(self, name)
+            if param.when is None:
+                object.__setattr__(self, name, param.model_copy(update={"when": dict(_HIDDEN_LAYERS_ONLY)}))
         return self
 
     def params(self) -> dict[str, Param]:
@@ -339,8 +499,8 @@ class Space(_Strict):
         }
 
     def is_conditional(self) -> bool:
-        """Whether some parameter is sampled only under a condition (never, in the built-in space)."""
-        return False
+        """Whether some parameter is sampled only under a condition (by default width and activation)."""
+        return any(param.when is not None for param in self.params().values())
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
@@ -351,6 +511,8 @@ class Space(_Strict):
         """The most epochs any trial can run: the pruners' max resource."""
         return int(self.epochs.bounds()[1])
 
+
+assert tuple(Space.model_fields) == SPACE_PARAMS
 
 MAX_FREE_PARAMS = 256
 
@@ -415,6 +577,37 @@ def _check_condition(name: str, parent: str, parent_param: Param, wanted: Any) -
     for one in wanted if isinstance(wanted, list) else [wanted]:
         if not any(_same(v, one) for v in values):
             raise ValueError(f"{name}: when {parent} is {one!r} never holds; {parent} takes {values!r}")
+
+
+def grid_size(params: Mapping[str, Param], *, limit: int) -> int:
+    """How many points the grid of these discrete parameters has, a conditional one counted only where its
+    condition holds; past limit, some number above it."""
+    names = list(params)
+    # The parents that conditions from index i on read: only their values tell partial points apart.
+    live: list[frozenset[str]] = [frozenset()] * (len(names) + 1)
+    for i in range(len(names) - 1, -1, -1):
+        live[i] = live[i + 1] | frozenset(params[names[i]].when or ())
+    counted: dict[tuple[Any, ...], int] = {}
+
+    def count(i: int, point: dict[str, Any]) -> int:
+        if i == len(names):
+            return 1
+        key = (i, *((name, repr(point[name]) if name in point else None) for name in sorted(live[i])))
+        if key in counted:
+            return counted[key]
+        name, param = names[i], params[names[i]]
+        if not param.applies(point):
+            total = count(i + 1, point)
+        else:
+            total = 0
+            for value in param.discrete_values() or []:
+                total += count(i + 1, {k: v for k, v in {**point, name: value}.items() if k in live[i + 1]})
+                if total > limit:
+                    break
+        counted[key] = total
+        return total
+
+    return count(0, {})
 
 
 def _check_text(name: str, value: str) -> str:
@@ -541,7 +734,9 @@ class Task(_Strict):
         description="builtin:NAME, or local files {train, validation, text_column, label_column}",
     )
     finetune: str = Field(
-        "head", description="head: frozen encoder | last-k: the top k encoder blocks train too | full"
+        "head",
+        description="head: frozen encoder | last-k: the top k encoder blocks train too | full | lora: low-rank"
+        " adapters (peft) on the frozen encoder train too",
     )
     k: int | None = Field(None, ge=1, le=1024, description="finetune last-k only: how many top blocks train")
     max_length: int = Field(128, ge=8, le=512, description="tokens per text fed to the encoder")
@@ -709,11 +904,121 @@ class Task(_Strict):
 DEFAULT_PATIENCE = 3
 
 
+# Which way each metric is better: the validation metrics as they are, and every cost the smaller.
+NATURAL_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
+    name: "maximize" if name == "val_accuracy" else "minimize" for name in OBJECTIVE_METRICS
+}
+# What a worker measures of each kind's trials: the built-in kinds train a model it can time and size; the
+# synthetic kind trains none; kind python reports one value of its own.
+MEASURED_BY_KIND: dict[str, tuple[str, ...]] = {
+    "text-classification": OBJECTIVE_METRICS,
+    "torch-module": OBJECTIVE_METRICS,
+    "synthetic": (*EPOCH_METRICS, "train_seconds"),
+    "python": (),
+}
+MAX_CONSTRAINTS = 16
+MAX_LATENCY_BATCH_SIZE = 256
+_CONSTRAINT = re.compile(
+    r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*"
+)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One objective constraint, `latency_ms <= 20`: a trial is feasible when its violation is 0 or less."""
+
+    metric: str
+    op: Literal["<=", ">="]
+    bound: float
+
+    @property
+    def key(self) -> str:
+        """The name the trial's constraint value is stored under, as Optuna's samplers read it."""
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+    def violation(self, value: float) -> float:
+        """How far a measured value is past the bound: positive when violated, as Optuna reads constraints."""
+        return value - self.bound if self.op == "<=" else self.bound - value
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        """A constraint from `METRIC <= NUMBER` or `METRIC >= NUMBER`; ValueError saying why not."""
+        found = _CONSTRAINT.fullmatch(text)
+        if found is None:
+            raise ValueError(f"cannot read {text[:200]!r}: write METRIC <= NUMBER or METRIC >= NUMBER")
+        metric, op, number = found.groups()
+        if metric not in OBJECTIVE_METRICS:
+            raise ValueError(
+                f"{text[:200]!r} names {metric!r}, which is not measured; known metrics: {', '.join(OBJECTIVE_METRICS)}"
+            )
+        bound = float(number)
+        if not math.isfinite(bound):
+            raise ValueError(f"{text[:200]!r}: the bound must be a finite number")
+        return cls(metric=metric, op="<=" if op == "<=" else ">=", bound=bound)
+
+
+def _constraint_text(text: str) -> str:
+    Constraint.parse(text)
+    return text
+
+
+ConstraintText = Annotated[str, Field(max_length=256), AfterValidator(_constraint_text)]
+
+
+class ObjectiveMetric(_Strict):
+    """One of several objectives: a metric the worker measures, and which way is better."""
+
+    name: str = Field(max_length=64, description=" | ".join(OBJECTIVE_METRICS))
+    direction: Literal["minimize", "maximize"]
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in OBJECTIVE_METRICS:
+            raise ValueError(f"unknown metric {v[:100]!r}; known: {', '.join(OBJECTIVE_METRICS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _direction_rewards_better_models(self) -> ObjectiveMetric:
+        natural = NATURAL_DIRECTIONS[self.name]
+        if self.name in EPOCH_METRICS and self.direction != natural:
+            raise ValueError(
+                f"direction {self.direction!r} would reward worse models: {self.name} is {natural}d"
+            )
+        return self
+
+
+_SEVERAL_ONLY = ("constraints", "latency_batch_size")
+
+
 class Objective(_Strict):
-    """What a trial's value is and which way is better."""
+    """What a trial's value is and which way is better: one metric, or several (a Pareto front)."""
 
     metric: Literal["val_loss", "val_accuracy"] = "val_loss"
     direction: Literal["minimize", "maximize"] | None = None
+    metrics: list[ObjectiveMetric] | None = Field(
+        None,
+        min_length=2,
+        max_length=len(OBJECTIVE_METRICS),
+        description="several objectives instead of metric: each {name, direction}; the study searches their"
+        " Pareto front",
+    )
+    constraints: list[ConstraintText] | None = Field(
+        None,
+        max_length=MAX_CONSTRAINTS,
+        description="several objectives only: METRIC <= NUMBER or METRIC >= NUMBER; a trial that breaks one"
+        " is infeasible, ranked below every feasible trial and never on the front",
+    )
+    prune_on: str | None = Field(
+        None,
+        description="not supported: Optuna does not prune a study of several objectives (pruner must be none)",
+    )
+    latency_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_LATENCY_BATCH_SIZE,
+        description="several objectives only: validation inputs per timed call for latency_ms (default 1)",
+    )
     value: Literal["best", "final"] = Field(
         "best", description="the best epoch's metric, or the last epoch's"
     )
@@ -735,9 +1040,49 @@ class Objective(_Strict):
             object.__setattr__(self, "patience", 0)
         return self
 
+    @field_validator("prune_on")
+    @classmethod
+    def _no_pruning(cls, v: str | None) -> str | None:
+        if v is not None:
+            # Trial.report and Trial.should_prune raise NotImplementedError for several objectives, every
+            # pruner ranks trials by one value, and TPE reads a pruned trial's per-epoch values by that one
+            # direction: a study of several objectives cannot be pruned through Optuna.
+            raise ValueError(
+                "Optuna does not prune a study of several objectives (Trial.report and Trial.should_prune"
+                " refuse them, and every pruner ranks trials by one value); remove prune_on, and leave the"
+                " pruner out or set it to none"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Objective:
+        if self.metrics is None:
+            stray = [name for name in _SEVERAL_ONLY if name in self.model_fields_set]
+            if stray:
+                raise ValueError(
+                    f"{stray[0]} applies only to several objectives: list them under metrics"
+                    " ({name, direction} each) instead of metric"
+                )
+            return self
+        mixed = [name for name in ("metric", "direction") if name in self.model_fields_set]
+        if mixed:
+            raise ValueError(
+                f"give metric (one objective) or metrics (several), not both: {mixed[0]} is set beside metrics;"
+                " each of several metrics names its own direction"
+            )
+        names = [m.name for m in self.metrics]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"metrics name {repeated[0]} twice")
+        if self.latency_batch_size is None:
+            object.__setattr__(self, "latency_batch_size", 1)
+        return self
+
     @model_validator(mode="after")
     def _direction_matches_metric(self) -> Objective:
-        natural = "minimize" if self.metric == "val_loss" else "maximize"
+        if self.metrics is not None:
+            return self
+        natural = NATURAL_DIRECTIONS[self.metric]
         if self.direction is None:
             object.__setattr__(self, "direction", natural)
         elif self.direction != natural:
@@ -745,6 +1090,55 @@ class Objective(_Strict):
                 f"direction {self.direction!r} would reward worse models: {self.metric} is {natural}d"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Each form stores only its own fields: a single-objective spec reads as it always did.
+        if self.metrics is None:
+            dropped = {"metrics", "prune_on", *_SEVERAL_ONLY}
+        else:
+            dropped = {"metric", "direction", "prune_on"}
+        return {k: v for k, v in handler(self).items() if k not in dropped}
+
+    @property
+    def several(self) -> bool:
+        """Whether the study has several objectives (a Pareto front) rather than one."""
+        return self.metrics is not None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The objectives' metrics, in the order of a trial's values."""
+        return tuple(m.name for m in self.metrics) if self.metrics is not None else (self.metric,)
+
+    @property
+    def directions(self) -> tuple[Literal["minimize", "maximize"], ...]:
+        """Which way each objective is better, in the order of a trial's values."""
+        if self.metrics is not None:
+            return tuple(m.direction for m in self.metrics)
+        return (self.direction or NATURAL_DIRECTIONS[self.metric],)
+
+    @property
+    def epoch_metric(self) -> str:
+        """The validation metric that picks a trial's kept epoch and drives patience: the objective's metric,
+        or, of several, the first validation metric among them (val_loss when there is none)."""
+        return next((name for name in self.names if name in EPOCH_METRICS), "val_loss")
+
+    @property
+    def epoch_direction(self) -> Literal["minimize", "maximize"]:
+        """Which way the epoch metric is better."""
+        return NATURAL_DIRECTIONS[self.epoch_metric]
+
+    def parsed_constraints(self) -> list[Constraint]:
+        """The constraints, read."""
+        return [Constraint.parse(text) for text in self.constraints or []]
+
+    def measured(self) -> tuple[str, ...]:
+        """Every metric a trial's end must measure: the objectives', then the constraints' not among them."""
+        names = list(self.names)
+        for constraint in self.parsed_constraints():
+            if constraint.metric not in names:
+                names.append(constraint.metric)
+        return tuple(names)
 
 
 # How much TPE's choice among its candidates weighs their predicted seconds per epoch (studies/_optuna/cost_aware.py).
@@ -757,7 +1151,7 @@ DEFAULT_COST_WEIGHT = 1.0
 class Sampler(_Strict):
     """Which Optuna sampler suggests the hyperparameters."""
 
-    name: Literal["tpe", "random", "grid", "qmc", "cmaes", "gp"] = "tpe"
+    name: Literal["tpe", "random", "grid", "qmc", "cmaes", "gp", "nsga2"] = "tpe"
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     n_startup_trials: int | None = Field(None, ge=0, le=10_000)
     cost_weight: float | None = Field(
@@ -770,8 +1164,11 @@ class Sampler(_Strict):
 
     @model_validator(mode="after")
     def _options_apply(self) -> Sampler:
-        if self.n_startup_trials is not None and self.name not in ("tpe", "gp", "cmaes"):
+        if self.n_startup_trials is not None and self.name not in ("tpe", "gp", "cmaes", "nsga2"):
             raise ValueError(f"n_startup_trials does not apply to the {self.name} sampler")
+        # NSGA-II's first generation is its random start, and every later one is as large.
+        if self.name == "nsga2" and self.n_startup_trials is not None and self.n_startup_trials < 2:
+            raise ValueError("n_startup_trials is nsga2's population size, at least 2")
         if self.cost_weight is not None and self.name != "tpe":
             raise ValueError(f"cost_weight does not apply to the {self.name} sampler")
         return self
@@ -877,21 +1274,38 @@ class StudySpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _lora_parameters_go_with_finetune_lora(self) -> StudySpec:
+        # Before the grid check, which must see the defaults filled in here.
+        if not isinstance(self.space, Space):
+            return self
+        lora = self.task.kind == _TEXT and self.task.finetune == "lora"
+        given = [f"space.{name}" for name in LORA_PARAMS if getattr(self.space, name) is not None]
+        if given and not lora:
+            mode = f"finetune {self.task.finetune}" if self.task.kind == _TEXT else f"kind {self.task.kind}"
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"{', '.join(given)} {verb} only to finetune lora, not {mode}")
+        if lora:
+            missing = {
+                name: Param.model_validate(default)
+                for name, default in LORA_DEFAULTS.items()
+                if getattr(self.space, name) is None
+            }
+            if missing:
+                object.__setattr__(self, "space", self.space.model_copy(update=missing))
+        return self
+
+    @model_validator(mode="after")
     def _grid_needs_a_discrete_space(self) -> StudySpec:
         if self.sampler.name != "grid":
             return self
-        if self.space.is_conditional():
-            raise ValueError("space: the grid sampler does not take conditional parameters (when)")
-        points = 1
-        for name, param in self.space.params().items():
-            values = param.discrete_values()
-            if values is None:
+        params = self.space.params()
+        for name, param in params.items():
+            if param.discrete_values() is None:
                 raise ValueError(
                     f"space.{name}: the grid sampler needs a discrete space; give this range a step or choices"
                 )
-            points *= len(values)
-        if points > MAX_GRID_POINTS:
-            raise ValueError(f"space: the grid has {points} points, more than {MAX_GRID_POINTS}")
+        if grid_size(params, limit=MAX_GRID_POINTS) > MAX_GRID_POINTS:
+            raise ValueError(f"space: the grid has more than {MAX_GRID_POINTS} points")
         return self
 
     @model_validator(mode="after")
@@ -909,7 +1323,8 @@ class StudySpec(_Strict):
             return self
         if self.task.finetune == "head":
             raise ValueError(
-                "space.encoder_learning_rate applies only to finetune last-k or full; the head mode's encoder is frozen"
+                "space.encoder_learning_rate applies only to finetune last-k or full (or lora's adapters); the head"
+                " mode's encoder is frozen"
             )
         return self
 
@@ -920,6 +1335,43 @@ class StudySpec(_Strict):
         if min_resource is not None and max_epochs is not None and min_resource > max_epochs:
             raise ValueError(
                 f"pruner.min_resource ({min_resource}) exceeds the largest epochs value ({max_epochs})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _several_objectives_fit(self) -> StudySpec:
+        objective = self.objective
+        if not objective.several:
+            return self
+        kind = self.task.kind
+        if kind == _PYTHON:
+            raise ValueError(
+                "objective.metrics: kind python reports the one value its function returns; several objectives"
+                " are measured for kinds text-classification and torch-module"
+            )
+        measured = MEASURED_BY_KIND[kind]
+        for name in objective.measured():
+            if name not in measured:
+                raise ValueError(
+                    f"objective: kind {kind} does not measure {name}; it measures {', '.join(measured)}"
+                )
+        if self.sampler.name not in MULTI_OBJECTIVE_SAMPLERS:
+            raise ValueError(
+                f"sampler.name: the {self.sampler.name} sampler takes one objective; for several use"
+                f" {', '.join(MULTI_OBJECTIVE_SAMPLERS)}"
+            )
+        if self.sampler.cost_weight is not None:
+            raise ValueError(
+                "sampler.cost_weight: the cost-aware TPE weighs one objective; with several, TPE is Optuna's"
+                " multi-objective TPE (make train_seconds an objective to search for cheap trials)"
+            )
+        if "pruner" not in self.model_fields_set:
+            object.__setattr__(self, "pruner", NoPruner(name="none"))
+        elif not isinstance(self.pruner, NoPruner):
+            raise ValueError(
+                f"pruner: Optuna does not prune a study of several objectives (Trial.report and"
+                f" Trial.should_prune refuse them, and every pruner ranks trials by one value); set pruner"
+                f" {{name: none}} or leave it out, not {self.pruner.name}"
             )
         return self
 

@@ -90,6 +90,17 @@ class TunefleetClient:
         result: dict[str, Any] = self._call("GET", f"/v1/studies/{name}/trials", params=params)
         return result
 
+    def enqueue_trials(self, name: str, param_sets: list[dict[str, Any]]) -> dict[str, Any]:
+        """POST /v1/studies/{name}/trials: queue known parameter sets, run before the sampler's own."""
+        body = {"trials": [{"params": params} for params in param_sets]}
+        result: dict[str, Any] = self._call("POST", f"/v1/studies/{name}/trials", json=body)
+        return result
+
+    def pareto(self, name: str) -> dict[str, Any]:
+        """GET /v1/studies/{name}/pareto: the Pareto front, values by metric."""
+        result: dict[str, Any] = self._call("GET", f"/v1/studies/{name}/pareto")
+        return result
+
     def stop_study(self, name: str) -> dict[str, Any]:
         """POST /v1/studies/{name}/stop."""
         result: dict[str, Any] = self._call("POST", f"/v1/studies/{name}/stop")
@@ -131,19 +142,36 @@ class TunefleetClient:
         except httpx.TransportError:
             return False
 
-    def download_best_model(self, name: str, dest_dir: str | Path) -> Path:
+    def download_best_model(
+        self,
+        name: str,
+        dest_dir: str | Path,
+        *,
+        trial: int | None = None,
+        prefer: str | None = None,
+        bounds: dict[str, float] | None = None,
+    ) -> Path:
         """GET /v1/studies/{name}/best-model, streamed to dest_dir and unpacked; returns the model folder.
 
         The archive stays beside the folder (dest_dir/NAME-trial-N-model.zip); the folder holds
-        weights.safetensors, params.json, labels.json and config.json (worker.export.load_best_model reads it).
+        weights.safetensors, params.json, labels.json and config.json (worker.export.load_best_model reads it),
+        and for a finetune lora trial also peft's adapter_model.safetensors and adapter_config.json
+        (PeftModel.from_pretrained(encoder, folder) reads it).
+        For a study of several objectives: trial names a trial of the Pareto front, or prefer (a metric) and
+        bounds ({"max_val_loss": 0.15}) pick one.
         """
+        query: dict[str, Any] = dict(bounds or {})
+        if trial is not None:
+            query["trial"] = trial
+        if prefer is not None:
+            query["prefer"] = prefer
         # Imported here: the CLI imports this module for every command, and only this one unzips.
         from studies.artifacts import extract_model_archive
 
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            with self._http.stream("GET", f"/v1/studies/{name}/best-model") as response:
+            with self._http.stream("GET", f"/v1/studies/{name}/best-model", params=query) as response:
                 if response.status_code >= 400:
                     response.read()
                     try:
@@ -152,10 +180,10 @@ class TunefleetClient:
                         body = response.text
                     detail, code = _detail(body)
                     raise ApiError(response.status_code, detail, code)
-                trial = response.headers.get("x-tunefleet-trial", "")
+                number = response.headers.get("x-tunefleet-trial", "")
                 # Only digits go into the file name: a server's header must not pick a path here.
-                trial = trial if trial.isdigit() else "best"
-                archive = dest / f"{name}-trial-{trial}-model.zip"
+                number = number if number.isdigit() else "best"
+                archive = dest / f"{name}-trial-{number}-model.zip"
                 partial = archive.with_name(archive.name + ".part")
                 with partial.open("wb") as stream:
                     for chunk in response.iter_bytes():

@@ -1,4 +1,4 @@
-"""`tunefleet study …`: create, list, show, trials, stop, resume, delete, best, watch and report, over REST."""
+"""`tunefleet study …`: create, list, show, trials, enqueue, stop, resume, delete, best, watch and report, over REST."""
 
 from __future__ import annotations
 
@@ -43,8 +43,58 @@ def apply_overrides(spec: dict[str, Any], assignments: list[str]) -> dict[str, A
 
 
 def _best_text(study: dict[str, Any]) -> str:
+    front = study.get("pareto_front_size")
+    if isinstance(front, int):
+        return f"front of {front}"
     best = study.get("best_value")
     return f"{best:.4f}" if isinstance(best, float) else "-"
+
+
+def _metric_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _front_text(front: dict[str, Any]) -> str:
+    """A Pareto front as `tunefleet study best` prints it: one line per trial, its values by metric first."""
+    metrics = front["metrics"]
+    objectives = ", ".join(f"{m} ({d})" for m, d in zip(metrics, front["directions"], strict=True))
+    lines = [f"Pareto front of {front['study_name']}: {len(front['trials'])} trials; {objectives}"]
+    for trial in front["trials"]:
+        values = " ".join(f"{m}={_metric_text(trial['values'].get(m))}" for m in metrics)
+        model = "" if trial["model"] else "  (no model)"
+        params = " ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items()
+        )
+        lines.append(f"#{trial['number']:<5} {values}  {params}{model}")
+    return "\n".join(lines)
+
+
+def _model_choice(args: argparse.Namespace) -> dict[str, Any]:
+    """Which trial's model `study best --download` asks for: --trial, or --prefer with --max/--min bounds."""
+    bounds: dict[str, float] = {}
+    for limit in ("max", "min"):
+        for given in getattr(args, limit) or []:
+            metric, sep, number = given.partition("=")
+            try:
+                bounds[f"{limit}_{metric.strip()}"] = float(number)
+            except ValueError:
+                raise UsageError(
+                    f"--{limit} takes METRIC=NUMBER, e.g. val_loss=0.15; got {given!r}"
+                ) from None
+            if not sep or not metric.strip():
+                raise UsageError(f"--{limit} takes METRIC=NUMBER, e.g. val_loss=0.15; got {given!r}")
+    choice: dict[str, Any] = {}
+    if args.trial is not None:
+        choice["trial"] = args.trial
+    if args.prefer is not None:
+        choice["prefer"] = args.prefer
+    if bounds:
+        choice["bounds"] = bounds
+    if choice and not args.download:
+        raise UsageError("--trial, --prefer, --max and --min choose the model that --download DIR saves")
+    return choice
 
 
 def _study_line(study: dict[str, Any]) -> str:
@@ -55,11 +105,11 @@ def _study_line(study: dict[str, Any]) -> str:
 def _trial_line(trial: dict[str, Any]) -> str:
     value = trial.get("value")
     value_text = f"{value:.4f}" if isinstance(value, float) else "-"
-    params = " ".join(
-        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items()
-    )
+    params = _params_text(trial["params"])
     reason = f"  ({trial['fail_reason']})" if trial.get("fail_reason") else ""
-    return f"#{trial['number']:<5} {trial['state']:<9} {value_text:>8}  {params}{reason}"
+    # Where the configuration came from: a set a user enqueued (user attribute `enqueued`), not the sampler.
+    origin = "  [enqueued]" if (trial.get("user_attrs") or {}).get("enqueued") else ""
+    return f"#{trial['number']:<5} {trial['state']:<9} {value_text:>8}  {params}{origin}{reason}"
 
 
 def _show(study: dict[str, Any]) -> str:
@@ -95,6 +145,43 @@ def _read_spec(path_text: str, assignments: list[str]) -> dict[str, Any]:
     return apply_overrides(spec, assignments)
 
 
+def _read_param_sets(path_text: str) -> list[dict[str, Any]]:
+    """One parameter set (a mapping) or a list of them, from a YAML or JSON file, or stdin for `-`."""
+    where = "stdin" if path_text == "-" else path_text
+    try:
+        text = sys.stdin.read() if path_text == "-" else Path(path_text).read_text(encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"cannot read {where}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read {where}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UsageError(f"{where}: not YAML or JSON: {str(error).splitlines()[0]}") from None
+    if data is None or data == []:
+        raise UsageError(f"{where} holds no parameter set: give name: value lines, or a list of such sets")
+    sets = data if isinstance(data, list) else [data]
+    for index, params in enumerate(sets):
+        what = f"item {index}" if isinstance(data, list) else "the set"
+        if not isinstance(params, dict):
+            raise UsageError(
+                f"{where}: {what} is {type(params).__name__}, not a mapping of parameter names to values"
+            )
+        for name, value in params.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                # YAML reads 2024-01-01 as a date, and has tags for sets and bytes: none is a parameter value.
+                raise UsageError(
+                    f"{where}: {what}: {name} is a {type(value).__name__}, not a number or text"
+                ) from None
+    return [{str(name): value for name, value in params.items()} for params in sets]
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def run_study_command(args: argparse.Namespace) -> int:
     """Dispatch one `tunefleet study` subcommand."""
     as_json: bool = args.json
@@ -120,6 +207,14 @@ def run_study_command(args: argparse.Namespace) -> int:
             page = client.trials(args.name, state=args.state, offset=args.offset, limit=args.limit)
             footer = f"\n{len(page['items'])} of {page['total']} trials (offset {page['offset']})"
             emit(page, "\n".join(_trial_line(t) for t in page["items"]) + footer)
+        elif command == "enqueue":
+            param_sets = _read_param_sets(args.file)
+            enqueued = client.enqueue_trials(args.name, param_sets)
+            queued = (
+                f"#{number:<5} enqueued  {_params_text(params) or '(every parameter sampled)'}"
+                for number, params in zip(enqueued["numbers"], param_sets, strict=True)
+            )
+            emit(enqueued, "\n".join(queued))
         elif command in ("stop", "resume"):
             study = client.stop_study(args.name) if command == "stop" else client.resume_study(args.name)
             emit(study, f"{study['name']}: {study['state']}")
@@ -135,21 +230,30 @@ def run_study_command(args: argparse.Namespace) -> int:
             client.delete_study(args.name)
             emit({"deleted": args.name}, f"deleted {args.name}")
         elif command == "best":
+            choice = _model_choice(args)
             study = client.get_study(args.name)
-            best = study.get("best_trial")
-            if best is None:
-                raise UsageError(f"study {args.name!r} has no completed trial yet")
-            text = _trial_line(best)
+            shown: dict[str, Any] | None
+            if study.get("pareto_front_size") is not None:
+                # Several objectives: the front, not one best trial.
+                shown = client.pareto(args.name)
+                if not shown["trials"]:
+                    raise UsageError(f"study {args.name!r} has no completed trial on its Pareto front yet")
+                text = _front_text(shown)
+            else:
+                shown = study.get("best_trial")
+                if shown is None:
+                    raise UsageError(f"study {args.name!r} has no completed trial yet")
+                text = _trial_line(shown)
             if args.download:
                 download = getattr(client, "download_best_model", None)
                 if download is None:
                     raise UsageError("this version cannot download models yet")
                 try:
-                    folder = download(args.name, Path(args.download))
+                    folder = download(args.name, Path(args.download), **choice)
                 except OSError as error:
                     raise UsageError(_write_problem(args.download, error)) from None
-                text += f"\nbest model saved to {folder}"
-            emit(best, text)
+                text += f"\nmodel saved to {folder}" if choice else f"\nbest model saved to {folder}"
+            emit(shown, text)
         elif command == "watch":
             from tunefleet.watch import watch_study
 
@@ -224,11 +328,34 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:
     trials.add_argument("--state", choices=["running", "complete", "pruned", "fail", "waiting"])
     trials.add_argument("--offset", type=int, default=0)
     trials.add_argument("--limit", type=int, default=100)
+    enqueue = study_sub.add_parser(
+        "enqueue",
+        parents=[common],
+        help="queue known parameter sets to run first (each takes a trial of the budget)",
+    )
+    enqueue.add_argument("name")
+    enqueue.add_argument(
+        "file",
+        help="a YAML or JSON file with one set (name: value) or a list of them; - reads stdin."
+        " Parameters left out are sampled",
+    )
     best = study_sub.add_parser(
-        "best", parents=[common], help="the best trial (and its model, with --download)"
+        "best",
+        parents=[common],
+        help="the best trial, or the Pareto front of several objectives (and a model, with --download)",
     )
     best.add_argument("name")
     best.add_argument("--download", metavar="DIR", help="save the best fine-tuned model into DIR")
+    best.add_argument(
+        "--trial", type=int, help="with --download: this trial's model (one on the Pareto front)"
+    )
+    best.add_argument(
+        "--prefer",
+        metavar="METRIC",
+        help="with --download: the front's trial best in METRIC, within every --max and --min bound",
+    )
+    best.add_argument("--max", action="append", metavar="METRIC=NUMBER", help="with --prefer: an upper bound")
+    best.add_argument("--min", action="append", metavar="METRIC=NUMBER", help="with --prefer: a lower bound")
     watch = study_sub.add_parser("watch", parents=[common], help="a live progress bar until the study ends")
     watch.add_argument("name")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")

@@ -58,7 +58,8 @@ def watch_study(
     saying so, and how to start one.
     """
     study = client.get_study(name)
-    metric = study["spec"]["objective"]["metric"]
+    objective = study["spec"]["objective"]
+    metric = objective.get("metric")  # a study of several objectives has metrics instead, and a front
     started = time.monotonic()
     looked = False  # for a worker: once is enough
     with tqdm(total=study["n_trials"], desc=name, unit="trial") as bar:
@@ -66,12 +67,14 @@ def watch_study(
             study = client.get_study(name)
             bar.total = study["n_trials"]
             bar.n = study["n_finished"]
-            best = study["best_value"]
             counts = study["trial_counts"]
-            best_text = f"{best:.4f}" if best is not None else "-"
+            if metric is None:
+                progress = f"Pareto front {study.get('pareto_front_size') or 0} trials"
+            else:
+                best = study["best_value"]
+                progress = f"best {metric} {f'{best:.4f}' if best is not None else '-'}"
             bar.set_postfix_str(
-                f"best {metric} {best_text} | running {counts['running']} pruned {counts['pruned']} "
-                f"failed {counts['fail']}"
+                f"{progress} | running {counts['running']} pruned {counts['pruned']} failed {counts['fail']}"
             )
             bar.refresh()
             if study["state"] in FINAL_STATES:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import safetensors.torch
 import torch
@@ -20,6 +21,8 @@ from studies.spec import Task
 from worker.data import load_split
 from worker.features import ENCODE_BATCH_SIZE, encode_texts
 from worker.finetune import TokenizedTexts, evaluate_tokens
+from worker.hyperparams import head_architecture
+from worker.lora import adapter_files, load_adapters
 from worker.model import (
     Encoder,
     EncoderClassifier,
@@ -42,7 +45,7 @@ def _export_names(state: dict[str, torch.Tensor], finetune: str) -> dict[str, to
 
 
 def serialise_weights(state: dict[str, torch.Tensor], *, finetune: str) -> bytes:
-    """The kept weights as safetensors bytes: `head.*`, plus the trained `encoder.*` tensors."""
+    """The kept weights as safetensors bytes: `head.*`, plus the trained `encoder.*` tensors or lora's `adapter.*`."""
     tensors = {
         name: tensor.detach().cpu().contiguous() for name, tensor in _export_names(state, finetune).items()
     }
@@ -50,9 +53,15 @@ def serialise_weights(state: dict[str, torch.Tensor], *, finetune: str) -> bytes
 
 
 def model_config(
-    task: Task, params: dict[str, Any], state: dict[str, torch.Tensor], *, n_classes: int
+    task: Task,
+    params: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    *,
+    n_classes: int,
+    adapter_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What it takes to rebuild the model around the weights: encoder reference, mode, head architecture."""
+    """What it takes to rebuild the model around the weights: encoder reference, mode, head architecture, and
+    for finetune lora the adapter_config.json peft wrote for its adapters."""
     weights = _export_names(state, task.finetune)
     first = weights.get("head.0.weight")
     if first is None:
@@ -67,18 +76,19 @@ def model_config(
         "head": {
             "input_size": int(first.shape[1]),
             "n_classes": n_classes,
-            "depth": int(params["depth"]),
-            "width": int(params["width"]),
-            "activation": str(params["activation"]),
+            # A linear head (depth 0) records no width or activation: it has neither.
+            **head_architecture(params),
         },
         # The whole task, so evaluate() can rebuild the trial's own validation split.
         "task": task.model_dump(mode="json"),
+        **({"adapter_config": adapter_config} if adapter_config is not None else {}),
     }
 
 
 @dataclass
 class BestModel:
-    """A downloaded model: encoder (with its fine-tuned blocks), tokenizer, head and label names."""
+    """A downloaded model: encoder (with its fine-tuned blocks, or a peft model with lora's adapters, or those
+    merged into its weights), tokenizer, head and label names."""
 
     encoder: torch.nn.Module
     tokenizer: Any
@@ -142,8 +152,12 @@ def _encoder_folder(reference: str) -> Path:
     return folder
 
 
-def load_best_model(path: str | Path) -> BestModel:
-    """Load a downloaded model (the folder download_best_model returns, or the zip itself), ready to evaluate."""
+def load_best_model(path: str | Path, *, merge: bool = False) -> BestModel:
+    """Load a downloaded model (the folder download_best_model returns, or the zip itself), ready to evaluate.
+
+    A finetune lora model's encoder is a peft PeftModel around the pristine encoder; with merge, the adapters
+    are merged into its weights and it is a plain encoder again (the other modes' encoders always are).
+    """
     members = read_archive_members(Path(path))
     config: dict[str, Any] = json.loads(members[CONFIG_FILE])
     params: dict[str, Any] = json.loads(members[PARAMS_FILE])
@@ -171,13 +185,19 @@ def load_best_model(path: str | Path) -> BestModel:
         result = encoder.load_state_dict(encoder_weights, strict=False)
         if result.unexpected_keys:
             raise ModelError(f"weights do not fit the encoder: {', '.join(result.unexpected_keys[:5])}")
+    if config.get("finetune") == "lora":
+        # Through peft's own files and loader: the model is what PeftModel.from_pretrained makes of them.
+        with tempfile.TemporaryDirectory(prefix="tunefleet-adapters-") as folder:
+            _write_files(Path(folder), _adapter_files(path, weights, config))
+            peft_model = load_adapters(encoder, Path(folder))
+        encoder = peft_model.merge_and_unload() if merge else peft_model
     head_config = config["head"]
     head = build_head(
         input_size=int(head_config["input_size"]),
         n_classes=int(head_config["n_classes"]),
         depth=int(head_config["depth"]),
-        width=int(head_config["width"]),
-        activation=str(head_config["activation"]),
+        width=head_config.get("width"),
+        activation=head_config.get("activation"),
     )
     head.load_state_dict(
         {name.removeprefix("head."): t for name, t in weights.items() if name.startswith("head.")}
@@ -187,6 +207,45 @@ def load_best_model(path: str | Path) -> BestModel:
     return BestModel(
         encoder=encoder, tokenizer=pristine.tokenizer, head=head, labels=labels, config=config, params=params
     )
+
+
+def _adapter_files(
+    path: str | Path, weights: dict[str, torch.Tensor], config: dict[str, Any]
+) -> dict[str, bytes]:
+    if config.get("finetune") != "lora" or not isinstance(config.get("adapter_config"), dict):
+        raise ValueError(
+            f"{path} is a finetune {config.get('finetune')} model: only finetune lora has adapters"
+        )
+    return adapter_files(weights, config["adapter_config"])
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def export_adapters(path: str | Path, folder: str | Path) -> Path:
+    """Write a finetune lora model's adapters into folder in peft's own format: adapter_model.safetensors and
+    adapter_config.json, which PeftModel.from_pretrained(encoder, folder) loads; returns the folder."""
+    members = read_archive_members(Path(path))
+    config: dict[str, Any] = json.loads(members[CONFIG_FILE])
+    weights = safetensors.torch.load(members[WEIGHTS_FILE])
+    return _write_files(Path(folder), _adapter_files(path, weights, config))
+
+
+def export_encoder(path: str | Path, folder: str | Path) -> Path:
+    """Write a downloaded model's encoder as a plain Hugging Face folder (config, weights, tokenizer), lora's
+    adapters merged into its weights; AutoModel.from_pretrained(folder) loads it, and so does a study's
+    task.model. Returns the folder."""
+    model = load_best_model(path, merge=True)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    # transformers models, which nn.Module's type does not know to have save_pretrained.
+    cast(Any, model.encoder).save_pretrained(out)
+    model.tokenizer.save_pretrained(out)
+    return out
 
 
 def evaluate(

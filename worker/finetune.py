@@ -1,4 +1,4 @@
-"""Fine-tune through the encoder (finetune last-k or full): token ids, length buckets, one seeded run per trial."""
+"""Fine-tune through the encoder (last-k, full, lora): token ids, length buckets, one seeded run per trial."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from worker.data import LabelledSplit
 from worker.epochs import EpochResult, KeepRule, TrainResult, by_val_loss, run_epochs
 from worker.hyperparams import HeadParams, make_optimizer
+from worker.lora import ADAPTER_PREFIX, LoraParams, adapter_state, with_adapters
 from worker.model import Encoder, EncoderClassifier, build_head, effective_max_length, mark_trainable
 from worker.tokenizer_check import check_coverage
 
@@ -146,12 +147,29 @@ def evaluate_tokens(
 
 
 def build_classifier(
-    encoder: Encoder, *, n_classes: int, params: HeadParams, finetune: str, k: int | None
+    encoder: Encoder,
+    *,
+    n_classes: int,
+    params: HeadParams,
+    finetune: str,
+    k: int | None,
+    lora: LoraParams | None = None,
 ) -> tuple[EncoderClassifier, list[torch.nn.Module]]:
-    """A private copy of the pristine encoder with a fresh head; returns it and the encoder modules that train."""
-    # Deep-copied per trial: the cached encoder stays pristine, so no trial sees another's updates.
-    model = copy.deepcopy(encoder.model)
-    trained = mark_trainable(model, finetune=finetune, k=k)
+    """A private copy of the pristine encoder (lora: fresh adapters around its shared weights) with a fresh head;
+    returns it and the encoder modules that train."""
+    model: torch.nn.Module
+    trained: list[torch.nn.Module]
+    if finetune == "lora":
+        if lora is None:
+            raise ValueError("finetune lora needs its lora parameters")
+        # No copy of the weights: the adapters train, and the pristine weights under them stay frozen.
+        model = with_adapters(encoder.model, lora)
+        # In train mode as a whole, as peft's own training runs it (its dropout and the adapters' on).
+        trained = [model]
+    else:
+        # Deep-copied per trial: the cached encoder stays pristine, so no trial sees another's updates.
+        model = copy.deepcopy(encoder.model)
+        trained = mark_trainable(model, finetune=finetune, k=k)
     head = build_head(
         input_size=encoder.hidden_size,
         n_classes=n_classes,
@@ -187,23 +205,28 @@ def train_encoder(
     encoder_learning_rate: float | None,
     seed: int,
     device: torch.device,
+    lora: LoraParams | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     interrupted: Callable[[], str | None] | None = None,
     keep: KeepRule = by_val_loss,
     run_name: str = "training",
 ) -> TrainResult:
-    """Train a head and the encoder's top k blocks (or all of it) on tokens; same seed and device, same losses.
+    """Train a head and the encoder's top k blocks (or all of it, or lora's adapters) on tokens; same seed and
+    device, same losses.
 
     The callbacks, errors and result are run_epochs'; best_state names tensors `head.*` and `encoder.*`
-    (only the trained encoder parameters).
+    (only the trained encoder parameters), or for lora `adapter.*` (peft's names for the adapters' tensors).
     """
     if not tokens.train.ids or not tokens.validation.ids:
         raise ValueError("train and validation must both have texts")
     started = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    if finetune == "lora":
+        # Every lora trial's model shares the pristine encoder's weights: they move to the device once.
+        encoder.model.to(device)
     classifier, trained = build_classifier(
-        encoder, n_classes=len(tokens.label_names), params=params, finetune=finetune, k=k
+        encoder, n_classes=len(tokens.label_names), params=params, finetune=finetune, k=k, lora=lora
     )
     classifier.to(device)
     trainable = {name for name, p in classifier.encoder.named_parameters() if p.requires_grad}
@@ -219,11 +242,16 @@ def train_encoder(
 
     def snapshot() -> dict[str, torch.Tensor]:
         state = {f"head.{name}": value for name, value in classifier.head.state_dict().items()}
-        state.update(
-            (f"encoder.{name}", value)
-            for name, value in classifier.encoder.named_parameters()
-            if name in trainable
-        )
+        if finetune == "lora":
+            state.update(
+                (ADAPTER_PREFIX + name, value) for name, value in adapter_state(classifier.encoder).items()
+            )
+        else:
+            state.update(
+                (f"encoder.{name}", value)
+                for name, value in classifier.encoder.named_parameters()
+                if name in trainable
+            )
         return {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
 
     def loss_of(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,16 +14,17 @@ from studies.names import ACTIVATION_NAMES, OPTIMIZER_NAMES
 SGD_MOMENTUM = 0.9
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HeadParams:
-    """The sampled hyperparameters of one head-training run."""
+    """The sampled hyperparameters of one head-training run; width and activation only for hidden layers."""
 
     learning_rate: float
     batch_size: int
     epochs: int
     depth: int
-    width: int
-    activation: str
+    # A linear head (depth 0) has neither; the built-in space draws them only when depth is at least 1.
+    width: int | None = None
+    activation: str | None = None
     optimizer: str
 
     def __post_init__(self) -> None:
@@ -35,9 +36,11 @@ class HeadParams:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.depth < 0:
             raise ValueError(f"depth must be at least 0, got {self.depth}")
-        if self.width < 1:
+        if self.depth > 0 and (self.width is None or self.activation is None):
+            raise ValueError(f"a head of depth {self.depth} needs width and activation")
+        if self.width is not None and self.width < 1:
             raise ValueError(f"width must be at least 1, got {self.width}")
-        if self.activation not in ACTIVATION_NAMES:
+        if self.activation is not None and self.activation not in ACTIVATION_NAMES:
             raise ValueError(
                 f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATION_NAMES)}"
             )
@@ -47,9 +50,27 @@ class HeadParams:
             )
 
     @classmethod
-    def of(cls, params: dict[str, Any]) -> HeadParams:
-        """The head parameters among a trial's sampled parameters (others, like encoder_learning_rate, ignored)."""
-        return cls(**{name: params[name] for name in cls.__dataclass_fields__})
+    def of(cls, params: Mapping[str, Any]) -> HeadParams:
+        """The head parameters among a trial's sampled parameters (others, like encoder_learning_rate, ignored).
+
+        Width and activation may be absent: a depth-0 trial of the built-in space has neither.
+        """
+        return cls(
+            **{name: params[name] for name in _ALWAYS_DRAWN},
+            width=params.get("width"),
+            activation=params.get("activation"),
+        )
+
+
+_ALWAYS_DRAWN = ("learning_rate", "batch_size", "epochs", "depth", "optimizer")
+
+
+def head_architecture(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The head's shape as a model's config records it: depth, and width and activation only for hidden layers."""
+    depth = int(params["depth"])
+    if depth == 0:
+        return {"depth": 0}
+    return {"depth": depth, "width": int(params["width"]), "activation": str(params["activation"])}
 
 
 def make_optimizer(

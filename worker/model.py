@@ -123,22 +123,34 @@ def _load_encoder_cached(folder: Path) -> Encoder:
 
 
 def build_head(
-    *, input_size: int, n_classes: int, depth: int, width: int, activation: str, dropout: float = 0.0
+    *,
+    input_size: int,
+    n_classes: int,
+    depth: int,
+    width: int | None = None,
+    activation: str | None = None,
+    dropout: float = 0.0,
 ) -> torch.nn.Sequential:
-    """Build depth hidden layers (Linear, activation) of width units, then a Linear to n_classes."""
-    if activation not in ACTIVATIONS:
+    """Build depth hidden layers (Linear, activation) of width units, then a Linear to n_classes.
+
+    A linear head (depth 0) needs neither width nor activation, and ignores them when given.
+    """
+    if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     if input_size < 1 or n_classes < 1:
         raise ValueError(f"input_size and n_classes must be positive, got {input_size} and {n_classes}")
     if depth < 0:
         raise ValueError(f"depth must be at least 0, got {depth}")
-    if depth > 0 and width < 1:
+    if depth > 0 and (width is None or activation is None):
+        raise ValueError(f"a head of depth {depth} needs width and activation")
+    if depth > 0 and width is not None and width < 1:
         raise ValueError(f"width must be at least 1, got {width}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     layers: list[torch.nn.Module] = []
     size = input_size
     for _ in range(depth):
+        assert width is not None and activation is not None
         layers.append(torch.nn.Linear(size, width))
         layers.append(ACTIVATIONS[activation]())
         if dropout > 0.0:
@@ -203,7 +215,7 @@ def mark_trainable(model: torch.nn.Module, *, finetune: str, k: int | None) -> l
 
 
 class EncoderClassifier(torch.nn.Module):
-    """An encoder, mean pooling and a head: the model last-k and full fine-tuning train end to end."""
+    """An encoder, mean pooling and a head: the model last-k, full and lora fine-tuning train end to end."""
 
     def __init__(self, encoder: torch.nn.Module, head: torch.nn.Module) -> None:
         super().__init__()

@@ -19,6 +19,7 @@ from studies.artifacts import CONFIG_FILE, LABELS_FILE, PARAMS_FILE, WEIGHTS_FIL
 from studies.spec import Task
 from worker.builtin_modules import is_builtin_module, load_builtin_module
 from worker.export import ARCHIVE_FORMAT, read_archive_members
+from worker.hyperparams import head_architecture
 from worker.module_files import LoadedModel, Permissions, load_model_file
 from worker.module_inputs import HASHING, hash_texts, load_model_inputs, row_features
 from worker.module_surgery import parameter_dtype
@@ -32,9 +33,8 @@ def _head_config(params: Mapping[str, Any], *, input_size: int, n_classes: int) 
     return {
         "input_size": input_size,
         "n_classes": n_classes,
-        "depth": int(params["depth"]),
-        "width": int(params["width"]),
-        "activation": str(params["activation"]),
+        # A linear head (depth 0) records no width or activation: it has neither.
+        **head_architecture(params),
     }
 
 
@@ -72,8 +72,8 @@ def _rebuild(pristine: LoadedModel, config: Mapping[str, Any]) -> torch.nn.Modul
         freeze=config["freeze"],
         n_classes=int(head["n_classes"]),
         depth=int(head["depth"]),
-        width=int(head["width"]),
-        activation=str(head["activation"]),
+        width=head.get("width"),
+        activation=head.get("activation"),
     )
     return replaced.model
 

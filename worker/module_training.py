@@ -35,8 +35,8 @@ def with_head(
     freeze: str | list[str],
     n_classes: int,
     depth: int,
-    width: int,
-    activation: str,
+    width: int | None,
+    activation: str | None,
 ) -> tuple[Replaced, list[str]]:
     """The model (changed in place) with a fresh head at `replace`, and the module paths that train."""
     head = build_head(

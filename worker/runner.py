@@ -23,6 +23,7 @@ from studies import Claim, StudyRepository
 from studies.artifacts import MODEL_ARTIFACT_ATTR, ArtifactStore, upload_model, write_model_archive
 from studies.errors import StudyNotFound
 from studies.lifecycle import TrialVanished
+from studies.pareto import joins_front
 from studies.resilience import GaveUp, is_transient, with_retry
 from studies.spec import StudySpec, Task
 from studies.states import StopReason, StudyState
@@ -30,6 +31,7 @@ from worker.early_stopping import Patience
 from worker.entrypoints import is_allowed, user_code
 from worker.epochs import EpochResult, KeepRule, StopTraining, TrainResult, keep_rule
 from worker.failures import TrialFailure
+from worker.measures import measure
 from worker.tasks import TASK_KINDS
 from worker.tasks.interface import Progress, TaskHost, TrialTask
 
@@ -255,13 +257,13 @@ class TrialRunner:
             params=claim.params,
             seed=claim.seed,
             device=self.device,
-            keep=keep_rule(metric=claim.spec.objective.metric, value=claim.spec.objective.value),
+            keep=keep_rule(metric=claim.spec.objective.epoch_metric, value=claim.spec.objective.value),
             on_epoch=on_epoch,
             interrupted=self.interrupted,
             wake=self.stopping,
             study_name=claim.study_name,
             number=claim.trial.number,
-            metric=claim.spec.objective.metric,
+            metric=claim.spec.objective.epoch_metric,
             notes=notes,
         )
         return kind.run(task, trial)
@@ -275,38 +277,45 @@ class TrialRunner:
             return True
         return value < best.value if claim.spec.objective.direction == "minimize" else value > best.value
 
-    def _save_model_if_best(self, claim: Claim, result: TrainResult, value: float) -> dict[str, Any]:
-        """Upload the trial's weights when it beats the study's best so far; the attributes saying so."""
+    def _write_archive(self, claim: Claim, result: TrainResult, value: float, folder: Path) -> Path | None:
+        """The trial's model as the zip a best-model download carries, written in folder; None without one."""
         task = claim.spec.task
-        if self.artifact_store is None or not result.best_state:
-            return {}
-        if not self._on_trial(claim, "best value", lambda: self._beats_best(claim, value)):
-            return {}
+        if not result.best_state:
+            return None
+        files = self.task_kind(task).model_files(task, claim.params, result)
+        if files is None:
+            return None
+        path = folder / f"{claim.study_name}-trial-{claim.trial.number}-model.zip"
+        write_model_archive(
+            path,
+            weights=files.weights,
+            params={
+                "study": claim.study_name,
+                "number": claim.trial.number,
+                "value": value,
+                "metric": claim.spec.objective.epoch_metric,
+                "epoch": result.kept_epoch,
+                "seed": claim.seed,
+                "params": claim.params,
+            },
+            labels=files.labels,
+            config=files.config,
+            extra=files.extra,
+        )
+        return path
+
+    def _upload(self, claim: Claim, archive: Callable[[], Path | None]) -> dict[str, Any]:
+        """Put the trial's model archive in the artifact store; the attributes saying where, or why not."""
         store = self.artifact_store
+        if store is None:
+            return {}
         try:
-            files = self.task_kind(task).model_files(task, claim.params, result)
-            if files is None:
+            path = archive()
+            if path is None:
                 return {}
-            with tempfile.TemporaryDirectory(prefix="tunefleet-model-") as folder:
-                path = Path(folder) / f"{claim.study_name}-trial-{claim.trial.number}-model.zip"
-                write_model_archive(
-                    path,
-                    weights=files.weights,
-                    params={
-                        "study": claim.study_name,
-                        "number": claim.trial.number,
-                        "value": value,
-                        "metric": claim.spec.objective.metric,
-                        "epoch": result.kept_epoch,
-                        "seed": claim.seed,
-                        "params": claim.params,
-                    },
-                    labels=files.labels,
-                    config=files.config,
-                )
-                artifact_id = self._on_trial(
-                    claim, "upload model", lambda: upload_model(store, claim.trial, path)
-                )
+            artifact_id = self._on_trial(
+                claim, "upload model", lambda: upload_model(store, claim.trial, path)
+            )
         except (optuna.exceptions.UpdateFinishedTrialError, GaveUp, TrialVanished):
             raise
         # A full disk or an unreachable bucket must not cost the trial its result: record why instead.
@@ -314,6 +323,67 @@ class TrialRunner:
             log.warning("trial %d of %s: model not saved: %s", claim.trial.number, claim.study_name, error)
             return {"model_artifact_error": f"{type(error).__name__}: {error}"[:500]}
         return {MODEL_ARTIFACT_ATTR: artifact_id}
+
+    def _save_model_if_best(self, claim: Claim, result: TrainResult, value: float) -> dict[str, Any]:
+        """Upload the trial's weights when it beats the study's best so far; the attributes saying so."""
+        if self.artifact_store is None or not result.best_state:
+            return {}
+        if not self._on_trial(claim, "best value", lambda: self._beats_best(claim, value)):
+            return {}
+        with tempfile.TemporaryDirectory(prefix="tunefleet-model-") as folder:
+            return self._upload(claim, lambda: self._write_archive(claim, result, value, Path(folder)))
+
+    def _joins_front(self, claim: Claim, values: list[float]) -> bool:
+        front = claim.study.best_trials
+        return joins_front(values, front, claim.spec.objective.directions)
+
+    def _complete_several(
+        self, claim: Claim, result: TrainResult, chosen: EpochResult, train_s: float, attrs: dict[str, Any]
+    ) -> str:
+        """End a trial of a study of several objectives: measure them, keep its model if it joins the front."""
+        objective = claim.spec.objective
+        value = chosen.val_loss if objective.epoch_metric == "val_loss" else chosen.val_accuracy
+        with tempfile.TemporaryDirectory(prefix="tunefleet-model-") as folder:
+            written: list[Path | None] = []
+
+            def archive() -> Path | None:
+                # Written once, when first asked for: its size is a metric, and it is what is uploaded.
+                if not written:
+                    written.append(self._write_archive(claim, result, value, Path(folder)))
+                return written[0]
+
+            measured = measure(
+                objective.measured(),
+                kind=self.task_kind(claim.spec.task),
+                task=claim.spec.task,
+                params=claim.params,
+                result=result,
+                chosen=chosen,
+                train_s=train_s,
+                archive=archive,
+                latency_batch_size=objective.latency_batch_size or 1,
+                device=self.device,
+            )
+            values = [measured.values[name] for name in objective.names]
+            constraints = {
+                c.key: c.violation(measured.values[c.metric]) for c in objective.parsed_constraints()
+            }
+            # Every trial on the final front is kept: one that joins no front when it ends never will.
+            saved: dict[str, Any] = {}
+            if (
+                self.artifact_store is not None
+                and all(v <= 0 for v in constraints.values())
+                and self._on_trial(claim, "pareto front", lambda: self._joins_front(claim, values))
+            ):
+                saved = self._upload(claim, archive)
+        recorded = {
+            name: int(v) if name == "params_trainable" else v
+            for name, v in measured.values.items()
+            if name not in ("val_loss", "val_accuracy")
+        }
+        final = {**attrs, **recorded, **measured.attrs, **saved}
+        self._store("complete", lambda: self.repository.complete(claim, values, final, constraints))
+        return "complete"
 
     def _out_of_memory(self, claim: Claim, message: str, extra_attrs: dict[str, Any]) -> str:
         # Pruned, not failed: Optuna's TPE learns only from COMPLETE and PRUNED trials, and ranks an
@@ -357,7 +427,8 @@ class TrialRunner:
         repository = self.repository
         # Time spent between epochs reporting to the store and asking the pruner: not training.
         reporting_s = [0.0]
-        patience = Patience(spec.objective.patience, minimize=spec.objective.direction == "minimize")
+        objective = spec.objective
+        patience = Patience(objective.patience, minimize=objective.epoch_direction == "minimize")
 
         def on_epoch(result: EpochResult) -> None:
             began = time.perf_counter()
@@ -368,14 +439,17 @@ class TrialRunner:
 
         def report(result: EpochResult) -> None:
             last[:] = [result]
-            value = result.val_loss if spec.objective.metric == "val_loss" else result.val_accuracy
-            self._store("report", lambda: repository.report(claim, value, result.epoch))
+            value = result.val_loss if objective.epoch_metric == "val_loss" else result.val_accuracy
+            if not objective.several:
+                # Several objectives have no per-epoch value in Optuna: Trial.report refuses them, and TPE
+                # would read a stopped trial's per-epoch values by a single direction the study lacks.
+                self._store("report", lambda: repository.report(claim, value, result.epoch))
             reason = self.interrupted()
             if reason is not None:
                 raise StopTraining(reason)
             if self._study_state(claim) != StudyState.RUNNING:
                 raise StopTraining(StopReason.STUDY_STOPPED)
-            if self._on_trial(claim, "should_prune", trial.should_prune):
+            if not objective.several and self._on_trial(claim, "should_prune", trial.should_prune):
                 raise StopTraining(StopReason.PRUNED)
             if patience.stalled(value):
                 raise StopTraining(StopReason.PLATEAU)
@@ -439,9 +513,8 @@ class TrialRunner:
         if out_of_memory is not None:
             free_memory(self.device)
             return self._out_of_memory(claim, out_of_memory, attrs())
-        chosen = chosen_epoch(result.epochs, metric=spec.objective.metric, value=spec.objective.value)
-        value = chosen.val_loss if spec.objective.metric == "val_loss" else chosen.val_accuracy
-        saved = self._save_model_if_best(claim, result, value)
+        chosen = chosen_epoch(result.epochs, metric=objective.epoch_metric, value=objective.value)
+        train_s = result.train_s - reporting_s[0]
         final = attrs(
             {
                 "val_loss": chosen.val_loss,
@@ -449,11 +522,33 @@ class TrialRunner:
                 "chosen_epoch": chosen.epoch,
                 "epochs_run": len(result.epochs),
                 **({"metrics": chosen.metrics} if chosen.metrics else {}),
-                "train_s": round(result.train_s - reporting_s[0], 3),
+                "train_s": round(train_s, 3),
                 "report_s": round(reporting_s[0], 3),
                 **early_stop,
-                **saved,
             }
         )
+        if objective.several:
+            try:
+                return self._complete_several(claim, result, chosen, train_s, final)
+            except TrialFailure as error:
+                return fail(str(error))
+            except (optuna.exceptions.UpdateFinishedTrialError, GaveUp, TrialVanished):
+                raise
+            except Exception as error:
+                if is_out_of_memory(error):
+                    # Timing a model the device cannot hold is the trial's memory, as in training: handled
+                    # after this block, once the traceback lets go of the model's tensors.
+                    out_of_memory = str(error)
+                elif is_transient(error):
+                    raise
+                else:
+                    log.exception(
+                        "trial %d of %s: measuring its model failed", trial.number, claim.study_name
+                    )
+                    return fail(f"measuring the model: {type(error).__name__}: {error}", logged=True)
+            free_memory(self.device)
+            return self._out_of_memory(claim, out_of_memory or "out of memory", final)
+        value = chosen.val_loss if objective.metric == "val_loss" else chosen.val_accuracy
+        final.update(self._save_model_if_best(claim, result, value))
         self._store("complete", lambda: repository.complete(claim, value, final))
         return "complete"

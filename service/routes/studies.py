@@ -1,17 +1,30 @@
-"""/v1/studies: create, list, read and control studies, and read their trials."""
+"""/v1/studies: create, list, read and control studies, read their trials and enqueue known ones."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from optuna.trial import TrialState
 
 from service.dependencies import Repository
 from service.report import render_report
-from service.schemas import ErrorRead, StudyName, StudyPage, StudyRead, TrialNumber, TrialPage, TrialRead
+from service.schemas import (
+    EnqueuedRead,
+    EnqueueRequest,
+    ErrorRead,
+    ParetoRead,
+    StudyName,
+    StudyPage,
+    StudyRead,
+    TrialNumber,
+    TrialPage,
+    TrialRead,
+)
 from studies import StudyRecord, StudyRepository, StudySpec
+from studies.enqueue import ParamsRejected
 from studies.states import StudyState
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -21,7 +34,8 @@ TrialStateName = Literal["running", "complete", "pruned", "fail", "waiting"]
 
 
 def _study_read(repository: StudyRepository, record: StudyRecord) -> StudyRead:
-    return StudyRead.from_progress(repository.progress(record), repository.data_warnings(record))
+    front = len(repository.pareto_front(record)) if record.spec.objective.several else None
+    return StudyRead.from_progress(repository.progress(record), repository.data_warnings(record), front)
 
 
 @router.post(
@@ -34,7 +48,7 @@ def create_study(spec: StudySpec, repository: Repository, response: Response) ->
     """Create a study from a spec; workers start pulling its trials at once."""
     record = repository.create(spec)
     response.headers["Location"] = f"/v1/studies/{record.name}"
-    return StudyRead.from_progress(repository.progress(record))
+    return _study_read(repository, record)
 
 
 @router.get("", response_model=StudyPage)
@@ -108,6 +122,43 @@ def list_trials(
     )
 
 
+@router.post(
+    "/{study_name}/trials",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EnqueuedRead,
+    responses={
+        **NOT_FOUND,
+        409: {
+            "model": ErrorRead,
+            "description": "more sets than the budget has slots left (budget_exceeded, the detail says how"
+            " many), a completed or failed study (study_finished), a grid study (grid_study)",
+        },
+    },
+)
+def enqueue_trials(study_name: StudyName, body: EnqueueRequest, repository: Repository) -> EnqueuedRead:
+    """Queue known configurations; claims take them before drawing new ones, each in a slot of the budget.
+
+    A stopped study takes them too, to run on resume. A set that does not fit the space is a 422 whose
+    `loc` names the set and the parameter (`["body", "trials", 0, "params", "learning_rate"]`), and then
+    nothing is queued.
+    """
+    try:
+        enqueued = repository.enqueue(study_name, [trial.params for trial in body.trials])
+    except ParamsRejected as rejected:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "invalid_param",
+                    "loc": ("body", "trials", problem.index, "params", problem.name),
+                    "msg": problem.message,
+                    "input": body.trials[problem.index].params.get(problem.name),
+                }
+                for problem in rejected.problems
+            ]
+        ) from None
+    return EnqueuedRead(study_name=study_name, numbers=enqueued.numbers, slots_left=enqueued.slots_left)
+
+
 @router.get(
     "/{study_name}/report",
     response_class=HTMLResponse,
@@ -127,3 +178,11 @@ def study_report(study_name: StudyName, repository: Repository) -> HTMLResponse:
 def get_trial(study_name: StudyName, number: TrialNumber, repository: Repository) -> TrialRead:
     """One trial: parameters, per-epoch values, outcome and worker."""
     return TrialRead.from_frozen(repository.trial(repository.get(study_name), number))
+
+
+@router.get("/{study_name}/pareto", response_model=ParetoRead, responses=NOT_FOUND)
+def pareto_front(study_name: StudyName, repository: Repository) -> ParetoRead:
+    """The Pareto front: completed trials that break no constraint and that no such trial beats in every
+    objective, with their values by metric (for one objective: its best trial)."""
+    record = repository.get(study_name)
+    return ParetoRead.from_front(record, repository.pareto_front(record))

@@ -24,8 +24,13 @@ count, page or bulk read; tunefleet issues that SQL against Optuna's own tables:
 - ``optuna.storages._rdb.models.TrialIntermediateValueModel``: trial_rows.py, trial_reads.py; per-epoch values,
   written in the transaction that checks the trial is still the claim's (Trial.report writes by id alone).
 - ``optuna.storages._rdb.models.TrialSystemAttributeModel``: trial_reads.py; the bulk read of system attributes.
+  trial_rows.py; a finished trial's constraint values, written with its values (Trial.set_constraint takes a
+  transaction each).
 - ``optuna.storages._rdb.models.TrialHeartbeatModel``: models.py; bench/ cleans its rows.
 - ``optuna.storages._rdb.models.NOT_FOUND_MSG``: trial_reads.py; the same KeyError as Optuna's reader.
+- ``optuna.study._constrained_optimization._CONSTRAINTS_KEY``: trial_rows.py; the prefix of the system attributes
+  Trial.set_constraint writes and FrozenTrial.constraints reads, for a trial's constraint values written with
+  its end.
 
 Bulk reads (trial_reads.py). Optuna's trial cache fills itself only through this method, with ORM
 objects per row (about 3 s of CPU at 5,000 trials); there is no public hook for a faster reader:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,9 +16,11 @@ from optuna.storages._rdb.models import (
     TrialIntermediateValueModel,
     TrialModel,
     TrialParamModel,
+    TrialSystemAttributeModel,
     TrialUserAttributeModel,
     TrialValueModel,
 )
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import TrialState
 
 # Optuna's RDBStorage writes a trial in one transaction per parameter and per attribute, each
@@ -29,6 +31,7 @@ from optuna.trial import TrialState
 trials = TrialModel.__table__
 params = TrialParamModel.__table__
 user_attrs = TrialUserAttributeModel.__table__
+system_attrs = TrialSystemAttributeModel.__table__
 trial_values = TrialValueModel.__table__
 intermediate_values = TrialIntermediateValueModel.__table__
 optuna_studies = StudyModel.__table__
@@ -123,6 +126,21 @@ def set_user_attrs(connection: sa.Connection, trial_id: int, attrs: Mapping[str,
         _upsert(connection, user_attrs, rows, "key")
 
 
+def set_constraints(connection: sa.Connection, trial_id: int, constraints: Mapping[str, float]) -> None:
+    """Store a trial's constraint values by name where Trial.set_constraint stores them (FrozenTrial.constraints
+    and Optuna's samplers read them there); a value above 0 breaks its constraint."""
+    if constraints:
+        rows = [
+            {
+                "trial_id": trial_id,
+                "key": f"{_CONSTRAINTS_KEY}:{name}",
+                "value_json": json.dumps(float(value)),
+            }
+            for name, value in constraints.items()
+        ]
+        _upsert(connection, system_attrs, rows, "key")
+
+
 def user_attr(connection: sa.Connection, trial_id: int, key: str) -> Any:
     """One user attribute of a trial, or None."""
     stored = connection.execute(
@@ -199,14 +217,21 @@ def add_params(
 
 
 def finish(
-    connection: sa.Connection, trial_id: int, state: TrialState, value: float | None, now: datetime
+    connection: sa.Connection,
+    trial_id: int,
+    state: TrialState,
+    value: float | Sequence[float] | None,
+    now: datetime,
 ) -> None:
-    """End a RUNNING trial (locked by lock_running in this transaction) with its state and value."""
-    if value is not None:
-        stored, value_type = TrialValueModel.value_to_stored_repr(value)
-        connection.execute(
-            trial_values.insert().values(trial_id=trial_id, objective=0, value=stored, value_type=value_type)
-        )
+    """End a RUNNING trial (locked by lock_running in this transaction) with its state and value, or its
+    values, one per objective in the study's order (a row each, as Optuna stores them)."""
+    values = [] if value is None else [value] if isinstance(value, int | float) else list(value)
+    rows = []
+    for objective, one in enumerate(values):
+        stored, value_type = TrialValueModel.value_to_stored_repr(float(one))
+        rows.append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": value_type})
+    if rows:
+        connection.execute(trial_values.insert(), rows)
     connection.execute(
         trials.update().where(trials.c.trial_id == trial_id).values(state=state, datetime_complete=now)
     )

@@ -172,3 +172,68 @@ def test_study_delete_asks_first_and_says_what_it_did_in_one_line(
         unknown = tunefleet(env, "study", "delete", "no-such-study", *args, answer="y\n")
         assert unknown.returncode == 2
         assert unknown.stderr == "tunefleet: error: study 'no-such-study' not found\n"
+
+
+def test_study_enqueue_queues_sets_from_a_file_or_stdin_and_they_run_first(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "warm",
+                "task": {"kind": "synthetic"},
+                "space": {"epochs": 1},
+                "pruner": {"name": "none"},
+                "budget": {"n_trials": 4},
+            }
+        )
+    )
+    assert tunefleet(env, "study", "create", str(spec_file)).returncode == 0
+
+    known = tmp_path / "known.yaml"
+    known.write_text("- {learning_rate: 3.0e-3, batch_size: 32, depth: 1, width: 64}\n- {optimizer: sgd}\n")
+    queued = tunefleet(env, "study", "enqueue", "warm", str(known))
+    assert queued.returncode == 0, queued.stderr
+    assert queued.stdout.splitlines() == [
+        "#0     enqueued  learning_rate=0.003 batch_size=32 depth=1 width=64",
+        "#1     enqueued  optimizer=sgd",
+    ]
+    from_stdin = tunefleet(env, "study", "enqueue", "warm", "-", "--json", answer='{"depth": 0}')
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert json.loads(from_stdin.stdout) == {"study_name": "warm", "numbers": [2], "slots_left": 1}
+
+    for content, words in (
+        ("{depth: 1, widht: 64}", "trials.0.params.widht: unknown parameter"),
+        (
+            "- {depth: 0}\n- {batch_size: 48}",
+            "trials.1.params.batch_size: must be one of 16, 32, 64, 128, got 48",
+        ),
+        ("[{}, {}]", "study 'warm' has 1 trial slots left, not 2"),
+        ("learning_rate: [", "not YAML or JSON"),
+        ("- 0.01", "item 0 is float, not a mapping of parameter names to values"),
+    ):
+        refused = tunefleet(env, "study", "enqueue", "warm", "-", answer=content)
+        assert refused.returncode == 2, (content, refused.stdout)
+        assert len(refused.stderr.strip().splitlines()) == 1 and words in refused.stderr, refused.stderr
+    missing = tunefleet(env, "study", "enqueue", "warm", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+    worker = subprocess.run(
+        [sys.executable, "-m", "tunefleet", "worker", "--study", "warm", "--exit-when-idle"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert worker.returncode == 0
+    trials = json.loads(tunefleet(env, "study", "trials", "warm", "--json").stdout)["items"]
+    assert [t["state"] for t in trials] == ["complete"] * 4
+    assert {k: trials[0]["params"][k] for k in ("learning_rate", "batch_size", "depth", "width")} == {
+        "learning_rate": 0.003,
+        "batch_size": 32,
+        "depth": 1,
+        "width": 64,
+    }
+    assert trials[1]["params"]["optimizer"] == "sgd" and trials[2]["params"]["depth"] == 0
+    listed = tunefleet(env, "study", "trials", "warm").stdout.splitlines()
+    assert [line.endswith("[enqueued]") for line in listed[:4]] == [True, True, True, False]

@@ -6,7 +6,9 @@ files, no download), so a last-k or full trial takes well under a second on a CP
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +21,22 @@ from safetensors.torch import load_file
 
 from service import ServiceSettings, create_app
 from studies import StudyRepository, StudySpec, open_storage
-from studies.artifacts import MODEL_ARTIFACT_ATTR, open_artifact_store
+from studies.artifacts import (
+    MODEL_ARTIFACT_ATTR,
+    extract_model_archive,
+    open_artifact_store,
+    write_model_archive,
+)
+from studies.states import StudyState
+from tests.finetune_spec import CPU_WORKER, run_next, write_csv
 from tests.finetune_spec import finetune_spec as spec
-from tests.finetune_spec import run_next, write_csv
 from tunefleet.client import ApiError, TunefleetClient
-from worker.export import evaluate, load_best_model
-from worker.model import builtin_model_folder
+from worker.data import load_split
+from worker.export import evaluate, export_adapters, export_encoder, load_best_model
+from worker.finetune import build_classifier, tokenize_split, train_encoder
+from worker.hyperparams import HeadParams
+from worker.lora import LoraParams
+from worker.model import builtin_model_folder, load_encoder
 from worker.runner import TrialRunner
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -81,7 +93,7 @@ def runner_for(repository: StudyRepository, tmp_path: Path, *, keep_models: bool
     )
 
 
-@pytest.mark.parametrize("finetune", ["last-k", "head", "full"])
+@pytest.mark.parametrize("finetune", ["last-k", "head", "full", "lora"])
 def test_the_best_model_downloads_and_reproduces_the_trials_validation_loss(
     repository: StudyRepository,
     tiny_model: Path,
@@ -128,12 +140,51 @@ def test_the_best_model_downloads_and_reproduces_the_trials_validation_loss(
         "head": set(),
         "last-k": {"encoder.encoder"},  # only the top block: encoder.encoder.layer.1.*
         "full": {"encoder.embeddings", "encoder.encoder", "encoder.pooler"},
+        "lora": {
+            "adapter.base_model"
+        },  # peft's names: adapter.base_model.model.encoder.layer.0.*.lora_A.weight
     }[finetune]
     assert saved == {"head.0", "head.2"} | expected_encoder
     if finetune == "last-k":
         assert all(
             ".layer.1." in name for name in load_file(folder / "weights.safetensors") if "layer" in name
         )
+    base_files = ["config.json", "labels.json", "params.json", "weights.safetensors"]
+    if finetune != "lora":
+        assert sorted(p.name for p in folder.iterdir()) == base_files
+        return
+    # The unpacked download is a peft adapter folder too: peft's own loader takes it as it is.
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*base_files, "adapter_config.json", "adapter_model.safetensors"]
+    )
+    base = AutoModel.from_pretrained(tiny_model, local_files_only=True)
+    with_peft = dataclasses.replace(model, encoder=PeftModel.from_pretrained(base, str(folder)).eval())
+    assert evaluate(with_peft)[0] == pytest.approx(trial.value, abs=1e-5)
+    texts = ["this great thing is lovely", "this awful thing is dreadful"]
+    torch.testing.assert_close(with_peft.logits(texts), model.logits(texts), rtol=0, atol=1e-5)
+
+    # Those two names are all an archive carries beyond its four: no other is written, nor unpacked.
+    with pytest.raises(ValueError, match=r"a model archive cannot carry '\.\./escape\.py'"):
+        write_model_archive(
+            tmp_path / "crafted.zip",
+            weights=b"",
+            params={},
+            labels=[],
+            config={},
+            extra={"../escape.py": b""},
+        )
+    crafted = tmp_path / "crafted" / "model.zip"
+    crafted.parent.mkdir()
+    shutil.copy(folder.with_name(folder.name + ".zip"), crafted)
+    with zipfile.ZipFile(crafted, "a") as archive:
+        archive.writestr("../escape.py", b"")
+        archive.writestr("notes.txt", b"")
+    unpacked = extract_model_archive(crafted, tmp_path / "crafted" / "model")
+    assert sorted(p.name for p in unpacked.iterdir()) == sorted(p.name for p in folder.iterdir())
+    assert sorted(p.name for p in crafted.parent.iterdir()) == ["model", "model.zip"]
 
 
 def test_only_a_trial_that_beats_the_best_saves_its_model(
@@ -160,7 +211,7 @@ def test_only_a_trial_that_beats_the_best_saves_its_model(
 def test_rerunning_a_trials_parameters_with_its_seed_gives_the_same_validation_loss(
     repository: StudyRepository, tiny_model: Path, data_files: dict[str, str], tmp_path: Path, study_name: str
 ) -> None:
-    for finetune in ("head", "last-k"):
+    for finetune in ("head", "last-k", "lora"):
         name = f"{study_name}-{finetune}"
         repository.create(spec(name, tiny_model, data_files, finetune))
         _, first = run_next(runner_for(repository, tmp_path, keep_models=False), repository, name)
@@ -241,3 +292,122 @@ def test_the_best_model_route_says_404_with_a_code(
         run_next(runner_for(repository, tmp_path, keep_models=False), repository, study_name)
         unsaved = http.get(f"/v1/studies/{study_name}/best-model")
         assert unsaved.status_code == 404 and "saved no model" in unsaved.json()["detail"]
+
+
+def test_lora_trials_train_fresh_adapters_around_the_pristine_encoders_own_weights(
+    tiny_model: Path, data_files: dict[str, str]
+) -> None:
+    task = spec("lora", tiny_model, data_files, "lora").task
+    encoder = load_encoder(tiny_model)
+    tokens = tokenize_split(encoder, load_split(task), max_length=task.max_length)
+    head = HeadParams.of(
+        {"learning_rate": 0.01, "batch_size": 8, "epochs": 2, "depth": 1, "width": 16, "activation": "relu"}
+        | {"optimizer": "adam"}
+    )
+    lora = LoraParams(rank=4, alpha=2.0, dropout=0.1, targets="attention+ffn")
+    pristine = dict(encoder.model.named_parameters())
+    before = {name: parameter.detach().clone() for name, parameter in pristine.items()}
+
+    classifier, _ = build_classifier(encoder, n_classes=3, params=head, finetune="lora", k=None, lora=lora)
+    adapted = {
+        name: module for name, module in classifier.encoder.named_modules() if hasattr(module, "lora_A")
+    }
+    # Two blocks, each with query, key, value, attention output, intermediate and output layers.
+    assert len(adapted) == 12
+    query = adapted["base_model.model.encoder.layer.0.attention.self.query"]
+    assert query.base_layer.weight is pristine["encoder.layer.0.attention.self.query.weight"]
+    assert isinstance(encoder.model.encoder.layer[0].attention.self.query, torch.nn.Linear)
+
+    runs = [
+        train_encoder(
+            encoder=encoder,
+            tokens=tokens,
+            params=head,
+            finetune="lora",
+            k=None,
+            encoder_learning_rate=0.01,
+            seed=seed,
+            device=torch.device("cpu"),
+            lora=lora,
+        )
+        for seed in (1, 1, 2)
+    ]
+    assert runs[0].epochs == runs[1].epochs != runs[2].epochs
+    for name, parameter in encoder.model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    adapters = {name for name in runs[0].best_state if name.startswith("adapter.")}
+    assert len(adapters) == 24 and all(".lora_A." in name or ".lora_B." in name for name in adapters)
+
+
+def test_a_models_encoder_exports_as_a_plain_folder_lora_adapters_merged_in(
+    repository: StudyRepository, tiny_model: Path, data_files: dict[str, str], tmp_path: Path, study_name: str
+) -> None:
+    kept = {}
+    for finetune in ("lora", "last-k"):
+        name = f"{study_name}-{finetune}"
+        repository.create(spec(name, tiny_model, data_files, finetune, budget={"n_trials": 1}))
+        outcome, trial = run_next(runner_for(repository, tmp_path), repository, name)
+        assert outcome == "complete", trial.user_attrs.get("fail_reason")
+        # The archive as the artifact store keeps it: load_best_model and the exports read the zip too.
+        kept[finetune] = tmp_path / "artifacts" / trial.user_attrs[MODEL_ARTIFACT_ATTR]
+
+    merged = export_encoder(kept["lora"], tmp_path / "merged")
+    # A folder tunefleet loads as any other encoder: the adapters are in its weights now.
+    plain = load_encoder(merged)
+    assert not any("lora" in name for name, _ in plain.model.named_parameters())
+    model = load_best_model(kept["lora"])
+    batch = model.tokenizer(
+        ["this great thing is lovely", "a dreadful carpet"], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        expected = model.encoder(**batch).last_hidden_state
+        got = plain.model(**batch).last_hidden_state
+        untrained = load_encoder(tiny_model).model(**batch).last_hidden_state
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(
+        expected, untrained, atol=1e-4
+    )  # the adapters trained: there was something to merge
+    with pytest.raises(ValueError, match="is a finetune last-k model: only finetune lora has adapters"):
+        export_adapters(kept["last-k"], tmp_path / "adapters")
+    # Any mode's encoder exports: last-k's with its fine-tuned top block.
+    top_block = load_encoder(export_encoder(kept["last-k"], tmp_path / "last-k")).model.encoder.layer[1]
+    assert torch.equal(
+        top_block.output.dense.weight,
+        load_best_model(kept["last-k"]).encoder.encoder.layer[1].output.dense.weight,
+    )
+    assert not torch.equal(
+        top_block.output.dense.weight, load_encoder(tiny_model).model.encoder.layer[1].output.dense.weight
+    )
+
+
+def test_a_lora_study_on_a_model_without_layers_it_knows_fails_naming_the_layers_there_are(
+    repository: StudyRepository, data_files: dict[str, str], tmp_path: Path, study_name: str
+) -> None:
+    from transformers import GPT2Config, GPT2Model
+
+    folder = tmp_path / "tiny-gpt2"
+    folder.mkdir()
+    for name in TOKENIZER_FILES:
+        shutil.copy(builtin_model_folder("all-MiniLM-L6-v2") / name, folder / name)
+    config = GPT2Config(
+        vocab_size=30522, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
+    GPT2Model(config).save_pretrained(folder)
+    repository.create(
+        spec(study_name, folder, data_files, "lora", budget={"n_trials": 3, "max_consecutive_failures": 2})
+    )
+    runner = runner_for(repository, tmp_path)
+    ended = [run_next(runner, repository, study_name) for _ in range(2)]
+
+    assert [outcome for outcome, _ in ended] == ["fail", "fail"]
+    reason = ended[0][1].user_attrs["fail_reason"]
+    assert reason == (
+        "finetune lora (lora_targets attention): GPT2Model has no attention layer lora can adapt (it looks for"
+        " names such as attention.self.query or self_attn.o_proj); the model's layers are wte, wpe,"
+        " h.N.attn.c_attn, h.N.attn.c_proj, h.N.mlp.c_fc, h.N.mlp.c_proj (N: each block's number); use finetune"
+        " last-k or full for this model"
+    )
+    record = repository.get(study_name)
+    assert record.state == StudyState.FAILED
+    assert record.state_reason == f"the first 2 trials failed: {reason}"
+    assert repository.claim(CPU_WORKER, study_names=[study_name]) is None

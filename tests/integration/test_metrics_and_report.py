@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import html
+import json
+import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
@@ -85,6 +88,69 @@ def test_report_is_a_self_contained_page_naming_the_study(
     # plotly.js is inlined, so the file opens without a network.
     assert "<script src=" not in page
     assert page.count("Plotly.newPlot") >= 3
+
+
+def plotted_traces(page: str, div_id: str) -> list[dict[str, Any]]:
+    """The traces of the page's plotly figure drawn into div_id, as the page hands them to Plotly.newPlot."""
+    call = re.search(r'Plotly\.newPlot\(\s*"' + re.escape(div_id) + r'",\s*', page)
+    assert call is not None, f"no plot drawn into {div_id}"
+    traces, _ = json.JSONDecoder().raw_decode(page, call.end())
+    assert isinstance(traces, list)
+    return traces
+
+
+def test_the_report_of_a_study_of_several_objectives_draws_its_pareto_front_and_lists_its_trials(
+    client: TestClient, repository: StudyRepository, study_name: str, tmp_path: Path
+) -> None:
+    # The synthetic kind trains nothing: each trial's val_loss follows its epochs, its train_seconds its sleep.
+    spec = {
+        "name": study_name,
+        "task": {"kind": "synthetic"},
+        "space": {"epochs": {"type": "int", "low": 1, "high": 3}},
+        "objective": {
+            "metrics": [
+                {"name": "val_loss", "direction": "minimize"},
+                {"name": "train_seconds", "direction": "minimize"},
+            ]
+        },
+        "sampler": {"name": "random", "seed": 5},
+        "pruner": {"name": "none"},
+        "budget": {"n_trials": 4},
+    }
+    assert client.post("/v1/studies", json=spec).status_code == 201
+    runner = TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=tmp_path)
+    for _ in range(4):
+        claim = repository.claim(WORKER, study_names=[study_name])
+        assert claim is not None
+        assert runner.run(claim) == "complete"
+    front = client.get(f"/v1/studies/{study_name}/pareto").json()["trials"]
+    on_front = sorted(trial["number"] for trial in front)
+    assert on_front
+
+    page = client.get(f"/v1/studies/{study_name}/report").text
+    assert "<h2>Pareto front</h2>" in page
+    assert f"Pareto front: {len(on_front)} trial" in page
+    # The front drawn: Optuna's own figure, its front's points each a trial of the API's front.
+    traces = plotted_traces(page, "pareto-front-plot")
+    best = [t for t in traces if "Best Trial" in t["hovertemplate"]]
+    assert len(best) == 1
+    drawn = sorted(int(n) for text in best[0]["text"] for n in re.findall(r'"number": (\d+)', text))
+    assert drawn == on_front
+    assert sum(len(t["x"]) for t in traces) == 4
+    # plotly.js once, inlined with the front's plot: the page opens offline.
+    assert "<script src=" not in page
+    assert page.count("* plotly.js v") == 1
+    # The front's table: each trial's number, objective values by name, and parameters.
+    table = page[page.index('<table class="pareto-front">') :]
+    table = table[: table.index("</table>")]
+    assert "<th>val_loss</th><th>train_seconds</th><th>params</th>" in table
+    assert sorted(int(n) for n in re.findall(r"<tr><td>#(\d+)</td>", table)) == on_front
+    for trial in front:
+        row = table[table.index(f"<tr><td>#{trial['number']}</td>") :]
+        row = row[: row.index("</tr>")]
+        for metric, value in trial["values"].items():
+            assert f"<td>{value:.6g}</td>" in row, metric
+        assert f"epochs={trial['params']['epochs']}," in row
 
 
 def test_the_report_of_a_failed_study_says_why_it_failed(

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.model_flops import encoder_training_flops, matmul_weights, peak_flops
 from studies.spec import Task
-from worker.model import EncoderClassifier, build_head, load_encoder, model_folder
+from worker.model import EncoderClassifier, build_head, load_encoder, mark_trainable, model_folder
 
 
 @pytest.mark.parametrize("length", [16, 128])
 def test_encoder_training_flops_match_pytorchs_count_of_a_real_step(length: int) -> None:
-    encoder = load_encoder(model_folder(Task())).model
+    # A copy trained in full, as a worker trains one: the process's cached encoder is shared, and a LoRA trial
+    # leaves its parameters frozen.
+    encoder = copy.deepcopy(load_encoder(model_folder(Task())).model)
+    mark_trainable(encoder, finetune="full", k=None)
     head = build_head(
         input_size=encoder.config.hidden_size, n_classes=5, depth=1, width=64, activation="relu"
     )

@@ -322,3 +322,23 @@ def test_tpe_under_hyperband_starts_modelling_after_the_studys_startup_trials_no
     monkeypatch.setattr(CostAwareTPESampler, "_sample", spy)
     sample_params(study, new, space)
     assert bool(calls) is modelled
+
+
+def test_cost_model_of_a_conditional_parameter_reads_only_the_trials_that_drew_it() -> None:
+    # A linear head (depth 0) has no width: its cost says nothing about what a width costs.
+    rng = random.Random(4)
+    space: dict[str, BaseDistribution] = {"depth": IntDistribution(0, 2), **SPACE}
+    trials = []
+    for _ in range(30):
+        drawn = {"depth": rng.randint(0, 2), **random_params(rng)}
+        if drawn["depth"] == 0:
+            del drawn["width"]
+        per_epoch_s = cost_of(drawn) if "width" in drawn else 0.001
+        trials.append(timed_trial(drawn, {name: space[name] for name in drawn}, 0.5, per_epoch_s))
+    width = {"width": SPACE["width"]}
+    assert CostModel.fit(width, [t for t in trials if "width" not in t.params]) is None
+    model = CostModel.fit(width, trials)
+    assert model is not None
+    assert model.low == pytest.approx(min(math.log(cost_of(t.params)) for t in trials if "width" in t.params))
+    narrow, wide = model.predict({"width": np.array([32.0, 1024.0])})
+    assert narrow < wide

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ import yaml
 from pydantic import ValidationError
 
 from studies import StudySpec, load_spec_file, preset_path
-from studies.space import distributions, grid
-from studies.spec import DEFAULT_COST_WEIGHT, DEFAULT_PATIENCE, Budget
+from studies.sampling import grid_points
+from studies.space import conditions, distributions, grid, grid_combinations
+from studies.spec import DEFAULT_COST_WEIGHT, DEFAULT_PATIENCE, MAX_GRID_POINTS, Budget, grid_size
 from tunefleet import spec_defaults
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -210,3 +212,165 @@ def test_the_generator_says_a_stale_readme_is_stale_and_rewrites_only_its_block(
     assert spec_defaults.main(["--check", str(readme)]) == 0
     readme.write_text("no block here\n", encoding="utf-8")
     assert spec_defaults.main([str(readme)]) == 2
+
+
+HIDDEN = {"depth": {"ge": 1}}
+
+
+def test_the_default_space_draws_width_and_activation_only_for_hidden_layers() -> None:
+    spec = StudySpec.model_validate({"name": "s"})
+    stored = spec.model_dump(mode="json")["space"]
+    assert stored["width"]["when"] == HIDDEN and stored["activation"]["when"] == HIDDEN
+    assert all("when" not in stored[name] for name in ("learning_rate", "batch_size", "epochs", "depth"))
+    assert spec.space.is_conditional()
+    # The stored spec reads back as the same spec, condition and all.
+    assert StudySpec.model_validate(stored_spec := spec.model_dump(mode="json")) == spec
+    assert stored_spec["space"] == stored
+    tests = conditions(spec.space)
+    assert sorted(tests) == ["activation", "width"]
+    assert not tests["width"]({"depth": 0}) and tests["width"]({"depth": 2})
+
+
+@pytest.mark.parametrize(
+    ("depth", "when"),
+    [
+        ({"type": "int", "low": 1, "high": 3}, None),  # every head has hidden layers: always drawn
+        ([2, 4], None),
+        (0, HIDDEN),  # a linear head only: never drawn
+        ([0, 3], HIDDEN),
+    ],
+)
+def test_a_users_depth_decides_whether_width_and_activation_are_conditional(depth: Any, when: Any) -> None:
+    spec = StudySpec.model_validate({"name": "s", "space": {"depth": depth, "width": 64}})
+    stored = spec.model_dump(mode="json")["space"]
+    expected_width = 64 if when is None else {"type": "fixed", "value": 64, "when": when}
+    assert stored["width"] == expected_width
+    assert stored["activation"].get("when") == when
+
+
+def test_a_users_own_condition_on_a_built_in_parameter_is_kept() -> None:
+    every_depth = {"type": "int", "low": 8, "high": 64, "when": {"depth": {"ge": 0}}}
+    by_optimizer = {"type": "float", "low": 1e-5, "high": 1e-3, "log": True, "when": {"optimizer": ["adamw"]}}
+    spec = StudySpec.model_validate(
+        {
+            "name": "s",
+            "task": {"finetune": "full"},
+            "space": {"width": every_depth, "depth": [0, 1, 2], "encoder_learning_rate": by_optimizer},
+        }
+    )
+    stored = spec.model_dump(mode="json")["space"]
+    assert stored["width"]["when"] == {"depth": {"ge": 0}}  # drawn for a linear head too, as written
+    assert stored["activation"]["when"] == HIDDEN
+    assert stored["encoder_learning_rate"]["when"] == {"optimizer": ["adamw"]}
+    assert conditions(spec.space)["width"]({"depth": 0})
+
+
+@pytest.mark.parametrize(
+    ("space", "field", "words"),
+    [
+        (
+            {"learning_rate": {"type": "float", "low": 0.001, "high": 0.1, "when": {"depth": 1}}},
+            "space.learning_rate",
+            "every trial needs learning_rate",
+        ),
+        (
+            {"depth": {"type": "int", "low": 0, "high": 2, "when": {"epochs": 3}}},
+            "space.depth",
+            "cannot have when",
+        ),
+        (
+            {"activation": {"type": "categorical", "choices": ["relu"], "when": {"optimizer": "adam"}}},
+            "space.activation",
+            "'optimizer', which is not a parameter defined before 'activation'",
+        ),
+        (
+            {"width": {"type": "int", "low": 8, "high": 64, "when": {"momentum": 1}}},
+            "space.width",
+            "'momentum', which is not a parameter defined before 'width'",
+        ),
+        (
+            {"width": {"type": "int", "low": 8, "high": 64, "when": {"batch_size": 16}}},
+            "space.width",
+            "may name only depth",
+        ),
+        (
+            {"width": {"type": "int", "low": 8, "high": 64, "when": {"depth": {"ge": 2}}}},
+            "space.width",
+            "every depth of 1 or more",
+        ),
+        (
+            {"activation": {"type": "categorical", "choices": ["relu"], "when": {"depth": 5}}},
+            "space.activation",
+            "when depth is 5 never holds",
+        ),
+        (
+            {
+                "encoder_learning_rate": {
+                    "type": "float",
+                    "low": 1e-5,
+                    "high": 1e-3,
+                    "when": {"optimizer": "sgdd"},
+                }
+            },
+            "space.encoder_learning_rate",
+            "never holds",
+        ),
+    ],
+)
+def test_a_condition_on_a_built_in_parameter_that_cannot_work_is_refused_naming_it(
+    space: dict[str, Any], field: str, words: str
+) -> None:
+    found = errors_of({"task": {"finetune": "full"}, "space": space})
+    assert any(loc == field and words in msg for loc, msg in found), found
+
+
+def test_a_grid_over_the_conditional_space_has_no_dead_combinations() -> None:
+    spec = StudySpec.model_validate(
+        {
+            "name": "g",
+            "sampler": {"name": "grid", "seed": 3},
+            "space": {
+                "learning_rate": [0.01, 0.1],
+                "batch_size": 32,
+                "epochs": 2,
+                "depth": [0, 1, 2],
+                "width": [16, 64],
+                "activation": ["relu", "tanh"],
+                "optimizer": "adam",
+            },
+        }
+    )
+    points = grid_combinations(spec.space)
+    # Two learning rates times: one linear head, and 2 widths x 2 activations at each of depths 1 and 2.
+    assert len(points) == 2 * (1 + 2 * 2 * 2)
+    assert grid_size(spec.space.params(), limit=MAX_GRID_POINTS) == len(points)
+    linear = [p for p in points if p["depth"] == 0]
+    assert len(linear) == 2 and all("width" not in p and "activation" not in p for p in linear)
+    assert all({"width", "activation"} <= p.keys() for p in points if p["depth"] >= 1)
+    assert len({tuple(sorted(p.items())) for p in points}) == len(points)
+    assert sorted(map(repr, grid_points(spec))) == sorted(map(repr, points))
+
+
+def test_a_grid_without_conditions_keeps_its_points_and_their_order() -> None:
+    space = {"learning_rate": [0.01, 0.1], "epochs": [1, 2, 3], "depth": [1, 2], "width": [8, 16]}
+    spec = StudySpec.model_validate({"name": "g", "sampler": {"name": "grid"}, "space": space})
+    values = grid(spec.space)
+    assert grid_combinations(spec.space) == [
+        dict(zip(values, combination, strict=True)) for combination in itertools.product(*values.values())
+    ]
+
+
+def test_a_grid_too_large_is_refused_counting_only_live_combinations() -> None:
+    wide = {"type": "int", "low": 1, "high": 400}
+    space = {"learning_rate": 0.01, "batch_size": 16, "epochs": wide, "depth": [0, 1], "width": wide}
+    space |= {"activation": "relu", "optimizer": "adam"}
+    # 400 epochs x (one linear head + 400 widths) = 160,400 points: too many.
+    assert any(
+        "more than 100000 points" in msg
+        for _, msg in errors_of({"sampler": {"name": "grid"}, "space": space})
+    )
+    # With depth fixed at 0 width is never drawn: 400 points.
+    spec = StudySpec.model_validate(
+        {"name": "g", "sampler": {"name": "grid"}, "space": {**space, "depth": 0}}
+    )
+    assert len(grid_combinations(spec.space)) == 400

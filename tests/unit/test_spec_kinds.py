@@ -170,19 +170,19 @@ def test_a_condition_that_cannot_work_is_refused(space: dict[str, Any], words: s
     assert any(loc.startswith("space") and words in msg for loc, msg in found), found
 
 
-def test_a_python_space_refuses_bad_names_and_the_grid_refuses_conditions() -> None:
+def test_a_python_space_refuses_bad_names_and_the_grid_takes_conditions_on_a_discrete_space() -> None:
     assert_rejected(python_spec({"x y": 1}), "space.x y.[key]", "pattern")
-    assert_rejected(
-        {**python_spec(), "sampler": {"name": "grid"}}, "", "grid sampler does not take conditional"
-    )
+    assert_rejected({**python_spec(), "sampler": {"name": "grid"}}, "", "space.momentum: the grid sampler")
+    discrete = {**PYTHON_SPACE, "momentum": {**PYTHON_SPACE["momentum"], "step": 0.33}}
+    StudySpec.model_validate({"name": "s", **python_spec(discrete), "sampler": {"name": "grid"}})
 
 
-def test_the_built_in_kinds_search_only_the_built_in_names_without_conditions() -> None:
+def test_the_built_in_kinds_search_only_the_built_in_names() -> None:
     assert_rejected({"space": {"momentum": 0.9}}, "space.momentum", "Extra inputs")
     assert_rejected(
-        {"space": {"width": {"type": "int", "low": 8, "high": 64, "when": {"depth": {"ge": 1}}}}},
-        "space",
-        "applies only to the parameters of a kind python space",
+        {"space": {"width": {"type": "int", "low": 8, "high": 64, "when": {"epochs": 2}}}},
+        "space.width",
+        "may name only depth",
     )
 
 

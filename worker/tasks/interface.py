@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -35,6 +35,9 @@ class ModelFiles:
     weights: bytes
     labels: list[str]
     config: dict[str, Any]
+    # More files the archive carries, by name: only those studies.artifacts.EXTRA_FILES allows (peft's own two
+    # for finetune lora, so the unpacked download loads with PeftModel.from_pretrained).
+    extra: dict[str, bytes] = field(default_factory=dict)
 
 
 class TrialContext(Protocol):
@@ -110,4 +113,35 @@ class TrialTask(Protocol):
 
     def model_files(self, task: Task, params: dict[str, Any], result: TrainResult) -> ModelFiles | None:
         """The trained model of a prepared task's trial, ready to store; None when this kind keeps no models."""
+        ...
+
+
+@dataclass(frozen=True)
+class TimedModel:
+    """A trial's fine-tuned model as a user deploys it, on the trial's device in eval mode, and the fixed batch
+    of validation inputs (already tokenized or featurised) its latency is timed on."""
+
+    module: torch.nn.Module
+    inputs: tuple[torch.Tensor, ...]
+
+
+@runtime_checkable
+class Measurable(Protocol):
+    """A task kind whose trained models the worker can measure for a study of several objectives."""
+
+    def params_trainable(self, task: Task, params: dict[str, Any], result: TrainResult) -> int:
+        """How many parameters the trial trained (the head's, and whatever else was not frozen)."""
+        ...
+
+    def timed_model(
+        self,
+        task: Task,
+        params: dict[str, Any],
+        result: TrainResult,
+        archive: Path,
+        *,
+        batch_size: int,
+        device: torch.device,
+    ) -> TimedModel:
+        """The trial's model (as archived for download) ready to time on batch_size validation inputs."""
         ...

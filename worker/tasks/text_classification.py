@@ -1,22 +1,26 @@
-"""The text-classification task kind: a Hugging Face encoder and a searched head (head, last-k or full)."""
+"""The text-classification task kind: a Hugging Face encoder and a searched head (head, last-k, full or lora)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from studies.spec import Task
+import torch
+
+from studies.spec import MAX_LATENCY_BATCH_SIZE, Task
 from worker.data import LabelledSplit, data_memo_key, load_split
 from worker.data_report import DataReport, note_on
 from worker.data_roots import confine_task, worker_data_roots
 from worker.device import all_cores
 from worker.epochs import TrainResult
-from worker.export import model_config, serialise_weights
+from worker.export import load_best_model, model_config, serialise_weights
 from worker.features import Features, load_or_build_features
 from worker.finetune import Tokens, tokenize_split, train_encoder
 from worker.hyperparams import HeadParams
+from worker.lora import LoraParams, adapter_config, adapter_files
 from worker.model import load_encoder, model_folder
-from worker.tasks.interface import ModelFiles, Progress, TaskHost, TrialContext
+from worker.tasks.interface import ModelFiles, Progress, TaskHost, TimedModel, TrialContext
 from worker.training import train_head
 
 # Tokenized data sets kept per process (each is a list of token-id tensors: a few MB per 10k texts).
@@ -36,6 +40,8 @@ class TextClassification:
         self._tokens: dict[tuple[Any, ...], Tokens] = {}
         # What loading each data set found, by the same keys: every trial on it records it.
         self._reports: dict[tuple[Any, ...], DataReport] = {}
+        # The first validation texts of each data set: what a trial's model is timed on.
+        self._latency_texts: dict[tuple[Any, ...], list[str]] = {}
 
     def _key(self, task: Task) -> tuple[Any, ...]:
         # Every path is checked before the memo key looks at any file's size and time.
@@ -67,7 +73,7 @@ class TextClassification:
         return self._features[key]
 
     def tokens(self, task: Task) -> Tokens:
-        """The task's token ids for last-k and full: tokenized once per process and data set."""
+        """The task's token ids for last-k, full and lora: tokenized once per process and data set."""
         key = self._key(task)
         if key not in self._tokens:
             encoder = load_encoder(model_folder(task, self.roots))
@@ -80,7 +86,7 @@ class TextClassification:
     def prepare(
         self, task: Task, *, progress: Progress | None = None, interrupt: Callable[[], None] | None = None
     ) -> None:
-        """Features for a head study (the node's cache), token ids for last-k and full."""
+        """Features for a head study (the node's cache), token ids for last-k, full and lora."""
         if task.finetune == "head":
             self.features(task, progress=progress, interrupt=interrupt)
         else:
@@ -119,6 +125,7 @@ class TextClassification:
                 encoder_learning_rate=float(encoder_learning_rate) if encoder_learning_rate else None,
                 seed=trial.seed,
                 device=trial.device,
+                lora=LoraParams.of(trial.params) if task.finetune == "lora" else None,
                 on_epoch=trial.report,
                 interrupted=trial.stop_reason,
                 keep=trial.keep,
@@ -132,8 +139,45 @@ class TextClassification:
         return list(self.tokens(task).label_names)
 
     def model_files(self, task: Task, params: dict[str, Any], result: TrainResult) -> ModelFiles | None:
-        """The kept weights as safetensors, the label names, and the config that rebuilds the model."""
+        """The kept weights as safetensors, the label names, and the config that rebuilds the model; for finetune
+        lora also peft's own adapter files, which PeftModel.from_pretrained loads from the unpacked download."""
         labels = self.label_names(task)
-        config = model_config(task, params, result.best_state, n_classes=len(labels))
+        adapters = None
+        if task.finetune == "lora":
+            # Resolved again on the pristine encoder: the same layers the trial adapted.
+            encoder = load_encoder(model_folder(task, self.roots))
+            adapters = adapter_config(encoder.model, LoraParams.of(params))
+        config = model_config(task, params, result.best_state, n_classes=len(labels), adapter_config=adapters)
         weights = serialise_weights(result.best_state, finetune=task.finetune)
-        return ModelFiles(weights=weights, labels=labels, config=config)
+        extra = adapter_files(result.best_state, adapters) if adapters is not None else {}
+        return ModelFiles(weights=weights, labels=labels, config=config, extra=extra)
+
+    def params_trainable(self, task: Task, params: dict[str, Any], result: TrainResult) -> int:
+        """The head's parameters and the encoder's that trained: the kept weights hold exactly those."""
+        return sum(tensor.numel() for tensor in result.best_state.values())
+
+    def timed_model(
+        self,
+        task: Task,
+        params: dict[str, Any],
+        result: TrainResult,
+        archive: Path,
+        *,
+        batch_size: int,
+        device: torch.device,
+    ) -> TimedModel:
+        """The downloadable model (encoder, pooling and head) on the first batch_size validation texts, tokenized."""
+        key = self._key(task)
+        if key not in self._latency_texts:
+            validation = load_split(task, self.roots).validation_texts
+            self._latency_texts[key] = list(validation[:MAX_LATENCY_BATCH_SIZE])
+        texts = self._latency_texts[key]
+        batch = [texts[i % len(texts)] for i in range(batch_size)]
+        model = load_best_model(archive)
+        encoded = model.tokenizer(
+            batch, truncation=True, max_length=model.max_length, padding=True, return_tensors="pt"
+        )
+        return TimedModel(
+            module=model.classifier.to(device).eval(),
+            inputs=(encoded["input_ids"].to(device), encoded["attention_mask"].to(device)),
+        )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from studies.names import FREEZE_MODES
 from studies.spec import Task
@@ -16,9 +19,9 @@ from worker.model import ModelError
 from worker.module_export import module_config, serialise_state, whole_state
 from worker.module_files import LoadedModel, Permissions, file_stamp, load_model_file
 from worker.module_inputs import ModelInputs, inputs_memo_key, load_model_inputs
-from worker.module_surgery import check_freeze, check_input_width, replaced_width
-from worker.module_training import train_module
-from worker.tasks.interface import ModelFiles, Progress, TaskHost, TrialContext
+from worker.module_surgery import check_freeze, check_input_width, parameter_dtype, replaced_width
+from worker.module_training import train_module, with_head
+from worker.tasks.interface import ModelFiles, Progress, TaskHost, TimedModel, TrialContext
 
 # Pretrained models and input sets kept per process: a study or two at a time is what a worker serves.
 _MAX_MODELS = 2
@@ -133,3 +136,42 @@ class TorchModule:
         )
         state = whole_state(loaded, config, result.best_state)
         return ModelFiles(weights=serialise_state(state), labels=list(inputs.label_names), config=config)
+
+    def _fine_tuned(self, task: Task, params: dict[str, Any], result: TrainResult) -> torch.nn.Module:
+        """The trial's model rebuilt in memory: a fresh copy of the pretrained one, its head, the kept weights."""
+        head = HeadParams.of(params)
+        replaced, _ = with_head(
+            self.model(task).fresh_copy(),
+            replace=_replace(task),
+            freeze=task.freeze or FREEZE_MODES[0],
+            n_classes=len(self.inputs(task).label_names),
+            depth=head.depth,
+            width=head.width,
+            activation=head.activation,
+        )
+        # The kept weights are what training could change; the rest is the pretrained model's.
+        replaced.model.load_state_dict(result.best_state, strict=False)
+        return replaced.model
+
+    def params_trainable(self, task: Task, params: dict[str, Any], result: TrainResult) -> int:
+        """The parameters that trained: the new head's, and those of the modules freeze lets train."""
+        model = self._fine_tuned(task, params, result)
+        return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+    def timed_model(
+        self,
+        task: Task,
+        params: dict[str, Any],
+        result: TrainResult,
+        archive: Path,
+        *,
+        batch_size: int,
+        device: torch.device,
+    ) -> TimedModel:
+        """The fine-tuned model on the first batch_size validation rows (texts already hashed)."""
+        model = self._fine_tuned(task, params, result).to(device).eval()
+        rows = self.inputs(task).validation
+        index = torch.arange(batch_size) % rows.n_rows
+        return TimedModel(
+            module=model, inputs=(rows.take(index, device=device, dtype=parameter_dtype(model)),)
+        )
