@@ -61,6 +61,9 @@ class StudyCatalog:
             )
         except optuna.exceptions.DuplicatedStudyError as error:
             raise StudyAlreadyExists(spec.name) from error
+        if spec.objective.several:
+            # optuna-dashboard (and Optuna's plots) name each objective by its metric instead of 0, 1, 2.
+            study.set_metric_names(list(spec.objective.names))
         now = utcnow()
         deadline = now + timedelta(seconds=spec.budget.timeout_s) if spec.budget.timeout_s else None
         try:

@@ -173,3 +173,60 @@ def test_dashboard_renders_history_and_intermediate_values_without_console_error
             browser.close()
 
     assert problems == []
+
+
+MO_STUDY = "browser-pareto"
+# (val_loss, train_seconds) per trial: the first three are the front, the last is dominated by the second.
+MO_VALUES = [(0.9, 1.0), (0.5, 3.0), (0.3, 6.0), (0.8, 5.0)]
+
+
+def test_dashboard_shows_a_study_of_several_objectives_front_by_metric_name(
+    chromium: str, service: str, store_url: str, tmp_path: Path
+) -> None:
+    spec = tiny_spec(
+        MO_STUDY,
+        objective={
+            "metrics": [
+                {"name": "val_loss", "direction": "minimize"},
+                {"name": "train_seconds", "direction": "minimize"},
+            ]
+        },
+        pruner={"name": "none"},
+    )
+    created = httpx.post(f"{service}/v1/studies", json=spec, headers=AUTH)
+    assert created.status_code == 201, created.text
+    study = optuna.load_study(study_name=MO_STUDY, storage=store_url)
+    for values in MO_VALUES:
+        trial = study.ask({"learning_rate": FloatDistribution(1e-4, 1e-1, log=True)})
+        study.tell(trial, list(values))
+    front = httpx.get(f"{service}/v1/studies/{MO_STUDY}/pareto").json()
+    assert [t["number"] for t in front["trials"]] == [0, 1, 2]
+    summaries = httpx.get(f"{service}/api/studies").json()["study_summaries"]
+    study_id = next(int(s["study_id"]) for s in summaries if s["study_name"] == MO_STUDY)
+    problems: list[str] = []
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page: Page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(RENDER_TIMEOUT_MS)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            page.on(
+                "console",
+                lambda message: problems.append(message.text) if message.type == "error" else None,
+            )
+            page.goto(f"{service}/dashboard/studies/{study_id}")
+            expect(page.get_by_role("heading", name="Pareto Front", exact=True)).to_be_visible()
+            pareto = page.locator("#graph-pareto-front")
+            # A point per complete trial, on axes named by the metrics the spec gave, not 0 and 1.
+            expect(pareto.locator(".scatterlayer .point")).to_have_count(len(MO_VALUES))
+            expect(page.locator("body")).to_contain_text("train_seconds")
+            expect(page.get_by_role("heading", name="Best Trials", exact=True)).to_be_visible()
+            for number in (0, 1, 2):
+                expect(page.get_by_role("heading", name=f"Trial {number}", exact=True)).to_be_visible()
+            expect(page.get_by_role("heading", name="Trial 3", exact=True)).to_have_count(0)
+            page.screenshot(path=tmp_path / "dashboard-pareto.png", full_page=True)
+        finally:
+            browser.close()
+
+    assert problems == []
