@@ -52,7 +52,8 @@ def fake_device_memory(monkeypatch: pytest.MonkeyPatch, error: BaseException | N
 
     def run(**kwargs: Any) -> Any:
         params = kwargs["params"]
-        if params["batch_size"] >= FITS_BELOW or params["width"] > WIDEST_THAT_FITS:
+        # A linear head (depth 0) has no width: only its batch can be too big.
+        if params["batch_size"] >= FITS_BELOW or params.get("width", 0) > WIDEST_THAT_FITS:
             raise error or torch.cuda.OutOfMemoryError(CUDA_OUT_OF_MEMORY)
         return real(**kwargs)
 

@@ -38,7 +38,9 @@ def test_a_claimed_trial_reads_back_like_one_optuna_made(
 
     # The same trial made through Optuna's public API, for comparison.
     study = optuna.load_study(study_name=study_name, storage=repository.storage)
-    reference = study.ask(fixed_distributions=distributions(spec.space))
+    # The parameters this claim drew: width and activation are drawn only for a hidden layer (depth >= 1).
+    drawn = {name: d for name, d in distributions(spec.space).items() if name in claim.params}
+    reference = study.ask(fixed_distributions=drawn)
     reference.report(0.5, 1)
     reference.report(0.25, 2)
     reference.set_user_attr("val_accuracy", 0.9)
