@@ -136,6 +136,9 @@ def _delete_the_studies_tests_made() -> Iterator[None]:
         normalize_url(POSTGRES_URL), engine_kwargs={"poolclass": sa.pool.NullPool}
     )
     try:
+        if not sa.inspect(storage.engine).has_table("tunefleet_studies"):
+            # Only SQLite tests ran: no test made a tunefleet study on PostgreSQL.
+            return
         tables = sa.MetaData()
         tunefleet_studies = sa.Table("tunefleet_studies", tables, autoload_with=storage.engine)
         optuna_studies = sa.Table("studies", tables, autoload_with=storage.engine)

@@ -33,6 +33,8 @@ def synthetic_spec(name: str, n_trials: int, *, epochs: int, sleep_s: float, pri
             "space": {"epochs": epochs},
             "sampler": {"name": "random", "seed": 1},
             "pruner": {"name": "none"},
+            # Every epoch runs: a plateau must not end the slow trial before the test deletes its study.
+            "objective": {"patience": 0},
             "budget": {"n_trials": n_trials},
             "priority": priority,
         }
