@@ -10,7 +10,7 @@ MULTI_OBJECTIVE_SAMPLERS: Final = ("tpe", "nsga2", "random", "grid", "qmc")
 # What a study's objective can name: the validation metrics every epoch reports, and what the worker measures
 # of a trial's model when it ends (trainable parameters, the downloaded files' size, inference latency, and
 # the seconds spent training).
-EPOCH_METRICS: Final = ("val_loss", "val_accuracy")
+EPOCH_METRICS: Final = ("val_loss", "val_accuracy", "val_macro_f1")
 OBJECTIVE_METRICS: Final = (
     *EPOCH_METRICS,
     "params_trainable",

@@ -129,7 +129,8 @@ class Param(_Strict):
         None,
         description="sample this parameter only when another one, defined before it, has one of these values"
         " ({optimizer: sgd}, {optimizer: [sgd, adagrad]}) or meets a comparison ({depth: {ge: 2}}); in the built-in"
-        " space only width, activation (default {depth: {ge: 1}}) and encoder_learning_rate take one",
+        " space only width, activation (default {depth: {ge: 1}}) and encoder_learning_rate take one, and where"
+        " the space searches finetune the lora parameters take {finetune: lora} (added for you)",
     )
 
     @model_validator(mode="before")
@@ -323,6 +324,7 @@ SPACE_PARAMS = (
     "width",
     "activation",
     "optimizer",
+    "finetune",
     "encoder_learning_rate",
     "lora_rank",
     "lora_alpha",
@@ -330,7 +332,7 @@ SPACE_PARAMS = (
     "lora_targets",
 )
 # Every trial's training reads these, so none of them may be left undrawn by a condition.
-_ALWAYS_NEEDED = frozenset({"learning_rate", "batch_size", "epochs", "depth", "optimizer"})
+_ALWAYS_NEEDED = frozenset({"learning_rate", "batch_size", "epochs", "depth", "optimizer", "finetune"})
 # Only a head with hidden layers reads these: by default they are drawn only when depth is at least 1.
 _HIDDEN_LAYER_PARAMS = ("width", "activation")
 _HIDDEN_LAYERS_ONLY: dict[str, ConditionValue] = {"depth": Comparison(ge=1)}
@@ -346,6 +348,9 @@ LORA_DEFAULTS: dict[str, Any] = {
     "lora_targets": "attention",
 }
 LORA_PARAMS = tuple(LORA_DEFAULTS)
+# Where the space searches finetune, only a lora trial reads the lora parameters: they are drawn under this
+# condition (written into the spec, as width's depth condition is), the one condition they may have.
+_LORA_ONLY: dict[str, ConditionValue] = {"finetune": "lora"}
 MAX_LORA_RANK = 1024
 MAX_LORA_ALPHA = 64.0
 MAX_LORA_DROPOUT = 0.9
@@ -353,7 +358,8 @@ MAX_LORA_DROPOUT = 0.9
 
 class Space(_Strict):
     """The seven searchable hyperparameters of a fine-tuning trial, an optional eighth for the encoder, and
-    finetune lora's four (filled in with LORA_DEFAULTS where a lora study leaves them out)."""
+    finetune lora's four (filled in with LORA_DEFAULTS where a lora study leaves them out); optionally the
+    fine-tune mode itself, each trial then drawing its own."""
 
     learning_rate: Param = _param({"type": "float", "low": 1e-4, "high": 1e-1, "log": True})
     batch_size: Param = _param({"type": "categorical", "choices": [16, 32, 64, 128]})
@@ -362,6 +368,12 @@ class Space(_Strict):
     width: Param = _param({"type": "int", "low": 32, "high": 512, "log": True})
     activation: Param = _param({"type": "categorical", "choices": ["relu", "gelu", "tanh"]})
     optimizer: Param = _param({"type": "categorical", "choices": ["adam", "adamw", "sgd"]})
+    finetune: Param | None = Field(
+        None,
+        description="kind text-classification: search the fine-tune mode itself (head, last-k, full, lora) instead of"
+        " fixing task.finetune; encoder_learning_rate is then drawn only for the modes that train the encoder, and"
+        " the lora parameters only for lora",
+    )
     encoder_learning_rate: Param | None = Field(
         None,
         description="finetune last-k, full or lora only: the trained encoder blocks' (or lora's adapters')"
@@ -399,8 +411,11 @@ class Space(_Strict):
         if p is None:
             return None
         name = str(info.field_name)
-        if p.when is not None:
-            raise ValueError(f"{name}: every lora trial needs {name}, so it cannot have when")
+        if p.when is not None and p.when != _LORA_ONLY:
+            raise ValueError(
+                f"{name}: every lora trial needs {name}, so it cannot have when (but {{finetune: lora}} where the"
+                " space searches finetune, which is added for you)"
+            )
         if name == "lora_rank":
             return _check_numeric(name, p, integer=True, minimum=1, maximum=MAX_LORA_RANK)
         if name == "lora_alpha":
@@ -441,6 +456,11 @@ class Space(_Strict):
     def _optimizer(cls, p: Param) -> Param:
         return _check_names("optimizer", p, OPTIMIZER_NAMES)
 
+    @field_validator("finetune")
+    @classmethod
+    def _finetune(cls, p: Param | None) -> Param | None:
+        return None if p is None else _check_names("finetune", p, FINETUNE_MODES)
+
     @field_validator(*SPACE_PARAMS)
     @classmethod
     def _condition(cls, p: Param | None, info: ValidationInfo) -> Param | None:
@@ -463,6 +483,8 @@ class Space(_Strict):
             raise ValueError(
                 f"{name}: when may name only depth: every hidden layer needs its {name}, whatever else was drawn"
             )
+        if parent in info.data and info.data[parent] is None:
+            raise ValueError(f"{name}: when names {parent!r}, which this space does not set")
         parent_param = info.data.get(parent)
         if parent_param is None:
             return p  # the parent is invalid, and its own error says why
@@ -491,6 +513,35 @@ class Space(_Strict):
             if param.when is None:
                 object.__setattr__(self, name, param.model_copy(update={"when": dict(_HIDDEN_LAYERS_ONLY)}))
         return self
+
+    @model_validator(mode="after")
+    def _encoder_learning_rate_only_where_the_encoder_trains(self) -> Space:
+        # Searched beside finetune head, the encoder's learning rate is drawn only for the modes that train the
+        # encoder: a head trial would record a value that changed nothing.
+        encoder_rate = self.encoder_learning_rate
+        if self.finetune is None or encoder_rate is None:
+            return self
+        modes = self.finetune_modes()
+        trained = [mode for mode in modes if mode != "head"]
+        # Every trial trains the encoder, or none does (the study spec says why that is refused).
+        if "head" not in modes or not trained:
+            return self
+        if encoder_rate.when is None:
+            when: dict[str, ConditionValue] = {"finetune": trained[0] if len(trained) == 1 else list(trained)}
+            object.__setattr__(self, "encoder_learning_rate", encoder_rate.model_copy(update={"when": when}))
+        elif "finetune" not in encoder_rate.when or encoder_rate.applies({"finetune": "head"}):
+            shown = f"[{', '.join(trained)}]" if len(trained) > 1 else trained[0]
+            raise ValueError(
+                "encoder_learning_rate: the space searches finetune, and a head trial trains no encoder; leave"
+                f" when out (it becomes {{finetune: {shown}}}) or make it name finetune modes other than head"
+            )
+        return self
+
+    def finetune_modes(self) -> tuple[str, ...]:
+        """The fine-tune modes the space searches, in its order; empty when it does not search finetune."""
+        if self.finetune is None:
+            return ()
+        return tuple(str(mode) for mode in self.finetune.discrete_values() or [])
 
     def params(self) -> dict[str, Param]:
         """The parameters by name, in a stable order; an optional one left out is not there."""
@@ -811,7 +862,8 @@ class Task(_Strict):
     def _k_goes_with_last_k(self) -> Task:
         if self.finetune == "last-k" and self.k is None:
             raise ValueError("finetune last-k needs k, the number of top encoder blocks to train")
-        if self.finetune != "last-k" and self.k is not None:
+        # Without finetune, k may go with a space that searches last-k: the study spec checks it against the space.
+        if self.finetune != "last-k" and self.k is not None and "finetune" in self.model_fields_set:
             raise ValueError(f"k applies only to finetune last-k, not {self.finetune}")
         return self
 
@@ -906,7 +958,7 @@ DEFAULT_PATIENCE = 3
 
 # Which way each metric is better: the validation metrics as they are, and every cost the smaller.
 NATURAL_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
-    name: "maximize" if name == "val_accuracy" else "minimize" for name in OBJECTIVE_METRICS
+    name: "maximize" if name in ("val_accuracy", "val_macro_f1") else "minimize" for name in OBJECTIVE_METRICS
 }
 # What a worker measures of each kind's trials: the built-in kinds train a model it can time and size; the
 # synthetic kind trains none; kind python reports one value of its own.
@@ -994,7 +1046,7 @@ _SEVERAL_ONLY = ("constraints", "latency_batch_size")
 class Objective(_Strict):
     """What a trial's value is and which way is better: one metric, or several (a Pareto front)."""
 
-    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    metric: Literal["val_loss", "val_accuracy", "val_macro_f1"] = "val_loss"
     direction: Literal["minimize", "maximize"] | None = None
     metrics: list[ObjectiveMetric] | None = Field(
         None,
@@ -1274,24 +1326,58 @@ class StudySpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _searched_finetune_fits_the_task(self) -> StudySpec:
+        if not self.space_searches_finetune():
+            if self.task.k is not None and self.task.finetune != "last-k":
+                raise ValueError(f"task.k applies only to finetune last-k, not {self.task.finetune}")
+            return self
+        if self.task.kind != _TEXT:
+            raise ValueError(f"space.finetune applies only to kind text-classification, not {self.task.kind}")
+        # One place says which mode a trial runs: a task.finetune beside the space's would be ignored.
+        if "finetune" in self.task.model_fields_set:
+            raise ValueError("task.finetune: the space searches finetune; leave task.finetune out")
+        modes = self.finetune_modes()
+        if "last-k" in modes and self.task.k is None:
+            raise ValueError(
+                "task.k: space.finetune searches last-k, which needs k, the number of top encoder blocks to train"
+            )
+        if "last-k" not in modes and self.task.k is not None:
+            raise ValueError(
+                f"task.k applies only to finetune last-k, and space.finetune searches {', '.join(modes)}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _lora_parameters_go_with_finetune_lora(self) -> StudySpec:
         # Before the grid check, which must see the defaults filled in here.
         if not isinstance(self.space, Space):
             return self
-        lora = self.task.kind == _TEXT and self.task.finetune == "lora"
+        searched = self.space_searches_finetune()
+        lora = self.task.kind == _TEXT and "lora" in self.finetune_modes()
         given = [f"space.{name}" for name in LORA_PARAMS if getattr(self.space, name) is not None]
         if given and not lora:
-            mode = f"finetune {self.task.finetune}" if self.task.kind == _TEXT else f"kind {self.task.kind}"
             verb = "applies" if len(given) == 1 else "apply"
-            raise ValueError(f"{', '.join(given)} {verb} only to finetune lora, not {mode}")
+            if self.task.kind != _TEXT:
+                mode = f"not kind {self.task.kind}"
+            elif searched:
+                mode = f"which space.finetune does not search ({', '.join(self.finetune_modes())})"
+            else:
+                mode = f"not finetune {self.task.finetune}"
+            raise ValueError(f"{', '.join(given)} {verb} only to finetune lora, {mode}")
         if lora:
-            missing = {
+            update = {
                 name: Param.model_validate(default)
                 for name, default in LORA_DEFAULTS.items()
                 if getattr(self.space, name) is None
             }
-            if missing:
-                object.__setattr__(self, "space", self.space.model_copy(update=missing))
+            if searched:
+                # Drawn only for the lora trials, as width and activation are only for hidden layers.
+                for name in LORA_PARAMS:
+                    param: Param = update.get(name) or getattr(self.space, name)
+                    if param.when is None:
+                        update[name] = param.model_copy(update={"when": dict(_LORA_ONLY)})
+            if update:
+                object.__setattr__(self, "space", self.space.model_copy(update=update))
         return self
 
     @model_validator(mode="after")
@@ -1321,7 +1407,7 @@ class StudySpec(_Strict):
                     " with freeze all-but-replaced none does"
                 )
             return self
-        if self.task.finetune == "head":
+        if self.finetune_modes() == ("head",):
             raise ValueError(
                 "space.encoder_learning_rate applies only to finetune last-k or full (or lora's adapters); the head"
                 " mode's encoder is frozen"
@@ -1374,6 +1460,24 @@ class StudySpec(_Strict):
                 f" {{name: none}} or leave it out, not {self.pruner.name}"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.space_searches_finetune() and isinstance(data.get("task"), dict):
+            # The task's default mode means nothing beside a searched one: stored, it would read as set.
+            data["task"] = {k: v for k, v in data["task"].items() if k != "finetune"}
+        return data
+
+    def space_searches_finetune(self) -> bool:
+        """Whether each trial draws its fine-tune mode from the space rather than running task.finetune."""
+        return isinstance(self.space, Space) and self.space.finetune is not None
+
+    def finetune_modes(self) -> tuple[str, ...]:
+        """The fine-tune modes the study's trials run: the space's finetune values, or task.finetune alone."""
+        if isinstance(self.space, Space) and self.space.finetune is not None:
+            return self.space.finetune_modes()
+        return (self.task.finetune,)
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import IO, Any
 from studies.spec import load_spec_file, preset_path
 from studies.storage import DEFAULT_DATABASE_URL, describe_store
 from tunefleet.client import ApiError, TunefleetClient
+from tunefleet.study_cli import front_text
 from tunefleet.watch import watch_study
 
 SERVICE_START_TIMEOUT_S = 90.0
@@ -121,14 +122,17 @@ def _watch(client: TunefleetClient, name: str, processes: Processes) -> dict[str
     return watch_study(client, name, check=check)
 
 
-def _report(study: dict[str, Any], base_url: str) -> None:
+def _report(study: dict[str, Any], base_url: str, client: TunefleetClient) -> None:
     best = study["best_trial"]
     counts = study["trial_counts"]
     print(
         f"\nstudy {study['name']}: {study['state']}; {counts['complete']} complete, "
         f"{counts['pruned']} pruned, {counts['fail']} failed"
     )
-    if best is None:
+    if study.get("pareto_front_size") is not None:
+        # Several objectives have no one best trial: the trade-off is the front, as `tunefleet study best` shows it.
+        print(front_text(client.pareto(study["name"])))
+    elif best is None:
         print("no trial completed")
     else:
         attrs = best["user_attrs"]
@@ -186,7 +190,7 @@ def run_demo(options: DemoOptions) -> int:
             processes.start(f"worker-{index}", ["worker", "--study", name])
         print(f"started {options.workers} workers (logs in {options.log_dir}/)")
         study = _watch(client, name, processes)
-        _report(study, base_url)
+        _report(study, base_url, client)
         if options.exit_when_done:
             return 0 if study["state"] == "completed" else 1
         print("\nthe service stays up for the dashboard; press Ctrl-C to stop everything")

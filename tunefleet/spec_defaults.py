@@ -11,6 +11,7 @@ import yaml
 
 from studies.names import (
     BUILTIN_DATA,
+    EPOCH_METRICS,
     FINETUNE_MODES,
     PRUNER_NAMES,
     SAMPLER_NAMES,
@@ -43,8 +44,9 @@ def _notes() -> dict[str, str]:
         "task.max_examples": "null: all; a number: a seeded subset, for quick studies",
         "task.validation_fraction": "held out of train when there is no validation file",
         "task.data_seed": "the seed of that split",
+        "space.finetune": "choices of task.finetune's modes: each trial draws its own",
         "space.encoder_learning_rate": "last-k and full only; absent, the encoder trains at learning_rate",
-        "objective.metric": "val_loss | val_accuracy",
+        "objective.metric": " | ".join(EPOCH_METRICS),
         "objective.direction": "follows the metric",
         "objective.value": "best: the best epoch's metric | final: the last's",
         "objective.patience": "epochs without a better metric before a trial ends; 0: all run",

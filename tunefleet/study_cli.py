@@ -56,7 +56,7 @@ def _metric_text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _front_text(front: dict[str, Any]) -> str:
+def front_text(front: dict[str, Any]) -> str:
     """A Pareto front as `tunefleet study best` prints it: one line per trial, its values by metric first."""
     metrics = front["metrics"]
     objectives = ", ".join(f"{m} ({d})" for m, d in zip(metrics, front["directions"], strict=True))
@@ -238,7 +238,7 @@ def run_study_command(args: argparse.Namespace) -> int:
                 shown = client.pareto(args.name)
                 if not shown["trials"]:
                     raise UsageError(f"study {args.name!r} has no completed trial on its Pareto front yet")
-                text = _front_text(shown)
+                text = front_text(shown)
             else:
                 shown = study.get("best_trial")
                 if shown is None:

@@ -86,15 +86,21 @@ def _warm_cache(runner: TrialRunner, study_names: list[str] | None) -> int:
         raise StartupError("--warm-cache needs exactly one --study NAME")
     from tqdm import tqdm
 
-    task = runner.repository.get(study_names[0]).spec.task
+    from worker.trial_task import trial_task
+
+    spec = runner.repository.get(study_names[0]).spec
+    task = spec.task
     if task.kind == "torch-module":
         return _warm_torch_module(runner, task)
-    if task.kind != "text-classification" or task.finetune != "head":
-        # Only head studies train on cached encoder features; last-k and full run the encoder itself, and
+    modes = spec.finetune_modes()
+    if task.kind != "text-classification" or "head" not in modes:
+        # Only head trials train on cached encoder features; last-k, full and lora run the encoder itself, and
         # synthetic and python studies have no encoder of tunefleet's.
-        kind = task.kind if task.kind != "text-classification" else task.finetune
+        kind = task.kind if task.kind != "text-classification" else " or ".join(modes)
         print(f"nothing to warm: a {kind} study uses no feature cache")
         return 0
+    # A study that searches finetune builds the cache its head trials read.
+    task = trial_task(task, {"finetune": "head"})
     with tqdm(desc="feature cache (one time)", unit="text", leave=True) as bar:
 
         def progress(done: int, total: int) -> None:

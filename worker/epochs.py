@@ -12,6 +12,7 @@ from typing import TypeVar
 import torch
 
 from worker.failures import TrialFailure
+from worker.scores import Scores
 
 Batch = TypeVar("Batch")
 
@@ -33,12 +34,14 @@ class StopTraining(Exception):
 
 @dataclass
 class EpochResult:
-    """The losses and accuracy after one epoch (1-based)."""
+    """The losses, accuracy and macro-averaged F1 after one epoch (1-based)."""
 
     epoch: int
     train_loss: float
     val_loss: float
     val_accuracy: float
+    # NaN where it was not measured: a kind python function that did not report it, or a replay of old records.
+    val_macro_f1: float = math.nan
     # Every metric a user's training function reported for the epoch, by name (kind python); else empty.
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -72,12 +75,23 @@ def by_val_loss(result: EpochResult) -> float:
     return result.val_loss
 
 
+def epoch_value(result: EpochResult, metric: str) -> float:
+    """An epoch's value of a validation metric: val_loss, val_accuracy or val_macro_f1."""
+    if metric == "val_loss":
+        return result.val_loss
+    if metric == "val_accuracy":
+        return result.val_accuracy
+    if metric == "val_macro_f1":
+        return result.val_macro_f1
+    raise ValueError(f"{metric!r} is not a validation metric an epoch reports")
+
+
 def keep_rule(*, metric: str, value: str) -> KeepRule:
     """The keep rule matching an objective: its best epoch by the metric, or its final epoch."""
     if value == "final":
         return lambda result: -float(result.epoch)
-    if metric == "val_accuracy":
-        return lambda result: -result.val_accuracy
+    if metric in ("val_accuracy", "val_macro_f1"):
+        return lambda result: -epoch_value(result, metric)
     return by_val_loss
 
 
@@ -129,14 +143,18 @@ class EpochLog:
         self.kept: EpochResult | None = None
         self.best_state: dict[str, torch.Tensor] = {}
 
-    def end_epoch(self, epoch: int, *, train_loss: float, val_loss: float, val_accuracy: float) -> None:
+    def end_epoch(self, epoch: int, *, train_loss: float, scores: Scores) -> None:
         """Record an epoch's results, keep its weights if the keep rule says so, and call on_epoch.
 
         on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`.
         """
-        check_finite(val_loss, "validation loss", epoch)
+        check_finite(scores.loss, "validation loss", epoch)
         current = EpochResult(
-            epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_accuracy
+            epoch=epoch,
+            train_loss=train_loss,
+            val_loss=scores.loss,
+            val_accuracy=scores.accuracy,
+            val_macro_f1=scores.macro_f1,
         )
         self.history.append(current)
         if self.best is None or current.val_loss < self.best.val_loss:
@@ -167,7 +185,7 @@ def run_epochs(
     batches: Callable[[], Iterable[Batch]],
     loss_of: Callable[[Batch], tuple[torch.Tensor, int]],
     optimizer: torch.optim.Optimizer,
-    evaluate: Callable[[], tuple[float, float]],
+    evaluate: Callable[[], Scores],
     snapshot: Callable[[], dict[str, torch.Tensor]],
     keep: KeepRule,
     on_epoch: Callable[[EpochResult], None] | None,
@@ -177,7 +195,7 @@ def run_epochs(
 ) -> TrainResult:
     """Train for `epochs` epochs over `batches()`, evaluating and reporting after each; the run's result.
 
-    loss_of(batch) is the batch's mean loss and its number of examples; evaluate() is (val loss, accuracy).
+    loss_of(batch) is the batch's mean loss and its number of examples; evaluate() scores the validation set.
     on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`.
     interrupted is polled between batches; a reason it returns ends training with StopTraining(reason).
     Each epoch is one INFO line of the log, headed by run_name (e.g. "trial 3 of my-study").
@@ -202,18 +220,19 @@ def run_epochs(
             optimizer.step()
             loss_sum += loss_value * n_rows
 
-        val_loss, val_accuracy = evaluate()
+        scores = evaluate()
         train_loss = loss_sum / n_train
         # Logged before the report, which may end the trial (pruned, stalled, stopped): every epoch run is shown.
         logger.info(
-            "%s: epoch %d/%d train_loss %.4f val_loss %.4f val_accuracy %.4f in %.2fs",
+            "%s: epoch %d/%d train_loss %.4f val_loss %.4f val_accuracy %.4f val_macro_f1 %.4f in %.2fs",
             run_name,
             epoch,
             epochs,
             train_loss,
-            val_loss,
-            val_accuracy,
+            scores.loss,
+            scores.accuracy,
+            scores.macro_f1,
             time.perf_counter() - epoch_started,
         )
-        log.end_epoch(epoch, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_accuracy)
+        log.end_epoch(epoch, train_loss=train_loss, scores=scores)
     return log.result()

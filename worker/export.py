@@ -288,10 +288,11 @@ def evaluate(
     )
     pad_id = model.tokenizer.pad_token_id
     classifier = model.classifier.to(device)
-    return evaluate_tokens(
+    scores = evaluate_tokens(
         classifier,
         tokenized,
         pad_id=int(pad_id) if pad_id is not None else 0,
         batch_size=int(model.params["params"]["batch_size"]),
         device=device,
     )
+    return scores.loss, scores.accuracy

@@ -16,6 +16,7 @@ from worker.epochs import EpochResult, KeepRule, TrainResult, by_val_loss, run_e
 from worker.hyperparams import HeadParams, make_optimizer
 from worker.lora import ADAPTER_PREFIX, LoraParams, adapter_state, with_adapters
 from worker.model import Encoder, EncoderClassifier, build_head, effective_max_length, mark_trainable
+from worker.scores import Scores, macro_f1
 from worker.tokenizer_check import check_coverage
 
 logger = logging.getLogger(__name__)
@@ -131,19 +132,24 @@ def evaluate_tokens(
     pad_id: int,
     batch_size: int,
     device: torch.device,
-) -> tuple[float, float]:
-    """Return (mean cross-entropy, accuracy) of an encoder classifier on tokenized texts."""
+) -> Scores:
+    """The mean cross-entropy, accuracy and macro-averaged F1 of an encoder classifier on tokenized texts."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    predicted: list[torch.Tensor] = []
+    # Batches come in length order, not the texts' order: each batch's labels go with its predictions.
+    actual: list[torch.Tensor] = []
     with torch.no_grad(), autocast_for(device):
         for indices in length_batches(texts.lengths, batch_size, None):
             input_ids, attention_mask, labels = collate(texts, indices, pad_id=pad_id, device=device)
             logits = model(input_ids, attention_mask).float()
             loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double()
-            correct += (logits.argmax(dim=1) == labels).sum()
+            predicted.append(logits.argmax(dim=1))
+            actual.append(labels)
+    predictions, labels = torch.cat(predicted), torch.cat(actual)
     n_rows = len(texts.ids)
-    return loss_sum.item() / n_rows, correct.item() / n_rows
+    correct = (predictions == labels).sum()
+    return Scores(loss_sum.item() / n_rows, correct.item() / n_rows, macro_f1(predictions, labels))
 
 
 def build_classifier(

@@ -39,6 +39,13 @@ def latency_ms(
     timed: TimedModel, device: torch.device, *, warmup: int = WARMUP_CALLS, calls: int = TIMED_CALLS
 ) -> float:
     """The median milliseconds of one forward pass over the timed batch, after warm-up, on the device."""
+    return statistics.median(call_seconds(timed, device, warmup=warmup, calls=calls)) * 1000.0
+
+
+def call_seconds(
+    timed: TimedModel, device: torch.device, *, warmup: int = WARMUP_CALLS, calls: int = TIMED_CALLS
+) -> list[float]:
+    """The seconds of each timed forward pass latency_ms takes the median of (bench.latency_spread reads them)."""
     module = timed.module.eval()
     seconds: list[float] = []
     with torch.inference_mode():
@@ -50,7 +57,7 @@ def latency_ms(
             module(*timed.inputs)
             _synchronize(device)
             seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds) * 1000.0
+    return seconds
 
 
 def size_mb(path: Path) -> float:
@@ -92,6 +99,8 @@ def measure(
             values[name] = chosen.val_loss
         elif name == "val_accuracy":
             values[name] = chosen.val_accuracy
+        elif name == "val_macro_f1":
+            values[name] = chosen.val_macro_f1
         elif name == "train_seconds":
             values[name] = train_s
         elif name == "model_size_mb":

@@ -198,4 +198,5 @@ def evaluate_module(model: FineTunedModule, *, device: torch.device | None = Non
         raise ValueError(f"the data's labels {inputs.label_names} are not the model's {model.labels}")
     device = device or torch.device("cpu")
     model.model.to(device)
-    return evaluate_rows(model.model, inputs.validation, inputs.validation_labels, device=device)
+    scores = evaluate_rows(model.model, inputs.validation, inputs.validation_labels, device=device)
+    return scores.loss, scores.accuracy

@@ -23,6 +23,7 @@ from worker.module_surgery import (
     set_train_mode,
     trained_paths,
 )
+from worker.scores import Scores, macro_f1
 
 # Validation runs in chunks so a large data set (or wide hashed text) does not exhaust memory.
 _EVAL_CHUNK_ROWS = 4096
@@ -54,12 +55,12 @@ def with_head(
 
 def evaluate_rows(
     model: torch.nn.Module, rows: FeatureRows, labels: torch.Tensor, *, device: torch.device
-) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of the model on a whole set, in chunks."""
+) -> Scores:
+    """The model's mean cross-entropy, accuracy and macro-averaged F1 on a whole set, in chunks."""
     model.eval()
     dtype = parameter_dtype(model)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    predicted: list[torch.Tensor] = []
     labels = labels.to(device)
     with torch.no_grad():
         for start in range(0, rows.n_rows, _EVAL_CHUNK_ROWS):
@@ -67,8 +68,10 @@ def evaluate_rows(
             logits = model(rows.take(index, device=device, dtype=dtype)).float()
             chunk_labels = labels[start : start + _EVAL_CHUNK_ROWS]
             loss_sum += torch.nn.functional.cross_entropy(logits, chunk_labels, reduction="sum").double()
-            correct += (logits.argmax(dim=1) == chunk_labels).sum()
-    return loss_sum.item() / rows.n_rows, correct.item() / rows.n_rows
+            predicted.append(logits.argmax(dim=1))
+    predictions = torch.cat(predicted)
+    correct = (predictions == labels).sum()
+    return Scores(loss_sum.item() / rows.n_rows, correct.item() / rows.n_rows, macro_f1(predictions, labels))
 
 
 def train_module(

@@ -29,11 +29,12 @@ from studies.spec import StudySpec, Task
 from studies.states import StopReason, StudyState
 from worker.early_stopping import Patience
 from worker.entrypoints import is_allowed, user_code
-from worker.epochs import EpochResult, KeepRule, StopTraining, TrainResult, keep_rule
+from worker.epochs import EpochResult, KeepRule, StopTraining, TrainResult, epoch_value, keep_rule
 from worker.failures import TrialFailure
 from worker.measures import measure
 from worker.tasks import TASK_KINDS
 from worker.tasks.interface import Progress, TaskHost, TrialTask
+from worker.trial_task import trial_task
 
 log = logging.getLogger("tunefleet.worker")
 
@@ -110,7 +111,7 @@ def chosen_epoch(epochs: list[EpochResult], *, metric: str, value: str) -> Epoch
         return epochs[-1]
     if metric == "val_loss":
         return min(epochs, key=lambda e: e.val_loss)
-    return max(epochs, key=lambda e: e.val_accuracy)
+    return max(epochs, key=lambda e: epoch_value(e, metric))
 
 
 @dataclass
@@ -163,6 +164,8 @@ class TrialRunner:
     artifact_store: ArtifactStore | None = None
     trust_pickled_models: bool = False
     allowed_entrypoints: tuple[str, ...] = ()
+    # What a trial's seconds (trial_s, train_s) are read from: a simulated clock replays recorded training.
+    clock: Callable[[], float] = time.perf_counter
     _tasks: dict[str, TrialTask] = field(default_factory=dict)
     _refused: set[str] = field(default_factory=set)
 
@@ -250,7 +253,7 @@ class TrialRunner:
     def _train(
         self, claim: Claim, on_epoch: Callable[[EpochResult], None], notes: dict[str, Any]
     ) -> TrainResult:
-        task = claim.spec.task
+        task = trial_task(claim.spec.task, claim.params)
         kind = self.task_kind(task)
         kind.prepare(task, interrupt=self._stop_if_interrupted)
         trial = RunningTrial(
@@ -279,7 +282,7 @@ class TrialRunner:
 
     def _write_archive(self, claim: Claim, result: TrainResult, value: float, folder: Path) -> Path | None:
         """The trial's model as the zip a best-model download carries, written in folder; None without one."""
-        task = claim.spec.task
+        task = trial_task(claim.spec.task, claim.params)
         if not result.best_state:
             return None
         files = self.task_kind(task).model_files(task, claim.params, result)
@@ -342,7 +345,7 @@ class TrialRunner:
     ) -> str:
         """End a trial of a study of several objectives: measure them, keep its model if it joins the front."""
         objective = claim.spec.objective
-        value = chosen.val_loss if objective.epoch_metric == "val_loss" else chosen.val_accuracy
+        value = epoch_value(chosen, objective.epoch_metric)
         with tempfile.TemporaryDirectory(prefix="tunefleet-model-") as folder:
             written: list[Path | None] = []
 
@@ -355,7 +358,7 @@ class TrialRunner:
             measured = measure(
                 objective.measured(),
                 kind=self.task_kind(claim.spec.task),
-                task=claim.spec.task,
+                task=trial_task(claim.spec.task, claim.params),
                 params=claim.params,
                 result=result,
                 chosen=chosen,
@@ -379,7 +382,7 @@ class TrialRunner:
         recorded = {
             name: int(v) if name == "params_trainable" else v
             for name, v in measured.values.items()
-            if name not in ("val_loss", "val_accuracy")
+            if name not in ("val_loss", "val_accuracy", "val_macro_f1")
         }
         final = {**attrs, **recorded, **measured.attrs, **saved}
         self._store("complete", lambda: self.repository.complete(claim, values, final, constraints))
@@ -422,7 +425,7 @@ class TrialRunner:
     def _run(self, claim: Claim) -> str:
         trial = claim.trial
         spec = claim.spec
-        started = time.perf_counter()
+        started = self.clock()
         last: list[EpochResult] = []
         repository = self.repository
         # Time spent between epochs reporting to the store and asking the pruner: not training.
@@ -431,15 +434,15 @@ class TrialRunner:
         patience = Patience(objective.patience, minimize=objective.epoch_direction == "minimize")
 
         def on_epoch(result: EpochResult) -> None:
-            began = time.perf_counter()
+            began = self.clock()
             try:
                 report(result)
             finally:
-                reporting_s[0] += time.perf_counter() - began
+                reporting_s[0] += self.clock() - began
 
         def report(result: EpochResult) -> None:
             last[:] = [result]
-            value = result.val_loss if objective.epoch_metric == "val_loss" else result.val_accuracy
+            value = epoch_value(result, objective.epoch_metric)
             if not objective.several:
                 # Several objectives have no per-epoch value in Optuna: Trial.report refuses them, and TPE
                 # would read a stopped trial's per-epoch values by a single direction the study lacks.
@@ -459,12 +462,15 @@ class TrialRunner:
         def attrs(extra: dict[str, Any] | None = None) -> dict[str, Any]:
             base: dict[str, Any] = {
                 **notes,
-                "trial_s": round(time.perf_counter() - started, 3),
+                "trial_s": round(self.clock() - started, 3),
                 "claim_s": round(claim.claim_s, 4),
             }
             if last:
                 base.update(
-                    val_loss=last[0].val_loss, val_accuracy=last[0].val_accuracy, epochs_run=last[0].epoch
+                    val_loss=last[0].val_loss,
+                    val_accuracy=last[0].val_accuracy,
+                    val_macro_f1=last[0].val_macro_f1,
+                    epochs_run=last[0].epoch,
                 )
                 if last[0].metrics:
                     base["metrics"] = last[0].metrics
@@ -519,6 +525,7 @@ class TrialRunner:
             {
                 "val_loss": chosen.val_loss,
                 "val_accuracy": chosen.val_accuracy,
+                "val_macro_f1": chosen.val_macro_f1,
                 "chosen_epoch": chosen.epoch,
                 "epochs_run": len(result.epochs),
                 **({"metrics": chosen.metrics} if chosen.metrics else {}),
@@ -548,7 +555,7 @@ class TrialRunner:
                     return fail(f"measuring the model: {type(error).__name__}: {error}", logged=True)
             free_memory(self.device)
             return self._out_of_memory(claim, out_of_memory or "out of memory", final)
-        value = chosen.val_loss if objective.metric == "val_loss" else chosen.val_accuracy
+        value = epoch_value(chosen, objective.metric)
         final.update(self._save_model_if_best(claim, result, value))
         self._store("complete", lambda: repository.complete(claim, value, final))
         return "complete"

@@ -11,29 +11,33 @@ from worker.epochs import EpochResult, KeepRule, TrainResult, by_val_loss, run_e
 from worker.features import Features
 from worker.hyperparams import HeadParams, make_optimizer
 from worker.model import build_head
+from worker.scores import Scores, macro_f1
 
 # Validation runs in chunks so a large local data set with a wide head does not exhaust memory.
 _EVAL_CHUNK_ROWS = 4096
 
 
-def _evaluate(head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Return (mean cross-entropy, accuracy) of the head on a whole set."""
+def _evaluate(head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> Scores:
+    """The head's mean cross-entropy, accuracy and macro-averaged F1 on a whole set."""
     head.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    correct = torch.zeros((), dtype=torch.int64, device=inputs.device)
+    predicted: list[torch.Tensor] = []
     with torch.no_grad():
         for start in range(0, inputs.shape[0], _EVAL_CHUNK_ROWS):
             logits = head(inputs[start : start + _EVAL_CHUNK_ROWS])
             chunk_labels = labels[start : start + _EVAL_CHUNK_ROWS]
             loss_sum += torch.nn.functional.cross_entropy(logits, chunk_labels, reduction="sum").double()
-            correct += (logits.argmax(dim=1) == chunk_labels).sum()
+            predicted.append(logits.argmax(dim=1))
+    predictions = torch.cat(predicted)
     n_rows = inputs.shape[0]
-    return loss_sum.item() / n_rows, correct.item() / n_rows
+    correct = (predictions == labels).sum()
+    return Scores(loss_sum.item() / n_rows, correct.item() / n_rows, macro_f1(predictions, labels))
 
 
 def evaluate_head(head: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Return (mean cross-entropy, accuracy) of a head on features, computed as training computes it."""
-    return _evaluate(head, inputs, labels)
+    scores = _evaluate(head, inputs, labels)
+    return scores.loss, scores.accuracy
 
 
 def _check_features(features: Features) -> None:

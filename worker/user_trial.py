@@ -14,19 +14,21 @@ from typing import Any
 
 import torch
 
+from studies.names import EPOCH_METRICS
 from worker.epochs import (
     EpochResult,
     KeepRule,
     NonFiniteLoss,
     StopTraining,
     TrainResult,
+    epoch_value,
     keep_rule,
     result_of,
 )
 from worker.failures import TrialFailure
 
 # The metrics a study's objective can read; each EpochResult carries them (NaN when not reported).
-_RESULT_METRICS = ("train_loss", "val_loss", "val_accuracy")
+_RESULT_METRICS = ("train_loss", *EPOCH_METRICS)
 
 
 class TrialUsageError(TrialFailure):
@@ -84,8 +86,8 @@ class Trial:
         on_epoch: Callable[[EpochResult], None] | None = None,
         stop_reason: Callable[[], str | None] | None = None,
     ) -> None:
-        if metric not in ("val_loss", "val_accuracy"):
-            raise ValueError(f"metric is val_loss or val_accuracy, not {metric!r}")
+        if metric not in EPOCH_METRICS:
+            raise ValueError(f"metric is one of {', '.join(EPOCH_METRICS)}, not {metric!r}")
         self._params = dict(params)
         self._number = number
         self._seed = seed
@@ -144,7 +146,7 @@ class Trial:
     def report(self, epoch: int, **metrics: float) -> bool:
         """Record an epoch's metrics; True when the trial must stop now, and the function should then return.
 
-        The study's objective metric (val_loss or val_accuracy) must be among the metrics; the others
+        The study's objective metric (val_loss, val_accuracy or val_macro_f1) must be among the metrics; the others
         (train_loss, ...) are recorded beside it. Epochs count from 1 and increase from one report to the next.
         True means pruned, study stopped, worker stopping, or no better metric for the objective's patience;
         a report after True raises what stops the trial.
@@ -306,7 +308,7 @@ class Trial:
         if self._metric == "val_loss":
             best = min(self._history, key=lambda e: e.val_loss)
         else:
-            best = max(self._history, key=lambda e: e.val_accuracy)
+            best = max(self._history, key=lambda e: epoch_value(e, self._metric))
         kept = self._kept
         return result_of(
             self._history,

@@ -45,6 +45,7 @@ class MetricName(StrEnum):
 
     val_loss = "val_loss"
     val_accuracy = "val_accuracy"
+    val_macro_f1 = "val_macro_f1"
     params_trainable = "params_trainable"
     model_size_mb = "model_size_mb"
     latency_ms = "latency_ms"

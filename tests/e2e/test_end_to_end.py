@@ -129,6 +129,39 @@ def test_demo_runs_a_study_through_the_api_and_prints_the_best_trial(
     assert "dashboard: http://127.0.0.1:" in result.stdout
 
 
+def test_demo_prints_the_pareto_front_of_a_study_of_several_objectives(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # A study of several objectives has no best trial: the demo said "no trial completed" after they all had.
+    objectives = [
+        {"name": "val_loss", "direction": "minimize"},
+        {"name": "params_trainable", "direction": "minimize"},
+    ]
+    spec = tiny_spec("demo-front", budget={"n_trials": 3}, objective={"metrics": objectives})
+    spec_file = tmp_path / "demo.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    result = subprocess.run(
+        [
+            *DEMO,
+            "--exit",
+            "--preset",
+            str(spec_file),
+            "--port",
+            str(free_port()),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Pareto front of demo-front:" in result.stdout
+    assert "val_loss (minimize), params_trainable (minimize)" in result.stdout
+    assert "dashboard: http://127.0.0.1:" in result.stdout
+
+
 def test_demo_on_a_port_another_program_holds_says_why_the_service_did_not_start(
     env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -32,12 +32,14 @@ from tests.finetune_spec import CPU_WORKER, run_next, write_csv
 from tests.finetune_spec import finetune_spec as spec
 from tunefleet.client import ApiError, TunefleetClient
 from worker.data import load_split
+from worker.epochs import TrainResult
 from worker.export import evaluate, export_adapters, export_encoder, load_best_model
 from worker.finetune import build_classifier, tokenize_split, train_encoder
 from worker.hyperparams import HeadParams
 from worker.lora import LoraParams
 from worker.model import builtin_model_folder, load_encoder
 from worker.runner import TrialRunner
+from worker.tasks.interface import Measurable
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -378,6 +380,60 @@ def test_a_models_encoder_exports_as_a_plain_folder_lora_adapters_merged_in(
     assert not torch.equal(
         top_block.output.dense.weight, load_encoder(tiny_model).model.encoder.layer[1].output.dense.weight
     )
+
+
+def test_a_lora_trials_latency_times_the_merged_model_it_serves_leaving_the_encoder_pristine(
+    repository: StudyRepository, tiny_model: Path, data_files: dict[str, str], tmp_path: Path, study_name: str
+) -> None:
+    objective = {
+        "metrics": [
+            {"name": "val_loss", "direction": "minimize"},
+            {"name": "latency_ms", "direction": "minimize"},
+        ],
+        "latency_batch_size": 2,
+    }
+    study = spec(study_name, tiny_model, data_files, "lora", budget={"n_trials": 1}, objective=objective)
+    repository.create(study)
+    runner = runner_for(repository, tmp_path)
+    outcome, trial = run_next(runner, repository, study_name)
+    assert outcome == "complete", trial.user_attrs.get("fail_reason")
+    assert trial.user_attrs["latency_ms"] > 0
+    archive = tmp_path / "artifacts" / trial.user_attrs[MODEL_ARTIFACT_ATTR]
+
+    kind = runner.task_kind(study.task)
+    assert isinstance(kind, Measurable)
+    cached = load_encoder(tiny_model).model
+    before = {name: tensor.clone() for name, tensor in cached.state_dict().items()}
+    # timed_model reads the archive; the trial's result is not needed again.
+    result = TrainResult(
+        epochs=[],
+        best_epoch=0,
+        best_val_loss=0.0,
+        final_val_loss=0.0,
+        best_val_accuracy=0.0,
+        final_val_accuracy=0.0,
+        best_state={},
+        train_s=0.0,
+    )
+    timed = kind.timed_model(
+        study.task, trial.params, result, archive, batch_size=2, device=torch.device("cpu")
+    )
+
+    # What the latency timed is the plain encoder a user serves: no peft wrapper, no lora layers.
+    peft_modules = [
+        name for name, module in timed.module.named_modules() if type(module).__module__.startswith("peft")
+    ]
+    assert peft_modules == []
+    assert not any("lora" in name for name, _ in timed.module.named_parameters())
+    with torch.no_grad():
+        merged = timed.module(*timed.inputs)
+        unmerged = load_best_model(archive).classifier(*timed.inputs)
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
+    # Merging changed a copy: the encoder later trials of this process start from is as it was.
+    assert load_encoder(tiny_model).model is cached
+    for name, tensor in cached.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert not any("lora" in name for name, _ in cached.named_modules())
 
 
 def test_a_lora_study_on_a_model_without_layers_it_knows_fails_naming_the_layers_there_are(

@@ -55,7 +55,7 @@ def test_the_worker_logs_the_feature_cache_build_and_each_epoch_at_info(
     for trial in (0, 1):
         epochs = re.findall(
             rf" INFO worker\.epochs: trial {trial} of {study_name}: epoch (\d)/3 train_loss \d+\.\d+ val_loss"
-            r" \d+\.\d+ val_accuracy \d\.\d+ in \d+\.\d+s",
+            r" \d+\.\d+ val_accuracy \d\.\d+ val_macro_f1 \d\.\d+ in \d+\.\d+s",
             log,
         )
         assert epochs == ["1", "2", "3"]

@@ -101,6 +101,20 @@ def test_warm_cache_leaves_a_last_k_study_alone(tmp_path: Path) -> None:
     assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
 
 
+def test_warm_cache_builds_the_features_of_a_study_that_searches_head_among_modes(tmp_path: Path) -> None:
+    # Its task says no mode; its head trials read the features, and the demo builds them here first.
+    spec = tiny_spec("warm-searched", task={"max_examples": 100, "k": 1})
+    spec["space"] = {**spec["space"], "finetune": ["head", "last-k"]}
+    result = _warm(tmp_path, spec)
+    assert result.returncode == 0, result.stderr
+    assert any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
+    spec = tiny_spec("warm-encoder-only", task={"max_examples": 100})
+    spec["space"] = {**spec["space"], "finetune": ["lora", "full"]}
+    result = _warm(tmp_path / "encoder-only", spec)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to warm: a lora or full study" in result.stdout
+
+
 def test_warm_cache_says_a_python_study_has_nothing_to_warm(tmp_path: Path) -> None:
     spec = {
         "name": "warm-python",
@@ -313,5 +327,6 @@ def test_study_create_takes_a_presets_name_as_the_demo_does(capsys: pytest.Captu
     assert one_error_line(capsys).startswith("cannot reach the tunefleet service")
     assert main(["study", "create", "no-such-preset", "--url", "http://127.0.0.1:9"]) == 2
     assert one_error_line(capsys) == (
-        "no such spec file: no-such-preset (or a preset: bbc-news-minilm, mlp-bbc-news, tweets-sentiment-minilm)"
+        "no such spec file: no-such-preset (or a preset: bbc-news-minilm, bbc-news-minilm-pareto, mlp-bbc-news,"
+        " tweets-sentiment-minilm)"
     )

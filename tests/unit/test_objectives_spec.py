@@ -30,8 +30,8 @@ def errors_of(spec: dict[str, Any]) -> list[tuple[str, str]]:
         (
             {"objective": {"metrics": [{"name": "val_f2", "direction": "minimize"}, TWO[1]]}},
             "objective.metrics.0.name",
-            "unknown metric 'val_f2'; known: val_loss, val_accuracy, params_trainable, model_size_mb,"
-            " latency_ms, train_seconds",
+            "unknown metric 'val_f2'; known: val_loss, val_accuracy, val_macro_f1, params_trainable,"
+            " model_size_mb, latency_ms, train_seconds",
         ),
         (
             {"objective": {"metrics": [{"name": "val_accuracy", "direction": "minimize"}, TWO[1]]}},
@@ -126,3 +126,51 @@ def test_the_single_metric_form_and_the_default_are_unchanged() -> None:
         False,
     )
     assert spec.pruner.name == "hyperband"
+
+
+def test_macro_f1_is_an_objective_maximized_by_default_and_minimizing_it_is_refused() -> None:
+    spec = StudySpec.model_validate({"name": "f1", "objective": {"metric": "val_macro_f1"}})
+    objective = spec.objective
+    assert (objective.names, objective.directions) == (("val_macro_f1",), ("maximize",))
+    assert (objective.epoch_metric, objective.epoch_direction) == ("val_macro_f1", "maximize")
+    assert StudySpec.model_validate(spec.model_dump(mode="json")) == spec
+    found = errors_of({"objective": {"metric": "val_macro_f1", "direction": "minimize"}})
+    assert any(
+        loc == "objective" and "would reward worse models: val_macro_f1 is maximized" in msg
+        for loc, msg in found
+    ), found
+    found = errors_of({"objective": {"metrics": [{"name": "val_macro_f1", "direction": "minimize"}, TWO[1]]}})
+    assert any(loc == "objective.metrics.0" and "would reward worse models" in msg for loc, msg in found), (
+        found
+    )
+
+
+def test_macro_f1_is_one_of_several_objectives_and_a_constraint() -> None:
+    spec = StudySpec.model_validate(
+        {
+            "name": "f1-front",
+            "objective": {
+                "metrics": [{"name": "val_macro_f1", "direction": "maximize"}, TWO[1]],
+                "constraints": ["val_macro_f1 >= 0.8", "val_loss <= 1"],
+            },
+        }
+    )
+    objective = spec.objective
+    assert objective.directions == ("maximize", "minimize")
+    assert objective.epoch_metric == "val_macro_f1"
+    assert objective.measured() == ("val_macro_f1", "latency_ms", "val_loss")
+    assert objective.parsed_constraints()[0] == Constraint("val_macro_f1", ">=", 0.8)
+    assert objective.parsed_constraints()[0].violation(0.75) == pytest.approx(0.05)
+    synthetic = StudySpec.model_validate(
+        {
+            "name": "f1-synthetic",
+            "task": {"kind": "synthetic"},
+            "objective": {
+                "metrics": [
+                    {"name": "val_macro_f1", "direction": "maximize"},
+                    {"name": "train_seconds", "direction": "minimize"},
+                ]
+            },
+        }
+    )
+    assert synthetic.objective.names == ("val_macro_f1", "train_seconds")

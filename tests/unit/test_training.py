@@ -138,7 +138,8 @@ def test_each_epoch_is_one_info_line_headed_by_the_run_even_when_the_run_stops_t
     for record, epoch in zip(records, seen, strict=True):
         assert re.fullmatch(
             rf"trial 7 of my-study: epoch {epoch.epoch}/5 train_loss {epoch.train_loss:.4f}"
-            rf" val_loss {epoch.val_loss:.4f} val_accuracy {epoch.val_accuracy:.4f} in \d+\.\d\ds",
+            rf" val_loss {epoch.val_loss:.4f} val_accuracy {epoch.val_accuracy:.4f}"
+            rf" val_macro_f1 {epoch.val_macro_f1:.4f} in \d+\.\d\ds",
             record.getMessage(),
         )
 

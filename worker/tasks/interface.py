@@ -75,7 +75,7 @@ class TrialContext(Protocol):
 
     @property
     def metric(self) -> str:
-        """The metric the study's objective reads from each epoch: val_loss or val_accuracy."""
+        """The metric the study's objective reads from each epoch: val_loss, val_accuracy or val_macro_f1."""
         ...
 
     def report(self, result: EpochResult) -> None:

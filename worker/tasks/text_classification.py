@@ -166,14 +166,18 @@ class TextClassification:
         batch_size: int,
         device: torch.device,
     ) -> TimedModel:
-        """The downloadable model (encoder, pooling and head) on the first batch_size validation texts, tokenized."""
+        """The downloadable model (encoder, pooling and head) on the first batch_size validation texts, tokenized.
+
+        A lora model is timed with its adapters merged into the encoder's weights, as it is served (export_encoder
+        merges them too): a copy's, so the process-wide encoder stays pristine for later trials.
+        """
         key = self._key(task)
         if key not in self._latency_texts:
             validation = load_split(task, self.roots).validation_texts
             self._latency_texts[key] = list(validation[:MAX_LATENCY_BATCH_SIZE])
         texts = self._latency_texts[key]
         batch = [texts[i % len(texts)] for i in range(batch_size)]
-        model = load_best_model(archive)
+        model = load_best_model(archive, merge=True)
         encoded = model.tokenizer(
             batch, truncation=True, max_length=model.max_length, padding=True, return_tensors="pt"
         )
