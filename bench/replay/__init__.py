@@ -1,0 +1,1 @@
+"""The replay benchmark: real training curves recorded once per task, and a surrogate that replays any configuration."""

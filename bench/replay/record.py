@@ -1,0 +1,171 @@
+"""Record a task's training curves once: random configurations of its preset's space, every epoch, CPU seconds."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from bench.replay.curves import DATA_DIR, Curve, append, data_file, read_rows
+from bench.reporting import load_average
+from bench.text_task import feature_cache_dir, load_preset, plain_trainer, versions
+from studies import StudySpec
+from studies.space import conditions, distributions
+from worker.epochs import EpochResult, NonFiniteLoss
+
+# The presets a recording can be made of (their spaces and data, as `tunefleet demo --preset` runs them).
+TASKS = ("bbc-news-minilm", "tweets-sentiment-minilm", "mlp-bbc-news")
+SAVE_EVERY = 10
+
+
+def draw(
+    space: Mapping[str, BaseDistribution], when: Mapping[str, Any], rng: np.random.Generator
+) -> dict[str, Any]:
+    """One configuration drawn uniformly (log-uniformly for log ranges), as Optuna's RandomSampler draws it;
+    a conditional parameter only where its condition holds."""
+    params: dict[str, Any] = {}
+    for name, d in space.items():
+        if name in when and not when[name](params):
+            continue
+        if isinstance(d, CategoricalDistribution):
+            params[name] = d.choices[int(rng.integers(len(d.choices)))]
+        elif isinstance(d, FloatDistribution):
+            params[name] = float(
+                math.exp(rng.uniform(math.log(d.low), math.log(d.high)))
+                if d.log
+                else rng.uniform(d.low, d.high)
+            )
+        else:
+            assert isinstance(d, IntDistribution)
+            if d.log:
+                drawn = math.exp(rng.uniform(math.log(d.low - 0.5), math.log(d.high + 0.5)))
+                params[name] = int(min(max(round(drawn), d.low), d.high))
+            else:
+                params[name] = int(rng.integers(d.low, d.high + 1) // d.step * d.step)
+    return params
+
+
+def spec_of(task: str, *, smoke: bool = False) -> StudySpec:
+    """The preset's spec a recording is made of; at smoke size on a few dozen short texts."""
+    return StudySpec.model_validate({**load_preset(task, smoke=smoke), "name": f"replay-{task}"})
+
+
+def configuration(spec: StudySpec, seed: int, index: int) -> dict[str, Any]:
+    """The index-th configuration of a recording: the same on every run, so a recording resumes where it stopped."""
+    assert not isinstance(spec.space, dict)
+    return draw(distributions(spec.space), conditions(spec.space), np.random.default_rng([seed, index]))
+
+
+def header(task: str, spec: StudySpec, seed: int) -> dict[str, Any]:
+    return {
+        "kind": "header",
+        "task": task,
+        "task_spec": spec.task.model_dump(mode="json", exclude_none=True),
+        "space": spec.space.model_dump(mode="json"),
+        "max_epochs": spec.space.max_epochs(),
+        "configurations_seed": seed,
+        "versions": versions(),
+    }
+
+
+_TRAINER: Any = None
+
+
+def _start(task: str, smoke: bool) -> None:
+    # One thread per process: the CPU seconds recorded are one core's, whatever the machine.
+    global _TRAINER
+    torch.set_num_threads(1)
+    spec = spec_of(task, smoke=smoke)
+    _TRAINER = plain_trainer(spec.task, feature_cache_dir())
+
+
+def train(index: int, params: dict[str, Any], max_epochs: int) -> dict[str, Any]:
+    """Train one configuration for max_epochs (its own `epochs` is a prefix of that curve), timing each epoch."""
+    epochs: list[EpochResult] = []
+    cpu_s: list[float] = []
+    clock = [time.process_time()]
+
+    def on_epoch(result: EpochResult) -> None:
+        now = time.process_time()
+        cpu_s.append(now - clock[0])
+        clock[0] = now
+        epochs.append(result)
+
+    failed: str | None = None
+    try:
+        _TRAINER({**params, "epochs": max_epochs}, index, on_epoch)
+    except NonFiniteLoss as error:
+        failed = str(error)
+    return Curve(
+        index=index,
+        params=params,
+        seed=index,
+        val_loss=[e.val_loss for e in epochs],
+        val_accuracy=[e.val_accuracy for e in epochs],
+        cpu_s=cpu_s,
+        failed=failed,
+    ).to_json()
+
+
+def recorded_indices(path: Path, expected: dict[str, Any]) -> set[int]:
+    """The configurations already in the file; SystemExit if it was recorded from another spec or seed."""
+    if not path.exists():
+        return set()
+    rows = list(read_rows(path))
+    head = next((r for r in rows if r.get("kind") == "header"), None)
+    for key in ("task_spec", "space", "configurations_seed"):
+        if head is None or head.get(key) != expected[key]:
+            raise SystemExit(f"{path} was recorded with another {key}; move it away to record afresh")
+    return {int(r["index"]) for r in rows if r.get("kind") != "header"}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--task", choices=TASKS, required=True)
+    parser.add_argument("--configurations", type=int, default=1060, help="how many, held-out ones included")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the configurations drawn")
+    parser.add_argument("--jobs", type=int, default=1, help="processes, one CPU thread each")
+    parser.add_argument("--out-dir", type=Path, default=DATA_DIR)
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few dozen short texts: checks the recorder runs"
+    )
+    args = parser.parse_args(argv)
+    spec = spec_of(args.task, smoke=args.smoke)
+    path = data_file(args.task, args.out_dir)
+    head = header(args.task, spec, args.seed)
+    done = recorded_indices(path, head)
+    if not done and not path.exists():
+        append(path, [head])
+    todo = [i for i in range(args.configurations) if i not in done]
+    max_epochs = int(head["max_epochs"])
+    print(
+        f"{args.task}: {len(done)} recorded, {len(todo)} to go, {max_epochs} epochs each; load {load_average()}"
+    )
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, initializer=_start, initargs=(args.task, args.smoke)) as pool:
+        for start in range(0, len(todo), SAVE_EVERY):
+            chunk = todo[start : start + SAVE_EVERY]
+            futures = [pool.submit(train, i, configuration(spec, args.seed, i), max_epochs) for i in chunk]
+            append(path, [f.result() for f in futures])
+            finished = start + len(chunk)
+            rate = (time.perf_counter() - started) / finished
+            print(
+                f"{finished}/{len(todo)} recorded, {rate:.1f} s each, about {rate * (len(todo) - finished) / 60:.0f}"
+                " min to go",
+                flush=True,
+            )
+    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB); load {load_average()}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

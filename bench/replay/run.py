@@ -1,0 +1,191 @@
+"""Optimizers on a recorded task through tunefleet's own claim, report and prune path, on simulated CPU seconds."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from bench.replay.surrogate import Surrogate
+from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
+from studies.spec import Task
+from worker.epochs import EpochResult, NonFiniteLoss, StopTraining, TrainResult
+from worker.runner import TrialRunner
+from worker.tasks.interface import ModelFiles, Progress, TrialContext
+
+WORKER = WorkerIdentity(host=platform.node(), pid=os.getpid(), device="cpu", worker_id="replay")
+# Every method runs every trial to its own `epochs` unless its pruner (or tunefleet's patience) stops it.
+NO_PATIENCE = {"patience": 0}
+# The Optuna-based methods, as spec overrides of the task's preset: the same space, seeds and budget.
+METHODS: dict[str, dict[str, Any]] = {
+    "random": {"sampler": {"name": "random"}, "pruner": {"name": "none"}, "objective": NO_PATIENCE},
+    "tpe": {
+        "sampler": {"name": "tpe", "cost_weight": 0},
+        "pruner": {"name": "none"},
+        "objective": NO_PATIENCE,
+    },
+    # The BOHB recipe in Optuna: TPE proposing, Hyperband stopping.
+    "tpe-hyperband": {
+        "sampler": {"name": "tpe", "cost_weight": 0},
+        "pruner": {"name": "hyperband", "min_resource": 1, "reduction_factor": 3},
+        "objective": NO_PATIENCE,
+    },
+    # tunefleet's defaults: cost-aware TPE, the preset's pruner, early stopping on a plateau.
+    "tunefleet": {"sampler": {"name": "tpe"}},
+}
+
+
+@dataclass
+class Clock:
+    """Simulated CPU seconds: advanced by each replayed epoch's recorded cost, read by the runner as its clock."""
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class ReplayKind:
+    """A task kind whose trials replay the surrogate's curve, epoch by epoch, through the trial's real reports."""
+
+    surrogate: Surrogate
+    clock: Clock
+
+    def prepare(
+        self, task: Task, *, progress: Progress | None = None, interrupt: Callable[[], None] | None = None
+    ) -> None:
+        """Nothing: the recorded task needs no model and no data."""
+
+    def run(self, task: Task, trial: TrialContext) -> TrainResult:
+        replayed = self.surrogate.replay(trial.params)
+        started = self.clock()
+        history: list[EpochResult] = []
+        for epoch in range(1, int(trial.params["epochs"]) + 1):
+            if replayed.fails_after is not None and epoch > replayed.fails_after:
+                raise NonFiniteLoss(f"NaN validation loss at epoch {epoch}")
+            self.clock.advance(replayed.cpu_s[epoch - 1])
+            loss = replayed.val_loss[epoch - 1]
+            history.append(
+                EpochResult(
+                    epoch=epoch, train_loss=loss, val_loss=loss, val_accuracy=replayed.val_accuracy[epoch - 1]
+                )
+            )
+            try:
+                trial.report(history[-1])
+            except StopTraining as stop:
+                stop.result = self._result(history, started)
+                raise
+        return self._result(history, started)
+
+    def _result(self, history: list[EpochResult], started: float) -> TrainResult:
+        best = min(history, key=lambda e: e.val_loss)
+        return TrainResult(
+            epochs=list(history),
+            best_epoch=best.epoch,
+            best_val_loss=best.val_loss,
+            final_val_loss=history[-1].val_loss,
+            best_val_accuracy=best.val_accuracy,
+            final_val_accuracy=history[-1].val_accuracy,
+            best_state={},
+            train_s=self.clock() - started,
+            kept_epoch=best.epoch,
+        )
+
+    def model_files(self, task: Task, params: dict[str, Any], result: TrainResult) -> ModelFiles | None:
+        return None
+
+
+@dataclass
+class Run:
+    """One method on one seed: after each finished trial, the simulated compute so far and the best value."""
+
+    method: str
+    seed: int
+    compute: list[float] = field(default_factory=list)
+    best: list[float] = field(default_factory=list)
+    trials: int = 0
+
+    def best_at(self, compute: float) -> float:
+        """The best value found within that much compute (inf before the first completed trial)."""
+        found = math.inf
+        for spent, best in zip(self.compute, self.best, strict=True):
+            if spent > compute:
+                break
+            found = best
+        return found
+
+    def to_reach(self, target: float) -> float | None:
+        """The compute at which the best first reached target, or None if it never did."""
+        for spent, best in zip(self.compute, self.best, strict=True):
+            if best <= target:
+                return spent
+        return None
+
+
+def method_spec(preset: dict[str, Any], method: str, seed: int) -> StudySpec:
+    overrides = METHODS[method]
+    raw = {**preset, "name": f"replay-{method}-{seed}", "budget": {"n_trials": 100_000}}
+    for key, value in overrides.items():
+        raw[key] = {**raw.get(key, {}), **value} if key == "objective" else value
+    raw["sampler"] = {**raw["sampler"], "seed": seed}
+    return StudySpec.model_validate(raw)
+
+
+def run_method(
+    preset: dict[str, Any], method: str, seed: int, budget_s: float, surrogate: Surrogate, workdir: Path
+) -> Run:
+    """The method's study, claimed and run trial by trial until the simulated compute passes budget_s."""
+    spec = method_spec(preset, method, seed)
+    storage = open_storage(f"sqlite:///{workdir / f'{method}-{seed}.db'}")
+    repository = StudyRepository(storage)
+    repository.create(spec)
+    clock = Clock()
+    runner = TrialRunner(
+        repository=repository,
+        device=torch.device("cpu"),
+        cache_dir=workdir,
+        clock=clock,
+        _tasks={spec.task.kind: ReplayKind(surrogate, clock)},
+    )
+    run = Run(method=method, seed=seed)
+    best = math.inf
+    try:
+        while clock.now < budget_s:
+            claim = repository.claim(WORKER, study_names=[spec.name])
+            if claim is None:
+                break
+            runner.run(claim)
+            trial = repository.storage.get_trial(claim.trial._trial_id)
+            if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
+                best = min(best, trial.value)
+            run.compute.append(clock.now)
+            run.best.append(best)
+            run.trials += 1
+    finally:
+        storage.engine.dispose()
+    return run
+
+
+def run_seed(
+    preset: dict[str, Any], methods: list[str], seed: int, budget_s: float, surrogate: Surrogate
+) -> list[Run]:
+    """Every method on one seed, one after another in this process."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The stores live in memory-backed /dev/shm where there is one: a replay writes every epoch's report.
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(
+        prefix="tunefleet-replay-", dir=shm if shm.is_dir() else None
+    ) as workdir:
+        return [run_method(preset, m, seed, budget_s, surrogate, Path(workdir)) for m in methods]

@@ -1,0 +1,189 @@
+"""A recorded task as an objective: any configuration's curve and cost, predicted from the recorded ones."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from scipy.stats import spearmanr
+from sklearn.ensemble import RandomForestRegressor
+
+from bench.replay.curves import Curve, Recording
+from studies import StudySpec
+from studies.space import distributions
+
+# The configuration's own epoch budget is not a feature: every curve is recorded to the space's last epoch,
+# and a trial of `epochs` epochs is its prefix.
+NOT_FEATURES = frozenset({"epochs"})
+TREES = 64
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """Configurations as rows of numbers: log scales where the space has them, one column per categorical choice,
+    and a column that says whether a conditional parameter was drawn at all."""
+
+    space: Mapping[str, BaseDistribution]
+
+    @classmethod
+    def of(cls, spec: StudySpec) -> Encoder:
+        assert not isinstance(spec.space, dict)
+        return cls({n: d for n, d in distributions(spec.space).items() if n not in NOT_FEATURES})
+
+    def row(self, params: Mapping[str, Any]) -> list[float]:
+        row: list[float] = []
+        for name, d in self.space.items():
+            value = params.get(name)
+            row.append(0.0 if value is None else 1.0)
+            if isinstance(d, CategoricalDistribution) and _numeric(d.choices):
+                positive = all(float(c) > 0 for c in d.choices if isinstance(c, int | float))
+                row.append(-1.0 if value is None else math.log2(float(value)) if positive else float(value))
+            elif isinstance(d, CategoricalDistribution):
+                row.extend(1.0 if value == choice else 0.0 for choice in d.choices)
+            else:
+                assert isinstance(d, FloatDistribution | IntDistribution)
+                if value is None:
+                    row.append(-1.0)
+                else:
+                    low, high = (math.log(d.low), math.log(d.high)) if d.log else (d.low, d.high)
+                    x = math.log(float(value)) if d.log else float(value)
+                    row.append((x - low) / (high - low) if high > low else 0.0)
+        return row
+
+    def rows(self, configurations: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return np.asarray([self.row(p) for p in configurations], dtype=np.float64)
+
+
+class Forest:
+    """A fitted random forest's trees as flat arrays, walked for one row with a few numpy steps per level:
+    sklearn's predict costs milliseconds a call, which thousands of replayed trials per run cannot afford."""
+
+    def __init__(self, forest: RandomForestRegressor) -> None:
+        trees = [estimator.tree_ for estimator in forest.estimators_]
+        sizes = [tree.node_count for tree in trees]
+        offsets = np.cumsum([0, *sizes[:-1]])
+        self.roots = offsets.astype(np.int64)
+        self.feature = np.concatenate([tree.feature for tree in trees]).astype(np.int64)
+        self.threshold = np.concatenate([tree.threshold for tree in trees])
+        self.left = np.concatenate([tree.children_left + o for tree, o in zip(trees, offsets, strict=True)])
+        self.right = np.concatenate([tree.children_right + o for tree, o in zip(trees, offsets, strict=True)])
+        self.value = np.concatenate([tree.value[:, :, 0] for tree in trees])
+        self.leaf = self.feature < 0
+
+    def predict(self, row: np.ndarray) -> np.ndarray:
+        """The forest's prediction for one row: the mean of the leaves the row reaches, one per tree."""
+        # sklearn compares rows cast to float32 against its thresholds: the same here, or a row on a split
+        # point goes the other way.
+        row = row.astype(np.float32)
+        nodes = self.roots.copy()
+        while True:
+            inner = ~self.leaf[nodes]
+            if not inner.any():
+                return np.asarray(self.value[nodes].mean(axis=0))
+            at = nodes[inner]
+            goes_left = row[self.feature[at]] <= self.threshold[at]
+            nodes[inner] = np.where(goes_left, self.left[at], self.right[at])
+
+
+def _padded(values: list[float], n: int) -> list[float]:
+    # A curve that failed (a NaN loss) stops early; its last value stands for the epochs it never ran,
+    # and the nearest recorded configuration says whether a replayed trial fails.
+    return values + [values[-1]] * (n - len(values)) if values else [math.nan] * n
+
+
+@dataclass
+class Replayed:
+    """A configuration's replayed curve: each epoch's validation loss and accuracy, CPU seconds, where it fails."""
+
+    val_loss: list[float]
+    val_accuracy: list[float]
+    cpu_s: list[float]
+    fails_after: int | None
+
+    def value(self, epochs: int) -> float:
+        return min(self.val_loss[:epochs])
+
+
+class Surrogate:
+    """A random forest from configuration to its whole curve (log loss, accuracy) and log CPU seconds per epoch,
+    fitted on a recording's curves; a replayed trial fails where the nearest recorded configuration failed."""
+
+    def __init__(self, spec: StudySpec, curves: Sequence[Curve], *, seed: int = 0) -> None:
+        self.encoder = Encoder.of(spec)
+        most = spec.space.max_epochs()
+        assert most is not None, "a replayed space has an epochs range"
+        self.max_epochs: int = most
+        usable = [c for c in curves if c.val_loss]
+        self.features = self.encoder.rows([c.params for c in usable])
+        self.failures = [None if c.failed is None else len(c.val_loss) for c in usable]
+        n = self.max_epochs
+        targets = np.asarray(
+            [
+                [math.log(v) for v in _padded(c.val_loss, n)]
+                + _padded(c.val_accuracy, n)
+                + [math.log(max(sum(c.cpu_s) / len(c.cpu_s), 1e-6))]
+                for c in usable
+            ]
+        )
+        self.forest = RandomForestRegressor(
+            n_estimators=TREES, min_samples_leaf=2, max_features=0.6, random_state=seed, n_jobs=1
+        ).fit(self.features, targets)
+        self.fast = Forest(self.forest)
+        self._cache: dict[tuple[Any, ...], Replayed] = {}
+
+    def _key(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(sorted((k, v) for k, v in params.items() if k not in NOT_FEATURES))
+
+    def replay(self, params: Mapping[str, Any]) -> Replayed:
+        """The configuration's predicted curve to the space's last epoch (its own `epochs` picks a prefix)."""
+        key = self._key(params)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        row = np.asarray(self.encoder.row(params))
+        predicted = self.fast.predict(row)
+        n = self.max_epochs
+        nearest = int(np.argmin(((self.features - row) ** 2).sum(axis=1)))
+        seconds = math.exp(predicted[2 * n])
+        replayed = Replayed(
+            val_loss=[math.exp(v) for v in predicted[:n]],
+            val_accuracy=[float(v) for v in predicted[n : 2 * n]],
+            cpu_s=[seconds] * n,
+            fails_after=self.failures[nearest],
+        )
+        self._cache[key] = replayed
+        return replayed
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    return float(spearmanr(a, b).statistic)
+
+
+def fidelity(spec: StudySpec, recording: Recording) -> dict[str, Any]:
+    """How well the surrogate fitted on the recording's curves predicts the held-out configurations' training:
+    the rank correlation of their values (best loss within their own epochs), final-epoch losses and costs."""
+    surrogate = Surrogate(spec, recording.fitted())
+    held = [c for c in recording.held_out() if c.failed is None]
+    replayed = [surrogate.replay(c.params) for c in held]
+    n = recording.max_epochs
+    return {
+        "fitted": len(recording.fitted()),
+        "held_out": len(held),
+        "value_spearman": spearman(
+            [c.value() for c in held], [r.value(c.epochs) for c, r in zip(held, replayed, strict=True)]
+        ),
+        "last_epoch_spearman": spearman(
+            [c.val_loss[n - 1] for c in held], [r.val_loss[n - 1] for r in replayed]
+        ),
+        "cost_spearman": spearman(
+            [sum(c.cpu_s) / len(c.cpu_s) for c in held], [r.cpu_s[0] for r in replayed]
+        ),
+    }

@@ -1,0 +1,148 @@
+"""The replay benchmark: configurations drawn as the space says, curves recorded and read back, a surrogate
+that predicts as its forest does, and replayed trials that go through tunefleet's own claim, report and prune."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bench.replay import benchmark, record
+from bench.replay.curves import Curve, append, data_file, load
+from bench.replay.run import Clock, run_method
+from bench.replay.surrogate import Surrogate, fidelity
+from bench.text_task import load_preset
+from studies import open_storage
+
+TASK = "bbc-news-minilm"
+
+
+def curve(index: int, losses: list[float], *, failed: str | None = None, epochs: int = 3) -> Curve:
+    return Curve(
+        index=index,
+        params={"epochs": epochs},
+        seed=index,
+        val_loss=losses,
+        val_accuracy=[0.5] * len(losses),
+        cpu_s=[0.1] * len(losses),
+        failed=failed,
+    )
+
+
+def test_a_configuration_is_drawn_within_its_space_and_its_conditions_hold() -> None:
+    spec = record.spec_of(TASK)
+    drawn = [record.configuration(spec, 0, i) for i in range(300)]
+    assert drawn[7] == record.configuration(spec, 0, 7), "a recording resumes with the same configurations"
+    assert drawn[7] != record.configuration(spec, 1, 7)
+    for params in drawn:
+        assert 1e-4 <= params["learning_rate"] <= 1e-1
+        assert params["batch_size"] in (16, 32, 64, 128)
+        assert 1 <= params["epochs"] <= 20
+        # A linear head has neither width nor activation; a hidden layer has both.
+        assert ("width" in params) == ("activation" in params) == (params["depth"] >= 1)
+        assert "width" not in params or 32 <= params["width"] <= 1024
+    assert {p["depth"] for p in drawn} == {0, 1, 2, 3}
+    # Log-uniform: about as many learning rates below the geometric middle as above it.
+    below = sum(p["learning_rate"] < math.sqrt(1e-4 * 1e-1) for p in drawn)
+    assert 100 < below < 200
+
+
+def test_a_curve_values_its_own_epochs_and_fails_where_its_loss_did(tmp_path: Path) -> None:
+    path = data_file("t", tmp_path)
+    append(path, [{"kind": "header", "max_epochs": 4}])
+    append(path, [curve(1, [0.9, 0.5, 0.7, 0.4]).to_json()])
+    # A second gzip member, as a resumed recording appends: read back as one file.
+    append(path, [curve(2, [0.8, 0.6], failed="NaN validation loss at epoch 3", epochs=4).to_json()])
+    recording = load(path)
+    first, second = recording.curves
+    assert first.value() == 0.5 and first.value(4) == 0.4 and first.value(1) == 0.9
+    assert second.failed and second.fails_within(3) and not second.fails_within(2)
+    assert [c.index for c in recording.fitted()] == [1, 2]
+
+
+def test_the_surrogates_forest_walk_predicts_what_sklearn_predicts() -> None:
+    recording = load(data_file(TASK))
+    spec = record.spec_of(TASK)
+    surrogate = Surrogate(spec, recording.fitted()[:200])
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        params = record.configuration(spec, 99, i)
+        row = np.asarray(surrogate.encoder.row(params))
+        assert np.allclose(surrogate.fast.predict(row), surrogate.forest.predict(row[None, :])[0])
+        nudged = {**params, "learning_rate": params["learning_rate"] * float(rng.uniform(0.9, 1.1))}
+        replayed = surrogate.replay(nudged)
+        assert len(replayed.val_loss) == 20 and all(v > 0 for v in replayed.val_loss)
+
+
+def test_the_recording_is_large_enough_and_the_surrogate_ranks_held_out_configurations_well() -> None:
+    recording = load(data_file(TASK))
+    assert len(recording.fitted()) >= 1000 and len(recording.held_out()) >= 50
+    figures = fidelity(record.spec_of(TASK), recording)
+    assert figures["held_out"] >= 50
+    # Far above chance: a surrogate that had the configurations mixed up would rank near 0.
+    assert figures["value_spearman"] > 0.7
+
+
+def test_replayed_trials_report_every_epoch_and_take_their_seconds_from_the_simulated_clock(
+    tmp_path: Path,
+) -> None:
+    recording = load(data_file(TASK))
+    spec = record.spec_of(TASK)
+    surrogate = Surrogate(spec, recording.fitted()[:300])
+    cost = statistics.mean(sum(c.cpu_s[: c.epochs]) for c in recording.curves[:300])
+    run = run_method(load_preset(TASK), "tpe-hyperband", 0, 15 * cost, surrogate, tmp_path)
+    assert run.trials > 0 and run.compute == sorted(run.compute) and run.compute[-1] >= 15 * cost
+    storage = open_storage(f"sqlite:///{tmp_path / 'tpe-hyperband-0.db'}")
+    try:
+        trials = optuna.load_study(study_name="replay-tpe-hyperband-0", storage=storage).trials
+        states = {t.state for t in trials}
+        assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+        simulated = 0.0
+        for trial in trials:
+            replayed = surrogate.replay(trial.params)
+            steps = sorted(trial.intermediate_values)
+            assert steps == list(range(1, len(steps) + 1))
+            assert [trial.intermediate_values[s] for s in steps] == pytest.approx(
+                replayed.val_loss[: len(steps)]
+            )
+            # The trial's seconds are the replayed epochs' recorded CPU seconds, not the microseconds it took.
+            assert trial.user_attrs["trial_s"] == pytest.approx(sum(replayed.cpu_s[: len(steps)]), abs=2e-3)
+            simulated += sum(replayed.cpu_s[: len(steps)])
+        assert simulated == pytest.approx(run.compute[-1])
+    finally:
+        storage.engine.dispose()
+
+
+def test_the_simulated_clock_only_moves_when_told() -> None:
+    clock = Clock()
+    assert clock() == 0.0
+    clock.advance(1.5)
+    assert clock() == 1.5
+
+
+@pytest.mark.slow
+def test_a_recording_resumes_and_the_benchmark_runs_on_it_at_a_tiny_size(tmp_path: Path) -> None:
+    record.main(["--task", TASK, "--smoke", "--configurations", "12", "--out-dir", str(tmp_path)])
+    record.main(["--task", TASK, "--smoke", "--configurations", "41", "--out-dir", str(tmp_path)])
+    recording = load(data_file(TASK, tmp_path))
+    assert [c.index for c in recording.curves] == list(range(41))
+    assert len(recording.held_out()) == 3
+    for c in recording.curves:
+        assert c.failed is not None or len(c.val_loss) == 20
+        assert all(s > 0 for s in c.cpu_s)
+    out = tmp_path / "replay.json"
+    svg = tmp_path / "replay.svg"
+    benchmark.main(
+        ["--smoke", "--jobs", "1", "--data-dir", str(tmp_path), "--out", str(out), "--svg", str(svg)]
+    )
+    result = json.loads(out.read_text())
+    rows = {r["method"]: r for r in result["summary"]["rows"]}
+    assert set(rows) == {"random", "tpe", "tpe-hyperband", "tunefleet"}
+    assert rows["random"]["reached"] == 2 and rows["random"]["ratio_median"] == 1.0
+    assert svg.read_text().startswith("<svg") and "tunefleet" in svg.read_text()
