@@ -17,6 +17,7 @@ from studies.names import STUDY_NAME_PATTERN
 from studies.pareto import available_metrics, metric_value
 from studies.records import TRIAL_STATE_NAMES
 from studies.spec import MAX_FREE_PARAMS
+from studies.warm_start import WarmStartReport
 
 # Path parameters are checked like the spec checks a name: anything else is a 422 naming the parameter,
 # before any store is asked (a NUL byte, for one, is an error in PostgreSQL, not a miss).
@@ -99,6 +100,24 @@ class TrialPage(BaseModel):
     items: list[TrialRead]
 
 
+class WarmStartTrialRead(BaseModel):
+    """A trial warm start queued: its number, the earlier trial it repeats, and its parameters."""
+
+    number: int
+    from_trial: str = Field(alias="from", description="the source trial, <study>#<trial number>")
+    params: dict[str, Any]
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class WarmStartRead(BaseModel):
+    """What warm start queued for a study (spec.warm_start), and from which studies."""
+
+    sources: list[str] = Field(description="the studies learnt from")
+    trials: list[WarmStartTrialRead] = Field(description="the queued trials, in the order they are claimed")
+    warnings: list[str]
+
+
 class StudyRead(BaseModel):
     """A study's spec, state, progress and best trial."""
 
@@ -122,15 +141,22 @@ class StudyRead(BaseModel):
     warnings: list[str] = Field(
         default_factory=list,
         description="what workers found wrong with the study's data (duplicates dropped, labels never"
-        " validated), each once",
+        " validated), each once; and what warm start could not do",
+    )
+    warm_start: WarmStartRead | None = Field(
+        None, description="spec.warm_start only: the configurations queued first, and where each came from"
     )
 
     @classmethod
     def from_progress(
-        cls, progress: StudyProgress, warnings: list[str] | None = None, pareto_front_size: int | None = None
+        cls,
+        progress: StudyProgress,
+        warnings: list[str] | None = None,
+        pareto_front_size: int | None = None,
+        warm_start: WarmStartReport | None = None,
     ) -> StudyRead:
-        """Build from the repository's progress view, the study's data warnings and (several objectives)
-        the size of its Pareto front."""
+        """Build from the repository's progress view, the study's data warnings, (several objectives) the size
+        of its Pareto front and (warm start) what was queued first."""
         record = progress.record
         best = TrialRead.from_frozen(progress.best_trial) if progress.best_trial is not None else None
         return cls(
@@ -147,7 +173,8 @@ class StudyRead(BaseModel):
             created_at=record.created_at,
             dashboard_url=f"/dashboard/studies/{record.optuna_study_id}",
             spec=record.spec.model_dump(mode="json"),
-            warnings=warnings or [],
+            warnings=[*(warnings or []), *(warm_start.warnings if warm_start else [])],
+            warm_start=WarmStartRead.model_validate(warm_start.to_json()) if warm_start else None,
         )
 
 

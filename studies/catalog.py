@@ -15,9 +15,18 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 # Optuna's table models: counting and paging trials in SQL beats loading tens of thousands of them.
-from studies._optuna.models import StudyModel, TrialModel, TrialUserAttributeModel
+from studies._optuna import study_page
+from studies._optuna.models import StudyModel, TrialModel
+from studies._optuna.trial_reads import trials_by_id
 from studies.errors import InvalidStudyState, StudyAlreadyExists, StudyNotFound, TrialNotFound
-from studies.records import DATA_WARNINGS_ATTR, TRIAL_STATE_NAMES, StudyProgress, StudyRecord, record_from_row
+from studies.records import (
+    DATA_WARNINGS_ATTR,
+    TRIAL_STATE_NAMES,
+    StudyProgress,
+    StudyRecord,
+    StudySummary,
+    record_from_row,
+)
 from studies.sampling import grid_points
 from studies.schema import upgrade_store
 from studies.spec import StudySpec
@@ -40,8 +49,13 @@ class StudyCatalog:
         with self.engine.begin() as connection:
             yield connection
 
-    def create(self, spec: StudySpec) -> StudyRecord:
-        """Create the Optuna study and persist its spec; StudyAlreadyExists if the name is taken."""
+    def create(
+        self, spec: StudySpec, *, state: StudyState = StudyState.RUNNING, state_reason: str | None = None
+    ) -> StudyRecord:
+        """Create the Optuna study and persist its spec; StudyAlreadyExists if the name is taken.
+
+        `state` stopped holds claims back until the caller resumes it (warm start queues its trials first).
+        """
         if spec.sampler.seed is None:
             # Record the seed we draw, so the study can be reproduced from its stored spec.
             spec = spec.model_copy(
@@ -73,8 +87,8 @@ class StudyCatalog:
                         study_name=spec.name,
                         optuna_study_id=study._study_id,
                         spec=spec.model_dump(mode="json"),
-                        state=StudyState.RUNNING,
-                        state_reason=None,
+                        state=state,
+                        state_reason=state_reason,
                         priority=spec.priority,
                         n_trials=self._trial_cap(spec),
                         n_claimed=0,
@@ -142,17 +156,8 @@ class StudyCatalog:
         """How many trials the study has in each state (lower-case names), zeros included."""
         # One GROUP BY instead of loading every trial: a study may hold tens of thousands.
         with self._begin() as connection:
-            rows = connection.execute(
-                sa.select(TrialModel.state, sa.func.count())
-                .where(TrialModel.study_id == record.optuna_study_id)
-                .group_by(TrialModel.state)
-            ).all()
-        counts = dict.fromkeys(TRIAL_STATE_NAMES.values(), 0)
-        for state, count in rows:
-            counts[TRIAL_STATE_NAMES[TrialState(state) if not isinstance(state, TrialState) else state]] = (
-                count
-            )
-        return counts
+            stored = study_page.trial_counts(connection, [record.optuna_study_id])
+        return _named_counts(stored[record.optuna_study_id])
 
     def progress(self, record: StudyRecord) -> StudyProgress:
         """The study's derived state, trial counts and best trial."""
@@ -168,6 +173,41 @@ class StudyCatalog:
             record=record, state=self._derived_state(record, counts), trial_counts=counts, best_trial=best
         )
 
+    def summaries(self, records: Sequence[StudyRecord], warnings_limit: int = 50) -> list[StudySummary]:
+        """Each study's progress, data warnings and (several objectives) Pareto front size, as progress,
+        data_warnings and pareto_front give them one study at a time: a list of studies in a fixed number of
+        queries, however many it holds, without loading the trials of a front."""
+        ids = [record.optuna_study_id for record in records]
+        single = {
+            r.optuna_study_id: r.spec.objective.directions[0] for r in records if not r.spec.objective.several
+        }
+        several = {
+            r.optuna_study_id: r.spec.objective.directions for r in records if r.spec.objective.several
+        }
+        with self._begin() as connection:
+            counts = study_page.trial_counts(connection, ids)
+            best_ids = study_page.best_trial_ids(connection, single)
+            best = trials_by_id(connection, list(best_ids.values()))
+            warnings = study_page.user_attr_values(connection, ids, DATA_WARNINGS_ATTR)
+            fronts = study_page.pareto_front_sizes(connection, several)
+        summaries = []
+        for record in records:
+            study_id = record.optuna_study_id
+            named = _named_counts(counts[study_id])
+            best_id = best_ids.get(study_id)
+            progress = StudyProgress(
+                record=record,
+                state=self._derived_state(record, named),
+                trial_counts=named,
+                best_trial=best[best_id] if best_id is not None else None,
+            )
+            summaries.append(
+                StudySummary(
+                    progress, _distinct_warnings(warnings[study_id], warnings_limit), fronts.get(study_id)
+                )
+            )
+        return summaries
+
     def pareto_front(self, record: StudyRecord) -> list[FrozenTrial]:
         """The study's feasible non-dominated completed trials by number (for one objective: its best trials)."""
         study = self._study(record)
@@ -176,26 +216,9 @@ class StudyCatalog:
 
     def data_warnings(self, record: StudyRecord, limit: int = 50) -> list[str]:
         """What workers found wrong with the study's data (its trials' data_warnings), each once, oldest first."""
-        first_seen = sa.func.min(TrialModel.number)
-        query = (
-            sa.select(TrialUserAttributeModel.value_json)
-            .join(TrialModel, TrialModel.trial_id == TrialUserAttributeModel.trial_id)
-            .where(
-                TrialModel.study_id == record.optuna_study_id,
-                TrialUserAttributeModel.key == DATA_WARNINGS_ATTR,
-            )
-            .group_by(TrialUserAttributeModel.value_json)
-            .order_by(first_seen)
-        )
         with self._begin() as connection:
-            stored = connection.execute(query).scalars().all()
-        warnings: dict[str, None] = {}
-        for value_json in stored:
-            # Every trial on the same data records the same list: one entry per distinct warning.
-            listed = json.loads(value_json)
-            for warning in listed if isinstance(listed, list) else [listed]:
-                warnings[str(warning)] = None
-        return list(warnings)[:limit]
+            stored = study_page.user_attr_values(connection, [record.optuna_study_id], DATA_WARNINGS_ATTR)
+        return _distinct_warnings(stored[record.optuna_study_id], limit)
 
     @staticmethod
     def _derived_state(record: StudyRecord, counts: dict[str, int]) -> StudyState:
@@ -309,3 +332,20 @@ class StudyCatalog:
             self.storage.delete_study(record.optuna_study_id)
         except KeyError:
             return  # already gone (deleted through the dashboard or the optuna CLI)
+
+
+def _named_counts(stored: dict[TrialState, int]) -> dict[str, int]:
+    counts = dict.fromkeys(TRIAL_STATE_NAMES.values(), 0)
+    for state, count in stored.items():
+        counts[TRIAL_STATE_NAMES[state]] = count
+    return counts
+
+
+def _distinct_warnings(stored: list[str], limit: int) -> list[str]:
+    warnings: dict[str, None] = {}
+    for value_json in stored:
+        # Every trial on the same data records the same list: one entry per distinct warning.
+        listed = json.loads(value_json)
+        for warning in listed if isinstance(listed, list) else [listed]:
+            warnings[str(warning)] = None
+    return list(warnings)[:limit]

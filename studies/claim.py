@@ -16,8 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from studies._optuna import trial_rows
 from studies._optuna.trial_rows import NewTrial
-from studies.errors import WorkerDeclaredLost
-from studies.lifecycle import Held, TrialLifecycle, TrialVanished, lock_held
+from studies.errors import TrialVanished, WorkerDeclaredLost
+from studies.lifecycle import Held, TrialLifecycle, lock_held
 from studies.records import Claim, ClaimedTrial, StudyRecord, WorkerIdentity, record_from_row
 from studies.resilience import GaveUp, is_transient, with_retry
 from studies.sampling import build_pruner, build_sampler, derived_seed, sample_params

@@ -13,7 +13,14 @@ from optuna.trial import TrialState
 from studies._optuna import trial_rows
 from studies._optuna.models import TrialModel, TrialSystemAttributeModel
 from studies.catalog import StudyCatalog
-from studies.errors import InvalidStudyState, StudyNotFound, TunefleetError
+from studies.errors import (
+    BudgetExceeded,
+    GridStudy,
+    ParamProblem,
+    ParamsRejected,
+    StudyFinished,
+    StudyNotFound,
+)
 from studies.records import StudyRecord, record_from_row
 from studies.spec import Comparison, FreeSpace, Param, Space
 from studies.states import StudyState
@@ -28,52 +35,6 @@ MAX_ENQUEUED_AT_ONCE = 1000
 NAMES_SHOWN = 20
 # Problems reported at most: a body of thousands of bad values would otherwise get an answer many times its size.
 PROBLEMS_SHOWN = 100
-
-
-@dataclass(frozen=True)
-class ParamProblem:
-    """Why one parameter of one enqueued set was refused."""
-
-    index: int
-    name: str
-    message: str
-
-
-class ParamsRejected(TunefleetError):
-    """Some enqueued parameter set does not fit the study's space; `problems` says which parameter and why."""
-
-    code = "invalid_params"
-
-    def __init__(self, problems: list[ParamProblem]) -> None:
-        super().__init__("; ".join(f"trials[{p.index}].params.{p.name}: {p.message}" for p in problems[:10]))
-        self.problems = problems
-
-
-class StudyFinished(InvalidStudyState):
-    """The study is completed or failed: a trial enqueued now would never run."""
-
-    code = "study_finished"
-
-
-class BudgetExceeded(InvalidStudyState):
-    """More trials enqueued than the study's budget has slots left for; `slots_left` says how many it has."""
-
-    code = "budget_exceeded"
-
-    def __init__(
-        self, study_name: str, slots_left: int, wanted: int, record: StudyRecord, waiting: int
-    ) -> None:
-        super().__init__(
-            f"study {study_name!r} has {slots_left} trial slots left, not {wanted}: its budget is"
-            f" {record.n_trials} trials, {record.n_claimed} claimed and {waiting} queued"
-        )
-        self.slots_left = slots_left
-
-
-class GridStudy(InvalidStudyState):
-    """A grid study runs each of its points once: an enqueued trial would take one point's place."""
-
-    code = "grid_study"
 
 
 @dataclass(frozen=True)
@@ -188,9 +149,15 @@ def check_param_sets(
 class TrialQueue(StudyCatalog):
     """Queues known parameter sets as WAITING trials, which claims take before drawing new ones."""
 
-    def enqueue(self, study_name: str, param_sets: Sequence[Mapping[str, Any]]) -> Enqueued:
+    def enqueue(
+        self,
+        study_name: str,
+        param_sets: Sequence[Mapping[str, Any]],
+        user_attrs: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Enqueued:
         """Queue one trial per parameter set, in order, within the study's budget; parameters left out are
-        drawn by the sampler at the claim.
+        drawn by the sampler at the claim. `user_attrs`, one mapping per set, are recorded on its trial beside
+        `enqueued` (warm start's `warm_start_from`).
 
         StudyNotFound; ParamsRejected when a set does not fit the space; StudyFinished for a completed or
         failed study (a stopped one takes them, to run on resume); GridStudy; BudgetExceeded when the
@@ -220,7 +187,7 @@ class TrialQueue(StudyCatalog):
             slots_left = record.n_trials - record.n_claimed - waiting
             if len(checked) > slots_left:
                 raise BudgetExceeded(study_name, max(slots_left, 0), len(checked), record, waiting)
-            numbers = self._insert_waiting(connection, record, checked)
+            numbers = self._insert_waiting(connection, record, checked, user_attrs)
         return Enqueued(numbers=numbers, slots_left=slots_left - len(checked))
 
     @staticmethod
@@ -258,13 +225,16 @@ class TrialQueue(StudyCatalog):
 
     @staticmethod
     def _insert_waiting(
-        connection: sa.Connection, record: StudyRecord, checked: list[dict[str, Any]]
+        connection: sa.Connection,
+        record: StudyRecord,
+        checked: list[dict[str, Any]],
+        user_attrs: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
         now = utcnow()
         numbers: list[int] = []
         attrs: list[dict[str, Any]] = []
         fixed: list[dict[str, Any]] = []
-        for params in checked:
+        for index, params in enumerate(checked):
             # Made as Optuna's add_trial makes a queued trial: numbered as a new trial, then WAITING, not started.
             new = trial_rows.insert_running_trial(connection, record.optuna_study_id, now)
             connection.execute(
@@ -274,6 +244,10 @@ class TrialQueue(StudyCatalog):
             )
             numbers.append(new.number)
             attrs.append({"trial_id": new.trial_id, "key": ENQUEUED_ATTR, "value_json": json.dumps(True)})
+            extra = user_attrs[index] if user_attrs is not None else {}
+            attrs += [
+                {"trial_id": new.trial_id, "key": k, "value_json": json.dumps(v)} for k, v in extra.items()
+            ]
             fixed.append(
                 {"trial_id": new.trial_id, "key": FIXED_PARAMS_ATTR, "value_json": json.dumps(params)}
             )

@@ -15,7 +15,7 @@ from studies._optuna import trial_rows
 from studies._optuna.internals import filter_study, forget_cached_trials, frozen_trial_of
 from studies._optuna.models import StudyModel, TrialModel
 from studies.catalog import StudyCatalog
-from studies.errors import StudyNotFound, TunefleetError
+from studies.errors import StudyNotFound, TrialVanished
 from studies.records import Claim
 from studies.resilience import is_transient
 from studies.states import WORKER_ALIVE, StopReason, StudyState, WorkerState
@@ -26,20 +26,6 @@ from studies.tables import studies_table, utcnow, workers_table
 COPIED_WHILE_RUNNING = (
     "copied while running: its study was renamed or copied outside tunefleet, and no worker runs it"
 )
-
-
-class TrialVanished(TunefleetError):
-    """A claimed trial is gone: its study was deleted or renamed outside tunefleet (optuna-dashboard, the optuna
-    CLI), or another trial now has its id. Its worker drops it and claims the next."""
-
-    code = "trial_vanished"
-
-    def __init__(self, study_name: str, number: int) -> None:
-        super().__init__(
-            f"trial {number} of {study_name} is gone: its study was deleted or renamed outside tunefleet"
-        )
-        self.study_name = study_name
-        self.number = number
 
 
 @dataclass(frozen=True)

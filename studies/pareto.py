@@ -9,17 +9,10 @@ from typing import Literal
 
 from optuna.trial import FrozenTrial
 
-from studies.errors import BestModelNotFound
 from studies.names import EPOCH_METRICS
 from studies.spec import NATURAL_DIRECTIONS, Objective
 
 Direction = Literal["minimize", "maximize"]
-
-
-class NotOnParetoFront(BestModelNotFound):
-    """The trial asked for is not on the study's Pareto front (or is not its best trial, for one objective)."""
-
-    code = "not_on_pareto_front"
 
 
 def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[Direction]) -> bool:

@@ -20,6 +20,7 @@ __all__ = [
     "ClaimedTrial",
     "StudyProgress",
     "StudyRecord",
+    "StudySummary",
     "WorkerIdentity",
     "record_from_row",
 ]
@@ -57,6 +58,15 @@ class StudyProgress:
     def n_finished(self) -> int:
         """Trials that ended, in any way."""
         return sum(n for s, n in self.trial_counts.items() if s in ("complete", "pruned", "fail"))
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """What a list of studies shows of each: its progress, data warnings and (several objectives) front size."""
+
+    progress: StudyProgress
+    warnings: list[str]
+    pareto_front_size: int | None
 
 
 @dataclass(frozen=True)

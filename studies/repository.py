@@ -16,6 +16,7 @@ from studies.records import (
     StudyRecord,
     WorkerIdentity,
 )
+from studies.warm_start import WarmStartQueue
 
 __all__ = [
     "TRIAL_STATE_NAMES",
@@ -28,5 +29,5 @@ __all__ = [
 ]
 
 
-class StudyRepository(ClaimTransaction, TrialLifecycle, TrialQueue, StudyCatalog):
+class StudyRepository(ClaimTransaction, TrialLifecycle, WarmStartQueue, TrialQueue, StudyCatalog):
     """All reads and writes of studies go through here, on one storage and its one pool."""

@@ -1285,6 +1285,58 @@ class Budget(_Strict):
     )
 
 
+SAME_MODEL = "same-model"
+DEFAULT_PORTFOLIO = 5
+MAX_PORTFOLIO = 50
+MAX_WARM_START_STUDIES = 50
+
+
+def _warm_start_source_kind(value: Any) -> str | None:
+    if value == SAME_MODEL:
+        return SAME_MODEL
+    return "names" if isinstance(value, list) else None
+
+
+WarmStartSources = Annotated[
+    Annotated[Literal["same-model"], Tag(SAME_MODEL)]
+    | Annotated[
+        list[Annotated[str, Field(pattern=STUDY_NAME_PATTERN, max_length=128)]],
+        Field(min_length=1, max_length=MAX_WARM_START_STUDIES),
+        Tag("names"),
+    ],
+    Discriminator(
+        _warm_start_source_kind,
+        custom_error_type="warm_start_studies",
+        custom_error_message="studies must be a list of study names, or same-model",
+    ),
+]
+
+
+class WarmStart(_Strict):
+    """Earlier studies to learn from: their best configurations, chosen to cover every one of them, are queued
+    as the study's first trials (studies/warm_start.py)."""
+
+    studies: WarmStartSources = Field(
+        description="the studies' names, or same-model: every completed study of the same task kind, model and"
+        " fine-tune mode(s)"
+    )
+    portfolio: int = Field(
+        DEFAULT_PORTFOLIO,
+        ge=1,
+        le=MAX_PORTFOLIO,
+        description="how many configurations to queue first (at most the budget's n_trials)",
+    )
+
+    @field_validator("studies")
+    @classmethod
+    def _distinct(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            repeated = sorted({name for name in v if v.count(name) > 1})
+            if repeated:
+                raise ValueError(f"studies name {repeated[0]!r} twice")
+        return v
+
+
 class StudySpec(_Strict):
     """Everything a worker needs to run any trial of a study, persisted beside the Optuna study."""
 
@@ -1301,6 +1353,11 @@ class StudySpec(_Strict):
     pruner: Pruner = Field(default_factory=lambda: HyperbandPruner(name="hyperband"))
     budget: Budget = Field(default_factory=Budget)
     priority: int = Field(0, ge=-1000, le=1000, description="higher runs first when studies compete")
+    warm_start: WarmStart | None = Field(
+        None,
+        description="queue the best configurations of earlier studies as the first trials: {studies: [name, ...]"
+        f" | same-model, portfolio: N (default {DEFAULT_PORTFOLIO})}}",
+    )
 
     @field_validator("space", mode="wrap")
     @classmethod
@@ -1461,9 +1518,31 @@ class StudySpec(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _warm_start_fits(self) -> StudySpec:
+        if self.warm_start is None:
+            return self
+        # The portfolio ranks configurations by one value each: a front of several has no such order.
+        if self.objective.several:
+            raise ValueError(
+                "warm_start: a study of several objectives has no single best configuration to start from;"
+                " warm start needs one objective"
+            )
+        if self.sampler.name == "grid":
+            raise ValueError(
+                "warm_start: the grid sampler runs each point once, and a queued trial would take a point's"
+                " place; use another sampler"
+            )
+        if isinstance(self.warm_start.studies, list) and self.name in self.warm_start.studies:
+            raise ValueError(f"warm_start.studies: a study cannot start from itself ({self.name!r})")
+        return self
+
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
+        if data.get("warm_start", 0) is None:
+            # A spec without warm start stores and reads as it did before there was one.
+            del data["warm_start"]
         if self.space_searches_finetune() and isinstance(data.get("task"), dict):
             # The task's default mode means nothing beside a searched one: stored, it would read as set.
             data["task"] = {k: v for k, v in data["task"].items() if k != "finetune"}

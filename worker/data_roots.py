@@ -75,7 +75,8 @@ def confine_task(task: Task, roots: DataRoots) -> None:
 
 
 def worker_data_roots() -> DataRoots:
-    """The roots this worker's settings give (TUNEFLEET_DATA_ROOTS, or the worker command's --data-root)."""
+    """The roots TUNEFLEET_DATA_ROOTS gives (the worker command's --data-root sets it for its children), for a
+    runner or task host built without roots of its own; a worker passes the roots its settings read at start-up."""
     # Imported here: the settings module pulls in pydantic-settings, which a user loading a model never needs.
     from worker.settings import WorkerSettings
 

@@ -21,6 +21,7 @@ from studies.artifacts import ArtifactStore, open_artifact_store
 from studies.errors import StudyNotFound, WorkerDeclaredLost
 from studies.fleet import Fleet, Reaper, new_worker_id
 from studies.resilience import GaveUp, is_transient, with_retry
+from worker.data_roots import DataRoots
 from worker.device import configure_threads, describe, pick_device
 from worker.runner import TrialRunner
 from worker.settings import WorkerSettings
@@ -64,6 +65,7 @@ def build_runner(settings: WorkerSettings) -> tuple[TrialRunner, WorkerIdentity]
         artifact_store=artifact_store,
         trust_pickled_models=settings.trust_pickled_models,
         allowed_entrypoints=settings.allowed_entrypoints,
+        data_roots=DataRoots.of(settings.data_roots),
     )
     return runner, identity
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,12 +22,12 @@ import torch
 
 from studies import Claim, StudyRepository
 from studies.artifacts import MODEL_ARTIFACT_ATTR, ArtifactStore, upload_model, write_model_archive
-from studies.errors import StudyNotFound
-from studies.lifecycle import TrialVanished
+from studies.errors import StudyNotFound, TrialVanished
 from studies.pareto import joins_front
 from studies.resilience import GaveUp, is_transient, with_retry
 from studies.spec import StudySpec, Task
 from studies.states import StopReason, StudyState
+from worker.data_roots import DataRoots, worker_data_roots
 from worker.early_stopping import Patience
 from worker.entrypoints import is_allowed, user_code
 from worker.epochs import EpochResult, KeepRule, StopTraining, TrainResult, epoch_value, keep_rule
@@ -57,6 +58,32 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
         return True
     return isinstance(error, RuntimeError) and bool(_CPU_OUT_OF_MEMORY.search(str(error)))
+
+
+class Handling(Enum):
+    """What the runner does with an exception a trial's training or measuring raised."""
+
+    # The trial's own failure (TrialFailure): its message is the fail_reason, no traceback.
+    FAIL = "fail"
+    # The trial is gone, ended elsewhere, or the store is out of reach: run() or the worker decides.
+    RAISE = "raise"
+    # Pruned as infeasible, once the except block has let go of the traceback that holds the tensors.
+    OUT_OF_MEMORY = "out of memory"
+    # Anything else is a broken trial: logged with its traceback, failed with its type and message.
+    BROKEN = "broken"
+
+
+def handling(error: Exception) -> Handling:
+    """How a trial ends on an exception raised while it trained or while its model was measured."""
+    if isinstance(error, TrialFailure):
+        return Handling.FAIL
+    if isinstance(error, optuna.exceptions.UpdateFinishedTrialError | GaveUp | TrialVanished):
+        return Handling.RAISE
+    if is_out_of_memory(error):
+        return Handling.OUT_OF_MEMORY
+    if is_transient(error):
+        return Handling.RAISE
+    return Handling.BROKEN
 
 
 def allocation_size(message: str) -> str | None:
@@ -164,6 +191,9 @@ class TrialRunner:
     artifact_store: ArtifactStore | None = None
     trust_pickled_models: bool = False
     allowed_entrypoints: tuple[str, ...] = ()
+    # Where its trials may read study data and local models: the worker passes its settings' roots; a runner
+    # built without them (tests, benchmarks) reads TUNEFLEET_DATA_ROOTS once, when it is built.
+    data_roots: DataRoots = field(default_factory=worker_data_roots)
     # What a trial's seconds (trial_s, train_s) are read from: a simulated clock replays recorded training.
     clock: Callable[[], float] = time.perf_counter
     _tasks: dict[str, TrialTask] = field(default_factory=dict)
@@ -195,6 +225,7 @@ class TrialRunner:
                     cache_dir=self.cache_dir,
                     trust_pickled_models=self.trust_pickled_models,
                     allowed_entrypoints=self.allowed_entrypoints,
+                    data_roots=self.data_roots,
                 )
             )
         return self._tasks[task.kind]
@@ -502,20 +533,18 @@ class TrialRunner:
                 extra = {} if reason == StopReason.PRUNED else {"fail_reason": reason}
                 self._store("prune", lambda: repository.prune(claim, attrs(extra)))
                 return "pruned"
-        except TrialFailure as error:
-            return fail(str(error))
-        except (optuna.exceptions.UpdateFinishedTrialError, GaveUp, TrialVanished):
-            raise
         except Exception as error:
-            if is_out_of_memory(error):
-                # Handled after this block: until it ends, the traceback holds the trial's tensors.
-                out_of_memory = str(error)
-            elif is_transient(error):
+            what = handling(error)
+            if what is Handling.RAISE:
                 raise
-            else:
+            if what is Handling.FAIL:
+                return fail(str(error))
+            if what is Handling.BROKEN:
                 # One broken trial must not take the worker down: record why, then go on to the next.
                 log.exception("trial %d of %s failed", trial.number, claim.study_name)
                 return fail(f"{type(error).__name__}: {error}", logged=True)
+            # Handled after this block: until it ends, the traceback holds the trial's tensors.
+            out_of_memory = str(error)
         if out_of_memory is not None:
             free_memory(self.device)
             return self._out_of_memory(claim, out_of_memory, attrs())
@@ -537,22 +566,20 @@ class TrialRunner:
         if objective.several:
             try:
                 return self._complete_several(claim, result, chosen, train_s, final)
-            except TrialFailure as error:
-                return fail(str(error))
-            except (optuna.exceptions.UpdateFinishedTrialError, GaveUp, TrialVanished):
-                raise
             except Exception as error:
-                if is_out_of_memory(error):
-                    # Timing a model the device cannot hold is the trial's memory, as in training: handled
-                    # after this block, once the traceback lets go of the model's tensors.
-                    out_of_memory = str(error)
-                elif is_transient(error):
+                what = handling(error)
+                if what is Handling.RAISE:
                     raise
-                else:
+                if what is Handling.FAIL:
+                    return fail(str(error))
+                if what is Handling.BROKEN:
                     log.exception(
                         "trial %d of %s: measuring its model failed", trial.number, claim.study_name
                     )
                     return fail(f"measuring the model: {type(error).__name__}: {error}", logged=True)
+                # Timing a model the device cannot hold is the trial's memory, as in training: handled
+                # after this block, once the traceback lets go of the model's tensors.
+                out_of_memory = str(error)
             free_memory(self.device)
             return self._out_of_memory(claim, out_of_memory or "out of memory", final)
         value = epoch_value(chosen, objective.metric)

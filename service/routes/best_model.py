@@ -20,9 +20,9 @@ from service.dependencies import Repository
 from service.schemas import ErrorRead, StudyName
 from studies import StudyRecord, StudyRepository
 from studies.artifacts import ARCHIVE_MIMETYPE, MODEL_ARTIFACT_ATTR, ArtifactStore, open_artifact_store
-from studies.errors import BestModelNotFound
+from studies.errors import BestModelNotFound, NotOnParetoFront
 from studies.names import OBJECTIVE_METRICS
-from studies.pareto import Bound, Direction, NotOnParetoFront, available_metrics, metric_direction, preferred
+from studies.pareto import Bound, Direction, available_metrics, metric_direction, preferred
 
 router = APIRouter(prefix="/v1/studies", tags=["models"])
 

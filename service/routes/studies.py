@@ -24,7 +24,7 @@ from service.schemas import (
     TrialRead,
 )
 from studies import StudyRecord, StudyRepository, StudySpec
-from studies.enqueue import ParamsRejected
+from studies.errors import ParamsRejected, WarmStartRejected
 from studies.states import StudyState
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -35,7 +35,12 @@ TrialStateName = Literal["running", "complete", "pruned", "fail", "waiting"]
 
 def _study_read(repository: StudyRepository, record: StudyRecord) -> StudyRead:
     front = len(repository.pareto_front(record)) if record.spec.objective.several else None
-    return StudyRead.from_progress(repository.progress(record), repository.data_warnings(record), front)
+    return StudyRead.from_progress(
+        repository.progress(record),
+        repository.data_warnings(record),
+        front,
+        repository.warm_start_report(record),
+    )
 
 
 @router.post(
@@ -45,8 +50,20 @@ def _study_read(repository: StudyRepository, record: StudyRecord) -> StudyRead:
     responses={409: {"model": ErrorRead, "description": "the name is taken"}},
 )
 def create_study(spec: StudySpec, repository: Repository, response: Response) -> StudyRead:
-    """Create a study from a spec; workers start pulling its trials at once."""
-    record = repository.create(spec)
+    """Create a study from a spec; workers start pulling its trials at once.
+
+    With `warm_start`, the chosen configurations of the earlier studies are queued first; a named study that
+    cannot be learnt from is a 422 whose `loc` names it (`["body", "warm_start", "studies", 0]`).
+    """
+    try:
+        record = repository.create(spec)
+    except WarmStartRejected as rejected:
+        raise RequestValidationError(
+            [
+                {"type": "invalid_warm_start", "loc": ("body", "warm_start", "studies", index), "msg": why}
+                for index, why in rejected.problems
+            ]
+        ) from None
     response.headers["Location"] = f"/v1/studies/{record.name}"
     return _study_read(repository, record)
 
@@ -59,11 +76,21 @@ def list_studies(
 ) -> StudyPage:
     """The studies with their state, trial counts and best value, newest first, a page at a time."""
     total, records = repository.study_page(offset=offset, limit=limit)
+    # The whole page in a fixed number of queries: a study at a time was a query per study for its counts,
+    # its warnings and its best trial, and every trial of a study of several objectives for its front.
     return StudyPage(
         total=total,
         offset=offset,
         limit=limit,
-        items=[_study_read(repository, record) for record in records],
+        items=[
+            StudyRead.from_progress(
+                summary.progress,
+                summary.warnings,
+                summary.pareto_front_size,
+                repository.warm_start_report(summary.progress.record),
+            )
+            for summary in repository.summaries(records)
+        ],
     )
 
 

@@ -15,12 +15,14 @@ count, page or bulk read; tunefleet issues that SQL against Optuna's own tables:
 - ``optuna.storages._rdb.models.BaseModel``: models.py, every Optuna table (bench grants and cleans them).
 - ``optuna.storages._rdb.models.StudyModel``: models.py, trial_rows.py, catalog.py and lifecycle.py through models.py;
   a study's row (alive check, numbering lock, the reaper's look for running trials of studies tunefleet does not know).
-- ``optuna.storages._rdb.models.TrialModel``: trial_rows.py, catalog.py and lifecycle.py through models.py; counts, pages, claims.
+- ``optuna.storages._rdb.models.TrialModel``: trial_rows.py, catalog.py and lifecycle.py through models.py; counts, pages, claims;
+  study_page.py through trial_rows.py, a page of studies' counts, best trials and fronts.
 - ``optuna.storages._rdb.models.TrialParamModel``: trial_rows.py; a claim's parameters in one insert.
 - ``optuna.storages._rdb.models.TrialValueModel``: trial_rows.py; a finished trial's value and its stored form.
+  study_page.py; a page of studies' best trials and front values in one query each.
 - ``optuna.storages._rdb.models.TrialUserAttributeModel``: trial_rows.py, and catalog.py through models.py; a trial's
-  tags in one upsert, its worker tag read with its locked row (is it still the claim's trial), and a study's data
-  warnings in one read.
+  tags in one upsert, its worker tag read with its locked row (is it still the claim's trial), and (study_page.py)
+  a page of studies' data warnings in one read.
 - ``optuna.storages._rdb.models.TrialIntermediateValueModel``: trial_rows.py, trial_reads.py; per-epoch values,
   written in the transaction that checks the trial is still the claim's (Trial.report writes by id alone).
 - ``optuna.storages._rdb.models.TrialSystemAttributeModel``: trial_reads.py; the bulk read of system attributes.
@@ -30,7 +32,15 @@ count, page or bulk read; tunefleet issues that SQL against Optuna's own tables:
 - ``optuna.storages._rdb.models.NOT_FOUND_MSG``: trial_reads.py; the same KeyError as Optuna's reader.
 - ``optuna.study._constrained_optimization._CONSTRAINTS_KEY``: trial_rows.py; the prefix of the system attributes
   Trial.set_constraint writes and FrozenTrial.constraints reads, for a trial's constraint values written with
-  its end.
+  its end; study_page.py, a page of studies' constraint values read in one query.
+
+A page of studies (study_page.py). GET /v1/studies shows each study's Pareto front size; Study.best_trials
+loads every trial of the study, all of its rows, to count it. The same front from the complete trials' values
+and every trial's constraints, for a whole page in two queries:
+
+- ``optuna.study._multi_objective._get_pareto_front_trials_by_trials``: study_page.py; Study.best_trials' front.
+- ``optuna.study._constrained_optimization._is_constrained_optimization``: study_page.py; whether Study.best_trials
+  keeps only the feasible trials.
 
 Bulk reads (trial_reads.py). Optuna's trial cache fills itself only through this method, with ORM
 objects per row (about 3 s of CPU at 5,000 trials); there is no public hook for a faster reader:

@@ -81,30 +81,51 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
             if found is None:
                 raise KeyError(NOT_FOUND_MSG)
             rows = connection.execute(sa.select(trials).where(where).order_by(trials.c.trial_id)).all()
-            ids = [row.trial_id for row in rows]
-            # Children by explicit ids, a chunk at a time, as Optuna's selectinload does: each an
-            # index lookup, where a subquery let PostgreSQL's planner scan a whole table of every study.
-            # Sorted here, not by an ORDER BY: with statistics behind a fast-growing table, the
-            # sort's estimated cost made PostgreSQL plan a parallel scan for a few trials' rows,
-            # several ms and two background processes for each claim's refresh of the cache.
-            children: dict[str, list[Any]] = {}
-            for table, key in (
-                (params, "param_id"),
-                (trial_values, "trial_value_id"),
-                (user_attrs, "trial_user_attribute_id"),
-                (system_attrs, "trial_system_attribute_id"),
-                (intermediate_values, "trial_intermediate_value_id"),
-            ):
-                rows_of_table = [
-                    child
-                    for start in range(0, len(ids), CHUNK)
-                    for child in connection.execute(
-                        sa.select(table).where(table.c.trial_id.in_(ids[start : start + CHUNK]))
-                    )
-                ]
-                rows_of_table.sort(key=attrgetter(key))
-                children[table.name] = rows_of_table
+            children = _children(connection, [row.trial_id for row in rows])
         return _frozen_trials(rows, children)
+
+
+def trials_by_id(connection: sa.Connection, trial_ids: Sequence[int]) -> dict[int, FrozenTrial]:
+    """The trials of those ids, of any studies, by id, as Optuna's reader builds them: six queries for up to
+    CHUNK trials."""
+    ids = sorted(set(trial_ids))
+    rows = [
+        row
+        for start in range(0, len(ids), CHUNK)
+        for row in connection.execute(
+            sa.select(trials).where(trials.c.trial_id.in_(ids[start : start + CHUNK]))
+        )
+    ]
+    rows.sort(key=attrgetter("trial_id"))
+    built = _frozen_trials(rows, _children(connection, [row.trial_id for row in rows]))
+    return {row.trial_id: trial for row, trial in zip(rows, built, strict=True)}
+
+
+def _children(connection: sa.Connection, ids: list[int]) -> dict[str, list[Any]]:
+    """The parameter, value and attribute rows of the trials of those ids, each table's in its id order."""
+    # Children by explicit ids, a chunk at a time, as Optuna's selectinload does: each an
+    # index lookup, where a subquery let PostgreSQL's planner scan a whole table of every study.
+    # Sorted here, not by an ORDER BY: with statistics behind a fast-growing table, the
+    # sort's estimated cost made PostgreSQL plan a parallel scan for a few trials' rows,
+    # several ms and two background processes for each claim's refresh of the cache.
+    children: dict[str, list[Any]] = {}
+    for table, key in (
+        (params, "param_id"),
+        (trial_values, "trial_value_id"),
+        (user_attrs, "trial_user_attribute_id"),
+        (system_attrs, "trial_system_attribute_id"),
+        (intermediate_values, "trial_intermediate_value_id"),
+    ):
+        rows_of_table = [
+            child
+            for start in range(0, len(ids), CHUNK)
+            for child in connection.execute(
+                sa.select(table).where(table.c.trial_id.in_(ids[start : start + CHUNK]))
+            )
+        ]
+        rows_of_table.sort(key=attrgetter(key))
+        children[table.name] = rows_of_table
+    return children
 
 
 def _frozen_trials(rows: Sequence[Any], children: dict[str, list[Any]]) -> list[FrozenTrial]:

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service import ServiceSettings, create_app
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
+from worker.data_roots import DataRoots
 from worker.runner import TrialRunner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,6 +184,29 @@ def test_a_path_outside_the_data_roots_fails_the_trial_with_a_reason_naming_the_
     reason = trial.user_attrs["fail_reason"]
     assert reason.startswith(starts) and "is not inside this worker's data roots" in reason
     assert "TUNEFLEET_DATA_ROOTS" in reason and "so-so" not in reason and "missing" not in reason
+
+
+def test_a_runner_built_with_its_roots_reads_only_there_with_no_roots_in_the_environment(
+    repository: StudyRepository, tmp_path: Path, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The roots a worker read at start-up reach its task kinds: nothing reads the environment at trial time.
+    monkeypatch.delenv("TUNEFLEET_DATA_ROOTS")
+    inside = write_csv(tmp_path / "root" / "train.csv", user_rows()[:60])
+    outside = write_csv(tmp_path / "outside" / "train.csv", user_rows()[:60])
+    runner = TrialRunner(
+        repository=repository,
+        device=torch.device("cpu"),
+        cache_dir=tmp_path / "cache",
+        data_roots=DataRoots.of([tmp_path / "root"]),
+    )
+    for name, train in ((f"{study_name}-inside", inside), (f"{study_name}-outside", outside)):
+        repository.create(study(name, {"train": str(train)}))
+    assert run_next(repository, runner, f"{study_name}-inside")[0] == "complete"
+    outcome, trial = run_next(repository, runner, f"{study_name}-outside")
+    assert outcome == "fail"
+    reason = trial.user_attrs["fail_reason"]
+    assert reason.startswith(f"training file {str(outside)!r} is not inside")
+    assert f"data roots ({tmp_path / 'root'})" in reason
 
 
 @pytest.mark.slow

@@ -15,9 +15,9 @@ from optuna.trial import TrialState
 from bench.common import delete_studies, seed_trials
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies._optuna.trial_rows import take_queued_trial
-from studies.errors import WorkerDeclaredLost
+from studies.errors import TrialVanished, WorkerDeclaredLost
 from studies.fleet import Fleet
-from studies.lifecycle import COPIED_WHILE_RUNNING, TrialVanished
+from studies.lifecycle import COPIED_WHILE_RUNNING
 from studies.space import distributions
 from studies.tables import utcnow
 from tests.conftest import tiny_spec

@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from studies.spec import Task
+from worker.data_roots import DataRoots, worker_data_roots
 from worker.epochs import EpochResult, KeepRule, TrainResult
 
 # progress(done, total): how far a one-time preparation (a feature cache build) has come.
@@ -26,6 +27,9 @@ class TaskHost:
     trust_pickled_models: bool = False
     # The entry points kind python may run: packages, or package.module:function (TUNEFLEET_ALLOWED_ENTRYPOINTS).
     allowed_entrypoints: tuple[str, ...] = ()
+    # The only folders study data and local models are read from (TUNEFLEET_DATA_ROOTS or --data-root, read at
+    # the worker's start-up); a host built without them (a benchmark) reads the environment once, here.
+    data_roots: DataRoots = field(default_factory=worker_data_roots)
 
 
 @dataclass(frozen=True)

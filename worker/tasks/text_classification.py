@@ -11,7 +11,7 @@ import torch
 from studies.spec import MAX_LATENCY_BATCH_SIZE, Task
 from worker.data import LabelledSplit, data_memo_key, load_split
 from worker.data_report import DataReport, note_on
-from worker.data_roots import confine_task, worker_data_roots
+from worker.data_roots import confine_task
 from worker.device import all_cores
 from worker.epochs import TrainResult
 from worker.export import load_best_model, model_config, serialise_weights
@@ -35,7 +35,7 @@ class TextClassification:
 
     def __init__(self, host: TaskHost) -> None:
         self.host = host
-        self.roots = worker_data_roots()
+        self.roots = host.data_roots
         self._features: dict[tuple[Any, ...], Features] = {}
         self._tokens: dict[tuple[Any, ...], Tokens] = {}
         # What loading each data set found, by the same keys: every trial on it records it.

@@ -12,7 +12,7 @@ from studies.names import FREEZE_MODES
 from studies.spec import Task
 from worker.builtin_modules import is_builtin_module, load_builtin_module
 from worker.data_report import note_on
-from worker.data_roots import confine_task, worker_data_roots
+from worker.data_roots import confine_task
 from worker.epochs import TrainResult
 from worker.hyperparams import HeadParams
 from worker.model import ModelError
@@ -50,7 +50,7 @@ class TorchModule:
 
     def __init__(self, host: TaskHost) -> None:
         self.host = host
-        self.roots = worker_data_roots()
+        self.roots = host.data_roots
         self.permissions = Permissions(
             trust_pickled_models=host.trust_pickled_models, allowed_entrypoints=host.allowed_entrypoints
         )

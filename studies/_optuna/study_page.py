@@ -1,0 +1,184 @@
+"""A page of studies read from Optuna's tables in a fixed number of queries, however many studies it holds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from optuna.study import StudyDirection
+from optuna.study._constrained_optimization import (
+    _CONSTRAINTS_KEY,
+    _is_constrained_optimization,
+)
+from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from studies._optuna.models import TrialValueModel
+from studies._optuna.trial_reads import _stored_float, system_attrs
+from studies._optuna.trial_rows import trial_values, trials, user_attrs
+
+Direction = Literal["minimize", "maximize"]
+_TYPES = TrialValueModel.TrialValueType
+# Optuna's find_min_value_trial_id and find_max_value_trial_id: infinities sort around the finite values.
+_VALUE_RANK = sa.case(
+    (trial_values.c.value_type == _TYPES.INF_NEG, -1),
+    (trial_values.c.value_type == _TYPES.FINITE, 0),
+    (trial_values.c.value_type == _TYPES.INF_POS, 1),
+)
+
+
+def _state(value: Any) -> TrialState:
+    return value if isinstance(value, TrialState) else TrialState(value)
+
+
+def trial_counts(connection: sa.Connection, study_ids: Sequence[int]) -> dict[int, dict[TrialState, int]]:
+    """How many trials each study has in each state it has trials in: one GROUP BY for them all."""
+    counts: dict[int, dict[TrialState, int]] = {study_id: {} for study_id in study_ids}
+    if not study_ids:
+        return counts
+    rows = connection.execute(
+        sa.select(trials.c.study_id, trials.c.state, sa.func.count())
+        .where(trials.c.study_id.in_(list(study_ids)))
+        .group_by(trials.c.study_id, trials.c.state)
+    ).all()
+    for study_id, state, count in rows:
+        counts[study_id][_state(state)] = int(count)
+    return counts
+
+
+def best_trial_ids(connection: sa.Connection, directions: Mapping[int, Direction]) -> dict[int, int]:
+    """Each single-objective study's best complete trial, as RDBStorage.get_best_trial picks it (the lowest
+    trial id among equals); a study with no complete trial has none. One query per direction."""
+    best: dict[int, int] = {}
+    for direction in ("minimize", "maximize"):
+        study_ids = [study_id for study_id, d in directions.items() if d == direction]
+        if not study_ids:
+            continue
+        order = (
+            (_VALUE_RANK.asc(), trial_values.c.value.asc())
+            if direction == "minimize"
+            else (_VALUE_RANK.desc(), trial_values.c.value.desc())
+        )
+        ranked = (
+            sa.select(
+                trials.c.study_id,
+                trials.c.trial_id,
+                sa.func.row_number()
+                .over(partition_by=trials.c.study_id, order_by=(*order, trials.c.trial_id))
+                .label("place"),
+            )
+            .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+            .where(
+                trials.c.study_id.in_(study_ids),
+                trials.c.state == TrialState.COMPLETE,
+                trial_values.c.objective == 0,
+            )
+            .subquery()
+        )
+        rows = connection.execute(
+            sa.select(ranked.c.study_id, ranked.c.trial_id).where(ranked.c.place == 1)
+        ).all()
+        best.update({study_id: trial_id for study_id, trial_id in rows})
+    return best
+
+
+def user_attr_values(connection: sa.Connection, study_ids: Sequence[int], key: str) -> dict[int, list[str]]:
+    """Each study's distinct stored values (JSON) of a trial user attribute, in the order trials first had them."""
+    found: dict[int, list[str]] = {study_id: [] for study_id in study_ids}
+    if not study_ids:
+        return found
+    rows = connection.execute(
+        sa.select(trials.c.study_id, user_attrs.c.value_json)
+        .join(trials, trials.c.trial_id == user_attrs.c.trial_id)
+        .where(trials.c.study_id.in_(list(study_ids)), user_attrs.c.key == key)
+        .group_by(trials.c.study_id, user_attrs.c.value_json)
+        .order_by(trials.c.study_id, sa.func.min(trials.c.number))
+    ).all()
+    for study_id, value_json in rows:
+        found[study_id].append(value_json)
+    return found
+
+
+def pareto_front_sizes(
+    connection: sa.Connection, directions: Mapping[int, Sequence[Direction]]
+) -> dict[int, int]:
+    """How many trials Study.best_trials would give for each study of several objectives, read from the complete
+    trials' values and every trial's constraints only: two queries for them all."""
+    study_ids = list(directions)
+    if not study_ids:
+        return {}
+    parts: dict[int, dict[int, dict[str, Any]]] = {study_id: {} for study_id in study_ids}
+
+    def part(study_id: int, trial_id: int, number: int, state: Any) -> dict[str, Any]:
+        return parts[study_id].setdefault(
+            trial_id, {"number": number, "state": _state(state), "values": {}, "system_attrs": {}}
+        )
+
+    for row in connection.execute(
+        sa.select(
+            trials.c.study_id,
+            trials.c.trial_id,
+            trials.c.number,
+            trials.c.state,
+            trial_values.c.objective,
+            trial_values.c.value,
+            trial_values.c.value_type,
+        )
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+        .where(trials.c.study_id.in_(study_ids), trials.c.state == TrialState.COMPLETE)
+    ):
+        values = part(row.study_id, row.trial_id, row.number, row.state)["values"]
+        values[row.objective] = _stored_float(row.value, row.value_type)
+    # Study.best_trials keeps only feasible trials whenever any trial of the study, in any state, stored one.
+    for attr in connection.execute(
+        sa.select(
+            trials.c.study_id,
+            trials.c.trial_id,
+            trials.c.number,
+            trials.c.state,
+            system_attrs.c.key,
+            system_attrs.c.value_json,
+        )
+        .join(trials, trials.c.trial_id == system_attrs.c.trial_id)
+        .where(
+            trials.c.study_id.in_(study_ids),
+            sa.or_(
+                system_attrs.c.key == _CONSTRAINTS_KEY,
+                system_attrs.c.key.startswith(f"{_CONSTRAINTS_KEY}:", autoescape=True),
+            ),
+        )
+    ):
+        attrs = part(attr.study_id, attr.trial_id, attr.number, attr.state)["system_attrs"]
+        attrs[attr.key] = json.loads(attr.value_json)
+    return {
+        study_id: len(_front(list(by_trial.items()), directions[study_id]))
+        for study_id, by_trial in parts.items()
+    }
+
+
+def _front(parts: list[tuple[int, dict[str, Any]]], directions: Sequence[Direction]) -> list[FrozenTrial]:
+    """Study.best_trials on trials that carry only their state, values and constraints."""
+    frozen = [
+        FrozenTrial(
+            number=p["number"],
+            state=p["state"],
+            value=None,
+            values=[p["values"][k] for k in range(len(p["values"]))] if p["values"] else None,
+            datetime_start=None,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs=p["system_attrs"],
+            intermediate_values={},
+            trial_id=trial_id,
+        )
+        for trial_id, p in parts
+    ]
+    constrained = _is_constrained_optimization(frozen)
+    study_directions = [
+        StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in directions
+    ]
+    return _get_pareto_front_trials_by_trials(frozen, study_directions, consider_constraint=constrained)

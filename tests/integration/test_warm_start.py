@@ -1,0 +1,191 @@
+"""Warm start through POST /v1/studies: earlier studies' best configurations queued first, on both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from studies import StudyRepository, WorkerIdentity
+
+WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
+
+
+def synthetic_spec(name: str, model: str, **overrides: Any) -> dict[str, Any]:
+    """A synthetic study on a small space; `model` keeps same-model to this test's studies in a shared store."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "task": {"kind": "synthetic", "model": model},
+        "space": {
+            "learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
+            "batch_size": [16, 32],
+            "epochs": 1,
+            "depth": {"type": "int", "low": 0, "high": 2},
+            "width": {"type": "int", "low": 8, "high": 64},
+            "optimizer": ["adam", "sgd"],
+        },
+        "sampler": {"name": "random", "seed": 5},
+        "pruner": {"name": "none"},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def params(lr: float, depth: int = 1) -> dict[str, Any]:
+    width = {"width": 16, "activation": "relu"} if depth else {}
+    return {"learning_rate": lr, "batch_size": 32, "depth": depth, **width, "optimizer": "adam"}
+
+
+def run_source(
+    client: TestClient,
+    repository: StudyRepository,
+    name: str,
+    model: str,
+    runs: Sequence[tuple[dict[str, Any], float]],
+    **overrides: Any,
+) -> None:
+    """A completed study whose trials ran these configurations and scored these values, in order."""
+    spec = synthetic_spec(name, model, budget={"n_trials": len(runs)}, **overrides)
+    assert client.post("/v1/studies", json=spec).status_code == 201
+    response = client.post(f"/v1/studies/{name}/trials", json={"trials": [{"params": p} for p, _ in runs]})
+    assert response.status_code == 201, response.text
+    for _, value in runs:
+        claim = repository.claim(WORKER, study_names=[name])
+        assert claim is not None
+        repository.complete(claim, value, {})
+    assert client.get(f"/v1/studies/{name}").json()["state"] == "completed"
+
+
+def claimed_params(repository: StudyRepository, name: str, n: int) -> list[dict[str, Any]]:
+    claims = [repository.claim(WORKER, study_names=[name]) for _ in range(n)]
+    assert all(claim is not None for claim in claims)
+    return [claim.params for claim in claims if claim is not None]
+
+
+def test_a_new_study_claims_the_portfolio_of_its_sources_first_within_its_budget(
+    client: TestClient, repository: StudyRepository, study_name: str
+) -> None:
+    model = f"org/{study_name}"
+    a, b, new = f"{study_name}-a", f"{study_name}-b", f"{study_name}-new"
+    # On a, 0.002 is best and 0.001 second (0.43 of a's spread); on b, 0.02 is best and 0.03 second (0.5).
+    run_source(
+        client, repository, a, model, [(params(0.001), 0.5), (params(0.002), 0.2), (params(0.003, 0), 0.9)]
+    )
+    run_source(
+        client, repository, b, model, [(params(0.01), 3.0), (params(0.02), 1.0), (params(0.03, 0), 2.0)]
+    )
+
+    spec = synthetic_spec(new, model, budget={"n_trials": 4}, warm_start={"studies": [a, b], "portfolio": 3})
+    response = client.post("/v1/studies", json=spec)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    portfolio = [params(0.002), params(0.02), params(0.001)]
+    assert created["spec"]["warm_start"] == {"studies": [a, b], "portfolio": 3}
+    assert created["state"] == "running" and created["state_reason"] is None
+    assert created["warm_start"] == {
+        "sources": [a, b],
+        "trials": [
+            {"number": 0, "from": f"{a}#1", "params": portfolio[0]},
+            {"number": 1, "from": f"{b}#1", "params": portfolio[1]},
+            {"number": 2, "from": f"{a}#0", "params": portfolio[2]},
+        ],
+        "warnings": [],
+    }
+    assert created["trial_counts"]["waiting"] == 3 and created["warnings"] == []
+
+    # Queued in the budget of 4: one slot is left for enqueueing, and the sampler's one trial comes last.
+    extra = client.post(f"/v1/studies/{new}/trials", json={"trials": [{"params": {}}, {"params": {}}]})
+    assert extra.status_code == 409 and extra.json()["code"] == "budget_exceeded"
+    first = claimed_params(repository, new, 4)
+    assert [{**p, "epochs": 1} for p in portfolio] == first[:3]
+    assert repository.claim(WORKER, study_names=[new]) is None
+
+    trials = client.get(f"/v1/studies/{new}/trials").json()["items"]
+    assert [t["user_attrs"].get("warm_start_from") for t in trials] == [f"{a}#1", f"{b}#1", f"{a}#0", None]
+    assert [t["user_attrs"].get("enqueued") for t in trials] == [True, True, True, None]
+    shown = client.get(f"/v1/studies/{new}").json()
+    assert shown["warm_start"] == created["warm_start"] and shown["n_claimed"] == 4
+
+
+def test_a_budget_smaller_than_the_portfolio_queues_only_what_fits(
+    client: TestClient, repository: StudyRepository, study_name: str
+) -> None:
+    model = f"org/{study_name}"
+    source, new = f"{study_name}-a", f"{study_name}-new"
+    run_source(client, repository, source, model, [(params(0.001 * (i + 1)), float(i)) for i in range(4)])
+    spec = synthetic_spec(new, model, budget={"n_trials": 2}, warm_start={"studies": [source]})
+    created = client.post("/v1/studies", json=spec).json()
+    assert [t["from"] for t in created["warm_start"]["trials"]] == [f"{source}#0", f"{source}#1"]
+    assert created["warm_start"]["warnings"] == [
+        "warm start: the budget of 2 trials holds 2 of the 4 configurations chosen"
+    ]
+    assert claimed_params(repository, new, 2)[1]["learning_rate"] == 0.002
+    assert repository.claim(WORKER, study_names=[new]) is None
+
+
+def test_same_model_learns_only_from_completed_studies_of_the_same_model_mode_and_objective(
+    client: TestClient, repository: StudyRepository, study_name: str
+) -> None:
+    model = f"org/{study_name}"
+    names = {k: f"{study_name}-{k}" for k in ("match", "other-model", "other-mode", "accuracy", "running")}
+    run_source(client, repository, names["match"], model, [(params(0.004), 1.0)])
+    run_source(client, repository, names["other-model"], model + "-x", [(params(0.005), 0.5)])
+    run_source(
+        client,
+        repository,
+        names["other-mode"],
+        model,
+        [(params(0.006), 0.5)],
+        task={"kind": "synthetic", "model": model, "finetune": "full"},
+    )
+    run_source(
+        client,
+        repository,
+        names["accuracy"],
+        model,
+        [(params(0.007), 0.9)],
+        objective={"metric": "val_accuracy"},
+    )
+    # Still running: a trial of its budget is left.
+    assert client.post("/v1/studies", json=synthetic_spec(names["running"], model)).status_code == 201
+
+    new = f"{study_name}-new"
+    spec = synthetic_spec(new, model, warm_start={"studies": "same-model"})
+    created = client.post("/v1/studies", json=spec).json()
+    assert created["warm_start"]["sources"] == [names["match"]]
+    assert [t["from"] for t in created["warm_start"]["trials"]] == [f"{names['match']}#0"]
+    assert claimed_params(repository, new, 1)[0]["learning_rate"] == 0.004
+
+    lonely = f"{study_name}-lonely"
+    spec = synthetic_spec(lonely, model + "-y", warm_start={"studies": "same-model"})
+    created = client.post("/v1/studies", json=spec).json()
+    assert created["warm_start"]["sources"] == [] and created["warm_start"]["trials"] == []
+    assert created["trial_counts"]["waiting"] == 0
+    assert any("no completed study has kind synthetic" in w for w in created["warnings"]), created["warnings"]
+
+
+def test_a_named_study_that_cannot_be_learnt_from_is_a_422_naming_it_and_nothing_is_created(
+    client: TestClient, repository: StudyRepository, study_name: str
+) -> None:
+    model = f"org/{study_name}"
+    good, accuracy, several = (f"{study_name}-{k}" for k in ("good", "accuracy", "several"))
+    run_source(client, repository, good, model, [(params(0.004), 1.0)])
+    run_source(
+        client, repository, accuracy, model, [(params(0.004), 0.9)], objective={"metric": "val_accuracy"}
+    )
+    both = [{"name": "val_loss", "direction": "minimize"}, {"name": "train_seconds", "direction": "minimize"}]
+    spec = synthetic_spec(several, model, objective={"metrics": both}, sampler={"name": "nsga2"})
+    assert client.post("/v1/studies", json=spec).status_code == 201
+
+    new = f"{study_name}-new"
+    missing = f"{study_name}-missing"
+    spec = synthetic_spec(new, model, warm_start={"studies": [good, missing, accuracy, several]})
+    response = client.post("/v1/studies", json=spec)
+    assert response.status_code == 422, response.text
+    detail = {tuple(e["loc"]): e["msg"] for e in response.json()["detail"]}
+    assert list(detail) == [("body", "warm_start", "studies", i) for i in (1, 2, 3)]
+    assert "no study named" in detail[("body", "warm_start", "studies", 1)]
+    assert "maximizes val_accuracy" in detail[("body", "warm_start", "studies", 2)]
+    assert "several objectives" in detail[("body", "warm_start", "studies", 3)]
+    assert client.get(f"/v1/studies/{new}").status_code == 404
