@@ -33,6 +33,42 @@ def write_csv(path: Path, n_per_label: int, offset: int = 0) -> Path:
     return path
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def tiny_bert(folder: Path) -> Path:
+    """A 2-block, 32-wide BERT with random weights and the built-in model's tokenizer, saved in folder."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from worker.model import builtin_model_folder
+
+    builtin = builtin_model_folder("all-MiniLM-L6-v2")
+    for name in TOKENIZER_FILES:
+        shutil.copy(builtin / name, folder / name)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def small_data(folder: Path) -> dict[str, str]:
+    """A training file of 8 rows per label and a validation file of 3 per label, with no text in both."""
+    return {
+        "train": str(write_csv(folder / "train.csv", 8)),
+        "validation": str(write_csv(folder / "validation.csv", 3, offset=100)),
+    }
+
+
 def finetune_spec(
     name: str, model: Path | str, data: dict[str, str], finetune: str, **overrides: Any
 ) -> StudySpec:

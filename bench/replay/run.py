@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -17,7 +18,7 @@ import torch
 from bench.replay.surrogate import Surrogate
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies.spec import Task
-from worker.epochs import EpochResult, NonFiniteLoss, StopTraining, TrainResult
+from worker.epochs import EpochResult, NonFiniteLoss, StopTraining, TrainResult, result_of
 from worker.runner import TrialRunner
 from worker.tasks.interface import ModelFiles, Progress, TrialContext
 
@@ -90,18 +91,10 @@ class ReplayKind:
         return self._result(history, started)
 
     def _result(self, history: list[EpochResult], started: float) -> TrainResult:
+        # As a real run's result, but its seconds are the simulated clock's, not the microseconds it took.
         best = min(history, key=lambda e: e.val_loss)
-        return TrainResult(
-            epochs=list(history),
-            best_epoch=best.epoch,
-            best_val_loss=best.val_loss,
-            final_val_loss=history[-1].val_loss,
-            best_val_accuracy=best.val_accuracy,
-            final_val_accuracy=history[-1].val_accuracy,
-            best_state={},
-            train_s=self.clock() - started,
-            kept_epoch=best.epoch,
-        )
+        result = result_of(history, best=best, kept=best, best_state={}, started=0.0)
+        return dataclasses.replace(result, train_s=self.clock() - started)
 
     def model_files(self, task: Task, params: dict[str, Any], result: TrainResult) -> ModelFiles | None:
         return None

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -98,32 +99,25 @@ def test_service_and_two_workers_run_a_study_to_the_end(
     assert "e2e-bbc" in {s["study_name"] for s in dashboard["study_summaries"]}
 
 
+def run_demo_to_the_end(
+    spec: dict[str, Any], env: dict[str, str], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """`tunefleet demo --exit` on the spec, as a user runs it; it must exit 0."""
+    spec_file = tmp_path / "demo.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    command = [*DEMO, "--exit", "--preset", str(spec_file), "--port", str(free_port())]
+    result = subprocess.run(
+        [*command, "--log-dir", str(tmp_path / "logs")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 def test_demo_runs_a_study_through_the_api_and_prints_the_best_trial(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     spec = tiny_spec("demo-bbc", budget={"n_trials": 4})
-    spec_file = tmp_path / "demo.yaml"
-    spec_file.write_text(yaml.safe_dump(spec))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tunefleet",
-            "demo",
-            "--exit",
-            "--preset",
-            str(spec_file),
-            "--port",
-            str(free_port()),
-            "--log-dir",
-            str(tmp_path / "logs"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_demo_to_the_end(spec, env, tmp_path)
     assert "created study demo-bbc through POST /v1/studies" in result.stdout
     assert "best trial #" in result.stdout
     assert "dashboard: http://127.0.0.1:" in result.stdout
@@ -138,25 +132,7 @@ def test_demo_prints_the_pareto_front_of_a_study_of_several_objectives(
         {"name": "params_trainable", "direction": "minimize"},
     ]
     spec = tiny_spec("demo-front", budget={"n_trials": 3}, objective={"metrics": objectives})
-    spec_file = tmp_path / "demo.yaml"
-    spec_file.write_text(yaml.safe_dump(spec))
-    result = subprocess.run(
-        [
-            *DEMO,
-            "--exit",
-            "--preset",
-            str(spec_file),
-            "--port",
-            str(free_port()),
-            "--log-dir",
-            str(tmp_path / "logs"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_demo_to_the_end(spec, env, tmp_path)
     assert "Pareto front of demo-front:" in result.stdout
     assert "val_loss (minimize), params_trainable (minimize)" in result.stdout
     assert "dashboard: http://127.0.0.1:" in result.stdout

@@ -28,7 +28,7 @@ from studies.artifacts import (
     write_model_archive,
 )
 from studies.states import StudyState
-from tests.finetune_spec import CPU_WORKER, run_next, write_csv
+from tests.finetune_spec import CPU_WORKER, TOKENIZER_FILES, run_next, small_data, tiny_bert
 from tests.finetune_spec import finetune_spec as spec
 from tunefleet.client import ApiError, TunefleetClient
 from worker.data import load_split
@@ -41,41 +41,18 @@ from worker.model import builtin_model_folder, load_encoder
 from worker.runner import TrialRunner
 from worker.tasks.interface import Measurable
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-block, 32-wide BERT with random weights and the built-in model's tokenizer."""
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    builtin = builtin_model_folder("all-MiniLM-L6-v2")
-    for name in TOKENIZER_FILES:
-        shutil.copy(builtin / name, folder / name)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("data")
-    return {
-        "train": str(write_csv(folder / "train.csv", 8)),
-        "validation": str(write_csv(folder / "validation.csv", 3, offset=100)),
-    }
+    return small_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture

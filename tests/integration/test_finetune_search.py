@@ -3,7 +3,6 @@ mixed order, each training, measuring and saving the model of its own mode (real
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,11 @@ from optuna.trial import TrialState
 from service import ServiceSettings, create_app
 from studies import StudyRepository, StudySpec, open_storage
 from studies.artifacts import MODEL_ARTIFACT_ATTR, open_artifact_store
-from tests.finetune_spec import run_next, write_csv
+from tests.finetune_spec import run_next, small_data, tiny_bert
 from tunefleet.client import TunefleetClient
 from worker.export import evaluate, load_best_model
-from worker.model import builtin_model_folder
 from worker.runner import TrialRunner
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 LORA = {"lora_rank": 4, "lora_alpha": 2.0, "lora_dropout": 0.1, "lora_targets": "attention"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -31,32 +28,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-block, 32-wide BERT with random weights and the built-in model's tokenizer."""
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    builtin = builtin_model_folder("all-MiniLM-L6-v2")
-    for name in TOKENIZER_FILES:
-        shutil.copy(builtin / name, folder / name)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("data")
-    return {
-        "train": str(write_csv(folder / "train.csv", 8)),
-        "validation": str(write_csv(folder / "validation.csv", 3, offset=100)),
-    }
+    return small_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture
