@@ -108,7 +108,9 @@ def _trial_line(trial: dict[str, Any]) -> str:
     params = _params_text(trial["params"])
     reason = f"  ({trial['fail_reason']})" if trial.get("fail_reason") else ""
     # Where the configuration came from: a set a user enqueued (user attribute `enqueued`), not the sampler.
-    origin = "  [enqueued]" if (trial.get("user_attrs") or {}).get("enqueued") else ""
+    attrs = trial.get("user_attrs") or {}
+    origin = f"  [from {attrs['warm_start_from']}]" if attrs.get("warm_start_from") else ""
+    origin = origin or ("  [enqueued]" if attrs.get("enqueued") else "")
     return f"#{trial['number']:<5} {trial['state']:<9} {value_text:>8}  {params}{origin}{reason}"
 
 
@@ -121,6 +123,13 @@ def _show(study: dict[str, Any]) -> str:
         f"best       {_best_text(study)}",
         f"dashboard  {study['dashboard_url']}",
     ]
+    warm = study.get("warm_start")
+    if warm:
+        queued = len(warm.get("trials") or [])
+        lines.append(
+            f"warm start {queued} trial{'' if queued == 1 else 's'} from {', '.join(warm.get('sources') or [])}"
+        )
+    lines += [f"warning    {w}" for w in study.get("warnings") or []]
     best = study.get("best_trial")
     if best:
         lines.append(f"best trial #{best['number']}:")

@@ -330,3 +330,29 @@ def test_study_create_takes_a_presets_name_as_the_demo_does(capsys: pytest.Captu
         "no such spec file: no-such-preset (or a preset: bbc-news-minilm, bbc-news-minilm-pareto, mlp-bbc-news,"
         " tweets-sentiment-minilm)"
     )
+
+
+def test_study_show_says_what_warm_start_queued_and_each_trial_where_it_came_from() -> None:
+    from tunefleet.study_cli import _show, _trial_line
+
+    study = {
+        "name": "bbc-june",
+        "state": "running",
+        "state_reason": None,
+        "n_finished": 0,
+        "n_trials": 10,
+        "trial_counts": {"waiting": 2},
+        "best_value": None,
+        "best_trial": None,
+        "dashboard_url": "http://127.0.0.1:8000/dashboard",
+        "warm_start": {"sources": ["bbc-may", "bbc-april"], "trials": [{"number": 0}, {"number": 1}]},
+        "warnings": ["warm start: bbc-april has no completed trials"],
+    }
+    shown = _show(study)
+    assert "warm start 2 trials from bbc-may, bbc-april" in shown
+    assert "warning    warm start: bbc-april has no completed trials" in shown
+    trial = {"number": 0, "state": "waiting", "value": None, "params": {"depth": 1}, "user_attrs": {}}
+    trial["user_attrs"] = {"enqueued": True, "warm_start_from": "bbc-may#17"}
+    assert _trial_line(trial).endswith("[from bbc-may#17]")
+    trial["user_attrs"] = {"enqueued": True}
+    assert _trial_line(trial).endswith("[enqueued]")
