@@ -16,6 +16,7 @@ from studies._optuna.internals import filter_study, forget_cached_trials, single
 from studies.space import Condition, grid_combinations
 from studies.spec import (
     DEFAULT_COST_WEIGHT,
+    DEFAULT_N_STARTUP_TRIALS,
     HyperbandPruner,
     MedianPruner,
     NoPruner,
@@ -44,7 +45,9 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
         # The cost-aware TPE weighs one objective; Optuna's own TPE ranks several by non-domination. Its
         # constant liar files running trials with the worst, before it reads any values, as for one objective.
         return optuna.samplers.TPESampler(
-            seed=seed, constant_liar=True, n_startup_trials=10 if startup is None else startup
+            seed=seed,
+            constant_liar=True,
+            n_startup_trials=DEFAULT_N_STARTUP_TRIALS if startup is None else startup,
         )
     if name == "tpe":
         # The constant liar makes TPE treat running trials as bad results, so workers spread out.
@@ -54,7 +57,7 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
             constant_liar=True,
             # A claim writes every sampled parameter in one transaction right after sampling.
             share_relative_params=False,
-            n_startup_trials=10 if startup is None else startup,
+            n_startup_trials=DEFAULT_N_STARTUP_TRIALS if startup is None else startup,
             cost_weight=DEFAULT_COST_WEIGHT if cost_weight is None else cost_weight,
         )
     if name == "random":
@@ -72,7 +75,9 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup or 1)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10 if startup is None else startup)
+        return optuna.samplers.GPSampler(
+            seed=seed, n_startup_trials=DEFAULT_N_STARTUP_TRIALS if startup is None else startup
+        )
     if name == "nsga2":
         # Infeasible trials (a constraint's value above 0) rank below feasible ones by constrained domination;
         # Optuna's samplers read the constraint values each trial stores, so no constraints_func is needed.

@@ -1198,6 +1198,8 @@ class Objective(_Strict):
 # come from both ends: taking the cheaper of two equally promising candidates reached random search's
 # best loss sooner on BBC News (mixed on the tweets preset), and 1.0 did better than 0.5 (bench/NOTES.md, 1).
 DEFAULT_COST_WEIGHT = 1.0
+# Random trials before TPE and GP model the space (Optuna's own default); CMA-ES needs one.
+DEFAULT_N_STARTUP_TRIALS = 10
 
 
 class Sampler(_Strict):

@@ -18,7 +18,7 @@ from studies.names import (
     STUDY_NAME_PATTERN,
     TASK_KIND_NAMES,
 )
-from studies.spec import DEFAULT_COST_WEIGHT, Space, StudySpec, Task
+from studies.spec import DEFAULT_COST_WEIGHT, DEFAULT_N_STARTUP_TRIALS, Space, StudySpec, Task
 
 README = "README.md"
 MARKER = "<!-- spec-defaults"
@@ -52,7 +52,7 @@ def _notes() -> dict[str, str]:
         "objective.patience": "epochs without a better metric before a trial ends; 0: all run",
         "sampler.name": " | ".join(SAMPLER_NAMES),
         "sampler.seed": "null: 0; each claim's sampler is seeded from it",
-        "sampler.n_startup_trials": "null: 10 random trials first (tpe, gp), 1 (cmaes)",
+        "sampler.n_startup_trials": f"null: {DEFAULT_N_STARTUP_TRIALS} random trials first (tpe, gp), 1 (cmaes)",
         "sampler.cost_weight": f"tpe only; null: {DEFAULT_COST_WEIGHT} (0: Optuna's TPE unchanged)",
         "pruner.name": " | ".join(PRUNER_NAMES),
         "pruner.min_resource": "epochs",
