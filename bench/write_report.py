@@ -32,7 +32,14 @@ EXTRA = {
     "trial_api_overhead": "2c. What a kind python trial (the Trial API) costs per trial, against the built-in synthetic task",
     "store_scale_paced_256": "4b. Scale of the store: the paced 256-worker fleet behind PgBouncer, longer windows",
     "latency_spread": "3d. How far to trust latency_ms: the measurement's own spread, run to run",
+    "time_to_good_model_conditional_head": "1f. Width and activation only for hidden layers",
+    "time_to_good_model_conditional_head_full": "1f. Width and activation only for hidden layers (whole data set)",
+    "replay-bbc-news-minilm": "1g. The replay benchmark on bbc-news-minilm",
+    "lora_vs_last_k": "3c. LoRA against last-k on the same encoder and data",
 }
+# A section written by hand (prose beside its tables): bench/sections/NAME.md stands for NAME's generated section,
+# and an empty file says another section already covers NAME's results.
+SECTIONS = Path("bench/sections")
 
 
 def cpu_model() -> str:
@@ -72,6 +79,9 @@ def verdict(met: Any) -> str:
 
 
 def section(name: str, result: dict[str, Any]) -> str:
+    written = SECTIONS / f"{name}.md"
+    if written.exists():
+        return written.read_text().rstrip("\n") + "\n" if written.read_text().strip() else ""
     config = result.get("config", {})
     lines = [f"## {ORDER.get(name, EXTRA.get(name, name))}", ""]
     command = config.get("command")
@@ -110,6 +120,7 @@ def main() -> int:
     # Extra runs after the four, in the order of their titles ("1b" before "4b").
     extras = sorted((name for name in results if name not in ORDER), key=lambda name: EXTRA.get(name, name))
     body += [section(name, results[name]) for name in extras]
+    body = [text for text in body if text]
     missing = [title for name, title in ORDER.items() if name not in results]
     if missing:
         body.append("## Not measured in this run\n\n" + "\n".join(f"- {m}" for m in missing) + "\n")

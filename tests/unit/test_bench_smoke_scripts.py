@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -191,6 +192,44 @@ def test_the_report_gathers_results_into_benchmarks_md(
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "3. Fine-tuning throughput" in text and "`python -m x`" in text
     assert "1. Time to a good model" in text  # listed as not measured
+
+
+def test_the_report_keeps_a_section_written_by_hand_and_skips_one_another_covers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    for name in ("replay-x", "replay-x-more"):
+        (results / f"{name}.json").write_text(
+            json.dumps({"markdown": f"| generated {name} |", "targets": []})
+        )
+    sections = tmp_path / "bench" / "sections"
+    sections.mkdir()
+    (sections / "replay-x.md").write_text("## 1z. Written by hand\n\nProse beside the table.\n\n| kept |\n")
+    (sections / "replay-x-more.md").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert write_report.main() == 0
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## 1z. Written by hand\n\nProse beside the table.\n\n| kept |\n" in text
+    assert "generated" not in text
+
+
+def test_every_section_of_benchmarks_md_survives_its_regeneration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository = Path(__file__).resolve().parents[2]
+    shutil.copytree(repository / "bench", tmp_path / "bench")
+    monkeypatch.chdir(tmp_path)
+    assert write_report.main() == 0
+    # The same lines, in the generator's order: nothing written by hand is lost when the file is regenerated.
+    dated = ("- Written", "- Versions")
+    kept = sorted(
+        line for line in (repository / "BENCHMARKS.md").read_text().splitlines() if not line.startswith(dated)
+    )
+    made = sorted(
+        line for line in (tmp_path / "BENCHMARKS.md").read_text().splitlines() if not line.startswith(dated)
+    )
+    assert made == kept
 
 
 def test_throughput_and_latency_are_measured_after_every_workers_first_trial() -> None:
