@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.replay.curves import DATA_DIR, data_file, load
+from bench.replay.curves import DATA_DIR, data_file, load, repeat_file
 from bench.replay.plot import anytime_svg
 from bench.replay.record import TASKS, spec_of
 from bench.replay.run import METHODS, Run, run_seed
@@ -120,6 +120,11 @@ def markdown(summary: dict[str, Any], fid: dict[str, Any]) -> str:
         f" {fid['last_epoch_spearman']:.3f} for the last epoch's loss, {fid['cost_spearman']:.3f} for CPU seconds"
         " per epoch."
     )
+    if "seed_value_spearman" in fid:
+        surrogate += (
+            f" Two trainings of the same {fid['repeated']} configurations with different seeds rank at Spearman"
+            f" {fid['seed_value_spearman']:.3f}: what the surrogate could reach at most."
+        )
     return f"{first}\n\n{second}\n\n{surrogate}"
 
 
@@ -143,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     methods = ["random", *(m for m in args.methods if m != "random")]
     recording = load(data_file(args.task, args.data_dir))
     spec = spec_of(args.task)
-    fid = fidelity(spec, recording)
+    repeat = repeat_file(data_file(args.task, args.data_dir))
+    fid = fidelity(spec, recording, load(repeat) if repeat.exists() else None)
     costs = [sum(c.cpu_s[: c.epochs]) for c in recording.curves if c.failed is None]
     budget_s = budget_trials * statistics.mean(costs)
     reference = statistics.median(c.value() for c in recording.curves if c.failed is None)

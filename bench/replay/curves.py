@@ -75,6 +75,11 @@ def data_file(task: str, folder: Path = DATA_DIR) -> Path:
     return folder / f"{task}.jsonl.gz"
 
 
+def repeat_file(recording: Path) -> Path:
+    """Where the held-out configurations of a recording, trained a second time with other seeds, are kept."""
+    return recording.with_name(recording.name.replace(".jsonl.gz", ".repeat.jsonl.gz"))
+
+
 def append(path: Path, rows: list[dict[str, Any]]) -> None:
     """Append rows as one more gzip member: concatenated members read back as one file, so a recording resumes."""
     path.parent.mkdir(parents=True, exist_ok=True)

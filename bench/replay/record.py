@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from bench.replay.curves import DATA_DIR, Curve, append, data_file, read_rows
+from bench.replay.curves import DATA_DIR, HELD_OUT_EVERY, Curve, append, data_file, read_rows, repeat_file
 from bench.reporting import load_average
 from bench.text_task import feature_cache_dir, load_preset, plain_trainer, versions
 from studies import StudySpec
@@ -26,6 +26,8 @@ from worker.epochs import EpochResult, NonFiniteLoss
 # The presets a recording can be made of (their spaces and data, as `tunefleet demo --preset` runs them).
 TASKS = ("bbc-news-minilm", "tweets-sentiment-minilm", "mlp-bbc-news")
 SAVE_EVERY = 10
+# The seed of a held-out configuration's second training: far from every first training's seed (its index).
+REPEAT_SEED_OFFSET = 1_000_003
 
 
 def draw(
@@ -89,7 +91,7 @@ def _start(task: str, smoke: bool) -> None:
     _TRAINER = plain_trainer(spec.task, feature_cache_dir())
 
 
-def train(index: int, params: dict[str, Any], max_epochs: int) -> dict[str, Any]:
+def train(index: int, params: dict[str, Any], max_epochs: int, seed: int | None = None) -> dict[str, Any]:
     """Train one configuration for max_epochs (its own `epochs` is a prefix of that curve), timing each epoch."""
     epochs: list[EpochResult] = []
     cpu_s: list[float] = []
@@ -103,13 +105,13 @@ def train(index: int, params: dict[str, Any], max_epochs: int) -> dict[str, Any]
 
     failed: str | None = None
     try:
-        _TRAINER({**params, "epochs": max_epochs}, index, on_epoch)
+        _TRAINER({**params, "epochs": max_epochs}, index if seed is None else seed, on_epoch)
     except NonFiniteLoss as error:
         failed = str(error)
     return Curve(
         index=index,
         params=params,
-        seed=index,
+        seed=index if seed is None else seed,
         val_loss=[e.val_loss for e in epochs],
         val_accuracy=[e.val_accuracy for e in epochs],
         cpu_s=cpu_s,
@@ -139,10 +141,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="a few dozen short texts: checks the recorder runs"
     )
+    parser.add_argument(
+        "--repeat-held-out",
+        action="store_true",
+        help="train the held-out configurations again with another seed (into TASK.repeat.jsonl.gz): how alike"
+        " two trainings of one configuration rank, the most a surrogate's fidelity can reach",
+    )
     args = parser.parse_args(argv)
     spec = spec_of(args.task, smoke=args.smoke)
     path = data_file(args.task, args.out_dir)
     head = header(args.task, spec, args.seed)
+    if args.repeat_held_out:
+        repeat_held_out(args.task, spec, args.seed, path, head, args.jobs, args.smoke)
+        return
     done = recorded_indices(path, head)
     if not done and not path.exists():
         append(path, [head])
@@ -165,6 +176,26 @@ def main(argv: Sequence[str] | None = None) -> None:
                 flush=True,
             )
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB); load {load_average()}")
+
+
+def repeat_held_out(
+    task: str, spec: StudySpec, seed: int, path: Path, head: dict[str, Any], jobs: int, smoke: bool
+) -> None:
+    """Train each held-out configuration of the recording again, seeded differently, into TASK.repeat.jsonl.gz."""
+    recorded = recorded_indices(path, head)
+    held = sorted(i for i in recorded if i % HELD_OUT_EVERY == 0)
+    repeat = repeat_file(path)
+    if repeat.exists():
+        repeat.unlink()
+    append(repeat, [head])
+    max_epochs = int(head["max_epochs"])
+    with ProcessPoolExecutor(jobs, initializer=_start, initargs=(task, smoke)) as pool:
+        futures = [
+            pool.submit(train, i, configuration(spec, seed, i), max_epochs, REPEAT_SEED_OFFSET + i)
+            for i in held
+        ]
+        append(repeat, [f.result() for f in futures])
+    print(f"wrote {repeat}: {len(held)} held-out configurations trained again")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def fidelity(spec: StudySpec, recording: Recording) -> dict[str, Any]:
+def fidelity(spec: StudySpec, recording: Recording, repeat: Recording | None = None) -> dict[str, Any]:
     """How well the surrogate fitted on the recording's curves predicts the held-out configurations' training:
     the rank correlation of their values (best loss within their own epochs), final-epoch losses and costs."""
     surrogate = Surrogate(spec, recording.fitted())
@@ -186,4 +186,15 @@ def fidelity(spec: StudySpec, recording: Recording) -> dict[str, Any]:
         "cost_spearman": spearman(
             [sum(c.cpu_s) / len(c.cpu_s) for c in held], [r.cpu_s[0] for r in replayed]
         ),
+        **(seed_agreement(held, repeat) if repeat is not None else {}),
+    }
+
+
+def seed_agreement(held: Sequence[Curve], repeat: Recording) -> dict[str, Any]:
+    """How alike two trainings of the same held-out configurations (other seeds) rank: the ceiling of fidelity."""
+    again = {c.index: c for c in repeat.curves if c.failed is None}
+    pairs = [(c, again[c.index]) for c in held if c.index in again]
+    return {
+        "repeated": len(pairs),
+        "seed_value_spearman": spearman([a.value() for a, _ in pairs], [b.value() for _, b in pairs]),
     }

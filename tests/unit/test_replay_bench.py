@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from bench.replay import benchmark, record
-from bench.replay.curves import Curve, append, data_file, load
+from bench.replay.curves import Curve, append, data_file, load, repeat_file
 from bench.replay.run import Clock, run_method
 from bench.replay.surrogate import Surrogate, fidelity
 from bench.text_task import load_preset
@@ -133,6 +133,10 @@ def test_a_recording_resumes_and_the_benchmark_runs_on_it_at_a_tiny_size(tmp_pat
     recording = load(data_file(TASK, tmp_path))
     assert [c.index for c in recording.curves] == list(range(41))
     assert len(recording.held_out()) == 3
+    record.main(["--task", TASK, "--smoke", "--repeat-held-out", "--out-dir", str(tmp_path)])
+    again = load(repeat_file(data_file(TASK, tmp_path)))
+    assert [c.index for c in again.curves] == [0, 20, 40]
+    assert all(c.seed != c.index for c in again.curves)
     for c in recording.curves:
         assert c.failed is not None or len(c.val_loss) == 20
         assert all(s > 0 for s in c.cpu_s)
@@ -145,4 +149,5 @@ def test_a_recording_resumes_and_the_benchmark_runs_on_it_at_a_tiny_size(tmp_pat
     rows = {r["method"]: r for r in result["summary"]["rows"]}
     assert set(rows) == {"random", "tpe", "tpe-hyperband", "tunefleet"}
     assert rows["random"]["reached"] == 2 and rows["random"]["ratio_median"] == 1.0
+    assert result["fidelity"]["repeated"] == 3
     assert svg.read_text().startswith("<svg") and "tunefleet" in svg.read_text()
