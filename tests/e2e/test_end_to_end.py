@@ -208,6 +208,9 @@ def serving_demo(
     out = tmp_path / "demo.out"
 
     def ignore() -> None:
+        # As from a terminal: SIGHUP at its default even when the test run itself was started under nohup
+        # (which the demo, by design, would keep ignoring).
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         for signum in ignored:
             signal.signal(signum, signal.SIG_IGN)
 
