@@ -57,6 +57,9 @@ class TorchModule:
         self._models: dict[tuple[Any, ...], LoadedModel] = {}
         self._inputs: dict[tuple[Any, ...], ModelInputs] = {}
         self._checked: set[tuple[Any, ...]] = set()
+        # The last trial's rebuilt model, with the result it was built from: measuring a trial asks for it
+        # twice (its trainable parameters, then its latency), and one rebuild serves both.
+        self._rebuilt: tuple[TrainResult, torch.nn.Module] | None = None
 
     def _model_key(self, task: Task) -> tuple[Any, ...]:
         return (task.model, file_stamp(task.model), task.factory)
@@ -139,6 +142,8 @@ class TorchModule:
 
     def _fine_tuned(self, task: Task, params: dict[str, Any], result: TrainResult) -> torch.nn.Module:
         """The trial's model rebuilt in memory: a fresh copy of the pretrained one, its head, the kept weights."""
+        if self._rebuilt is not None and self._rebuilt[0] is result:
+            return self._rebuilt[1]
         head = HeadParams.of(params)
         replaced, _ = with_head(
             self.model(task).fresh_copy(),
@@ -151,6 +156,7 @@ class TorchModule:
         )
         # The kept weights are what training could change; the rest is the pretrained model's.
         replaced.model.load_state_dict(result.best_state, strict=False)
+        self._rebuilt = (result, replaced.model)
         return replaced.model
 
     def params_trainable(self, task: Task, params: dict[str, Any], result: TrainResult) -> int:
