@@ -107,6 +107,7 @@ class NullTrial:
     metric: str = "val_loss"
     keep: KeepRule = by_val_loss
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    checkpoints: None = None
 
     def report(self, result: EpochResult) -> None:
         """Nothing: no store, no pruner."""

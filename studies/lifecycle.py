@@ -15,6 +15,7 @@ from studies._optuna import trial_rows
 from studies._optuna.internals import filter_study, forget_cached_trials, frozen_trial_of
 from studies._optuna.models import StudyModel, TrialModel
 from studies.catalog import StudyCatalog
+from studies.checkpoints import CHECKPOINT_ATTR, CheckpointRef
 from studies.errors import StudyNotFound, TrialVanished
 from studies.records import Claim
 from studies.resilience import is_transient
@@ -104,6 +105,21 @@ class TrialLifecycle(StudyCatalog):
             trial_rows.set_intermediate_value(connection, claim.trial._trial_id, step, value)
         frozen.intermediate_values[step] = value
 
+    def save_checkpoint(self, claim: Claim, checkpoint: CheckpointRef) -> None:
+        """Name the trial's latest checkpoint, checked to be the claim's running trial."""
+        with self._begin() as connection:
+            lock_held(connection, Held.of(claim))
+            trial_rows.set_system_attrs(
+                connection, claim.trial._trial_id, {CHECKPOINT_ATTR: checkpoint.to_json()}
+            )
+
+    def checkpoint_of(self, claim: Claim) -> CheckpointRef | None:
+        """The claim's trial's latest checkpoint: its own, or the one a retried trial had; None if none."""
+        with self._begin() as connection:
+            return CheckpointRef.of(
+                trial_rows.system_attr(connection, claim.trial._trial_id, CHECKPOINT_ATTR)
+            )
+
     def _end(
         self,
         held: Held,
@@ -183,7 +199,7 @@ class TrialLifecycle(StudyCatalog):
     def give_back(self, claim: Claim) -> None:
         """Put an unfinished trial back in the queue, same number, parameters and seed, not failed.
 
-        Its per-epoch values are cleared so the pruner judges the rerun from its first epoch.
+        Its per-epoch values are cleared: a rerun reports them again, from its checkpoint or by training them.
         """
         trial_id = claim.trial._trial_id
         with self._begin() as connection:
@@ -240,7 +256,8 @@ class TrialLifecycle(StudyCatalog):
                 return None
             retries = int(trial.user_attrs.get("retry", 0))
             if retries < record.spec.budget.max_retries:
-                self._study(record).enqueue_trial(
+                study = self._study(record)
+                study.enqueue_trial(
                     trial.params,
                     user_attrs={
                         "retry_of": trial.number,
@@ -249,6 +266,10 @@ class TrialLifecycle(StudyCatalog):
                     },
                     skip_if_exists=False,
                 )
+                checkpoint = trial.system_attrs.get(CHECKPOINT_ATTR)
+                if checkpoint is not None:
+                    # The copy resumes where the lost worker's last checkpoint left the trial.
+                    self._hand_on_checkpoint(study, trial, retries + 1, checkpoint)
                 with self._begin() as connection:
                     self._give_slot_back(connection, study_name)
             return self.storage.get_trial(trial_id)
@@ -258,6 +279,18 @@ class TrialLifecycle(StudyCatalog):
         except KeyError:
             # Its study was deleted between our read and our writes: nothing is left to fail or retry.
             return None
+
+    def _hand_on_checkpoint(
+        self, study: optuna.Study, trial: FrozenTrial, retry: int, checkpoint: Any
+    ) -> None:
+        copies = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if t.user_attrs.get("retry_of") == trial.number and t.user_attrs.get("retry") == retry
+        ]
+        if copies:
+            copy = max(copies, key=lambda t: t.number)
+            self.storage.set_trial_system_attr(copy._trial_id, CHECKPOINT_ATTR, checkpoint)
 
     def running_trials(self) -> dict[int, bool]:
         """The RUNNING trials the reaper looks after, by id, each True when its study is a tunefleet study.

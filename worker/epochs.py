@@ -6,8 +6,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -117,6 +117,77 @@ def result_of(
     )
 
 
+# A run's trained tensors by name, live (not copied): the weights training changes, and nothing frozen.
+TrainedState = Callable[[], dict[str, torch.Tensor]]
+
+
+def copied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors detached and copied to the CPU: a snapshot that later training steps leave alone."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
+
+
+class EpochCheckpoints(Protocol):
+    """Where a run keeps what it needs to go on after an epoch, so a trial handed back or retried resumes there."""
+
+    def saved(self) -> dict[str, Any] | None:
+        """The state the trial last saved (a checkpoint()'s dict), or None: it starts from its first epoch."""
+        ...
+
+    def save(self, epoch: int, state: Callable[[], dict[str, Any]]) -> None:
+        """Offer the state after an epoch; state() builds it, called only when the checkpoint is written."""
+        ...
+
+
+@dataclass
+class Resumable:
+    """What makes a run's next epoch the same whether it ran on or was restored: its trained tensors, its
+    optimizer, its shuffling generator (and torch's global random state, for dropout)."""
+
+    trained: TrainedState
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+
+    def checkpoint(self, log: EpochLog) -> dict[str, Any]:
+        """Everything the run needs to go on after its last epoch, as CPU tensors and plain values."""
+        assert log.best is not None and log.kept is not None
+        return {
+            "epoch": log.history[-1].epoch,
+            "trained": copied(self.trained()),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "history": [asdict(result) for result in log.history],
+            "best_epoch": log.best.epoch,
+            "kept_epoch": log.kept.epoch,
+            "kept_state": log.best_state,
+        }
+
+    def restore(self, saved: dict[str, Any], log: EpochLog) -> int:
+        """Put the run back where the checkpoint left it; the last epoch it had run.
+
+        ValueError if the checkpoint does not fit this run (other tensors, another optimizer).
+        """
+        live = self.trained()
+        stored = saved["trained"]
+        if set(stored) != set(live) or any(stored[n].shape != live[n].shape for n in live):
+            raise ValueError("its tensors are not this trial's model")
+        self.optimizer.load_state_dict(saved["optimizer"])
+        with torch.no_grad():
+            for name, value in live.items():
+                value.copy_(stored[name])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        log.history = [EpochResult(**result) for result in saved["history"]]
+        by_epoch = {result.epoch: result for result in log.history}
+        log.best = by_epoch[saved["best_epoch"]]
+        log.kept = by_epoch[saved["kept_epoch"]]
+        log.best_state = dict(saved["kept_state"])
+        return int(saved["epoch"])
+
+
 def check_finite(value: float, what: str, epoch: int) -> None:
     """NonFiniteLoss naming the value (NaN or inf), what it is and the epoch, unless it is finite."""
     if not math.isfinite(value):
@@ -162,6 +233,10 @@ class EpochLog:
         if self.kept is None or self.keep(current) < self.keep(self.kept):
             self.kept = current
             self.best_state = self.snapshot()
+        self.report(current)
+
+    def report(self, current: EpochResult) -> None:
+        """Call on_epoch with an epoch's results; StopTraining from it propagates with the results so far."""
         if self.on_epoch is not None:
             try:
                 self.on_epoch(current)
@@ -186,22 +261,37 @@ def run_epochs(
     loss_of: Callable[[Batch], tuple[torch.Tensor, int]],
     optimizer: torch.optim.Optimizer,
     evaluate: Callable[[], Scores],
-    snapshot: Callable[[], dict[str, torch.Tensor]],
+    trained: TrainedState,
+    generator: torch.Generator,
     keep: KeepRule,
     on_epoch: Callable[[EpochResult], None] | None,
     interrupted: Callable[[], str | None] | None,
     started: float,
     run_name: str = "training",
+    checkpoints: EpochCheckpoints | None = None,
 ) -> TrainResult:
     """Train for `epochs` epochs over `batches()`, evaluating and reporting after each; the run's result.
 
     loss_of(batch) is the batch's mean loss and its number of examples; evaluate() scores the validation set.
+    trained() gives the tensors training changes (the kept epoch's copy is the run's best_state); generator
+    is the one batches() shuffles with.
     on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`.
     interrupted is polled between batches; a reason it returns ends training with StopTraining(reason).
     Each epoch is one INFO line of the log, headed by run_name (e.g. "trial 3 of my-study").
+    With checkpoints, the run starts where its saved checkpoint left it (its epochs so far reported to on_epoch
+    again, so a retried trial's pruner and patience see them) and offers a checkpoint after every epoch it goes
+    on from; the epochs after a resume are the same, bit for bit on a CPU, as those of a run never stopped.
     """
-    log = EpochLog(keep=keep, snapshot=snapshot, on_epoch=on_epoch, started=started)
-    for epoch in range(1, epochs + 1):
+    log = EpochLog(keep=keep, snapshot=lambda: copied(trained()), on_epoch=on_epoch, started=started)
+    resumable = Resumable(trained=trained, optimizer=optimizer, generator=generator)
+    first = 1
+    saved = checkpoints.saved() if checkpoints is not None else None
+    if saved is not None:
+        first = resumable.restore(saved, log) + 1
+        logger.info("%s: resumed after epoch %d from its checkpoint", run_name, first - 1)
+        for result in log.history:
+            log.report(result)
+    for epoch in range(first, epochs + 1):
         epoch_started = time.perf_counter()
         train_mode()
         loss_sum = 0.0
@@ -235,4 +325,6 @@ def run_epochs(
             time.perf_counter() - epoch_started,
         )
         log.end_epoch(epoch, train_loss=train_loss, scores=scores)
+        if checkpoints is not None and epoch < epochs:
+            checkpoints.save(epoch, lambda: resumable.checkpoint(log))
     return log.result()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from worker.data import LabelledSplit
-from worker.epochs import EpochResult, KeepRule, TrainResult, by_val_loss, run_epochs
+from worker.epochs import EpochCheckpoints, EpochResult, KeepRule, TrainResult, by_val_loss, run_epochs
 from worker.hyperparams import HeadParams, make_optimizer
 from worker.lora import ADAPTER_PREFIX, LoraParams, adapter_state, with_adapters
 from worker.model import Encoder, EncoderClassifier, build_head, effective_max_length, mark_trainable
@@ -216,6 +216,7 @@ def train_encoder(
     interrupted: Callable[[], str | None] | None = None,
     keep: KeepRule = by_val_loss,
     run_name: str = "training",
+    checkpoints: EpochCheckpoints | None = None,
 ) -> TrainResult:
     """Train a head and the encoder's top k blocks (or all of it, or lora's adapters) on tokens; same seed and
     device, same losses.
@@ -246,7 +247,7 @@ def train_encoder(
         params.learning_rate,
     )
 
-    def snapshot() -> dict[str, torch.Tensor]:
+    def trained_state() -> dict[str, torch.Tensor]:
         state = {f"head.{name}": value for name, value in classifier.head.state_dict().items()}
         if finetune == "lora":
             state.update(
@@ -258,7 +259,7 @@ def train_encoder(
                 for name, value in classifier.encoder.named_parameters()
                 if name in trainable
             )
-        return {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
+        return state
 
     def loss_of(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         input_ids, attention_mask, labels = batch
@@ -276,10 +277,12 @@ def train_encoder(
         evaluate=lambda: evaluate_tokens(
             classifier, tokens.validation, pad_id=tokens.pad_id, batch_size=params.batch_size, device=device
         ),
-        snapshot=snapshot,
+        trained=trained_state,
+        generator=generator,
         keep=keep,
         on_epoch=on_epoch,
         interrupted=interrupted,
         started=started,
         run_name=run_name,
+        checkpoints=checkpoints,
     )

@@ -66,6 +66,7 @@ def build_runner(settings: WorkerSettings) -> tuple[TrialRunner, WorkerIdentity]
         trust_pickled_models=settings.trust_pickled_models,
         allowed_entrypoints=settings.allowed_entrypoints,
         data_roots=DataRoots.of(settings.data_roots),
+        checkpoint_interval_s=settings.checkpoint_interval_s if settings.checkpoints else None,
     )
     return runner, identity
 

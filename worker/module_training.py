@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from worker.epochs import EpochResult, KeepRule, TrainResult, by_val_loss, run_epochs
+from worker.epochs import EpochCheckpoints, EpochResult, KeepRule, TrainResult, by_val_loss, run_epochs
 from worker.hyperparams import HeadParams, make_optimizer
 from worker.model import build_head
 from worker.module_inputs import FeatureRows, ModelInputs
@@ -88,6 +88,7 @@ def train_module(
     interrupted: Callable[[], str | None] | None = None,
     keep: KeepRule = by_val_loss,
     run_name: str = "training",
+    checkpoints: EpochCheckpoints | None = None,
 ) -> TrainResult:
     """Train the model (a private copy, changed in place) with a fresh head; same seed and device, same losses.
 
@@ -135,9 +136,9 @@ def train_module(
         logits = network(train_rows.take(index, device=device, dtype=dtype)).float()
         return torch.nn.functional.cross_entropy(logits, train_labels[index.to(device)]), int(index.shape[0])
 
-    def snapshot() -> dict[str, torch.Tensor]:
+    def trained_state() -> dict[str, torch.Tensor]:
         state = network.state_dict()
-        return {name: state[name].detach().to("cpu", copy=True) for name in changing}
+        return {name: state[name] for name in changing}
 
     return run_epochs(
         epochs=params.epochs,
@@ -147,10 +148,12 @@ def train_module(
         loss_of=loss_of,
         optimizer=optimizer,
         evaluate=lambda: evaluate_rows(network, validation_rows, inputs.validation_labels, device=device),
-        snapshot=snapshot,
+        trained=trained_state,
+        generator=generator,
         keep=keep,
         on_epoch=on_epoch,
         interrupted=interrupted,
         started=started,
         run_name=run_name,
+        checkpoints=checkpoints,
     )

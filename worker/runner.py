@@ -27,10 +27,19 @@ from studies.pareto import joins_front
 from studies.resilience import GaveUp, is_transient, with_retry
 from studies.spec import StudySpec, Task
 from studies.states import StopReason, StudyState
+from worker.checkpoints import TrialCheckpoints
 from worker.data_roots import DataRoots, worker_data_roots
 from worker.early_stopping import Patience
 from worker.entrypoints import is_allowed, user_code
-from worker.epochs import EpochResult, KeepRule, StopTraining, TrainResult, epoch_value, keep_rule
+from worker.epochs import (
+    EpochCheckpoints,
+    EpochResult,
+    KeepRule,
+    StopTraining,
+    TrainResult,
+    epoch_value,
+    keep_rule,
+)
 from worker.failures import TrialFailure
 from worker.measures import measure
 from worker.tasks import TASK_KINDS
@@ -51,6 +60,8 @@ _ALLOCATION = re.compile(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGTPE]i?B
 # The parameters that size a built-in kind's memory: the batch, and the head built from depth x width.
 MEMORY_PARAMS = ("batch_size", "depth", "width")
 STATE_CHECK_INTERVAL_S = 1.0
+# What became of a trial that has ended in the store: its checkpoint is of no more use.
+ENDED_OUTCOMES = frozenset({"complete", "pruned", "fail", "out of memory"})
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -159,6 +170,8 @@ class RunningTrial:
     metric: str = "val_loss"
     # User attributes the kind noted (what its data held): recorded with the trial, whatever its end.
     notes: dict[str, Any] = field(default_factory=dict)
+    # Where it keeps checkpoints to resume from; None: a rerun trains from epoch 1.
+    checkpoints: EpochCheckpoints | None = None
 
     def note(self, name: str, value: Any) -> None:
         """Record a user attribute the trial ends with (duplicates its data had, say)."""
@@ -196,6 +209,9 @@ class TrialRunner:
     data_roots: DataRoots = field(default_factory=worker_data_roots)
     # What a trial's seconds (trial_s, train_s) are read from: a simulated clock replays recorded training.
     clock: Callable[[], float] = time.perf_counter
+    # A running trial writes a checkpoint to the artifact store after an epoch once this many seconds have
+    # passed since its last one (0: after every epoch); None, or no artifact store, writes none.
+    checkpoint_interval_s: float | None = 60.0
     _tasks: dict[str, TrialTask] = field(default_factory=dict)
     _refused: set[str] = field(default_factory=set)
 
@@ -281,8 +297,25 @@ class TrialRunner:
             return StopReason.WORKER_STOPPING
         return None
 
+    def _checkpoints(self, claim: Claim, notes: dict[str, Any]) -> TrialCheckpoints | None:
+        if self.artifact_store is None or self.checkpoint_interval_s is None:
+            return None
+        return TrialCheckpoints(
+            claim=claim,
+            repository=self.repository,
+            store=self.artifact_store,
+            interval_s=self.checkpoint_interval_s,
+            clock=self.clock,
+            on_trial=lambda what, call: self._on_trial(claim, what, call),
+            note=notes.__setitem__,
+        )
+
     def _train(
-        self, claim: Claim, on_epoch: Callable[[EpochResult], None], notes: dict[str, Any]
+        self,
+        claim: Claim,
+        on_epoch: Callable[[EpochResult], None],
+        notes: dict[str, Any],
+        checkpoints: EpochCheckpoints | None,
     ) -> TrainResult:
         task = trial_task(claim.spec.task, claim.params)
         kind = self.task_kind(task)
@@ -299,6 +332,7 @@ class TrialRunner:
             number=claim.trial.number,
             metric=claim.spec.objective.epoch_metric,
             notes=notes,
+            checkpoints=checkpoints,
         )
         return kind.run(task, trial)
 
@@ -433,8 +467,10 @@ class TrialRunner:
 
     def run(self, claim: Claim) -> str:
         """Run the claimed trial to its end and record it; returns what became of it ("dropped": it is gone)."""
+        notes: dict[str, Any] = {}
+        checkpoints = self._checkpoints(claim, notes)
         try:
-            return self._run(claim)
+            outcome = self._run(claim, notes, checkpoints)
         except TrialVanished as gone:
             # Deleted or renamed in optuna-dashboard or with `optuna delete-study`: nothing is left to
             # record the trial in, and the next claim is as good as ever.
@@ -452,8 +488,12 @@ class TrialRunner:
         except GaveUp as error:
             log.warning("trial %d of %s abandoned: %s", claim.trial.number, claim.study_name, error)
             return "abandoned"
+        # A trial handed back, or one whose worker was declared lost, keeps its checkpoint for its rerun.
+        if checkpoints is not None and outcome in ENDED_OUTCOMES:
+            checkpoints.discard()
+        return outcome
 
-    def _run(self, claim: Claim) -> str:
+    def _run(self, claim: Claim, notes: dict[str, Any], checkpoints: TrialCheckpoints | None) -> str:
         trial = claim.trial
         spec = claim.spec
         started = self.clock()
@@ -488,8 +528,6 @@ class TrialRunner:
             if patience.stalled(value):
                 raise StopTraining(StopReason.PLATEAU)
 
-        notes: dict[str, Any] = {}
-
         def attrs(extra: dict[str, Any] | None = None) -> dict[str, Any]:
             base: dict[str, Any] = {
                 **notes,
@@ -517,7 +555,7 @@ class TrialRunner:
         out_of_memory: str | None = None
         early_stop: dict[str, Any] = {}
         try:
-            result = self._train(claim, on_epoch, notes)
+            result = self._train(claim, on_epoch, notes, checkpoints)
         except StopTraining as stop:
             reason = str(stop)
             if reason == StopReason.PLATEAU and stop.result is not None:

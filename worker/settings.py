@@ -37,6 +37,13 @@ class WorkerSettings(BaseSettings):
     pool_size: int = Field(2, ge=0, description="connections kept per process; 0: none (NullPool)")
     heartbeat_interval_s: float = Field(10.0, gt=0)
     grace_period_s: float = Field(60.0, gt=0, description="silence after which a worker is declared lost")
+    # A preempted or lost worker's trial resumes where its last checkpoint left it: this bounds the work lost.
+    checkpoint_interval_s: float = Field(
+        60.0, ge=0, description="least seconds between a trial's checkpoints (0: every epoch)"
+    )
+    checkpoints: bool = Field(
+        True, description="keep checkpoints in the artifact store to resume trials from"
+    )
     # torch.load of a whole pickled module runs code from the file: an operator's decision, never a default.
     trust_pickled_models: bool = Field(
         False, description="load torch-module models saved as whole pickled modules"

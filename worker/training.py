@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from worker.epochs import EpochResult, KeepRule, TrainResult, by_val_loss, run_epochs
+from worker.epochs import EpochCheckpoints, EpochResult, KeepRule, TrainResult, by_val_loss, run_epochs
 from worker.features import Features
 from worker.hyperparams import HeadParams, make_optimizer
 from worker.model import build_head
@@ -68,6 +68,7 @@ def train_head(
     interrupted: Callable[[], str | None] | None = None,
     keep: KeepRule = by_val_loss,
     run_name: str = "training",
+    checkpoints: EpochCheckpoints | None = None,
 ) -> TrainResult:
     """Train a fresh head on the features, evaluating after every epoch; same seed and device, same losses.
 
@@ -112,12 +113,12 @@ def train_head(
         loss_of=loss_of,
         optimizer=optimizer,
         evaluate=lambda: _evaluate(head, val_inputs, val_labels),
-        snapshot=lambda: {
-            name: value.detach().to("cpu", copy=True) for name, value in head.state_dict().items()
-        },
+        trained=lambda: dict(head.state_dict()),
+        generator=shuffle_generator,
         keep=keep,
         on_epoch=on_epoch,
         interrupted=interrupted,
         started=started,
         run_name=run_name,
+        checkpoints=checkpoints,
     )

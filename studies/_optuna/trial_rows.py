@@ -141,6 +141,23 @@ def set_constraints(connection: sa.Connection, trial_id: int, constraints: Mappi
         _upsert(connection, system_attrs, rows, "key")
 
 
+def set_system_attrs(connection: sa.Connection, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """Set (or replace) several system attributes of a trial."""
+    if attrs:
+        rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+        _upsert(connection, system_attrs, rows, "key")
+
+
+def system_attr(connection: sa.Connection, trial_id: int, key: str) -> Any:
+    """One system attribute of a trial, or None."""
+    stored = connection.execute(
+        sa.select(system_attrs.c.value_json).where(
+            system_attrs.c.trial_id == trial_id, system_attrs.c.key == key
+        )
+    ).scalar()
+    return None if stored is None else json.loads(stored)
+
+
 def user_attr(connection: sa.Connection, trial_id: int, key: str) -> Any:
     """One user attribute of a trial, or None."""
     stored = connection.execute(

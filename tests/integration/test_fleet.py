@@ -19,9 +19,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service import ServiceSettings, create_app
 from studies import StudyRepository, StudySpec, open_storage
+from studies.checkpoints import CHECKPOINT_ATTR
 from studies.fleet import Fleet
 from studies.storage import normalize_url
 from tests.faults import OutageProxy
+from tests.finetune_spec import finetune_spec, tiny_bert, write_csv
 from tests.live import wait_for
 
 pytestmark = pytest.mark.slow
@@ -369,3 +371,73 @@ def test_a_broken_study_is_failed_and_the_worker_moves_on(
     assert "missing-model" in (record.state_reason or "")
     assert repository.trial_counts(record)["fail"] == 3
     assert repository.progress(repository.get(study_name + "-fine")).state == "completed"
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_trial_cut_off_mid_run_resumes_on_another_worker_from_its_checkpoint(
+    pg_url: str,
+    workers: Callable[[str], Workers],
+    study_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    # A real encoder fine-tuned for real (a tiny BERT, every layer trained), checkpointed after every epoch.
+    (tmp_path / "model").mkdir()
+    model = tiny_bert(tmp_path / "model")
+    data = {
+        "train": str(write_csv(tmp_path / "train.csv", 200)),
+        "validation": str(write_csv(tmp_path / "validation.csv", 20, offset=1000)),
+    }
+    spec = finetune_spec(
+        study_name,
+        model,
+        data,
+        "full",
+        space={"epochs": 5},
+        objective={"metric": "val_loss", "direction": "minimize", "value": "best", "patience": 0},
+        budget={"n_trials": 2, "max_retries": 1},
+    )
+    repository = StudyRepository(open_storage(pg_url))
+    repository.create(spec)
+    # Twice the same trial, same seed: the first is cut off and resumed, the second runs undisturbed.
+    repository.enqueue(study_name, [{}, {}], user_attrs=[{"seed": 7}, {"seed": 7}])
+    monkeypatch.setenv("TUNEFLEET_DATA_ROOTS", str(tmp_path))
+    monkeypatch.setenv("TUNEFLEET_CHECKPOINT_INTERVAL_S", "0")
+    fleet = workers(pg_url)
+    first = fleet.start("--study", study_name)
+    checkpointed = wait_for(
+        lambda: next(
+            (
+                t
+                for t in all_trials(repository, study_name)
+                if t.state == TrialState.RUNNING and CHECKPOINT_ATTR in t.system_attrs
+            ),
+            None,
+        ),
+        timeout_s=120,
+        what="a checkpoint of the running trial",
+        every_s=0.05,
+    )
+    first.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
+    first.wait(timeout=30)
+    cut_off = repository.storage.get_trial(checkpointed._trial_id)
+    # SIGTERM hands the trial itself back; a killed worker's trial is failed by the reaper and retried.
+    assert cut_off.state == (TrialState.WAITING if how == "SIGTERM" else TrialState.RUNNING)
+    assert len(cut_off.intermediate_values) < 5 or how == "SIGTERM", "the trial was cut off mid-run"
+
+    second = fleet.start("--study", study_name, "--exit-when-idle")
+    assert second.wait(timeout=240) == 0, fleet.logs()
+    completed = [t for t in all_trials(repository, study_name) if t.state == TrialState.COMPLETE]
+    (resumed,) = [t for t in completed if "resumed_from_epoch" in t.user_attrs]
+    (whole,) = [t for t in completed if "resumed_from_epoch" not in t.user_attrs]
+    assert resumed.user_attrs["resumed_from_epoch"] >= checkpointed.system_attrs[CHECKPOINT_ATTR]["epoch"]
+    if how == "SIGKILL":
+        assert resumed.user_attrs["retry_of"] == checkpointed.number
+    else:
+        assert resumed.number == checkpointed.number
+    assert "resumed after epoch" in fleet.logs()
+    assert len(whole.intermediate_values) == 5
+    assert resumed.intermediate_values == whole.intermediate_values
+    assert resumed.user_attrs["val_loss"] == whole.user_attrs["val_loss"]
+    assert list((tmp_path / "artifacts").rglob("checkpoint-*")) == []

@@ -11,7 +11,7 @@ import torch
 
 from studies.spec import Task
 from worker.data_roots import DataRoots, worker_data_roots
-from worker.epochs import EpochResult, KeepRule, TrainResult
+from worker.epochs import EpochCheckpoints, EpochResult, KeepRule, TrainResult
 
 # progress(done, total): how far a one-time preparation (a feature cache build) has come.
 Progress = Callable[[int, int], None]
@@ -80,6 +80,12 @@ class TrialContext(Protocol):
     @property
     def metric(self) -> str:
         """The metric the study's objective reads from each epoch: val_loss, val_accuracy or val_macro_f1."""
+        ...
+
+    @property
+    def checkpoints(self) -> EpochCheckpoints | None:
+        """Where the trial keeps its checkpoints, to resume from after a hand-back or a lost worker; None keeps
+        none. A kind that trains through run_epochs hands it on; one that does not retrains from epoch 1."""
         ...
 
     def report(self, result: EpochResult) -> None:

@@ -109,6 +109,7 @@ class TextClassification:
                 interrupted=trial.stop_reason,
                 keep=trial.keep,
                 run_name=run_name,
+                checkpoints=trial.checkpoints,
             )
         encoder = load_encoder(model_folder(task, self.roots))
         tokens = self.tokens(task)
@@ -130,6 +131,7 @@ class TextClassification:
                 interrupted=trial.stop_reason,
                 keep=trial.keep,
                 run_name=run_name,
+                checkpoints=trial.checkpoints,
             )
 
     def label_names(self, task: Task) -> list[str]:

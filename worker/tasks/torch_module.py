@@ -124,6 +124,7 @@ class TorchModule:
             interrupted=trial.stop_reason,
             keep=trial.keep,
             run_name=f"trial {trial.number} of {trial.study_name}",
+            checkpoints=trial.checkpoints,
         )
 
     def model_files(self, task: Task, params: dict[str, Any], result: TrainResult) -> ModelFiles | None:
