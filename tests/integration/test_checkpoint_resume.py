@@ -11,10 +11,11 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from studies import Claim, StudyRepository, open_storage
+from studies import Claim, StudyRepository, StudySpec, open_storage
 from studies.artifacts import open_artifact_store
 from studies.checkpoints import CHECKPOINT_ATTR
-from tests.finetune_spec import CPU_WORKER, run_next, small_data, tiny_bert
+from tests.entrypoints.models import TextClassifier
+from tests.finetune_spec import CPU_WORKER, run_next, small_data, tiny_bert, write_csv
 from tests.finetune_spec import finetune_spec as spec
 from worker.runner import TrialRunner
 
@@ -169,3 +170,48 @@ def test_an_unreadable_checkpoint_costs_its_epochs_not_the_trial(
     assert "after epoch 2 could not be read" in rerun.user_attrs["checkpoint_error"]
     assert rerun.intermediate_values == whole.intermediate_values
     assert checkpoint_files(tmp_path) == []
+
+
+def test_a_torch_module_trial_resumes_with_its_dropout_and_trained_layers_as_they_were(
+    repository: StudyRepository, tmp_path: Path, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The user's own TorchScript model, every layer trained (freeze none), with a dropout layer drawing from
+    # torch's global random state: the checkpoint must carry that state too.
+    torch.manual_seed(0)
+    torch.jit.script(TextClassifier(n_inputs=64)).save(str(tmp_path / "model.pt"))
+    body = {
+        "name": study_name,
+        "task": {
+            "kind": "torch-module",
+            "model": str(tmp_path / "model.pt"),
+            "replace": "classifier.1",
+            "freeze": "none",
+            "inputs": {"kind": "hashed-text", "n_features": 64},
+            "data": {"train": str(write_csv(tmp_path / "texts.csv", 12))},
+        },
+        "space": {
+            "learning_rate": 0.01,
+            "batch_size": 4,
+            "epochs": EPOCHS,
+            "depth": 1,
+            "width": 16,
+            "activation": "relu",
+            "optimizer": "adamw",
+        },
+        "sampler": {"name": "random", "seed": 3},
+        "pruner": {"name": "none"},
+        "objective": NO_PATIENCE,
+        "budget": {"n_trials": 2},
+    }
+    repository.create(StudySpec.model_validate(body))
+    _, whole = run_next(runner_for(repository, tmp_path), repository, study_name)
+    rerun_of(repository, study_name, whole)
+    stopped = runner_for(repository, tmp_path)
+    on_report_of(monkeypatch, repository, 2, stopped.stopping.set)
+    assert run_next(stopped, repository, study_name)[0] == "requeued"
+    monkeypatch.undo()
+
+    outcome, resumed = run_next(runner_for(repository, tmp_path), repository, study_name)
+    assert outcome == "complete"
+    assert resumed.user_attrs["resumed_from_epoch"] == 1
+    assert resumed.intermediate_values == whole.intermediate_values
