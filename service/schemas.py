@@ -116,6 +116,9 @@ class WarmStartRead(BaseModel):
     sources: list[str] = Field(description="the studies learnt from")
     trials: list[WarmStartTrialRead] = Field(description="the queued trials, in the order they are claimed")
     warnings: list[str]
+    prior_configurations: int = Field(
+        0, description="the sources' good configurations the TPE sampler's prior is made of (0: no prior)"
+    )
 
 
 class StudyRead(BaseModel):

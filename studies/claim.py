@@ -25,6 +25,7 @@ from studies.space import conditions, distributions
 from studies.spec import StudySpec
 from studies.states import WORKER_ALIVE, StudyState, WorkerState
 from studies.tables import studies_table, utcnow, workers_table
+from studies.warm_start import stored_prior
 
 log = logging.getLogger("tunefleet.claim")
 
@@ -190,7 +191,8 @@ class ClaimTransaction(TrialLifecycle):
         key = (record.name, record.optuna_study_id)
         sampler = self._samplers.get(key)
         if sampler is None:
-            sampler = self._samplers[key] = build_sampler(record.spec, claim_index=claim_index)
+            prior = stored_prior(self.storage, record)
+            sampler = self._samplers[key] = build_sampler(record.spec, claim_index=claim_index, prior=prior)
         return sampler
 
     def _sample(self, record: StudyRecord, frozen: FrozenTrial) -> optuna.Study:

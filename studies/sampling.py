@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -32,8 +32,13 @@ def derived_seed(base_seed: int, *salt: object) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFF_FFFF
 
 
-def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded by a claim's index so parallel workers never replay the same random stream."""
+def build_sampler(
+    spec: StudySpec, *, claim_index: int, prior: Sequence[Mapping[str, Any]] = ()
+) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded by a claim's index so parallel workers never replay the same random stream.
+
+    prior: configurations earlier studies found good (warm start), which steer a single-objective TPE at first.
+    """
     # Every worker builds its own sampler; with one shared seed, two workers' first random
     # suggestions would be identical. Seeding by the index of the claim it is built for (claims are
     # numbered once, atomically) gives each worker process its own stream, and one worker's run
@@ -59,6 +64,8 @@ def build_sampler(spec: StudySpec, *, claim_index: int) -> optuna.samplers.BaseS
             share_relative_params=False,
             n_startup_trials=DEFAULT_N_STARTUP_TRIALS if startup is None else startup,
             cost_weight=DEFAULT_COST_WEIGHT if cost_weight is None else cost_weight,
+            prior=prior,
+            prior_weight=spec.warm_start.prior_weight if spec.warm_start is not None else 0.0,
         )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)

@@ -1290,6 +1290,8 @@ class Budget(_Strict):
 SAME_MODEL = "same-model"
 DEFAULT_PORTFOLIO = 5
 MAX_PORTFOLIO = 50
+# How strongly the sources' good configurations steer TPE before the study has trials of its own.
+DEFAULT_PRIOR_WEIGHT = 1.0
 MAX_WARM_START_STUDIES = 50
 
 
@@ -1327,6 +1329,13 @@ class WarmStart(_Strict):
         ge=1,
         le=MAX_PORTFOLIO,
         description="how many configurations to queue first (at most the budget's n_trials)",
+    )
+    prior_weight: float = Field(
+        DEFAULT_PRIOR_WEIGHT,
+        ge=0,
+        le=100,
+        description="how strongly the source studies' best quarter of configurations steers the TPE sampler"
+        " (0: not at all); the pull halves by the study's 10th finished trial and keeps fading",
     )
 
     @field_validator("studies")

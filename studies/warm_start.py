@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from studies.enqueue import TrialQueue, check_params
@@ -22,6 +23,11 @@ WARM_START_FROM_ATTR = "warm_start_from"
 WARM_START_STUDY_ATTR = "warm_start"
 # same-model reads at most this many of the newest matching studies: enough to cover the tasks, bounded work.
 MAX_SAME_MODEL_STUDIES = 50
+# The study system attribute holding the prior's configurations: each source's best quarter, fitted to the space.
+WARM_START_PRIOR_ATTR = "tunefleet:warm_start_prior"
+# The share of each source study's completed trials the prior learns from (TPE's own "good" share), and at most.
+PRIOR_SHARE = 0.25
+MAX_PRIOR_PER_STUDY = 50
 _HOLD_REASON = "warm start: queueing the portfolio"
 
 Direction = Literal["minimize", "maximize"]
@@ -76,10 +82,17 @@ class WarmStartReport:
     sources: list[str]
     trials: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # How many of the sources' good configurations the sampler's prior holds (0: no prior).
+    prior_configurations: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """As stored in the study's user attribute."""
-        return {"sources": self.sources, "trials": self.trials, "warnings": self.warnings}
+        return {
+            "sources": self.sources,
+            "trials": self.trials,
+            "warnings": self.warnings,
+            "prior_configurations": self.prior_configurations,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> WarmStartReport:
@@ -88,6 +101,7 @@ class WarmStartReport:
             sources=list(data.get("sources") or []),
             trials=list(data.get("trials") or []),
             warnings=list(data.get("warnings") or []),
+            prior_configurations=int(data.get("prior_configurations") or 0),
         )
 
 
@@ -207,6 +221,31 @@ def select_portfolio(
     return chosen
 
 
+def select_prior(sources: Sequence[SourceStudy], space: Space | FreeSpace) -> list[dict[str, Any]]:
+    """The configurations the sampler's prior is made of: each source study's best quarter of completed trials
+    (at most MAX_PRIOR_PER_STUDY), fitted to the new space, each distinct configuration once."""
+    seen: set[str] = set()
+    prior: list[dict[str, Any]] = []
+    for source in sources:
+        trials = [t for t in source.trials if math.isfinite(t.value)]
+        trials.sort(key=lambda t: (t.value if source.direction == "minimize" else -t.value, t.number))
+        for trial in trials[: min(MAX_PRIOR_PER_STUDY, math.ceil(PRIOR_SHARE * len(trials)))]:
+            params = fit_to_space(space, trial.params)
+            key = json.dumps(params, sort_keys=True)
+            if params is not None and key not in seen:
+                seen.add(key)
+                prior.append(params)
+    return prior
+
+
+def stored_prior(storage: BaseStorage, record: StudyRecord) -> list[dict[str, Any]]:
+    """The configurations of the study's sampler prior; empty without warm start or with prior_weight 0."""
+    if record.spec.warm_start is None or record.spec.warm_start.prior_weight <= 0:
+        return []
+    stored = storage.get_study_system_attrs(record.optuna_study_id).get(WARM_START_PRIOR_ATTR)
+    return [dict(p) for p in stored if isinstance(p, dict)] if isinstance(stored, list) else []
+
+
 def _model_of(spec: StudySpec) -> tuple[str, str, tuple[str, ...]]:
     # Kind python has no model but its training function: that is what its configurations were tuned for.
     model = (spec.task.entrypoint or "") if spec.task.kind == "python" else spec.task.model
@@ -246,6 +285,9 @@ class WarmStartQueue(TrialQueue):
             if fits:
                 attrs = [{WARM_START_FROM_ATTR: entry.origin} for entry in fits]
                 numbers = self.enqueue(spec.name, [entry.params for entry in fits], attrs).numbers
+            prior = select_prior(sources, spec.space) if spec.warm_start.prior_weight > 0 else []
+            if prior:
+                self.storage.set_study_system_attr(record.optuna_study_id, WARM_START_PRIOR_ATTR, prior)
             report = WarmStartReport(
                 sources=[source.name for source in sources],
                 trials=[
@@ -253,6 +295,7 @@ class WarmStartQueue(TrialQueue):
                     for number, entry in zip(numbers, fits, strict=True)
                 ],
                 warnings=warnings,
+                prior_configurations=len(prior),
             )
             self.storage.set_study_user_attr(record.optuna_study_id, WARM_START_STUDY_ATTR, report.to_json())
         finally:

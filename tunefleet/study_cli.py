@@ -126,8 +126,10 @@ def _show(study: dict[str, Any]) -> str:
     warm = study.get("warm_start")
     if warm:
         queued = len(warm.get("trials") or [])
+        prior = int(warm.get("prior_configurations") or 0)
         lines.append(
             f"warm start {queued} trial{'' if queued == 1 else 's'} from {', '.join(warm.get('sources') or [])}"
+            + (f"; a prior of {prior} good configuration{'' if prior == 1 else 's'}" if prior else "")
         )
     lines += [f"warning    {w}" for w in study.get("warnings") or []]
     best = study.get("best_trial")

@@ -1,4 +1,5 @@
-"""A TPE sampler that weighs each candidate's expected gain against its predicted compute per epoch."""
+"""A TPE sampler that weighs each candidate's expected gain against its predicted compute per epoch, and
+against a prior from earlier studies' good configurations while the study's own trials are few."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers._tpe import sampler as _tpe
 from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
 from optuna.samplers._tpe.sampler import default_gamma, default_gamma_multiobjective
@@ -25,6 +26,14 @@ EPOCHS_ATTR = "epochs_run"
 MIN_TRIALS = 5
 MAX_TRIALS = 1_000
 RIDGE = 1.0
+# The prior's pull is prior_weight * PRIOR_HALF_LIFE / (PRIOR_HALF_LIFE + finished trials): halved by the
+# 10th finished trial of the study's own, a tenth by the 90th. As in piBO (Hvarfner et al. 2022), whose
+# exponent on the prior decays as beta / n, the study's own evidence takes over.
+PRIOR_HALF_LIFE = 10
+# A start drawn near a prior configuration keeps its choices this often, and draws its numbers this wide (a
+# share of the range): near, not on it, so starts explore around what worked before.
+PRIOR_KEEP_CHOICE = 0.8
+PRIOR_SPREAD = 0.1
 _MISSING: Any = object()
 
 
@@ -142,10 +151,23 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
     2012). Until MIN_TRIALS trials have recorded their timing it is plain TPE.
     """
 
-    def __init__(self, *, cost_weight: float, share_relative_params: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        cost_weight: float,
+        share_relative_params: bool = True,
+        prior: Sequence[Mapping[str, Any]] = (),
+        prior_weight: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         use_scipy_log_ndtr()
         self.cost_weight = cost_weight
+        # Configurations earlier studies found good, in this study's space; see prior_strength.
+        self.prior = [dict(p) for p in prior] if prior_weight > 0 else []
+        self.prior_weight = prior_weight
+        # The prior configuration each trial started from, by trial number, while the study is starting up.
+        self._anchors: dict[int, int] = {}
         self._share_relative_params = share_relative_params
         # Fitted per sample and read back by the acquisition below; one per thread, as a store
         # with several threads of workers can share a sampler.
@@ -168,6 +190,64 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
             return super().sample_relative(study, trial, search_space)
         return self._sample_relative(study, trial, search_space)
 
+    def prior_strength(self, n_finished: int) -> float:
+        """The prior's pull once the study has n_finished trials of its own: fades from prior_weight toward 0."""
+        if not self.prior:
+            return 0.0
+        return self.prior_weight * PRIOR_HALF_LIFE / (PRIOR_HALF_LIFE + n_finished)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        if self.prior:
+            finished = study._get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True
+            )
+            if len(finished) < self._n_startup_trials:
+                # Instead of TPE's random start: near a good configuration of the earlier studies.
+                drawn = self._sample_prior(trial, param_name, param_distribution)
+                if drawn is not _MISSING:
+                    return drawn
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+    def _prior_rows(
+        self, search_space: dict[str, BaseDistribution], configs: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """The prior configurations (or configs) that set every parameter of the space, in internal form."""
+        rows = []
+        for config in self.prior if configs is None else configs:
+            if not search_space.keys() <= config.keys():
+                continue
+            try:
+                rows.append({name: d.to_internal_repr(config[name]) for name, d in search_space.items()})
+            except ValueError:
+                continue  # outside this space: warm start fitted it to the space the study was created with
+        return rows
+
+    def _prior_estimator(
+        self, rows: Sequence[Mapping[str, Any]], search_space: dict[str, BaseDistribution]
+    ) -> _ParzenEstimator:
+        columns = {name: np.asarray([row[name] for row in rows]) for name in search_space}
+        return self._parzen_estimator_cls(columns, search_space, self._parzen_estimator_parameters)
+
+    def _sample_prior(self, trial: FrozenTrial, name: str, distribution: BaseDistribution) -> Any:
+        # One prior configuration per trial, drawn at its first parameter: the others are sampled one by one
+        # (independent TPE), each near the same configuration, so a start keeps the pairings that made it good.
+        rng = self._rng.rng
+        anchor = self._anchors.get(trial.number)
+        if anchor is None:
+            anchor = self._anchors[trial.number] = int(rng.randint(len(self.prior)))
+            for number in [n for n in self._anchors if n < trial.number - 1_000]:
+                del self._anchors[number]
+        config = self.prior[anchor]
+        if name not in config:
+            # A parameter the anchor lacks (a linear head has no width): near any configuration that has it.
+            having = [c for c in self.prior if name in c]
+            if not having:
+                return _MISSING
+            config = having[int(rng.randint(len(having)))]
+        return near(distribution, config[name], rng)
+
     def _sample(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
@@ -184,6 +264,8 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
             trials = [t for t in trials if t.number != trial.number]
         finished = [t for t in trials if t.state != TrialState.RUNNING]
         self._local.model = self._cost_model(search_space, finished) if self.cost_weight > 0 else None
+        strength = self.prior_strength(len(finished))
+        prior_rows = self._prior_rows(search_space) if strength > 0 else []
         try:
             if self._gamma is None:
                 self._gamma = default_gamma if len(study.directions) <= 1 else default_gamma_multiobjective
@@ -191,11 +273,19 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
             mpe_below = self._build_parzen_estimator(study, search_space, below, handle_below=True)
             mpe_above = self._build_parzen_estimator(study, search_space, above, handle_below=False)
             samples = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
+            if prior_rows:
+                # The candidates come from the good trials' density and the prior's, and pay the prior's
+                # log density times its fading strength on top of TPE's log(l/g).
+                mpe_prior = self._prior_estimator(prior_rows, search_space)
+                from_prior = mpe_prior.sample(self._rng.rng, self._n_ei_candidates)
+                samples = {name: np.concatenate([samples[name], from_prior[name]]) for name in samples}
+                self._local.prior = (mpe_prior, strength)
             chosen = optuna.samplers.TPESampler._compare(
                 samples, self._compute_acquisition_func(samples, mpe_below, mpe_above)
             )
         finally:
             self._local.model = None
+            self._local.prior = None
         return {name: d.to_external_repr(chosen[name]) for name, d in search_space.items()}
 
     def _cost_model(
@@ -313,10 +403,34 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
         mpe_above: _ParzenEstimator,
     ) -> np.ndarray:
         values = _log_density(mpe_below, samples) - _log_density(mpe_above, samples)
+        prior: tuple[_ParzenEstimator, float] | None = getattr(self._local, "prior", None)
+        if prior is not None:
+            values = values + prior[1] * _log_density(prior[0], samples)
         model: CostModel | None = getattr(self._local, "model", None)
         if model is None or not model.space.keys() <= samples.keys():
             return values
         return values - self.cost_weight * model.predict(samples)
+
+
+def near(distribution: BaseDistribution, value: Any, rng: np.random.RandomState) -> Any:
+    """A value drawn near the given one: the same choice PRIOR_KEEP_CHOICE of the time, else any; a number from
+    a normal around it, PRIOR_SPREAD of the range wide (on the log scale for a log range), kept in the range."""
+    if isinstance(distribution, CategoricalDistribution):
+        if value in distribution.choices and rng.rand() < PRIOR_KEEP_CHOICE:
+            return value
+        return distribution.choices[int(rng.randint(len(distribution.choices)))]
+    assert isinstance(distribution, FloatDistribution | IntDistribution)
+    low, high, center = float(distribution.low), float(distribution.high), float(value)
+    if distribution.log:
+        low, high, center = math.log(low), math.log(high), math.log(max(center, float(distribution.low)))
+    drawn = float(np.clip(rng.normal(center, PRIOR_SPREAD * (high - low)), low, high))
+    if distribution.log:
+        drawn = math.exp(drawn)
+    step = distribution.step
+    if step is not None:
+        drawn = distribution.low + round((drawn - distribution.low) / step) * step
+    drawn = min(max(drawn, distribution.low), distribution.high)
+    return round(drawn) if isinstance(distribution, IntDistribution) else float(drawn)
 
 
 def _log_density(estimator: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.ndarray:

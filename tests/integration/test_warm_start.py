@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,7 +82,7 @@ def test_a_new_study_claims_the_portfolio_of_its_sources_first_within_its_budget
     assert response.status_code == 201, response.text
     created = response.json()
     portfolio = [params(0.002), params(0.02), params(0.001)]
-    assert created["spec"]["warm_start"] == {"studies": [a, b], "portfolio": 3}
+    assert created["spec"]["warm_start"] == {"studies": [a, b], "portfolio": 3, "prior_weight": 1.0}
     assert created["state"] == "running" and created["state_reason"] is None
     assert created["warm_start"] == {
         "sources": [a, b],
@@ -91,6 +92,8 @@ def test_a_new_study_claims_the_portfolio_of_its_sources_first_within_its_budget
             {"number": 2, "from": f"{a}#0", "params": portfolio[2]},
         ],
         "warnings": [],
+        # The best quarter of each source's three trials: one each.
+        "prior_configurations": 2,
     }
     assert created["trial_counts"]["waiting"] == 3 and created["warnings"] == []
 
@@ -189,3 +192,37 @@ def test_a_named_study_that_cannot_be_learnt_from_is_a_422_naming_it_and_nothing
     assert "maximizes val_accuracy" in detail[("body", "warm_start", "studies", 2)]
     assert "several objectives" in detail[("body", "warm_start", "studies", 3)]
     assert client.get(f"/v1/studies/{new}").status_code == 404
+
+
+def test_a_tpe_study_starts_near_its_sources_good_configurations_after_the_portfolio(
+    client: TestClient, repository: StudyRepository, study_name: str
+) -> None:
+    model = f"org/{study_name}"
+    source, new, plain = f"{study_name}-src", f"{study_name}-new", f"{study_name}-plain"
+    # The source's best quarter: a learning rate near 3e-2 with sgd; the rest spread over the range.
+    runs = [(params(3e-2 * (1 + 0.01 * i)) | {"optimizer": "sgd"}, 0.1 + 0.01 * i) for i in range(4)]
+    runs += [(params(10 ** (-4 + 0.25 * i)), 1.0 + i) for i in range(12)]
+    run_source(client, repository, source, model, runs)
+
+    def created(name: str, warm_start: dict[str, Any] | None) -> dict[str, Any]:
+        spec = synthetic_spec(
+            name, model, sampler={"name": "tpe", "seed": 1}, budget={"n_trials": 11}, warm_start=warm_start
+        )
+        if warm_start is None:
+            del spec["warm_start"]
+        response = client.post("/v1/studies", json=spec)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    body = created(new, {"studies": [source], "portfolio": 1})
+    assert body["warm_start"]["prior_configurations"] == 4
+    created(plain, None)
+
+    def start_gaps(name: str) -> list[float]:
+        # The portfolio's one trial first, then the sampler's start (TPE's first 10 trials).
+        drawn = claimed_params(repository, name, 11)
+        return [abs(math.log10(p["learning_rate"]) - math.log10(3e-2)) for p in drawn[1:]]
+
+    warm, cold = start_gaps(new), start_gaps(plain)
+    # Most starts within half a decade of the prior's learning rate; uniform draws over three decades are not.
+    assert sorted(warm)[5] < 0.5 < sorted(cold)[5]

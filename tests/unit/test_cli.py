@@ -354,5 +354,7 @@ def test_study_show_says_what_warm_start_queued_and_each_trial_where_it_came_fro
     trial = {"number": 0, "state": "waiting", "value": None, "params": {"depth": 1}, "user_attrs": {}}
     trial["user_attrs"] = {"enqueued": True, "warm_start_from": "bbc-may#17"}
     assert _trial_line(trial).endswith("[from bbc-may#17]")
+    study["warm_start"] = {**study["warm_start"], "prior_configurations": 14}  # type: ignore[dict-item]
+    assert "warm start 2 trials from bbc-may, bbc-april; a prior of 14 good configurations" in _show(study)
     trial["user_attrs"] = {"enqueued": True}
     assert _trial_line(trial).endswith("[enqueued]")

@@ -61,7 +61,11 @@ def errors(spec: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
 def test_warm_start_defaults_to_a_portfolio_of_five_and_a_spec_without_it_stores_as_before() -> None:
     spec = StudySpec.model_validate(synthetic_spec(warm_start={"studies": ["old-a", "old-b"]}))
     assert spec.warm_start is not None and spec.warm_start.portfolio == 5
-    assert spec.model_dump(mode="json")["warm_start"] == {"studies": ["old-a", "old-b"], "portfolio": 5}
+    assert spec.model_dump(mode="json")["warm_start"] == {
+        "studies": ["old-a", "old-b"],
+        "portfolio": 5,
+        "prior_weight": 1.0,
+    }
     assert "warm_start" not in StudySpec.model_validate(synthetic_spec()).model_dump(mode="json")
     same = StudySpec.model_validate(synthetic_spec(warm_start={"studies": "same-model", "portfolio": 50}))
     assert same.warm_start is not None and same.warm_start.studies == "same-model"
@@ -78,6 +82,11 @@ def test_warm_start_defaults_to_a_portfolio_of_five_and_a_spec_without_it_stores
         ({"studies": ["a", "a"]}, ("warm_start", "studies"), "'a' twice"),
         ({"portfolio": 3}, ("warm_start", "studies"), "Field required"),
         ({"studies": ["a"], "size": 3}, ("warm_start", "size"), "Extra inputs"),
+        (
+            {"studies": ["a"], "prior_weight": -1},
+            ("warm_start", "prior_weight"),
+            "greater than or equal to 0",
+        ),
     ],
 )
 def test_a_bad_warm_start_section_is_refused_naming_its_field(
