@@ -161,10 +161,13 @@ class GridStudy(InvalidStudyState):
 
 
 class WarmStartRejected(TunefleetError):
-    """A study named in warm_start.studies cannot be learnt from; `problems` holds (index, why) for each."""
+    """A study named in warm_start.studies cannot be learnt from; `problems` holds (index, why) for each (index
+    None: warm_start.studies as a whole, as builtin for a study that is not of the built-in model)."""
 
     code = "invalid_warm_start"
 
-    def __init__(self, problems: list[tuple[int, str]]) -> None:
-        super().__init__("; ".join(f"warm_start.studies[{i}]: {why}" for i, why in problems))
+    def __init__(self, problems: list[tuple[int | None, str]]) -> None:
+        super().__init__(
+            "; ".join(f"warm_start.studies{'' if i is None else f'[{i}]'}: {why}" for i, why in problems)
+        )
         self.problems = problems

@@ -1288,6 +1288,8 @@ class Budget(_Strict):
 
 
 SAME_MODEL = "same-model"
+# tunefleet's own recorded studies of the built-in model (studies/portfolios/), for a first study of it.
+BUILTIN_SOURCES = "builtin"
 DEFAULT_PORTFOLIO = 5
 MAX_PORTFOLIO = 50
 # How strongly the sources' good configurations steer TPE before the study has trials of its own.
@@ -1296,13 +1298,14 @@ MAX_WARM_START_STUDIES = 50
 
 
 def _warm_start_source_kind(value: Any) -> str | None:
-    if value == SAME_MODEL:
-        return SAME_MODEL
+    if value in (SAME_MODEL, BUILTIN_SOURCES):
+        return str(value)
     return "names" if isinstance(value, list) else None
 
 
 WarmStartSources = Annotated[
     Annotated[Literal["same-model"], Tag(SAME_MODEL)]
+    | Annotated[Literal["builtin"], Tag(BUILTIN_SOURCES)]
     | Annotated[
         list[Annotated[str, Field(pattern=STUDY_NAME_PATTERN, max_length=128)]],
         Field(min_length=1, max_length=MAX_WARM_START_STUDIES),
@@ -1311,7 +1314,7 @@ WarmStartSources = Annotated[
     Discriminator(
         _warm_start_source_kind,
         custom_error_type="warm_start_studies",
-        custom_error_message="studies must be a list of study names, or same-model",
+        custom_error_message="studies must be a list of study names, same-model or builtin",
     ),
 ]
 
@@ -1321,8 +1324,8 @@ class WarmStart(_Strict):
     as the study's first trials (studies/warm_start.py)."""
 
     studies: WarmStartSources = Field(
-        description="the studies' names, or same-model: every completed study of the same task kind, model and"
-        " fine-tune mode(s)"
+        description="the studies' names; same-model: every completed study of the same task kind, model and"
+        " fine-tune mode(s); builtin: tunefleet's own recorded studies of the built-in model (head, val_loss)"
     )
     portfolio: int = Field(
         DEFAULT_PORTFOLIO,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from optuna.storages import BaseStorage
@@ -14,7 +16,7 @@ from optuna.trial import TrialState
 from studies.enqueue import TrialQueue, check_params
 from studies.errors import WarmStartRejected
 from studies.records import StudyRecord
-from studies.spec import SAME_MODEL, FreeSpace, Param, Space, StudySpec
+from studies.spec import BUILTIN_SOURCES, SAME_MODEL, FreeSpace, Param, Space, StudySpec
 from studies.states import StudyState
 
 # The user attribute naming the trial a queued configuration came from: "<study>#<trial number>".
@@ -29,6 +31,10 @@ WARM_START_PRIOR_ATTR = "tunefleet:warm_start_prior"
 PRIOR_SHARE = 0.25
 MAX_PRIOR_PER_STUDY = 50
 _HOLD_REASON = "warm start: queueing the portfolio"
+
+# warm_start: {studies: builtin}: tunefleet's own recordings of head studies on the built-in model, one source
+# study per task, written by `python -m bench.replay.portfolio` from bench/replay/data.
+BUILTIN_PORTFOLIO_FILE = Path(__file__).parent / "portfolios" / "all-MiniLM-L6-v2-head.json"
 
 Direction = Literal["minimize", "maximize"]
 
@@ -246,6 +252,42 @@ def stored_prior(storage: BaseStorage, record: StudyRecord) -> list[dict[str, An
     return [dict(p) for p in stored if isinstance(p, dict)] if isinstance(stored, list) else []
 
 
+@functools.cache
+def builtin_portfolio() -> dict[str, Any]:
+    """The recorded studies `builtin` learns from, and what they were: model, fine-tune mode, objective."""
+    loaded: dict[str, Any] = json.loads(BUILTIN_PORTFOLIO_FILE.read_text(encoding="utf-8"))
+    return loaded
+
+
+def builtin_sources(spec: StudySpec) -> list[SourceStudy]:
+    """The recorded studies as sources for the spec; WarmStartRejected unless it is a study they can teach: a
+    head on the built-in model, one objective of the same metric and direction."""
+    recorded = builtin_portfolio()
+    kind, model, modes = _model_of(spec)
+    objective = _objective_of(spec)
+    wanted = (recorded["kind"], recorded["model"], (recorded["finetune"],))
+    if (kind, model, modes) != wanted or objective != (recorded["metric"], recorded["direction"]):
+        raise WarmStartRejected(
+            [
+                (
+                    None,
+                    f"builtin learns from tunefleet's recorded studies of a {recorded['finetune']} on"
+                    f" {recorded['model']} ({recorded['kind']}) that {recorded['direction']} {recorded['metric']};"
+                    f" this study is kind {kind}, model {model or '(none)'}, fine-tune mode {', '.join(modes)},"
+                    f" objective {' '.join(objective) if objective else 'of several metrics'}",
+                )
+            ]
+        )
+    return [
+        SourceStudy(
+            f"builtin:{study['task']}",
+            recorded["direction"],
+            [SourceTrial(number, params, float(value)) for number, params, value in study["trials"]],
+        )
+        for study in recorded["studies"]
+    ]
+
+
 def _model_of(spec: StudySpec) -> tuple[str, str, tuple[str, ...]]:
     # Kind python has no model but its training function: that is what its configurations were tuned for.
     model = (spec.task.entrypoint or "") if spec.task.kind == "python" else spec.task.model
@@ -313,6 +355,8 @@ class WarmStartQueue(TrialQueue):
         assert spec.warm_start is not None
         wanted = _objective_of(spec)
         warnings: list[str] = []
+        if spec.warm_start.studies == BUILTIN_SOURCES:
+            return builtin_sources(spec), warnings
         if spec.warm_start.studies == SAME_MODEL:
             records = self._same_model_studies(spec)
             if not records:
@@ -338,7 +382,7 @@ class WarmStartQueue(TrialQueue):
 
     def _named_studies(self, names: Sequence[str], wanted: tuple[str, str] | None) -> list[StudyRecord]:
         records = {record.name: record for record in self.list_studies() if record.name in names}
-        problems: list[tuple[int, str]] = []
+        problems: list[tuple[int | None, str]] = []
         for index, name in enumerate(names):
             record = records.get(name)
             if record is None:

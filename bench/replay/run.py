@@ -42,6 +42,48 @@ METHODS: dict[str, dict[str, Any]] = {
     # tunefleet's defaults: cost-aware TPE, the preset's pruner, early stopping on a plateau.
     "tunefleet": {"sampler": {"name": "tpe"}},
 }
+# tunefleet's defaults warm-started from the source studies a run is given (other tasks' recordings): their
+# portfolio queued first, and their best quarter as the sampler's prior.
+# Not among METHODS: it needs sources (bench.replay.warm_start gives them).
+WARM = "tunefleet-warm"
+WARM_OVERRIDES: dict[str, Any] = {"sampler": {"name": "tpe"}, "warm_start": {"portfolio": 5}}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A finished study on another task to warm-start from: its preset, and each trial's parameters and value."""
+
+    task: str
+    preset: dict[str, Any]
+    trials: list[tuple[dict[str, Any], float]]
+
+    @property
+    def name(self) -> str:
+        return f"recorded-{self.task}"
+
+
+def source_of(task: str, preset: dict[str, Any], curves: list[Any]) -> Source:
+    """A recording as the study a user would have run on that task: every recorded configuration and its value."""
+    return Source(task, preset, [(dict(c.params), c.value()) for c in curves if c.failed is None])
+
+
+def add_source(repository: StudyRepository, source: Source) -> None:
+    """The source as a completed study in the store: each trial claimed and completed with its recorded value."""
+    spec = StudySpec.model_validate(
+        {
+            **source.preset,
+            "name": source.name,
+            "sampler": {"name": "random"},
+            "pruner": {"name": "none"},
+            "budget": {"n_trials": len(source.trials)},
+        }
+    )
+    repository.create(spec)
+    repository.enqueue(source.name, [params for params, _ in source.trials])
+    for _, value in source.trials:
+        claim = repository.claim(WORKER, study_names=[source.name])
+        assert claim is not None
+        repository.complete(claim, value, {})
 
 
 @dataclass
@@ -127,22 +169,35 @@ class Run:
         return None
 
 
-def method_spec(preset: dict[str, Any], method: str, seed: int) -> StudySpec:
-    overrides = METHODS[method]
+def method_spec(
+    preset: dict[str, Any], method: str, seed: int, sources: tuple[Source, ...] = ()
+) -> StudySpec:
+    overrides = WARM_OVERRIDES if method == WARM else METHODS[method]
     raw = {**preset, "name": f"replay-{method}-{seed}", "budget": {"n_trials": 100_000}}
     for key, value in overrides.items():
         raw[key] = {**raw.get(key, {}), **value} if key == "objective" else value
+    if "warm_start" in raw:
+        raw["warm_start"] = {**raw["warm_start"], "studies": [source.name for source in sources]}
     raw["sampler"] = {**raw["sampler"], "seed": seed}
     return StudySpec.model_validate(raw)
 
 
 def run_method(
-    preset: dict[str, Any], method: str, seed: int, budget_s: float, surrogate: Surrogate, workdir: Path
+    preset: dict[str, Any],
+    method: str,
+    seed: int,
+    budget_s: float,
+    surrogate: Surrogate,
+    workdir: Path,
+    sources: tuple[Source, ...] = (),
 ) -> Run:
     """The method's study, claimed and run trial by trial until the simulated compute passes budget_s."""
-    spec = method_spec(preset, method, seed)
+    spec = method_spec(preset, method, seed, sources)
     storage = open_storage(f"sqlite:///{workdir / f'{method}-{seed}.db'}")
     repository = StudyRepository(storage)
+    if spec.warm_start is not None:
+        for source in sources:
+            add_source(repository, source)
     repository.create(spec)
     clock = Clock()
     runner = TrialRunner(
@@ -172,7 +227,12 @@ def run_method(
 
 
 def run_seed(
-    preset: dict[str, Any], methods: list[str], seed: int, budget_s: float, surrogate: Surrogate
+    preset: dict[str, Any],
+    methods: list[str],
+    seed: int,
+    budget_s: float,
+    surrogate: Surrogate,
+    sources: tuple[Source, ...] = (),
 ) -> list[Run]:
     """Every method on one seed, one after another in this process."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -181,4 +241,4 @@ def run_seed(
     with tempfile.TemporaryDirectory(
         prefix="tunefleet-replay-", dir=shm if shm.is_dir() else None
     ) as workdir:
-        return [run_method(preset, m, seed, budget_s, surrogate, Path(workdir)) for m in methods]
+        return [run_method(preset, m, seed, budget_s, surrogate, Path(workdir), sources) for m in methods]

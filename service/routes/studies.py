@@ -60,7 +60,11 @@ def create_study(spec: StudySpec, repository: Repository, response: Response) ->
     except WarmStartRejected as rejected:
         raise RequestValidationError(
             [
-                {"type": "invalid_warm_start", "loc": ("body", "warm_start", "studies", index), "msg": why}
+                {
+                    "type": "invalid_warm_start",
+                    "loc": ("body", "warm_start", "studies", *(() if index is None else (index,))),
+                    "msg": why,
+                }
                 for index, why in rejected.problems
             ]
         ) from None

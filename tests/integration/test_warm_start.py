@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from studies import StudyRepository, WorkerIdentity
@@ -226,3 +227,51 @@ def test_a_tpe_study_starts_near_its_sources_good_configurations_after_the_portf
     warm, cold = start_gaps(new), start_gaps(plain)
     # Most starts within half a decade of the prior's learning rate; uniform draws over three decades are not.
     assert sorted(warm)[5] < 0.5 < sorted(cold)[5]
+
+
+def builtin_head_spec(name: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "task": {"model": "builtin:all-MiniLM-L6-v2", "data": "builtin:bbc-news", "finetune": "head"},
+        "budget": {"n_trials": 20},
+        **overrides,
+    }
+
+
+def test_a_first_study_of_the_builtin_model_starts_from_tunefleets_recorded_studies(
+    client: TestClient, repository: StudyRepository, study_name: str
+) -> None:
+    response = client.post(
+        "/v1/studies", json=builtin_head_spec(study_name, warm_start={"studies": "builtin"})
+    )
+    assert response.status_code == 201, response.text
+    warm = response.json()["warm_start"]
+    assert warm["sources"] == ["builtin:bbc-news-minilm", "builtin:tweets-sentiment-minilm"]
+    assert len(warm["trials"]) == 5 and warm["warnings"] == []
+    assert {t["from"].split("#")[0] for t in warm["trials"]} == set(warm["sources"])
+    assert warm["prior_configurations"] > 20
+    # The portfolio runs first, as this study's space takes it.
+    first = claimed_params(repository, study_name, 5)
+    assert first == [t["params"] for t in warm["trials"]]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (
+            {"task": {"model": "builtin:all-MiniLM-L6-v2", "data": "builtin:bbc-news", "finetune": "lora"}},
+            "lora",
+        ),
+        ({"objective": {"metric": "val_accuracy", "direction": "maximize"}}, "val_accuracy"),
+    ],
+)
+def test_builtin_warm_start_is_refused_for_a_study_the_recordings_cannot_teach(
+    client: TestClient, study_name: str, overrides: dict[str, Any], words: str
+) -> None:
+    spec = builtin_head_spec(study_name, warm_start={"studies": "builtin"}, **overrides)
+    response = client.post("/v1/studies", json=spec)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "warm_start", "studies"]
+    assert words in error["msg"] and "builtin learns from" in error["msg"]
+    assert client.get(f"/v1/studies/{study_name}").status_code == 404

@@ -76,7 +76,7 @@ def test_warm_start_defaults_to_a_portfolio_of_five_and_a_spec_without_it_stores
     [
         ({"studies": ["a"], "portfolio": 0}, ("warm_start", "portfolio"), "greater than or equal to 1"),
         ({"studies": ["a"], "portfolio": 51}, ("warm_start", "portfolio"), "less than or equal to 50"),
-        ({"studies": "every"}, ("warm_start", "studies"), "list of study names, or same-model"),
+        ({"studies": "every"}, ("warm_start", "studies"), "list of study names, same-model or builtin"),
         ({"studies": []}, ("warm_start", "studies", "names"), "at least 1 item"),
         ({"studies": ["ok", "Bad name!"]}, ("warm_start", "studies", "names", 1), "pattern"),
         ({"studies": ["a", "a"]}, ("warm_start", "studies"), "'a' twice"),
