@@ -15,7 +15,7 @@ from studies import Claim, StudyRepository, StudySpec, open_storage
 from studies.artifacts import open_artifact_store
 from studies.checkpoints import CHECKPOINT_ATTR
 from tests.entrypoints.models import TextClassifier
-from tests.finetune_spec import CPU_WORKER, run_next, small_data, tiny_bert, write_csv
+from tests.finetune_spec import CPU_WORKER, run_next, write_csv
 from tests.finetune_spec import finetune_spec as spec
 from worker.runner import TrialRunner
 
@@ -23,16 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 EPOCHS = 4
 NO_PATIENCE = {"metric": "val_loss", "direction": "minimize", "value": "best", "patience": 0}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return small_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture

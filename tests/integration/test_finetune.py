@@ -28,7 +28,7 @@ from studies.artifacts import (
     write_model_archive,
 )
 from studies.states import StudyState
-from tests.finetune_spec import CPU_WORKER, TOKENIZER_FILES, run_next, small_data, tiny_bert
+from tests.finetune_spec import CPU_WORKER, TOKENIZER_FILES, run_next
 from tests.finetune_spec import finetune_spec as spec
 from tunefleet.client import ApiError, TunefleetClient
 from worker.data import load_split
@@ -42,17 +42,6 @@ from worker.runner import TrialRunner
 from worker.tasks.interface import Measurable
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-block, 32-wide BERT with random weights and the built-in model's tokenizer."""
-    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return small_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture

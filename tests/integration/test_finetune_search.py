@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from service import ServiceSettings, create_app
 from studies import StudyRepository, StudySpec, open_storage
 from studies.artifacts import MODEL_ARTIFACT_ATTR, open_artifact_store
-from tests.finetune_spec import run_next, small_data, tiny_bert
+from tests.finetune_spec import run_next
 from tunefleet.client import TunefleetClient
 from worker.export import evaluate, load_best_model
 from worker.runner import TrialRunner
@@ -23,17 +23,6 @@ from worker.runner import TrialRunner
 LORA = {"lora_rank": 4, "lora_alpha": 2.0, "lora_dropout": 0.1, "lora_targets": "attention"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-block, 32-wide BERT with random weights and the built-in model's tokenizer."""
-    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return small_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture
