@@ -134,7 +134,9 @@ def test_the_retry_of_a_lost_workers_trial_resumes_from_its_checkpoint(
     assert checkpoint_files(tmp_path) == []
 
 
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
 def test_an_unreadable_checkpoint_costs_its_epochs_not_the_trial(
+    damage: str,
     repository: StudyRepository,
     tiny_model: Path,
     data_files: dict[str, str],
@@ -152,7 +154,11 @@ def test_an_unreadable_checkpoint_costs_its_epochs_not_the_trial(
     run_next(stopped, repository, study_name)
     monkeypatch.undo()
     (only,) = (tmp_path / "artifacts").rglob("checkpoint-*")
-    only.write_bytes(b"not a checkpoint")
+    if damage == "corrupt":
+        only.write_bytes(b"not a checkpoint")
+    else:
+        # As on another node whose artifact folder is its own: the checkpoint is not there.
+        only.unlink()
 
     outcome, rerun = run_next(runner_for(repository, tmp_path), repository, study_name)
     assert outcome == "complete"
