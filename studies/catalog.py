@@ -173,10 +173,13 @@ class StudyCatalog:
             record=record, state=self._derived_state(record, counts), trial_counts=counts, best_trial=best
         )
 
-    def summaries(self, records: Sequence[StudyRecord], warnings_limit: int = 50) -> list[StudySummary]:
-        """Each study's progress, data warnings and (several objectives) Pareto front size, as progress,
-        data_warnings and pareto_front give them one study at a time: a list of studies in a fixed number of
-        queries, however many it holds, without loading the trials of a front."""
+    def summaries(
+        self, records: Sequence[StudyRecord], warnings_limit: int = 50, study_attrs: Sequence[str] = ()
+    ) -> list[StudySummary]:
+        """Each study's progress, data warnings, (several objectives) Pareto front size and the study user
+        attributes named in study_attrs, as progress, data_warnings and pareto_front give them one study at a
+        time: a list of studies in a fixed number of queries, however many it holds, without loading the trials
+        of a front."""
         ids = [record.optuna_study_id for record in records]
         single = {
             r.optuna_study_id: r.spec.objective.directions[0] for r in records if not r.spec.objective.several
@@ -190,6 +193,7 @@ class StudyCatalog:
             best = trials_by_id(connection, list(best_ids.values()))
             warnings = study_page.user_attr_values(connection, ids, DATA_WARNINGS_ATTR)
             fronts = study_page.pareto_front_sizes(connection, several)
+            attrs = {key: study_page.study_user_attr(connection, ids, key) for key in study_attrs}
         summaries = []
         for record in records:
             study_id = record.optuna_study_id
@@ -203,7 +207,10 @@ class StudyCatalog:
             )
             summaries.append(
                 StudySummary(
-                    progress, _distinct_warnings(warnings[study_id], warnings_limit), fronts.get(study_id)
+                    progress,
+                    _distinct_warnings(warnings[study_id], warnings_limit),
+                    fronts.get(study_id),
+                    {key: found[study_id] for key, found in attrs.items() if study_id in found},
                 )
             )
         return summaries

@@ -67,6 +67,8 @@ class StudySummary:
     progress: StudyProgress
     warnings: list[str]
     pareto_front_size: int | None
+    # The study user attributes asked for (summaries' study_attrs), by key, where the study has them.
+    study_attrs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

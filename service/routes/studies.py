@@ -25,7 +25,9 @@ from service.schemas import (
 )
 from studies import StudyRecord, StudyRepository, StudySpec
 from studies.errors import ParamsRejected, WarmStartRejected
+from studies.records import StudySummary
 from studies.states import StudyState
+from studies.warm_start import WARM_START_STUDY_ATTR, WarmStartReport
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -72,6 +74,14 @@ def create_study(spec: StudySpec, repository: Repository, response: Response) ->
     return _study_read(repository, record)
 
 
+def warm_start_of(summary: StudySummary) -> WarmStartReport | None:
+    """What warm start did for a listed study, from the attributes its summary read (None without warm_start)."""
+    stored = summary.study_attrs.get(WARM_START_STUDY_ATTR)
+    if summary.progress.record.spec.warm_start is None or not isinstance(stored, dict):
+        return None
+    return WarmStartReport.from_json(stored)
+
+
 @router.get("", response_model=StudyPage)
 def list_studies(
     repository: Repository,
@@ -91,9 +101,9 @@ def list_studies(
                 summary.progress,
                 summary.warnings,
                 summary.pareto_front_size,
-                repository.warm_start_report(summary.progress.record),
+                warm_start_of(summary),
             )
-            for summary in repository.summaries(records)
+            for summary in repository.summaries(records, study_attrs=[WARM_START_STUDY_ATTR])
         ],
     )
 

@@ -15,9 +15,11 @@ from optuna.study._constrained_optimization import (
 from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from studies._optuna.models import TrialValueModel
+from studies._optuna.models import StudyUserAttributeModel, TrialValueModel
 from studies._optuna.trial_reads import _stored_float, system_attrs
 from studies._optuna.trial_rows import trial_values, trials, user_attrs
+
+study_user_attrs = StudyUserAttributeModel.__table__
 
 Direction = Literal["minimize", "maximize"]
 _TYPES = TrialValueModel.TrialValueType
@@ -99,6 +101,18 @@ def user_attr_values(connection: sa.Connection, study_ids: Sequence[int], key: s
     for study_id, value_json in rows:
         found[study_id].append(value_json)
     return found
+
+
+def study_user_attr(connection: sa.Connection, study_ids: Sequence[int], key: str) -> dict[int, Any]:
+    """One user attribute of each study that has it (Study.user_attrs[key]), by study id."""
+    if not study_ids:
+        return {}
+    rows = connection.execute(
+        sa.select(study_user_attrs.c.study_id, study_user_attrs.c.value_json).where(
+            study_user_attrs.c.study_id.in_(list(study_ids)), study_user_attrs.c.key == key
+        )
+    ).all()
+    return {study_id: json.loads(value_json) for study_id, value_json in rows}
 
 
 def pareto_front_sizes(

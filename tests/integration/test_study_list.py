@@ -32,6 +32,9 @@ def make_study(repository: StudyRepository, name: str, index: int) -> None:
     shape = index % 3
     objective: dict[str, Any] = [{}, {"metric": "val_accuracy"}, SEVERAL][shape]
     spec = tiny_spec(name, sampler={"name": "random", "seed": index}, budget={"n_trials": 5})
+    if shape == 0 and index > 3:
+        # Warm-started from study 3 (its three completed trials): what warm start did shows in the list too.
+        spec["warm_start"] = {"studies": [f"{name.rsplit('-', 1)[0]}-03"], "portfolio": 1}
     repository.create(StudySpec.model_validate({**spec, "objective": objective}))
     if shape == 2:
         for loss, seconds in SEVERAL_VALUES:
@@ -99,6 +102,7 @@ def test_listing_twenty_studies_takes_as_many_statements_as_listing_five(
         "val_accuracy",
     }
     assert any(s["pareto_front_size"] for s in five) and any(s["warnings"] for s in five)
+    assert any(s["warm_start"] for s in five)
     assert for_twenty == for_five, statements
 
 
