@@ -9,7 +9,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
 from fastapi import APIRouter, Request, Response
-from optuna.trial import FrozenTrial, TrialState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -23,7 +22,6 @@ router = APIRouter(tags=["metrics"])
 
 CLAIM_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DURATION_BUCKETS_S = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0)
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def reason_label(reason: str) -> str:
@@ -72,24 +70,21 @@ class StoreCollector(Collector):
         study_states: Counter[str] = Counter()
         durations: dict[str, list[float]] = {}
         claims: dict[str, list[float]] = {}
-        for record in self.repository.list_studies():
-            progress = self.repository.progress(record)
+        # A fixed number of queries for any number of studies and trials: a scrape never loads a trial.
+        records = self.repository.list_studies()
+        facts = self.repository.finished_trial_facts(records)
+        for summary in self.repository.summaries(records):
+            record, progress = summary.progress.record, summary.progress
             study_states[progress.state] += 1
             for state, count in progress.trial_counts.items():
                 trials.add_metric([record.name, state], count)
             running_total += progress.trial_counts["running"]
-            finished: list[FrozenTrial] = self.repository.storage.get_all_trials(
-                record.optuna_study_id, deepcopy=False, states=FINISHED
-            )
-            durations[record.name] = [t.duration.total_seconds() for t in finished if t.duration is not None]
-            claims[record.name] = [
-                float(t.user_attrs["claim_s"]) for t in finished if "claim_s" in t.user_attrs
-            ]
-            reasons = Counter(
-                reason_label(str(t.user_attrs.get("fail_reason", "unknown")))
-                for t in finished
-                if t.state == TrialState.FAIL
-            )
+            finished = facts[record.optuna_study_id]
+            durations[record.name] = finished.durations_s
+            claims[record.name] = finished.claims_s
+            reasons: Counter[str] = Counter()
+            for reason, count in finished.fail_reasons.items():
+                reasons[reason_label(reason)] += count
             for reason, count in reasons.items():
                 failed.add_metric([record.name, reason], count)
         for state, count in study_states.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -22,6 +23,7 @@ from studies.errors import InvalidStudyState, StudyAlreadyExists, StudyNotFound,
 from studies.records import (
     DATA_WARNINGS_ATTR,
     TRIAL_STATE_NAMES,
+    FinishedFacts,
     StudyProgress,
     StudyRecord,
     StudySummary,
@@ -32,6 +34,9 @@ from studies.schema import upgrade_store
 from studies.spec import StudySpec
 from studies.states import SETTABLE_STUDY_STATES, StudyState
 from studies.tables import studies_table, utcnow
+
+# The states a trial ends in; /metrics reports these trials' seconds.
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class StudyCatalog:
@@ -214,6 +219,28 @@ class StudyCatalog:
                 )
             )
         return summaries
+
+    def finished_trial_facts(self, records: Sequence[StudyRecord]) -> dict[int, FinishedFacts]:
+        """What /metrics reports of each study's finished trials, by Optuna study id: their wall seconds, their
+        claim seconds, and the failed ones' reasons ("unknown" where none was recorded). Four queries in all."""
+        ids = [record.optuna_study_id for record in records]
+        with self._begin() as connection:
+            durations = study_page.finished_durations(connection, ids, FINISHED_STATES)
+            claims = study_page.trial_user_attr(connection, ids, "claim_s", FINISHED_STATES)
+            reasons = study_page.trial_user_attr(connection, ids, "fail_reason", (TrialState.FAIL,))
+            counts = study_page.trial_counts(connection, ids)
+        facts = {}
+        for study_id in ids:
+            failed = Counter(str(reason) for reason in reasons[study_id])
+            unknown = counts[study_id].get(TrialState.FAIL, 0) - len(reasons[study_id])
+            if unknown > 0:
+                failed["unknown"] += unknown
+            facts[study_id] = FinishedFacts(
+                durations_s=durations[study_id],
+                claims_s=[float(c) for c in claims[study_id] if isinstance(c, int | float)],
+                fail_reasons=failed,
+            )
+        return facts
 
     def pareto_front(self, record: StudyRecord) -> list[FrozenTrial]:
         """The study's feasible non-dominated completed trials by number (for one objective: its best trials)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,7 @@ __all__ = [
     "TRIAL_STATE_NAMES",
     "Claim",
     "ClaimedTrial",
+    "FinishedFacts",
     "StudyProgress",
     "StudyRecord",
     "StudySummary",
@@ -69,6 +71,15 @@ class StudySummary:
     pareto_front_size: int | None
     # The study user attributes asked for (summaries' study_attrs), by key, where the study has them.
     study_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FinishedFacts:
+    """What the metrics read of a study's finished trials: wall seconds, claim seconds, failures by reason."""
+
+    durations_s: list[float]
+    claims_s: list[float]
+    fail_reasons: Counter[str]
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,48 @@ def trial_counts(connection: sa.Connection, study_ids: Sequence[int]) -> dict[in
     return counts
 
 
+def finished_durations(
+    connection: sa.Connection, study_ids: Sequence[int], states: Sequence[TrialState]
+) -> dict[int, list[float]]:
+    """Each study's trials in these (finished) states: their wall seconds from start to end, as
+    FrozenTrial.duration gives them; trials without both times are left out."""
+    found: dict[int, list[float]] = {study_id: [] for study_id in study_ids}
+    if not study_ids:
+        return found
+    rows = connection.execute(
+        sa.select(trials.c.study_id, trials.c.datetime_start, trials.c.datetime_complete).where(
+            trials.c.study_id.in_(list(study_ids)),
+            trials.c.state.in_(list(states)),
+            trials.c.datetime_start.is_not(None),
+            trials.c.datetime_complete.is_not(None),
+        )
+    ).all()
+    for study_id, start, end in rows:
+        found[study_id].append((end - start).total_seconds())
+    return found
+
+
+def trial_user_attr(
+    connection: sa.Connection, study_ids: Sequence[int], key: str, states: Sequence[TrialState]
+) -> dict[int, list[Any]]:
+    """Each study's values of a trial user attribute, over its trials in these states that have it."""
+    found: dict[int, list[Any]] = {study_id: [] for study_id in study_ids}
+    if not study_ids:
+        return found
+    rows = connection.execute(
+        sa.select(trials.c.study_id, user_attrs.c.value_json)
+        .join(trials, trials.c.trial_id == user_attrs.c.trial_id)
+        .where(
+            trials.c.study_id.in_(list(study_ids)),
+            trials.c.state.in_(list(states)),
+            user_attrs.c.key == key,
+        )
+    ).all()
+    for study_id, value_json in rows:
+        found[study_id].append(json.loads(value_json))
+    return found
+
+
 def best_trial_ids(connection: sa.Connection, directions: Mapping[int, Direction]) -> dict[int, int]:
     """Each single-objective study's best complete trial, as RDBStorage.get_best_trial picks it (the lowest
     trial id among equals); a study with no complete trial has none. One query per direction."""

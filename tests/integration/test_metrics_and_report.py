@@ -9,10 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.metrics import StoreCollector
 from studies import StudyRepository, StudySpec, WorkerIdentity
 from studies.fleet import Fleet
 from tests.conftest import tiny_spec
@@ -177,3 +179,50 @@ def test_the_report_of_a_failed_study_says_why_it_failed(
 
 def test_report_of_an_unknown_study_is_404(client: TestClient) -> None:
     assert client.get("/v1/studies/nope/report").status_code == 404
+
+
+def test_a_scrape_takes_as_many_statements_for_six_studies_as_for_two(
+    repository: StudyRepository, study_name: str
+) -> None:
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    def scrape() -> tuple[int, dict[str, float]]:
+        collector = StoreCollector(repository, grace_s=60.0, cache_s=0.0)
+        seen.clear()
+        sa.event.listen(repository.engine, "before_cursor_execute", count)
+        try:
+            families = list(collector.collect())
+        finally:
+            sa.event.remove(repository.engine, "before_cursor_execute", count)
+        failed = {
+            sample.labels["study"]: sample.value
+            for family in families
+            if family.name == "tunefleet_failed_trials"
+            for sample in family.samples
+            if sample.labels["study"].startswith(study_name)
+        }
+        return len(seen), failed
+
+    def add_study(index: int) -> None:
+        name = f"{study_name}-{index}"
+        repository.create(StudySpec.model_validate(tiny_spec(name, budget={"n_trials": 4})))
+        for number in range(3):
+            claim = repository.claim(WORKER, study_names=[name])
+            assert claim is not None
+            if number == 2:
+                repository.fail(claim, "NaN loss at epoch 1")
+            else:
+                repository.complete(claim, 0.5, {"claim_s": 0.01})
+
+    for index in range(2):
+        add_study(index)
+    for_two, failed = scrape()
+    assert failed == {f"{study_name}-0": 1, f"{study_name}-1": 1}
+    for index in range(2, 6):
+        add_study(index)
+    for_six, failed = scrape()
+    assert len(failed) == 6
+    assert for_six == for_two, seen
