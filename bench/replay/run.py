@@ -44,9 +44,14 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 # tunefleet's defaults warm-started from the source studies a run is given (other tasks' recordings): their
 # portfolio queued first, and their best quarter as the sampler's prior.
-# Not among METHODS: it needs sources (bench.replay.warm_start gives them).
+# Not among METHODS: they need sources (bench.replay.warm_start gives them). The first is warm start's defaults
+# (a portfolio of 5), the second adds the sampler's prior at weight 1.
 WARM = "tunefleet-warm"
-WARM_OVERRIDES: dict[str, Any] = {"sampler": {"name": "tpe"}, "warm_start": {"portfolio": 5}}
+WARM_PRIOR = "tunefleet-warm-prior"
+WARM_OVERRIDES: dict[str, dict[str, Any]] = {
+    WARM: {"sampler": {"name": "tpe"}, "warm_start": {"portfolio": 5}},
+    WARM_PRIOR: {"sampler": {"name": "tpe"}, "warm_start": {"portfolio": 5, "prior_weight": 1.0}},
+}
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,7 @@ class Run:
 def method_spec(
     preset: dict[str, Any], method: str, seed: int, sources: tuple[Source, ...] = ()
 ) -> StudySpec:
-    overrides = WARM_OVERRIDES if method == WARM else METHODS[method]
+    overrides = WARM_OVERRIDES[method] if method in WARM_OVERRIDES else METHODS[method]
     raw = {**preset, "name": f"replay-{method}-{seed}", "budget": {"n_trials": 100_000}}
     for key, value in overrides.items():
         raw[key] = {**raw.get(key, {}), **value} if key == "objective" else value

@@ -204,8 +204,8 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
                 deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True
             )
             if len(finished) < self._n_startup_trials:
-                # Instead of TPE's random start: near a good configuration of the earlier studies.
-                drawn = self._sample_prior(trial, param_name, param_distribution)
+                # Some of TPE's random start drawn near good configurations of the earlier studies instead.
+                drawn = self._sample_prior(trial, param_name, param_distribution, len(finished))
                 if drawn is not _MISSING:
                     return drawn
         return super().sample_independent(study, trial, param_name, param_distribution)
@@ -228,17 +228,29 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
         self, rows: Sequence[Mapping[str, Any]], search_space: dict[str, BaseDistribution]
     ) -> _ParzenEstimator:
         columns = {name: np.asarray([row[name] for row in rows]) for name in search_space}
-        return self._parzen_estimator_cls(columns, search_space, self._parzen_estimator_parameters)
+        # Half the density on the estimator's own broad kernel over the whole range, half on the configurations:
+        # the prior raises the score near them without sinking it far from them, where a source that was
+        # another task may simply have been wrong.
+        parameters = self._parzen_estimator_parameters._replace(prior_weight=float(len(rows)))
+        return self._parzen_estimator_cls(columns, search_space, parameters)
 
-    def _sample_prior(self, trial: FrozenTrial, name: str, distribution: BaseDistribution) -> Any:
+    def _sample_prior(
+        self, trial: FrozenTrial, name: str, distribution: BaseDistribution, n_finished: int
+    ) -> Any:
         # One prior configuration per trial, drawn at its first parameter: the others are sampled one by one
         # (independent TPE), each near the same configuration, so a start keeps the pairings that made it good.
+        # With probability strength / (1 + strength) (a half at weight 1 and no trials), else none: the rest of
+        # the start stays random, so a study whose best lies far from its sources' still sees the whole space.
         rng = self._rng.rng
         anchor = self._anchors.get(trial.number)
         if anchor is None:
-            anchor = self._anchors[trial.number] = int(rng.randint(len(self.prior)))
+            strength = self.prior_strength(n_finished)
+            near_prior = rng.rand() < strength / (1.0 + strength)
+            anchor = self._anchors[trial.number] = int(rng.randint(len(self.prior))) if near_prior else -1
             for number in [n for n in self._anchors if n < trial.number - 1_000]:
                 del self._anchors[number]
+        if anchor < 0:
+            return _MISSING
         config = self.prior[anchor]
         if name not in config:
             # A parameter the anchor lacks (a linear head has no width): near any configuration that has it.

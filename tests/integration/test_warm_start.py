@@ -83,7 +83,7 @@ def test_a_new_study_claims_the_portfolio_of_its_sources_first_within_its_budget
     assert response.status_code == 201, response.text
     created = response.json()
     portfolio = [params(0.002), params(0.02), params(0.001)]
-    assert created["spec"]["warm_start"] == {"studies": [a, b], "portfolio": 3, "prior_weight": 1.0}
+    assert created["spec"]["warm_start"] == {"studies": [a, b], "portfolio": 3, "prior_weight": 0.0}
     assert created["state"] == "running" and created["state_reason"] is None
     assert created["warm_start"] == {
         "sources": [a, b],
@@ -93,8 +93,8 @@ def test_a_new_study_claims_the_portfolio_of_its_sources_first_within_its_budget
             {"number": 2, "from": f"{a}#0", "params": portfolio[2]},
         ],
         "warnings": [],
-        # The best quarter of each source's three trials: one each.
-        "prior_configurations": 2,
+        # No prior by default.
+        "prior_configurations": 0,
     }
     assert created["trial_counts"]["waiting"] == 3 and created["warnings"] == []
 
@@ -215,7 +215,8 @@ def test_a_tpe_study_starts_near_its_sources_good_configurations_after_the_portf
         assert response.status_code == 201, response.text
         return response.json()
 
-    body = created(new, {"studies": [source], "portfolio": 1})
+    # A strong prior: nearly every start is drawn near it (at the default weight, about half are).
+    body = created(new, {"studies": [source], "portfolio": 1, "prior_weight": 20})
     assert body["warm_start"]["prior_configurations"] == 4
     created(plain, None)
 
@@ -241,9 +242,8 @@ def builtin_head_spec(name: str, **overrides: Any) -> dict[str, Any]:
 def test_a_first_study_of_the_builtin_model_starts_from_tunefleets_recorded_studies(
     client: TestClient, repository: StudyRepository, study_name: str
 ) -> None:
-    response = client.post(
-        "/v1/studies", json=builtin_head_spec(study_name, warm_start={"studies": "builtin"})
-    )
+    warm_start = {"studies": "builtin", "prior_weight": 1}
+    response = client.post("/v1/studies", json=builtin_head_spec(study_name, warm_start=warm_start))
     assert response.status_code == 201, response.text
     warm = response.json()["warm_start"]
     assert warm["sources"] == ["builtin:bbc-news-minilm", "builtin:tweets-sentiment-minilm"]
