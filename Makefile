@@ -7,12 +7,14 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # Every dependency but torch at the version the suite passed with; `make lock` rewrites it.
 LOCK := requirements.lock
+# The peer optimizers of the replay benchmark (SMAC3, DEHB, syne-tune) need numpy 1.26: a venv of their own.
+PEERS_VENV ?= .venv-peers
 # The newest releases pyproject.toml's ranges allow, in a venv of their own (make test-latest).
 LATEST_VENV ?= .venv-latest
 # A pin's package name as pip compares names (lower case, '-' for '_' and '.'), its version left alone.
 PIN_NAMES := :a; s/^([^=]*)[._]/\1-/; ta; s/^([^=]*)==/\L\1==/
 
-.PHONY: install run test test-latest lock lint typecheck clean bench bench-quick bench-gpu device-pack readme
+.PHONY: install run test test-latest lock lint typecheck clean bench bench-quick bench-gpu bench-peers peers-venv device-pack readme
 
 install: $(VENV)/.installed
 
@@ -71,6 +73,22 @@ bench-quick: install
 	for b in $(BENCHES); do $(BIN)/python -m bench.$$b --quick || exit 1; done
 	$(BIN)/python -m bench.write_report
 
+# The replay benchmark's peers: the surrogate exported as arrays (tunefleet's venv), SMAC3, DEHB and syne-tune run
+# on it with numpy alone (their venv), then merged into the replay report beside tunefleet's runs.
+peers-venv: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: bench/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet -r bench/peers/requirements.txt
+	touch $@
+
+bench-peers: install peers-venv
+	$(BIN)/python -m bench.peers.export --task bbc-news-minilm
+	$(PEERS_VENV)/bin/python -m bench.peers.run --model .peers/bbc-news-minilm.npz
+	$(BIN)/python -m bench.replay.benchmark --runs-from bench/results/replay-bbc-news-minilm.json \
+		--peers bench/results/replay-peers-bbc-news-minilm.json --svg docs/images/replay-bbc-news-minilm.svg
+	$(BIN)/python -m bench.write_report
+
 # On a GPU node: fine-tuning throughput on the GPU (head, last-k, and full with bf16 autocast and MFU),
 # into its own results file so the CPU figures stay.
 bench-gpu: install
@@ -95,4 +113,4 @@ typecheck: install
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) $(PEERS_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -11,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.replay.curves import DATA_DIR, data_file, load, repeat_file
+from bench.replay.curves import DATA_DIR, Recording, data_file, load, repeat_file
 from bench.replay.plot import anytime_svg
 from bench.replay.record import TASKS, spec_of
 from bench.replay.run import METHODS, Run, run_seed
@@ -50,6 +51,57 @@ def _seed(task: str, methods: list[str], seed: int, budget_s: float) -> list[Run
     return runs
 
 
+def budget_cpu_s(recording: Recording, trials: float) -> float:
+    """The budget of a run: the mean CPU seconds of the recording's trials (each its own epochs), times trials."""
+    costs = [sum(c.cpu_s[: c.epochs]) for c in recording.curves if c.failed is None]
+    return trials * statistics.mean(costs)
+
+
+def runs_json(runs: list[Run]) -> list[dict[str, Any]]:
+    """Every run's trace as plain JSON: the points where its best improved and its last, which is all that
+    best_at and to_reach read (a best of inf, before the first finished trial, is written as null)."""
+    rows = []
+    for r in runs:
+        kept = [
+            i for i, b in enumerate(r.best) if i == len(r.best) - 1 or b < (r.best[i - 1] if i else math.inf)
+        ]
+        rows.append(
+            {
+                "method": r.method,
+                "seed": r.seed,
+                "trials": r.trials,
+                "compute": [r.compute[i] for i in kept],
+                "best": [r.best[i] for i in kept],
+            }
+        )
+    return rows
+
+
+def runs_of(rows: list[dict[str, Any]]) -> list[Run]:
+    """Runs back from runs_json's rows (a results file of this benchmark or of bench/peers)."""
+    return [
+        Run(
+            method=str(r["method"]),
+            seed=int(r["seed"]),
+            compute=[float(c) for c in r["compute"]],
+            best=[math.inf if b is None else float(b) for b in r["best"]],
+            trials=int(r["trials"]),
+        )
+        for r in rows
+    ]
+
+
+def merge_peers(runs: list[Run], budget_s: float, peers: dict[str, Any]) -> list[Run]:
+    """The peers' runs beside these, on the seeds both cover; ValueError if they ran on another budget."""
+    if not math.isclose(float(peers["config"]["budget_cpu_s"]), budget_s, rel_tol=1e-9):
+        raise ValueError(
+            f"the peers ran on a budget of {peers['config']['budget_cpu_s']} s, not {budget_s} s"
+        )
+    theirs = runs_of(peers["runs"])
+    seeds = {r.seed for r in runs} & {r.seed for r in theirs}
+    return [r for r in [*runs, *theirs] if r.seed in seeds]
+
+
 def summarize(runs: list[Run], budget_s: float, reference: float) -> dict[str, Any]:
     """Per seed, random search's final best is the target; how much compute each method took to reach it, its
     best at shares of random's compute, and its regret over compute normalized by the recording's median value."""
@@ -66,7 +118,8 @@ def summarize(runs: list[Run], budget_s: float, reference: float) -> dict[str, A
         target = random_run.best[-1]
         base = random_run.to_reach(target)
         assert base is not None
-        for m in methods:
+        # A method run on fewer seeds than random (a peer cut short) is summarized over its own seeds.
+        for m in (m for m in methods if (m, seed) in by):
             run = by[(m, seed)]
             spent = run.to_reach(target)
             ratios[m].append(math.inf if spent is None else spent / base)
@@ -84,6 +137,9 @@ def summarize(runs: list[Run], budget_s: float, reference: float) -> dict[str, A
                 "ratio_median": statistics.median(ratios[m]),
                 "ratio_interval": [low, high],
                 "best_at": {str(f): statistics.median(at[m][f]) for f in FRACTIONS},
+                # Trials (a peer's evaluations) per run: how many the budget paid for.
+                "trials_median": statistics.median(by[(m, seed)].trials for seed in seeds if (m, seed) in by),
+                "seeds": len(ratios[m]),
             }
         )
     curves = {}
@@ -104,7 +160,7 @@ def markdown(summary: dict[str, Any], fid: dict[str, Any]) -> str:
         [
             [
                 r["method"],
-                f"{r['reached']}/{n}",
+                f"{r['reached']}/{r.get('seeds', n)}",
                 f"{ratio(r['ratio_median'])} ({ratio(r['ratio_interval'][0])} to {ratio(r['ratio_interval'][1])})",
             ]
             for r in summary["rows"]
@@ -141,6 +197,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--svg", type=Path, help="write the anytime plot here")
+    parser.add_argument(
+        "--runs-from",
+        type=Path,
+        help="take the methods' runs from this results file instead of running them again",
+    )
+    parser.add_argument(
+        "--peers", type=Path, help="a results file of python -m bench.peers.run: its methods join the report"
+    )
     args = parser.parse_args(argv)
     size = size_of(args)
     seeds = 2 if size == "smoke" else 10 if size == "quick" else args.seeds
@@ -150,25 +214,52 @@ def main(argv: Sequence[str] | None = None) -> None:
     spec = spec_of(args.task)
     repeat = repeat_file(data_file(args.task, args.data_dir))
     fid = fidelity(spec, recording, load(repeat) if repeat.exists() else None)
-    costs = [sum(c.cpu_s[: c.epochs]) for c in recording.curves if c.failed is None]
-    budget_s = budget_trials * statistics.mean(costs)
+    budget_s = budget_cpu_s(recording, budget_trials)
     reference = statistics.median(c.value() for c in recording.curves if c.failed is None)
     started = time.perf_counter()
     load_before = load_average()
-    with ProcessPoolExecutor(args.jobs, initializer=_start, initargs=(args.task, str(args.data_dir))) as pool:
-        futures = [pool.submit(_seed, args.task, methods, seed, budget_s) for seed in range(seeds)]
-        runs = [run for f in futures for run in f.result()]
-    wall = time.perf_counter() - started
+    if args.runs_from:
+        earlier = json.loads(args.runs_from.read_text())
+        runs = runs_of(earlier["runs"])
+        methods = list(dict.fromkeys(r.method for r in runs))
+        seeds = len({r.seed for r in runs})
+        budget_s = float(earlier["config"]["budget_cpu_s"])
+        budget_trials = earlier["config"]["budget_trials"]
+        # The runs' own wall time and load, not this merge's.
+        wall = float(earlier["config"]["wall_s"])
+        load_before = earlier["config"]["load_average"]["before"]
+        load_after = earlier["config"]["load_average"]["after"]
+    else:
+        with ProcessPoolExecutor(
+            args.jobs, initializer=_start, initargs=(args.task, str(args.data_dir))
+        ) as pool:
+            futures = [pool.submit(_seed, args.task, methods, seed, budget_s) for seed in range(seeds)]
+            runs = [run for f in futures for run in f.result()]
+        wall = time.perf_counter() - started
+        load_after = load_average()
+    own = runs
+    peers: dict[str, Any] = {}
+    if args.peers:
+        peers = json.loads(args.peers.read_text())
+        runs = merge_peers(runs, budget_s, peers)
+        seeds = len({r.seed for r in runs})
     summary = summarize(runs, budget_s, reference)
     if args.svg:
+        # A method run on fewer seeds than the rest says so in the legend; the peers' lines are dashed.
+        labels = {
+            r["method"]: r["method"] if r["seeds"] == seeds else f"{r['method']} ({r['seeds']} seeds)"
+            for r in summary["rows"]
+        }
+        mine = {r.method for r in own}
         args.svg.parent.mkdir(parents=True, exist_ok=True)
         args.svg.write_text(
             anytime_svg(
                 f"{args.task}: median normalized regret over {seeds} seeds (90% bootstrap band)",
                 GRID,
-                summary["curves"],
+                {labels[m]: curve for m, curve in summary["curves"].items()},
                 x_label="compute (share of the budget: random search's compute for its trials)",
                 y_label="normalized regret",
+                dashed={label for m, label in labels.items() if m not in mine},
             )
         )
     tunefleet = next(r for r in summary["rows"] if r["method"] == "tunefleet")
@@ -182,15 +273,28 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "seeds": seeds,
                 "budget_trials": budget_trials,
                 "budget_cpu_s": budget_s,
-                "methods": methods,
+                "methods": [r["method"] for r in summary["rows"]],
                 "recorded_configurations": len(recording.curves),
+                "reference_value": reference,
                 "wall_s": round(wall, 1),
-                "load_average": {"before": load_before, "after": load_average()},
+                "load_average": {"before": load_before, "after": load_after},
                 **versions(),
+                **(
+                    {"runs_from": {"file": str(args.runs_from), "command": earlier.get("command")}}
+                    if args.runs_from
+                    else {}
+                ),
+                **(
+                    {"peers": {"file": str(args.peers), "command": peers.get("command"), **peers["config"]}}
+                    if peers
+                    else {}
+                ),
             },
             "fidelity": fid,
             "summary": {"rows": summary["rows"], "floor": summary["floor"]},
             "markdown": markdown(summary, fid),
+            # This benchmark's own runs (the peers' stay in their file): another report can merge without rerunning.
+            "runs": runs_json(own),
             "targets": [
                 {
                     "target": "tunefleet reaches random search's best in at most 1/4 of its compute (median)",

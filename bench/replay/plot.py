@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from html import escape
 
 COLOURS = ("#1b6ac9", "#d1495b", "#2e933c", "#edae49", "#6c4f9e", "#00798c", "#8c564b", "#555555")
-WIDTH, HEIGHT = 720, 420
-LEFT, RIGHT, TOP, BOTTOM = 70, 170, 40, 50
+WIDTH, HEIGHT = 780, 420
+LEFT, RIGHT, TOP, BOTTOM = 70, 230, 40, 50
 
 
 def _log_ticks(low: float, high: float) -> list[float]:
@@ -28,8 +28,10 @@ def anytime_svg(
     *,
     x_label: str,
     y_label: str,
+    dashed: Collection[str] = (),
 ) -> str:
-    """Each method's (median, low, high) over x, on log axes; non-positive values are clipped to the lowest shown."""
+    """Each method's (median, low, high) over x, on log axes; non-positive values are clipped to the lowest shown.
+    Methods in dashed (another package's optimizers beside tunefleet's) are drawn with dashed lines."""
     values = [v for median, low, high in curves.values() for v in (*median, *low, *high) if 0 < v < math.inf]
     y_low = max(min(values), 1e-4) if values else 1e-3
     y_high = max(values) if values else 1.0
@@ -75,11 +77,14 @@ def anytime_svg(
         parts.append(
             f'<polygon points="{" ".join(band)}" fill="{colour}" fill-opacity="0.12" stroke="none"/>'
         )
-        parts.append(f'<polyline points="{" ".join(line)}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        dash = ' stroke-dasharray="6 3"' if name in dashed else ""
+        parts.append(
+            f'<polyline points="{" ".join(line)}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>'
+        )
         y = TOP + 14 + 18 * i
         parts.append(
             f'<line x1="{WIDTH - RIGHT + 12}" y1="{y - 4}" x2="{WIDTH - RIGHT + 32}" y2="{y - 4}" '
-            f'stroke="{colour}" stroke-width="2"/>'
+            f'stroke="{colour}" stroke-width="2"{dash}/>'
             f'<text x="{WIDTH - RIGHT + 38}" y="{y}">{escape(name)}</text>'
         )
     parts.append("</svg>")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,6 +163,42 @@ class Surrogate:
         )
         self._cache[key] = replayed
         return replayed
+
+
+def _encoded(d: BaseDistribution) -> dict[str, Any]:
+    if isinstance(d, CategoricalDistribution):
+        return {"type": "categorical", "choices": list(d.choices)}
+    assert isinstance(d, FloatDistribution | IntDistribution)
+    return {
+        "type": "float" if isinstance(d, FloatDistribution) else "int",
+        "low": d.low,
+        "high": d.high,
+        "log": d.log,
+    }
+
+
+def export(surrogate: Surrogate, path: Path, meta: Mapping[str, Any]) -> None:
+    """The surrogate as plain arrays (its forest's flat trees, the fitted rows and where they failed) and its
+    encoder's space as JSON, for a process that replays with numpy alone (bench/peers/replay.py)."""
+    fast = surrogate.fast
+    description = {
+        **meta,
+        "max_epochs": surrogate.max_epochs,
+        "encoder": [{"name": n, **_encoded(d)} for n, d in surrogate.encoder.space.items()],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        roots=fast.roots,
+        feature=fast.feature,
+        threshold=fast.threshold,
+        left=fast.left,
+        right=fast.right,
+        value=fast.value,
+        features=surrogate.features,
+        failures=np.asarray([-1 if f is None else f for f in surrogate.failures], dtype=np.int64),
+        meta=np.asarray(json.dumps(description)),
+    )
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:

@@ -1,0 +1,107 @@
+"""A recorded task's surrogate replayed with numpy alone, from the arrays `python -m bench.peers.export` writes."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# This module runs in the peers' own environment (numpy 1.26, no torch, no tunefleet): it repeats the encoder and
+# the forest walk of bench/replay/surrogate.py step for step, and tests/unit/test_replay_peers.py holds the two equal.
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A configuration's replayed curve to the space's last epoch: loss, accuracy, CPU seconds per epoch."""
+
+    val_loss: list[float]
+    val_accuracy: list[float]
+    cpu_s: list[float]
+    fails_after: int | None
+
+    def value(self, epochs: int) -> float:
+        """What tunefleet records for a trial of that many epochs (objective value: best)."""
+        return min(self.val_loss[:epochs])
+
+    def cost(self, epochs: int, *, after: int = 0) -> float:
+        """CPU seconds of epochs after+1 .. epochs (after > 0 where training resumes from a checkpoint)."""
+        return float(sum(self.cpu_s[after:epochs]))
+
+
+class Replay:
+    """The exported surrogate: a configuration's curve exactly as `Surrogate.replay` gives it."""
+
+    def __init__(self, path: Path) -> None:
+        with np.load(path) as data:
+            self.roots = data["roots"]
+            self.feature = data["feature"]
+            self.threshold = data["threshold"]
+            self.left = data["left"]
+            self.right = data["right"]
+            self.value = data["value"]
+            self.features = data["features"]
+            self.failures = [None if f < 0 else int(f) for f in data["failures"]]
+            self.meta: dict[str, Any] = json.loads(str(data["meta"]))
+        self.leaf = self.feature < 0
+        self.space: list[dict[str, Any]] = self.meta["encoder"]
+        self.max_epochs = int(self.meta["max_epochs"])
+        self._cache: dict[tuple[Any, ...], Curve] = {}
+
+    def row(self, params: Mapping[str, Any]) -> list[float]:
+        row: list[float] = []
+        for d in self.space:
+            value = params.get(d["name"])
+            row.append(0.0 if value is None else 1.0)
+            if d["type"] == "categorical" and _numeric(d["choices"]):
+                positive = all(float(c) > 0 for c in d["choices"] if isinstance(c, int | float))
+                row.append(-1.0 if value is None else math.log2(float(value)) if positive else float(value))
+            elif d["type"] == "categorical":
+                row.extend(1.0 if value == choice else 0.0 for choice in d["choices"])
+            elif value is None:
+                row.append(-1.0)
+            else:
+                low, high = (math.log(d["low"]), math.log(d["high"])) if d["log"] else (d["low"], d["high"])
+                x = math.log(float(value)) if d["log"] else float(value)
+                row.append((x - low) / (high - low) if high > low else 0.0)
+        return row
+
+    def predict(self, row: np.ndarray) -> np.ndarray:
+        # The forest compares rows cast to float32 against its thresholds, as sklearn does.
+        row = row.astype(np.float32)
+        nodes = self.roots.copy()
+        while True:
+            inner = ~self.leaf[nodes]
+            if not inner.any():
+                return np.asarray(self.value[nodes].mean(axis=0))
+            at = nodes[inner]
+            goes_left = row[self.feature[at]] <= self.threshold[at]
+            nodes[inner] = np.where(goes_left, self.left[at], self.right[at])
+
+    def replay(self, params: Mapping[str, Any]) -> Curve:
+        """The configuration's curve (a parameter that is absent or None was not drawn: its condition failed)."""
+        key = tuple(sorted((k, v) for k, v in params.items() if k != "epochs" and v is not None))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        row = np.asarray(self.row(params))
+        predicted = self.predict(row)
+        n = self.max_epochs
+        nearest = int(np.argmin(((self.features - row) ** 2).sum(axis=1)))
+        seconds = math.exp(predicted[2 * n])
+        curve = Curve(
+            val_loss=[math.exp(v) for v in predicted[:n]],
+            val_accuracy=[float(v) for v in predicted[n : 2 * n]],
+            cpu_s=[seconds] * n,
+            fails_after=self.failures[nearest],
+        )
+        self._cache[key] = curve
+        return curve
