@@ -44,12 +44,12 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 # tunefleet's defaults warm-started from the source studies a run is given (other tasks' recordings): their
 # portfolio queued first, and their best quarter as the sampler's prior.
-# Not among METHODS: they need sources (bench.replay.warm_start gives them). The first is warm start's defaults
-# (a portfolio of 5), the second adds the sampler's prior at weight 1.
+# Not among METHODS: they need sources (bench.replay.warm_start gives them). The first is the portfolio alone, the
+# second warm start's defaults: the portfolio and the sampler's prior at weight 1.
 WARM = "tunefleet-warm"
 WARM_PRIOR = "tunefleet-warm-prior"
 WARM_OVERRIDES: dict[str, dict[str, Any]] = {
-    WARM: {"sampler": {"name": "tpe"}, "warm_start": {"portfolio": 5}},
+    WARM: {"sampler": {"name": "tpe"}, "warm_start": {"portfolio": 5, "prior_weight": 0.0}},
     WARM_PRIOR: {"sampler": {"name": "tpe"}, "warm_start": {"portfolio": 5, "prior_weight": 1.0}},
 }
 

@@ -83,7 +83,7 @@ def test_a_new_study_claims_the_portfolio_of_its_sources_first_within_its_budget
     assert response.status_code == 201, response.text
     created = response.json()
     portfolio = [params(0.002), params(0.02), params(0.001)]
-    assert created["spec"]["warm_start"] == {"studies": [a, b], "portfolio": 3, "prior_weight": 0.0}
+    assert created["spec"]["warm_start"] == {"studies": [a, b], "portfolio": 3, "prior_weight": 1.0}
     assert created["state"] == "running" and created["state_reason"] is None
     assert created["warm_start"] == {
         "sources": [a, b],
@@ -93,8 +93,8 @@ def test_a_new_study_claims_the_portfolio_of_its_sources_first_within_its_budget
             {"number": 2, "from": f"{a}#0", "params": portfolio[2]},
         ],
         "warnings": [],
-        # No prior by default.
-        "prior_configurations": 0,
+        # The best quarter of each source's three trials: one each.
+        "prior_configurations": 2,
     }
     assert created["trial_counts"]["waiting"] == 3 and created["warnings"] == []
 

@@ -64,7 +64,7 @@ def test_warm_start_defaults_to_a_portfolio_of_five_and_a_spec_without_it_stores
     assert spec.model_dump(mode="json")["warm_start"] == {
         "studies": ["old-a", "old-b"],
         "portfolio": 5,
-        "prior_weight": 0.0,
+        "prior_weight": 1.0,
     }
     assert "warm_start" not in StudySpec.model_validate(synthetic_spec()).model_dump(mode="json")
     same = StudySpec.model_validate(synthetic_spec(warm_start={"studies": "same-model", "portfolio": 50}))
