@@ -11,8 +11,11 @@ from typing import Any
 
 import numpy as np
 
-# This module runs in the peers' own environment (numpy 1.26, no torch, no tunefleet): it repeats the encoder and
-# the forest walk of bench/replay/surrogate.py step for step, and tests/unit/test_replay_peers.py holds the two equal.
+from bench.replay.forest import FlatForest
+
+# This module runs in the peers' own environment (numpy 1.26, no torch, no tunefleet): it walks the forest with
+# bench/replay/forest.py (numpy alone), repeats the encoder of bench/replay/surrogate.py step for step, and
+# tests/unit/test_replay_peers.py holds the two equal.
 
 
 def _numeric(values: list[Any]) -> bool:
@@ -42,16 +45,10 @@ class Replay:
 
     def __init__(self, path: Path) -> None:
         with np.load(path) as data:
-            self.roots = data["roots"]
-            self.feature = data["feature"]
-            self.threshold = data["threshold"]
-            self.left = data["left"]
-            self.right = data["right"]
-            self.value = data["value"]
+            self.forest = FlatForest.of(data)
             self.features = data["features"]
             self.failures = [None if f < 0 else int(f) for f in data["failures"]]
             self.meta: dict[str, Any] = json.loads(str(data["meta"]))
-        self.leaf = self.feature < 0
         self.space: list[dict[str, Any]] = self.meta["encoder"]
         self.max_epochs = int(self.meta["max_epochs"])
         self._cache: dict[tuple[Any, ...], Curve] = {}
@@ -74,18 +71,6 @@ class Replay:
                 row.append((x - low) / (high - low) if high > low else 0.0)
         return row
 
-    def predict(self, row: np.ndarray) -> np.ndarray:
-        # The forest compares rows cast to float32 against its thresholds, as sklearn does.
-        row = row.astype(np.float32)
-        nodes = self.roots.copy()
-        while True:
-            inner = ~self.leaf[nodes]
-            if not inner.any():
-                return np.asarray(self.value[nodes].mean(axis=0))
-            at = nodes[inner]
-            goes_left = row[self.feature[at]] <= self.threshold[at]
-            nodes[inner] = np.where(goes_left, self.left[at], self.right[at])
-
     def replay(self, params: Mapping[str, Any]) -> Curve:
         """The configuration's curve (a parameter that is absent or None was not drawn: its condition failed)."""
         key = tuple(sorted((k, v) for k, v in params.items() if k != "epochs" and v is not None))
@@ -93,7 +78,7 @@ class Replay:
         if cached is not None:
             return cached
         row = np.asarray(self.row(params))
-        predicted = self.predict(row)
+        predicted = self.forest.predict(row)
         n = self.max_epochs
         nearest = int(np.argmin(((self.features - row) ** 2).sum(axis=1)))
         seconds = math.exp(predicted[2 * n])

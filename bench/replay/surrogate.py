@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 from sklearn.ensemble import RandomForestRegressor
 
 from bench.replay.curves import Curve, Recording
+from bench.replay.forest import FlatForest
 from studies import StudySpec
 from studies.space import distributions
 
@@ -64,35 +65,19 @@ class Encoder:
         return np.asarray([self.row(p) for p in configurations], dtype=np.float64)
 
 
-class Forest:
-    """A fitted random forest's trees as flat arrays, walked for one row with a few numpy steps per level:
-    sklearn's predict costs milliseconds a call, which thousands of replayed trials per run cannot afford."""
-
-    def __init__(self, forest: RandomForestRegressor) -> None:
-        trees = [estimator.tree_ for estimator in forest.estimators_]
-        sizes = [tree.node_count for tree in trees]
-        offsets = np.cumsum([0, *sizes[:-1]])
-        self.roots = offsets.astype(np.int64)
-        self.feature = np.concatenate([tree.feature for tree in trees]).astype(np.int64)
-        self.threshold = np.concatenate([tree.threshold for tree in trees])
-        self.left = np.concatenate([tree.children_left + o for tree, o in zip(trees, offsets, strict=True)])
-        self.right = np.concatenate([tree.children_right + o for tree, o in zip(trees, offsets, strict=True)])
-        self.value = np.concatenate([tree.value[:, :, 0] for tree in trees])
-        self.leaf = self.feature < 0
-
-    def predict(self, row: np.ndarray) -> np.ndarray:
-        """The forest's prediction for one row: the mean of the leaves the row reaches, one per tree."""
-        # sklearn compares rows cast to float32 against its thresholds: the same here, or a row on a split
-        # point goes the other way.
-        row = row.astype(np.float32)
-        nodes = self.roots.copy()
-        while True:
-            inner = ~self.leaf[nodes]
-            if not inner.any():
-                return np.asarray(self.value[nodes].mean(axis=0))
-            at = nodes[inner]
-            goes_left = row[self.feature[at]] <= self.threshold[at]
-            nodes[inner] = np.where(goes_left, self.left[at], self.right[at])
+def flat_forest(forest: RandomForestRegressor) -> FlatForest:
+    """A fitted sklearn forest's trees as one FlatForest."""
+    trees = [estimator.tree_ for estimator in forest.estimators_]
+    sizes = [tree.node_count for tree in trees]
+    offsets = np.cumsum([0, *sizes[:-1]])
+    return FlatForest(
+        roots=offsets.astype(np.int64),
+        feature=np.concatenate([tree.feature for tree in trees]).astype(np.int64),
+        threshold=np.concatenate([tree.threshold for tree in trees]),
+        left=np.concatenate([tree.children_left + o for tree, o in zip(trees, offsets, strict=True)]),
+        right=np.concatenate([tree.children_right + o for tree, o in zip(trees, offsets, strict=True)]),
+        value=np.concatenate([tree.value[:, :, 0] for tree in trees]),
+    )
 
 
 def _padded(values: list[float], n: int) -> list[float]:
@@ -138,7 +123,7 @@ class Surrogate:
         self.forest = RandomForestRegressor(
             n_estimators=TREES, min_samples_leaf=2, max_features=0.6, random_state=seed, n_jobs=1
         ).fit(self.features, targets)
-        self.fast = Forest(self.forest)
+        self.fast = flat_forest(self.forest)
         self._cache: dict[tuple[Any, ...], Replayed] = {}
 
     def _key(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -187,18 +172,13 @@ def export(surrogate: Surrogate, path: Path, meta: Mapping[str, Any]) -> None:
         "encoder": [{"name": n, **_encoded(d)} for n, d in surrogate.encoder.space.items()],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        path,
-        roots=fast.roots,
-        feature=fast.feature,
-        threshold=fast.threshold,
-        left=fast.left,
-        right=fast.right,
-        value=fast.value,
-        features=surrogate.features,
-        failures=np.asarray([-1 if f is None else f for f in surrogate.failures], dtype=np.int64),
-        meta=np.asarray(json.dumps(description)),
-    )
+    arrays: dict[str, Any] = {
+        **fast.arrays(),
+        "features": surrogate.features,
+        "failures": np.asarray([-1 if f is None else f for f in surrogate.failures], dtype=np.int64),
+        "meta": np.asarray(json.dumps(description)),
+    }
+    np.savez_compressed(path, **arrays)
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
