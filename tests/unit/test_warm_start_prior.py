@@ -4,16 +4,14 @@ trials come in."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
+from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from studies._optuna.cost_aware import PRIOR_HALF_LIFE, CostAwareTPESampler
 from studies.spec import Space
 from studies.warm_start import SourceStudy, SourceTrial, select_prior
-
-X = FloatDistribution(0.0, 1.0)
-SPACE = {"x": X, "y": FloatDistribution(0.0, 1.0), "optimizer": CategoricalDistribution(["sgd", "adam"])}
 
 
 def sampler(prior: list[dict[str, object]], weight: float = 1.0, seed: int = 0) -> CostAwareTPESampler:
@@ -22,8 +20,19 @@ def sampler(prior: list[dict[str, object]], weight: float = 1.0, seed: int = 0) 
     )
 
 
-def run(study: optuna.Study, n: int, objective: object) -> list[optuna.trial.FrozenTrial]:
-    study.optimize(lambda t: objective({k: t._suggest(k, d) for k, d in SPACE.items()}), n_trials=n)  # type: ignore[operator]
+def suggested(trial: optuna.Trial) -> dict[str, Any]:
+    """x and y on [0, 1] and an optimizer, suggested in that order as an objective function would."""
+    return {
+        "x": trial.suggest_float("x", 0.0, 1.0),
+        "y": trial.suggest_float("y", 0.0, 1.0),
+        "optimizer": trial.suggest_categorical("optimizer", ["sgd", "adam"]),
+    }
+
+
+def run(
+    study: optuna.Study, n: int, objective: Callable[[dict[str, Any]], float]
+) -> list[optuna.trial.FrozenTrial]:
+    study.optimize(lambda t: objective(suggested(t)), n_trials=n)
     return study.trials
 
 
