@@ -386,7 +386,7 @@ def test_a_trial_cut_off_mid_run_resumes_on_another_worker_from_its_checkpoint(
     (tmp_path / "model").mkdir()
     model = tiny_bert(tmp_path / "model")
     data = {
-        "train": str(write_csv(tmp_path / "train.csv", 200)),
+        "train": str(write_csv(tmp_path / "train.csv", 120)),
         "validation": str(write_csv(tmp_path / "validation.csv", 20, offset=1000)),
     }
     spec = finetune_spec(
@@ -394,7 +394,7 @@ def test_a_trial_cut_off_mid_run_resumes_on_another_worker_from_its_checkpoint(
         model,
         data,
         "full",
-        space={"epochs": 5},
+        space={"epochs": 4},
         objective={"metric": "val_loss", "direction": "minimize", "value": "best", "patience": 0},
         budget={"n_trials": 2, "max_retries": 1},
     )
@@ -424,7 +424,7 @@ def test_a_trial_cut_off_mid_run_resumes_on_another_worker_from_its_checkpoint(
     cut_off = repository.storage.get_trial(checkpointed._trial_id)
     # SIGTERM hands the trial itself back; a killed worker's trial is failed by the reaper and retried.
     assert cut_off.state == (TrialState.WAITING if how == "SIGTERM" else TrialState.RUNNING)
-    assert len(cut_off.intermediate_values) < 5 or how == "SIGTERM", "the trial was cut off mid-run"
+    assert len(cut_off.intermediate_values) < 4 or how == "SIGTERM", "the trial was cut off mid-run"
 
     second = fleet.start("--study", study_name, "--exit-when-idle")
     assert second.wait(timeout=240) == 0, fleet.logs()
@@ -437,7 +437,7 @@ def test_a_trial_cut_off_mid_run_resumes_on_another_worker_from_its_checkpoint(
     else:
         assert resumed.number == checkpointed.number
     assert "resumed after epoch" in fleet.logs()
-    assert len(whole.intermediate_values) == 5
+    assert len(whole.intermediate_values) == 4
     assert resumed.intermediate_values == whole.intermediate_values
     assert resumed.user_attrs["val_loss"] == whole.user_attrs["val_loss"]
     assert list((tmp_path / "artifacts").rglob("checkpoint-*")) == []
