@@ -85,6 +85,10 @@ class StoreCollector(Collector):
             reasons: Counter[str] = Counter()
             for reason, count in finished.fail_reasons.items():
                 reasons[reason_label(reason)] += count
+            # The summary counted every failed trial: those that recorded no reason are "unknown".
+            unknown = progress.trial_counts["fail"] - finished.fail_reasons.total()
+            if unknown > 0:
+                reasons["unknown"] += unknown
             for reason, count in reasons.items():
                 failed.add_metric([record.name, reason], count)
         for state, count in study_states.items():

@@ -222,25 +222,20 @@ class StudyCatalog:
 
     def finished_trial_facts(self, records: Sequence[StudyRecord]) -> dict[int, FinishedFacts]:
         """What /metrics reports of each study's finished trials, by Optuna study id: their wall seconds, their
-        claim seconds, and the failed ones' reasons ("unknown" where none was recorded). Four queries in all."""
+        claim seconds, and the reasons failed trials recorded. Three queries in all."""
         ids = [record.optuna_study_id for record in records]
         with self._begin() as connection:
             durations = study_page.finished_durations(connection, ids, FINISHED_STATES)
             claims = study_page.trial_user_attr(connection, ids, "claim_s", FINISHED_STATES)
             reasons = study_page.trial_user_attr(connection, ids, "fail_reason", (TrialState.FAIL,))
-            counts = study_page.trial_counts(connection, ids)
-        facts = {}
-        for study_id in ids:
-            failed = Counter(str(reason) for reason in reasons[study_id])
-            unknown = counts[study_id].get(TrialState.FAIL, 0) - len(reasons[study_id])
-            if unknown > 0:
-                failed["unknown"] += unknown
-            facts[study_id] = FinishedFacts(
+        return {
+            study_id: FinishedFacts(
                 durations_s=durations[study_id],
                 claims_s=[float(c) for c in claims[study_id] if isinstance(c, int | float)],
-                fail_reasons=failed,
+                fail_reasons=Counter(str(reason) for reason in reasons[study_id]),
             )
-        return facts
+            for study_id in ids
+        }
 
     def pareto_front(self, record: StudyRecord) -> list[FrozenTrial]:
         """The study's feasible non-dominated completed trials by number (for one objective: its best trials)."""

@@ -75,7 +75,8 @@ class StudySummary:
 
 @dataclass(frozen=True)
 class FinishedFacts:
-    """What the metrics read of a study's finished trials: wall seconds, claim seconds, failures by reason."""
+    """What the metrics read of a study's finished trials: wall seconds, claim seconds, and the failed trials'
+    recorded reasons (a failed trial without one is not among them)."""
 
     durations_s: list[float]
     claims_s: list[float]
