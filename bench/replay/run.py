@@ -17,6 +17,7 @@ import torch
 
 from bench.replay.surrogate import Surrogate
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
+from studies.space import distributions
 from studies.spec import Task
 from worker.epochs import EpochResult, NonFiniteLoss, StopTraining, TrainResult, result_of
 from worker.runner import TrialRunner
@@ -73,7 +74,8 @@ def source_of(task: str, preset: dict[str, Any], curves: list[Any]) -> Source:
 
 
 def add_source(repository: StudyRepository, source: Source) -> None:
-    """The source as a completed study in the store: each trial claimed and completed with its recorded value."""
+    """The source as a completed study in the store: a trial per recorded configuration, completed with its
+    recorded value, written in one go (as Optuna's add_trials does; warm start reads only completed trials)."""
     spec = StudySpec.model_validate(
         {
             **source.preset,
@@ -83,12 +85,16 @@ def add_source(repository: StudyRepository, source: Source) -> None:
             "budget": {"n_trials": len(source.trials)},
         }
     )
-    repository.create(spec)
-    repository.enqueue(source.name, [params for params, _ in source.trials])
-    for _, value in source.trials:
-        claim = repository.claim(WORKER, study_names=[source.name])
-        assert claim is not None
-        repository.complete(claim, value, {})
+    record = repository.create(spec)
+    space = distributions(spec.space)
+    optuna.load_study(study_name=record.name, storage=repository.storage).add_trials(
+        [
+            optuna.trial.create_trial(
+                params=params, distributions={name: space[name] for name in params}, value=value
+            )
+            for params, value in source.trials
+        ]
+    )
 
 
 @dataclass
