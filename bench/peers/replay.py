@@ -5,39 +5,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.replay.forest import FlatForest
+from bench.replay.forest import FlatForest, Replayed, replay_row
 
-# This module runs in the peers' own environment (numpy 1.26, no torch, no tunefleet): it walks the forest with
-# bench/replay/forest.py (numpy alone), repeats the encoder of bench/replay/surrogate.py step for step, and
-# tests/unit/test_replay_peers.py holds the two equal.
+# This module runs in the peers' own environment (numpy 1.26, no torch, no tunefleet): it replays with
+# bench/replay/forest.py (numpy alone), repeats the encoder of bench/replay/surrogate.py step for step (from the
+# exported space, not Optuna's distributions), and tests/unit/test_replay_peers.py holds the two equal.
 
 
 def _numeric(values: list[Any]) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-
-
-@dataclass(frozen=True)
-class Curve:
-    """A configuration's replayed curve to the space's last epoch: loss, accuracy, CPU seconds per epoch."""
-
-    val_loss: list[float]
-    val_accuracy: list[float]
-    cpu_s: list[float]
-    fails_after: int | None
-
-    def value(self, epochs: int) -> float:
-        """What tunefleet records for a trial of that many epochs (objective value: best)."""
-        return min(self.val_loss[:epochs])
-
-    def cost(self, epochs: int, *, after: int = 0) -> float:
-        """CPU seconds of epochs after+1 .. epochs (after > 0 where training resumes from a checkpoint)."""
-        return float(sum(self.cpu_s[after:epochs]))
 
 
 class Replay:
@@ -51,7 +32,7 @@ class Replay:
             self.meta: dict[str, Any] = json.loads(str(data["meta"]))
         self.space: list[dict[str, Any]] = self.meta["encoder"]
         self.max_epochs = int(self.meta["max_epochs"])
-        self._cache: dict[tuple[Any, ...], Curve] = {}
+        self._cache: dict[tuple[Any, ...], Replayed] = {}
 
     def row(self, params: Mapping[str, Any]) -> list[float]:
         row: list[float] = []
@@ -71,22 +52,13 @@ class Replay:
                 row.append((x - low) / (high - low) if high > low else 0.0)
         return row
 
-    def replay(self, params: Mapping[str, Any]) -> Curve:
+    def replay(self, params: Mapping[str, Any]) -> Replayed:
         """The configuration's curve (a parameter that is absent or None was not drawn: its condition failed)."""
         key = tuple(sorted((k, v) for k, v in params.items() if k != "epochs" and v is not None))
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         row = np.asarray(self.row(params))
-        predicted = self.forest.predict(row)
-        n = self.max_epochs
-        nearest = int(np.argmin(((self.features - row) ** 2).sum(axis=1)))
-        seconds = math.exp(predicted[2 * n])
-        curve = Curve(
-            val_loss=[math.exp(v) for v in predicted[:n]],
-            val_accuracy=[float(v) for v in predicted[n : 2 * n]],
-            cpu_s=[seconds] * n,
-            fails_after=self.failures[nearest],
-        )
+        curve = replay_row(self.forest, self.features, self.failures, self.max_epochs, row)
         self._cache[key] = curve
         return curve

@@ -1,8 +1,9 @@
-"""A random forest's trees as flat arrays, walked with numpy alone: the surrogate's, and the peers' copy of it."""
+"""The surrogate's forest as flat arrays and the curve it replays, with numpy alone: the surrogate's and the peers'."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,3 +51,38 @@ class FlatForest:
             at = nodes[inner]
             goes_left = row[self.feature[at]] <= self.threshold[at]
             nodes[inner] = np.where(goes_left, self.left[at], self.right[at])
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A configuration's replayed curve: each epoch's validation loss and accuracy, CPU seconds, where it fails."""
+
+    val_loss: list[float]
+    val_accuracy: list[float]
+    cpu_s: list[float]
+    fails_after: int | None
+
+    def value(self, epochs: int) -> float:
+        """What tunefleet records for a trial of that many epochs (objective value: best)."""
+        return min(self.val_loss[:epochs])
+
+    def cost(self, epochs: int, *, after: int = 0) -> float:
+        """CPU seconds of epochs after+1 .. epochs (after > 0 where training resumes from a checkpoint)."""
+        return float(sum(self.cpu_s[after:epochs]))
+
+
+def replay_row(
+    forest: FlatForest, features: np.ndarray, failures: Sequence[int | None], max_epochs: int, row: np.ndarray
+) -> Replayed:
+    """The curve of an encoded configuration: the forest's log losses, accuracies and log seconds per epoch, and
+    the failure (if any) of the nearest fitted configuration."""
+    predicted = forest.predict(row)
+    n = max_epochs
+    nearest = int(np.argmin(((features - row) ** 2).sum(axis=1)))
+    seconds = math.exp(predicted[2 * n])
+    return Replayed(
+        val_loss=[math.exp(v) for v in predicted[:n]],
+        val_accuracy=[float(v) for v in predicted[n : 2 * n]],
+        cpu_s=[seconds] * n,
+        fails_after=failures[nearest],
+    )

@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 from sklearn.ensemble import RandomForestRegressor
 
 from bench.replay.curves import Curve, Recording
-from bench.replay.forest import FlatForest
+from bench.replay.forest import FlatForest, Replayed, replay_row
 from studies import StudySpec
 from studies.space import distributions
 
@@ -86,19 +86,6 @@ def _padded(values: list[float], n: int) -> list[float]:
     return values + [values[-1]] * (n - len(values)) if values else [math.nan] * n
 
 
-@dataclass
-class Replayed:
-    """A configuration's replayed curve: each epoch's validation loss and accuracy, CPU seconds, where it fails."""
-
-    val_loss: list[float]
-    val_accuracy: list[float]
-    cpu_s: list[float]
-    fails_after: int | None
-
-    def value(self, epochs: int) -> float:
-        return min(self.val_loss[:epochs])
-
-
 class Surrogate:
     """A random forest from configuration to its whole curve (log loss, accuracy) and log CPU seconds per epoch,
     fitted on a recording's curves; a replayed trial fails where the nearest recorded configuration failed."""
@@ -136,16 +123,7 @@ class Surrogate:
         if cached is not None:
             return cached
         row = np.asarray(self.encoder.row(params))
-        predicted = self.fast.predict(row)
-        n = self.max_epochs
-        nearest = int(np.argmin(((self.features - row) ** 2).sum(axis=1)))
-        seconds = math.exp(predicted[2 * n])
-        replayed = Replayed(
-            val_loss=[math.exp(v) for v in predicted[:n]],
-            val_accuracy=[float(v) for v in predicted[n : 2 * n]],
-            cpu_s=[seconds] * n,
-            fails_after=self.failures[nearest],
-        )
+        replayed = replay_row(self.fast, self.features, self.failures, self.max_epochs, row)
         self._cache[key] = replayed
         return replayed
 
