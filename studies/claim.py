@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from studies import promotion
 from studies._optuna import trial_rows
 from studies._optuna.trial_rows import NewTrial
 from studies.errors import TrialVanished, WorkerDeclaredLost
@@ -22,7 +23,7 @@ from studies.records import Claim, ClaimedTrial, StudyRecord, WorkerIdentity, re
 from studies.resilience import GaveUp, is_transient, with_retry
 from studies.sampling import build_pruner, build_sampler, derived_seed, sample_params
 from studies.space import conditions, distributions
-from studies.spec import StudySpec
+from studies.spec import AshaPruner, StudySpec
 from studies.states import WORKER_ALIVE, StudyState, WorkerState
 from studies.tables import studies_table, utcnow, workers_table
 from studies.warm_start import stored_prior
@@ -47,11 +48,21 @@ class ClaimTransaction(TrialLifecycle):
         connection: sa.Connection,
         study_names: Sequence[str] | None,
         can_run: Callable[[StudySpec], bool] | None = None,
-    ) -> list[str]:
+    ) -> list[tuple[str, int]]:
         c = studies_table.c
+        # A study whose trials are all claimed still runs its paused trials when a rung promotes them.
+        paused = (
+            sa.exists()
+            .where(
+                trial_rows.trials.c.study_id == c.optuna_study_id,
+                trial_rows.trials.c.state == TrialState.WAITING,
+                promotion.is_paused(),
+            )
+            .correlate(studies_table)
+        )
         query = sa.select(c.study_name, c.optuna_study_id).where(
             c.state == StudyState.RUNNING,
-            c.n_claimed < c.n_trials,
+            sa.or_(c.n_claimed < c.n_trials, paused),
             sa.or_(c.deadline_at.is_(None), c.deadline_at > utcnow()),
             self._alive(),
         )
@@ -59,10 +70,36 @@ class ClaimTransaction(TrialLifecycle):
             query = query.where(c.study_name.in_(list(study_names)))
         rows = connection.execute(query.order_by(c.priority.desc(), c.n_claimed, c.created_at)).all()
         return [
-            row.study_name
+            (row.study_name, row.optuna_study_id)
             for row in rows
             if can_run is None or can_run(self._spec_of(connection, row.study_name, row.optuna_study_id))
         ]
+
+    def _take_promoted(
+        self, connection: sa.Connection, study_name: str, optuna_study_id: int
+    ) -> tuple[StudyRecord, NewTrial] | None:
+        # A promotion takes no budget slot: the paused trial kept the one its first claim took.
+        spec = self._spec_of(connection, study_name, optuna_study_id)
+        pruner = spec.pruner
+        if not isinstance(pruner, AshaPruner):
+            return None
+        minimize = spec.objective.epoch_direction == "minimize"
+        for paused in promotion.promotable(
+            connection, optuna_study_id, pruner.reduction_factor, minimize=minimize
+        ):
+            if promotion.take_paused(connection, paused):
+                row = connection.execute(
+                    sa.select(studies_table).where(studies_table.c.study_name == study_name)
+                ).one()
+                started = connection.execute(
+                    sa.select(trial_rows.trials.c.datetime_start).where(
+                        trial_rows.trials.c.trial_id == paused.trial_id
+                    )
+                ).scalar_one()
+                return self._cached_record(row), NewTrial(
+                    paused.trial_id, paused.number, started or utcnow(), from_queue=True
+                )
+        return None
 
     def _spec_of(self, connection: sa.Connection, study_name: str, optuna_study_id: int) -> StudySpec:
         # Read once per study and process: a spec never changes once stored.
@@ -104,15 +141,19 @@ class ClaimTransaction(TrialLifecycle):
         # a dropped connection; a retry after a commit whose answer was lost leaves the first trial
         # held by no registry row, which the reaper's sweep for unheld trials retries.
         with self._begin() as connection:
-            for name in self._runnable(connection, study_names, can_run):
-                row = self._take_slot(connection, name)
-                if row is None:
-                    continue
-                record = self._cached_record(row)
-                now = utcnow()
-                new = trial_rows.take_queued_trial(connection, record.optuna_study_id, now)
-                if new is None:
-                    new = trial_rows.insert_running_trial(connection, record.optuna_study_id, now)
+            for name, optuna_study_id in self._runnable(connection, study_names, can_run):
+                promoted = self._take_promoted(connection, name, optuna_study_id)
+                if promoted is not None:
+                    record, new = promoted
+                else:
+                    row = self._take_slot(connection, name)
+                    if row is None:
+                        continue
+                    record = self._cached_record(row)
+                    now = utcnow()
+                    new = trial_rows.take_queued_trial(
+                        connection, record.optuna_study_id, now, skip=promotion.is_paused()
+                    ) or trial_rows.insert_running_trial(connection, record.optuna_study_id, now)
                 # A trial handed back or retried keeps its seed, so its rerun is the same experiment.
                 stored_seed = (
                     trial_rows.user_attr(connection, new.trial_id, "seed") if new.from_queue else None

@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from studies.artifacts import ArtifactStore
+from studies.checkpoints import discard_checkpoint
 from studies.lifecycle import COPIED_WHILE_RUNNING
 from studies.records import Claim, WorkerIdentity
 from studies.repository import StudyRepository
@@ -61,9 +63,11 @@ class WorkerRow:
 class Fleet:
     """Registers workers, records their heartbeats and current trials, and lists them."""
 
-    def __init__(self, repository: StudyRepository) -> None:
+    def __init__(self, repository: StudyRepository, artifact_store: ArtifactStore | None = None) -> None:
         self.repository = repository
         self.engine = repository.engine
+        # Where the reaper deletes the checkpoints of paused trials it ends; None leaves them in place.
+        self.artifact_store = artifact_store
         self._unheld_since: dict[int, float] = {}
 
     def register(self, identity: WorkerIdentity, grace_s: float | None = None) -> None:
@@ -208,8 +212,16 @@ class Fleet:
                 log.warning("worker %s stopped heartbeating; declared lost", worker_id)
         self._retry_orphaned_trials()
         self._retry_unheld_trials(grace_s)
+        self._settle_paused()
         self._forget_old_workers(now)
         return reaped
+
+    def _settle_paused(self) -> None:
+        # Paused trials that nothing can promote any more (their study stopped, or its deadline passed while no
+        # trial of it ran) end here; a worker's own trials settle theirs as they end.
+        for checkpoint in self.repository.settle_all_paused():
+            if self.artifact_store is not None:
+                discard_checkpoint(self.artifact_store, checkpoint.artifact_id)
 
     def _forget_old_workers(self, now: datetime) -> None:
         # Every worker process leaves a row: a fleet restarted daily would grow the table (and each

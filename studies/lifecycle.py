@@ -11,6 +11,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
+from studies import promotion
 from studies._optuna import trial_rows
 from studies._optuna.internals import filter_study, forget_cached_trials, frozen_trial_of
 from studies._optuna.models import StudyModel, TrialModel
@@ -19,11 +20,14 @@ from studies.checkpoints import CHECKPOINT_ATTR, CheckpointRef
 from studies.errors import StudyNotFound, TrialVanished
 from studies.records import Claim
 from studies.resilience import is_transient
+from studies.spec import AshaPruner
 from studies.states import WORKER_ALIVE, StopReason, StudyState, WorkerState
 from studies.tables import studies_table, utcnow, workers_table
 
 # The fail_reason of a RUNNING trial that a claim tagged but that no worker runs, in a study tunefleet does
 # not know: optuna-dashboard's rename copies a study's trials, running ones included, then deletes it.
+# The user attribute of a trial an asha pruner paused: the rung's epoch it was paused after (kept once it ends).
+PAUSED_AT_EPOCH = "paused_at_epoch"
 COPIED_WHILE_RUNNING = (
     "copied while running: its study was renamed or copied outside tunefleet, and no worker runs it"
 )
@@ -104,6 +108,91 @@ class TrialLifecycle(StudyCatalog):
             lock_held(connection, Held.of(claim))
             trial_rows.set_intermediate_value(connection, claim.trial._trial_id, step, value)
         frozen.intermediate_values[step] = value
+
+    def passes_rung(self, claim: Claim, epoch: int) -> bool:
+        """Whether the claim's trial, having reported at a rung of its study's asha pruner, is among the best
+        1/reduction_factor of the trials that reached that rung, and so goes on without pausing."""
+        pruner = claim.spec.pruner
+        assert isinstance(pruner, AshaPruner)
+        with self._begin() as connection:
+            values = promotion.rung_values(connection, claim.study._study_id, epoch)
+        minimize = claim.spec.objective.epoch_direction == "minimize"
+        return claim.trial.number in promotion.best_share(values, pruner.reduction_factor, minimize=minimize)
+
+    def pause(self, claim: Claim, epoch: int, attrs: dict[str, Any]) -> None:
+        """Pause the claim's trial after a rung's epoch: WAITING, its per-epoch values and checkpoint kept and its
+        budget slot held, until a claim promotes it or the study's end prunes it (settle_paused)."""
+        held = Held.of(claim)
+        with self._begin() as connection:
+            lock_held(connection, held)
+            trial_rows.set_user_attrs(connection, held.trial_id, {**attrs, PAUSED_AT_EPOCH: epoch})
+            promotion.pause_trial(connection, held.trial_id, epoch)
+            if held.worker_id:
+                self._release(connection, held.worker_id, held.trial_id)
+
+    def settle_paused(self, study_name: str) -> list[CheckpointRef]:
+        """End PRUNED the paused trials that nothing can promote any more; the checkpoints they leave behind.
+
+        That is every paused trial of a study that no longer runs (stopped or failed), and of a running study whose
+        budget is spent (its trials all claimed, or its deadline passed) once none of its trials runs or waits to
+        run and none of its paused trials is among the best share of its rung. Called after a trial of an asha
+        study ends or pauses, and when a study stops; any caller may, as often as it likes.
+        """
+        try:
+            record = self.get(study_name)
+        except StudyNotFound:
+            return []
+        pruner = record.spec.pruner
+        if not isinstance(pruner, AshaPruner):
+            return []
+        study_id = record.optuna_study_id
+        reason: str | None = None
+        with self._begin() as connection:
+            paused = promotion.paused_trials(connection, study_id)
+            if not paused:
+                return []
+            if record.state == StudyState.RUNNING:
+                late = record.deadline_at is not None and record.deadline_at <= utcnow()
+                if not late and record.n_claimed < record.n_trials:
+                    return []
+                if promotion.active_trials(connection, study_id):
+                    return []
+                minimize = record.spec.objective.epoch_direction == "minimize"
+                if not late and promotion.promotable(
+                    connection, study_id, pruner.reduction_factor, minimize=minimize
+                ):
+                    return []
+            else:
+                reason = StopReason.STUDY_STOPPED
+            now = utcnow()
+            ended = [p for p in paused if promotion.end_paused(connection, p, now) is not None]
+            checkpoints: list[CheckpointRef] = []
+            for p in ended:
+                if reason is not None:
+                    trial_rows.set_user_attrs(connection, p.trial_id, {"fail_reason": reason})
+                ref = CheckpointRef.of(trial_rows.system_attr(connection, p.trial_id, CHECKPOINT_ATTR))
+                if ref is not None:
+                    checkpoints.append(ref)
+        return checkpoints
+
+    def settle_all_paused(self) -> list[CheckpointRef]:
+        """settle_paused for every study with paused trials (the reaper's sweep: a study stopped, or past its
+        deadline, while no trial of it ran); the checkpoints the ended trials leave behind."""
+        c = studies_table.c
+        with self._begin() as connection:
+            names = connection.execute(
+                sa.select(c.study_name).where(
+                    sa.exists()
+                    .where(
+                        trial_rows.trials.c.study_id == c.optuna_study_id,
+                        trial_rows.trials.c.state == TrialState.WAITING,
+                        promotion.is_paused(),
+                    )
+                    .correlate(studies_table)
+                )
+            ).scalars()
+            studies = list(names)
+        return [checkpoint for name in studies for checkpoint in self.settle_paused(name)]
 
     def save_checkpoint(self, claim: Claim, checkpoint: CheckpointRef) -> None:
         """Name the trial's latest checkpoint, checked to be the claim's running trial."""
@@ -266,10 +355,15 @@ class TrialLifecycle(StudyCatalog):
                     },
                     skip_if_exists=False,
                 )
-                checkpoint = trial.system_attrs.get(CHECKPOINT_ATTR)
-                if checkpoint is not None:
-                    # The copy resumes where the lost worker's last checkpoint left the trial.
-                    self._hand_on_checkpoint(study, trial, retries + 1, checkpoint)
+                # The copy resumes where the lost worker's last checkpoint left the trial, past the rungs that
+                # promoted it.
+                inherited = {
+                    key: trial.system_attrs[key]
+                    for key in (CHECKPOINT_ATTR, promotion.PROMOTED_ATTR)
+                    if key in trial.system_attrs
+                }
+                if inherited:
+                    self._hand_on(study, trial, retries + 1, inherited)
                 with self._begin() as connection:
                     self._give_slot_back(connection, study_name)
             return self.storage.get_trial(trial_id)
@@ -280,9 +374,7 @@ class TrialLifecycle(StudyCatalog):
             # Its study was deleted between our read and our writes: nothing is left to fail or retry.
             return None
 
-    def _hand_on_checkpoint(
-        self, study: optuna.Study, trial: FrozenTrial, retry: int, checkpoint: Any
-    ) -> None:
+    def _hand_on(self, study: optuna.Study, trial: FrozenTrial, retry: int, attrs: dict[str, Any]) -> None:
         copies = [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -290,7 +382,8 @@ class TrialLifecycle(StudyCatalog):
         ]
         if copies:
             copy = max(copies, key=lambda t: t.number)
-            self.storage.set_trial_system_attr(copy._trial_id, CHECKPOINT_ATTR, checkpoint)
+            with self._begin() as connection:
+                trial_rows.set_system_attrs(connection, copy._trial_id, attrs)
 
     def running_trials(self) -> dict[int, bool]:
         """The RUNNING trials the reaper looks after, by id, each True when its study is a tunefleet study.

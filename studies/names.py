@@ -18,7 +18,7 @@ OBJECTIVE_METRICS: Final = (
     "latency_ms",
     "train_seconds",
 )
-PRUNER_NAMES: Final = ("none", "median", "percentile", "successive_halving", "hyperband")
+PRUNER_NAMES: Final = ("none", "median", "percentile", "successive_halving", "hyperband", "asha")
 STUDY_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 BUILTIN_MODELS: Final = ("all-MiniLM-L6-v2",)
 # Built-in torch-module models: a small MLP text classifier over hashed text, pretrained once per node on a

@@ -17,6 +17,7 @@ from studies.space import Condition, grid_combinations
 from studies.spec import (
     DEFAULT_COST_WEIGHT,
     DEFAULT_N_STARTUP_TRIALS,
+    AshaPruner,
     HyperbandPruner,
     MedianPruner,
     NoPruner,
@@ -133,6 +134,9 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
             max_resource=spec.space.max_epochs() or "auto",
             reduction_factor=p.reduction_factor,
         )
+    if isinstance(p, AshaPruner):
+        # Nothing for Optuna to stop: the worker pauses a trial at a rung and a claim promotes it (studies.promotion).
+        return optuna.pruners.NopPruner()
     raise ValueError(f"unknown pruner {p!r}")
 
 

@@ -1270,8 +1270,19 @@ class HyperbandPruner(_Strict):
     reduction_factor: int = Field(3, ge=2, le=100)
 
 
+class AshaPruner(_Strict):
+    """ASHA with promotion: a trial pauses at each rung (min_resource * reduction_factor**k epochs) unless it is
+    among the best 1/reduction_factor (at least the best one) of the trials that reached that rung, and resumes
+    from its checkpoint, on any worker, once it is; paused trials still waiting when the budget is spent end
+    pruned."""
+
+    name: Literal["asha"]
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2, le=100)
+
+
 Pruner = Annotated[
-    NoPruner | MedianPruner | PercentilePruner | SuccessiveHalvingPruner | HyperbandPruner,
+    NoPruner | MedianPruner | PercentilePruner | SuccessiveHalvingPruner | HyperbandPruner | AshaPruner,
     Field(discriminator="name"),
 ]
 
@@ -1495,7 +1506,26 @@ class StudySpec(_Strict):
             raise ValueError(
                 f"pruner.min_resource ({min_resource}) exceeds the largest epochs value ({max_epochs})"
             )
+        if isinstance(self.pruner, AshaPruner) and max_epochs is None:
+            raise ValueError(
+                "pruner asha pauses trials at epochs it counts up to the largest epochs value: kind python needs"
+                " an `epochs` parameter with numbers in its space"
+            )
         return self
+
+    def rungs(self) -> list[int]:
+        """The epochs at which an asha pruner pauses trials (none for any other pruner)."""
+        if not isinstance(self.pruner, AshaPruner):
+            return []
+        max_epochs = self.space.max_epochs()
+        if max_epochs is None:
+            return []
+        found: list[int] = []
+        rung = self.pruner.min_resource
+        while rung < max_epochs:
+            found.append(rung)
+            rung *= self.pruner.reduction_factor
+        return found
 
     @model_validator(mode="after")
     def _several_objectives_fit(self) -> StudySpec:

@@ -36,6 +36,8 @@ class StopReason(StrEnum):
     """Why training stopped before its last epoch; each maps to how the trial ends."""
 
     PRUNED = "pruned"
+    # Paused at a rung of an asha pruner: the trial waits, with its checkpoint, until a claim promotes it.
+    PAUSED = "paused"
     PLATEAU = "plateau"
     STUDY_STOPPED = "study stopped"
     WORKER_STOPPING = "worker stopping"

@@ -89,9 +89,10 @@ class TrialCheckpoints:
         self.last_saved = self.clock()
         return state
 
-    def save(self, epoch: int, state: Callable[[], dict[str, Any]]) -> None:
-        """Write a checkpoint after the epoch when interval_s has passed since the last one (or the start)."""
-        if self.failed or self.clock() - self.last_saved < self.interval_s:
+    def save(self, epoch: int, state: Callable[[], dict[str, Any]], *, force: bool = False) -> None:
+        """Write a checkpoint after the epoch when interval_s has passed since the last one (or the start), or
+        when forced (the trial pauses after this epoch)."""
+        if self.failed or (not force and self.clock() - self.last_saved < self.interval_s):
             return
         try:
             artifact_id = write_checkpoint(self.store, to_bytes(state()))

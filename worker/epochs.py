@@ -32,6 +32,11 @@ class StopTraining(Exception):
     result: TrainResult | None = None
 
 
+class PauseTraining(StopTraining):
+    """Raised by an epoch callback to pause the trial after this epoch (a rung its pruner did not let it past):
+    the epoch driver writes a checkpoint first, so that the trial's promotion goes on from here."""
+
+
 @dataclass
 class EpochResult:
     """The losses, accuracy and macro-averaged F1 after one epoch (1-based)."""
@@ -133,8 +138,9 @@ class EpochCheckpoints(Protocol):
         """The state the trial last saved (a checkpoint()'s dict), or None: it starts from its first epoch."""
         ...
 
-    def save(self, epoch: int, state: Callable[[], dict[str, Any]]) -> None:
-        """Offer the state after an epoch; state() builds it, called only when the checkpoint is written."""
+    def save(self, epoch: int, state: Callable[[], dict[str, Any]], *, force: bool = False) -> None:
+        """Offer the state after an epoch; state() builds it, called only when the checkpoint is written (always
+        when forced: the trial pauses here)."""
         ...
 
 
@@ -275,7 +281,8 @@ def run_epochs(
     loss_of(batch) is the batch's mean loss and its number of examples; evaluate() scores the validation set.
     trained() gives the tensors training changes (the kept epoch's copy is the run's best_state); generator
     is the one batches() shuffles with.
-    on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`.
+    on_epoch may raise StopTraining, which propagates with the results so far attached as `.result`; PauseTraining
+    writes a checkpoint after the epoch first, whatever the interval.
     interrupted is polled between batches; a reason it returns ends training with StopTraining(reason).
     Each epoch is one INFO line of the log, headed by run_name (e.g. "trial 3 of my-study").
     With checkpoints, the run starts where its saved checkpoint left it (its epochs so far reported to on_epoch
@@ -324,7 +331,12 @@ def run_epochs(
             scores.macro_f1,
             time.perf_counter() - epoch_started,
         )
-        log.end_epoch(epoch, train_loss=train_loss, scores=scores)
+        try:
+            log.end_epoch(epoch, train_loss=train_loss, scores=scores)
+        except PauseTraining:
+            if checkpoints is not None:
+                checkpoints.save(epoch, lambda: resumable.checkpoint(log), force=True)
+            raise
         if checkpoints is not None and epoch < epochs:
             checkpoints.save(epoch, lambda: resumable.checkpoint(log))
     return log.result()

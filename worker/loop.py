@@ -156,7 +156,7 @@ def run_loop(
     runner: TrialRunner, identity: WorkerIdentity, options: LoopOptions, settings: WorkerSettings
 ) -> int:
     """Pull and run trials until stopped, idle with exit_when_idle, or max_trials done; returns trials run."""
-    fleet = Fleet(runner.repository)
+    fleet = Fleet(runner.repository, runner.artifact_store)
     stop = runner.stopping
     with_retry(partial(fleet.register, identity, settings.grace_period_s), what="register", stop=stop)
     heartbeat = Heartbeat(fleet, runner, identity, settings)

@@ -21,13 +21,16 @@ import optuna
 import torch
 
 from studies import Claim, StudyRepository
+from studies._optuna.internals import frozen_trial_of
 from studies.artifacts import MODEL_ARTIFACT_ATTR, ArtifactStore, upload_model, write_model_archive
+from studies.checkpoints import discard_checkpoint
 from studies.errors import StudyNotFound, TrialVanished
 from studies.pareto import joins_front
+from studies.promotion import PROMOTED_ATTR
 from studies.resilience import GaveUp, is_transient, with_retry
 from studies.spec import StudySpec, Task
 from studies.states import StopReason, StudyState
-from worker.checkpoints import TrialCheckpoints
+from worker.checkpoints import RESUMED_FROM_EPOCH, TrialCheckpoints
 from worker.data_roots import DataRoots, worker_data_roots
 from worker.early_stopping import Patience
 from worker.entrypoints import is_allowed, user_code
@@ -35,6 +38,7 @@ from worker.epochs import (
     EpochCheckpoints,
     EpochResult,
     KeepRule,
+    PauseTraining,
     StopTraining,
     TrainResult,
     epoch_value,
@@ -297,6 +301,18 @@ class TrialRunner:
             return StopReason.WORKER_STOPPING
         return None
 
+    @staticmethod
+    def _rungs_to_decide(claim: Claim) -> frozenset[int]:
+        """The epochs after which the trial asks its asha pruner whether it goes on: the study's rungs above the
+        one a claim promoted it from, and below its own last epoch (which ends it anyway)."""
+        rungs = claim.spec.rungs()
+        if not rungs:
+            return frozenset()
+        frozen = frozen_trial_of(claim.trial)
+        promoted_from = int(frozen.system_attrs.get(PROMOTED_ATTR, 0))
+        last = claim.params.get("epochs", rungs[-1] + 1)
+        return frozenset(r for r in rungs if promoted_from < r < int(last))
+
     def _checkpoints(self, claim: Claim, notes: dict[str, Any]) -> TrialCheckpoints | None:
         if self.artifact_store is None or self.checkpoint_interval_s is None:
             return None
@@ -488,10 +504,24 @@ class TrialRunner:
         except GaveUp as error:
             log.warning("trial %d of %s abandoned: %s", claim.trial.number, claim.study_name, error)
             return "abandoned"
-        # A trial handed back, or one whose worker was declared lost, keeps its checkpoint for its rerun.
+        # A trial handed back or paused, or one whose worker was declared lost, keeps its checkpoint for its rerun.
         if checkpoints is not None and outcome in ENDED_OUTCOMES:
             checkpoints.discard()
+        if claim.spec.rungs():
+            self._settle_paused(claim.study_name)
         return outcome
+
+    def _settle_paused(self, study_name: str) -> None:
+        # The trial that ended or paused may have been the study's last: its paused trials that no rung can
+        # promote any more end now, and their checkpoints with them.
+        try:
+            leftover = self._store("settle paused trials", lambda: self.repository.settle_paused(study_name))
+        except GaveUp as error:
+            log.warning("paused trials of %s not settled: %s", study_name, error)
+            return
+        if self.artifact_store is not None:
+            for checkpoint in leftover:
+                discard_checkpoint(self.artifact_store, checkpoint.artifact_id)
 
     def _run(self, claim: Claim, notes: dict[str, Any], checkpoints: TrialCheckpoints | None) -> str:
         trial = claim.trial
@@ -503,6 +533,7 @@ class TrialRunner:
         reporting_s = [0.0]
         objective = spec.objective
         patience = Patience(objective.patience, minimize=objective.epoch_direction == "minimize")
+        rungs = self._rungs_to_decide(claim)
 
         def on_epoch(result: EpochResult) -> None:
             began = self.clock()
@@ -527,6 +558,13 @@ class TrialRunner:
                 raise StopTraining(StopReason.PRUNED)
             if patience.stalled(value):
                 raise StopTraining(StopReason.PLATEAU)
+            # A rung passed before (replayed from a checkpoint, or promoted from) is not decided again.
+            if (
+                result.epoch in rungs
+                and result.epoch > notes.get(RESUMED_FROM_EPOCH, 0)
+                and not self._on_trial(claim, "rung", lambda: repository.passes_rung(claim, result.epoch))
+            ):
+                raise PauseTraining(StopReason.PAUSED)
 
         def attrs(extra: dict[str, Any] | None = None) -> dict[str, Any]:
             base: dict[str, Any] = {
@@ -567,6 +605,11 @@ class TrialRunner:
             elif reason == StopReason.WORKER_STOPPING:
                 self._store("give back", lambda: repository.give_back(claim))
                 return "requeued"
+            elif reason == StopReason.PAUSED and last:
+                epoch = last[0].epoch
+                log.info("trial %d of %s: paused after epoch %d", trial.number, claim.study_name, epoch)
+                self._store("pause", lambda: repository.pause(claim, epoch, attrs()))
+                return "paused"
             else:
                 extra = {} if reason == StopReason.PRUNED else {"fail_reason": reason}
                 self._store("prune", lambda: repository.prune(claim, attrs(extra)))

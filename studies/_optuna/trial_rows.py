@@ -47,20 +47,25 @@ class NewTrial:
     from_queue: bool
 
 
-def take_queued_trial(connection: sa.Connection, study_id: int, now: datetime) -> NewTrial | None:
-    """Make the study's oldest WAITING trial (handed back, retried or enqueued) RUNNING, if it has one."""
+def take_queued_trial(
+    connection: sa.Connection, study_id: int, now: datetime, *, skip: sa.ColumnElement[bool] | None = None
+) -> NewTrial | None:
+    """Make the study's oldest WAITING trial (handed back, retried or enqueued) RUNNING, if it has one.
+
+    skip: a condition on the trial's row for WAITING trials that are not queued (paused ones), left alone.
+    """
     while True:
         # By number, the same order as by id within a study: ORDER BY the primary key with LIMIT 1
         # let PostgreSQL walk the whole store's trials in id order looking for this study's WAITING
         # one, and a study has none most of the time, so every claim scanned every trial of every
         # study while holding the budget's row lock. No index orders by number, so the study's own
         # index is used, whatever else the store holds.
-        waiting = connection.execute(
-            sa.select(trials.c.trial_id, trials.c.number)
-            .where(trials.c.study_id == study_id, trials.c.state == TrialState.WAITING)
-            .order_by(trials.c.number)
-            .limit(1)
-        ).first()
+        query = sa.select(trials.c.trial_id, trials.c.number).where(
+            trials.c.study_id == study_id, trials.c.state == TrialState.WAITING
+        )
+        if skip is not None:
+            query = query.where(~skip)
+        waiting = connection.execute(query.order_by(trials.c.number).limit(1)).first()
         if waiting is None:
             return None
         # Conditional on WAITING, so of two racing claims exactly one takes it.
