@@ -15,7 +15,7 @@ from typing import Any
 from bench.replay.curves import DATA_DIR, Recording, data_file, load, repeat_file
 from bench.replay.plot import anytime_svg
 from bench.replay.record import TASKS, spec_of
-from bench.replay.run import METHODS, Run, run_seed
+from bench.replay.run import DEFAULT_METHODS, METHODS, Run, run_seed
 from bench.replay.surrogate import Surrogate, fidelity
 from bench.reporting import (
     benchmark_parser,
@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--budget-trials", type=float, default=50, help="the budget: this many random trials' compute"
     )
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(DEFAULT_METHODS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--svg", type=Path, help="write the anytime plot here")

@@ -9,6 +9,7 @@ import platform
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ import torch
 
 from bench.replay.surrogate import Surrogate
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
+from studies.artifacts import open_artifact_store
 from studies.space import distributions
 from studies.spec import Task
-from worker.epochs import EpochResult, NonFiniteLoss, StopTraining, TrainResult, result_of
+from worker.epochs import EpochResult, NonFiniteLoss, PauseTraining, StopTraining, TrainResult, result_of
 from worker.runner import TrialRunner
 from worker.tasks.interface import ModelFiles, Progress, TrialContext
 
@@ -42,7 +44,19 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     # tunefleet's defaults: cost-aware TPE, the preset's pruner, early stopping on a plateau.
     "tunefleet": {"sampler": {"name": "tpe"}},
+    # ASHA with promotion: trials pause at rungs and resume from their checkpoints when promoted.
+    "tpe-asha": {
+        "sampler": {"name": "tpe", "cost_weight": 0},
+        "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 3},
+        "objective": NO_PATIENCE,
+    },
+    "tunefleet-asha": {
+        "sampler": {"name": "tpe"},
+        "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 3},
+    },
 }
+# What the benchmark runs unless told otherwise; the others are there to be named with --methods.
+DEFAULT_METHODS = ("random", "tpe", "tpe-hyperband", "tunefleet")
 # tunefleet's defaults warm-started from the source studies a run is given (other tasks' recordings): their
 # portfolio queued first, and their best quarter as the sampler's prior.
 # Not among METHODS: they need sources (bench.replay.warm_start gives them). The first is the portfolio alone, the
@@ -126,7 +140,14 @@ class ReplayKind:
         replayed = self.surrogate.replay(trial.params)
         started = self.clock()
         history: list[EpochResult] = []
-        for epoch in range(1, int(trial.params["epochs"]) + 1):
+        # A trial promoted after a pause goes on from its checkpoint (the epochs so far), as a real one does: its
+        # earlier epochs are reported again and cost nothing.
+        saved = trial.checkpoints.saved() if trial.checkpoints is not None else None
+        if saved is not None:
+            history = [EpochResult(**result) for result in saved["history"]]
+            for result in history:
+                self._report(trial, result, history, started)
+        for epoch in range(len(history) + 1, int(trial.params["epochs"]) + 1):
             if replayed.fails_after is not None and epoch > replayed.fails_after:
                 raise NonFiniteLoss(f"NaN validation loss at epoch {epoch}")
             self.clock.advance(replayed.cpu_s[epoch - 1])
@@ -137,11 +158,25 @@ class ReplayKind:
                 )
             )
             try:
-                trial.report(history[-1])
-            except StopTraining as stop:
-                stop.result = self._result(history, started)
+                self._report(trial, history[-1], history, started)
+            except PauseTraining:
+                if trial.checkpoints is not None:
+                    state: dict[str, Any] = {
+                        "epoch": epoch,
+                        "history": [dataclasses.asdict(result) for result in history],
+                    }
+                    trial.checkpoints.save(epoch, partial(dict, state), force=True)
                 raise
         return self._result(history, started)
+
+    def _report(
+        self, trial: TrialContext, result: EpochResult, history: list[EpochResult], started: float
+    ) -> None:
+        try:
+            trial.report(result)
+        except StopTraining as stop:
+            stop.result = self._result(history, started)
+            raise
 
     def _result(self, history: list[EpochResult], started: float) -> TrainResult:
         # As a real run's result, but its seconds are the simulated clock's, not the microseconds it took.
@@ -217,6 +252,11 @@ def run_method(
         cache_dir=workdir,
         clock=clock,
         _tasks={spec.task.kind: ReplayKind(surrogate, clock)},
+        # A pruner that pauses trials needs their checkpoints to promote them; no other method writes any.
+        artifact_store=open_artifact_store(str(workdir / f"{method}-{seed}-artifacts"))
+        if spec.rungs()
+        else None,
+        checkpoint_interval_s=math.inf,
     )
     run = Run(method=method, seed=seed)
     best = math.inf
