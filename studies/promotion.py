@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from studies._optuna.models import TrialIntermediateValueModel, TrialValueModel
 from studies._optuna.trial_rows import (
+    PAUSED_ATTR,
     intermediate_values,
     set_system_attrs,
     system_attrs,
@@ -20,8 +21,9 @@ from studies._optuna.trial_rows import (
     trials,
 )
 
-# The system attribute of a paused trial: the epoch (a rung) it is paused after. Only WAITING trials carry it.
-PAUSED_ATTR = "tunefleet:paused_at"
+__all__ = ["PAUSED_ATTR", "PROMOTED_ATTR"]
+
+# The system attribute of a paused trial, PAUSED_ATTR: the epoch (a rung) it is paused after (WAITING trials only).
 # The system attribute of a promoted trial: the highest rung a claim promoted it from. A rerun of its epochs
 # (a hand-back, a retry) passes that rung and those below it without asking again.
 PROMOTED_ATTR = "tunefleet:promoted_from"

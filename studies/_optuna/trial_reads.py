@@ -18,6 +18,7 @@ from optuna.storages._rdb.models import (
 from optuna.trial import FrozenTrial, TrialState
 
 from studies._optuna.trial_rows import (
+    PAUSED_ATTR,
     intermediate_values,
     optuna_studies,
     params,
@@ -55,6 +56,11 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
     tests/integration/test_trial_reads.py compares the two readers trial by trial.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Paused trials as last built, by id, with what would change if they had run since (_paused_marks).
+        self._paused: dict[int, tuple[tuple[Any, ...], FrozenTrial]] = {}
+
     def _get_trials(
         self,
         study_id: int,
@@ -81,8 +87,28 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
             if found is None:
                 raise KeyError(NOT_FOUND_MSG)
             rows = connection.execute(sa.select(trials).where(where).order_by(trials.c.trial_id)).all()
-            children = _children(connection, [row.trial_id for row in rows])
-        return _frozen_trials(rows, children)
+            # Optuna's cache reads every unfinished trial again at each refresh, and under an asha pruner most of
+            # a study's trials wait paused: a paused trial that has not run since it was last built is reused.
+            marks = _paused_marks(
+                connection, [row.trial_id for row in rows if row.state == TrialState.WAITING]
+            )
+            kept = {
+                trial_id: memo[1]
+                for trial_id, mark in marks.items()
+                if (memo := self._paused.get(trial_id)) is not None and memo[0] == mark
+            }
+            fresh = [row for row in rows if row.trial_id not in kept]
+            children = _children(connection, [row.trial_id for row in fresh])
+        built = dict(zip((row.trial_id for row in fresh), _frozen_trials(fresh, children), strict=True))
+        for row in rows:
+            if row.trial_id in marks:
+                self._paused[row.trial_id] = (
+                    marks[row.trial_id],
+                    kept.get(row.trial_id) or built[row.trial_id],
+                )
+            else:
+                self._paused.pop(row.trial_id, None)
+        return [kept.get(row.trial_id) or built[row.trial_id] for row in rows]
 
 
 def trials_by_id(connection: sa.Connection, trial_ids: Sequence[int]) -> dict[int, FrozenTrial]:
@@ -99,6 +125,30 @@ def trials_by_id(connection: sa.Connection, trial_ids: Sequence[int]) -> dict[in
     rows.sort(key=attrgetter("trial_id"))
     built = _frozen_trials(rows, _children(connection, [row.trial_id for row in rows]))
     return {row.trial_id: trial for row, trial in zip(rows, built, strict=True)}
+
+
+def _paused_marks(connection: sa.Connection, ids: list[int]) -> dict[int, tuple[Any, ...]]:
+    """For the paused ones of those (WAITING) trials: the rung they wait at, and how many per-epoch values they
+    have and their last step. A paused trial changes nothing while it waits; promoted and paused again, it has run
+    at least one more epoch and waits at a higher rung."""
+    marks: dict[int, tuple[Any, ...]] = {}
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        rows = connection.execute(
+            sa.select(
+                system_attrs.c.trial_id,
+                system_attrs.c.value_json,
+                *(
+                    sa.select(aggregate)
+                    .where(intermediate_values.c.trial_id == system_attrs.c.trial_id)
+                    .correlate(system_attrs)
+                    .scalar_subquery()
+                    for aggregate in (sa.func.count(), sa.func.max(intermediate_values.c.step))
+                ),
+            ).where(system_attrs.c.trial_id.in_(chunk), system_attrs.c.key == PAUSED_ATTR)
+        ).all()
+        marks.update({row[0]: tuple(row[1:]) for row in rows})
+    return marks
 
 
 def _children(connection: sa.Connection, ids: list[int]) -> dict[str, list[Any]]:

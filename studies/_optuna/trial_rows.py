@@ -37,6 +37,10 @@ intermediate_values = TrialIntermediateValueModel.__table__
 optuna_studies = StudyModel.__table__
 
 
+# The system attribute of a paused trial (studies.promotion): the epoch it waits at. Only WAITING trials carry it.
+PAUSED_ATTR = "tunefleet:paused_at"
+
+
 @dataclass(frozen=True)
 class NewTrial:
     """A trial row just made RUNNING: a new one, or one taken from the study's queue."""

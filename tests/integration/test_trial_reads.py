@@ -12,8 +12,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from studies import open_storage
+from studies._optuna import trial_rows
 from studies._optuna.reference import read_trials
 from studies._optuna.trial_reads import BulkReadRDBStorage
+from studies.promotion import PAUSED_ATTR, pause_trial
 
 SPACE = {
     "learning_rate": FloatDistribution(1e-4, 1e-1, log=True),
@@ -127,4 +129,39 @@ def test_child_rows_are_sorted_here_not_by_the_database(store_url: str, study_na
         ordered = [s for s in statements if "ORDER BY" in s.upper()]
         assert len(ordered) == 1 and "FROM trials" in ordered[0], ordered
     finally:
+        storage.engine.dispose()
+
+
+def test_a_paused_trial_is_built_once_while_it_waits_and_again_once_it_has_run(
+    store_url: str, study_name: str
+) -> None:
+    storage = open_storage(store_url)
+    optunas = optuna.storages.RDBStorage(storage.url, skip_compatibility_check=True)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage)
+        trial = study.ask(SPACE)
+        trial.report(0.5, 1)
+        with storage.engine.begin() as connection:
+            pause_trial(connection, trial._trial_id, 1)
+        first = read_trials(storage, study._study_id, None, set(), -1)
+        again = read_trials(storage, study._study_id, None, set(), -1)
+        assert again[0] is first[0], "a paused trial that has not run since is not read again"
+
+        # Promoted, it runs an epoch and pauses at the next rung: the reader sees it anew.
+        with storage.engine.begin() as connection:
+            connection.execute(
+                trial_rows.trials.update()
+                .where(trial_rows.trials.c.trial_id == trial._trial_id)
+                .values(state=TrialState.RUNNING)
+            )
+        storage.set_trial_intermediate_value(trial._trial_id, 3, 0.25)
+        with storage.engine.begin() as connection:
+            pause_trial(connection, trial._trial_id, 3)
+        later = read_trials(storage, study._study_id, None, set(), -1)
+        expected = read_trials(optunas, study._study_id, None, set(), -1)
+        assert [comparable(t) for t in later] == [comparable(t) for t in expected]
+        assert later[0].intermediate_values == {1: 0.5, 3: 0.25}
+        assert later[0].system_attrs[PAUSED_ATTR] == 3
+    finally:
+        optunas.engine.dispose()
         storage.engine.dispose()
