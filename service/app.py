@@ -38,7 +38,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reaper = ReaperThread(
-            store, grace_s=settings.grace_period_s, interval_s=settings.heartbeat_interval_s
+            store,
+            grace_s=settings.grace_period_s,
+            interval_s=settings.heartbeat_interval_s,
+            artifact_dir=settings.artifact_dir,
         )
         reaper.start()
         try:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from functools import partial
 
 from studies import StudyRepository
+from studies.artifacts import ArtifactStore, open_artifact_store
+from studies.checkpoints import discard_checkpoint
 from studies.fleet import Fleet, Reaper
 
 log = logging.getLogger("tunefleet.service")
@@ -14,9 +18,18 @@ log = logging.getLogger("tunefleet.service")
 class ReaperThread(threading.Thread):
     """Runs the fleet reaper every interval, so a dead worker's trial is retried even if no worker is idle."""
 
-    def __init__(self, repository: StudyRepository, *, grace_s: float, interval_s: float) -> None:
+    def __init__(
+        self,
+        repository: StudyRepository,
+        *,
+        grace_s: float,
+        interval_s: float,
+        artifact_dir: str | None = None,
+    ) -> None:
         super().__init__(name="tunefleet-reaper", daemon=True)
-        self.reaper = Reaper(Fleet(repository), grace_s=grace_s, interval_s=interval_s)
+        # The checkpoints of paused trials the reaper ends go from the workers' artifact store, opened when needed.
+        discard = None if artifact_dir is None else partial(_discard, artifact_dir)
+        self.reaper = Reaper(Fleet(repository, discard), grace_s=grace_s, interval_s=interval_s)
         self.interval_s = interval_s
         self.done = threading.Event()
 
@@ -26,3 +39,16 @@ class ReaperThread(threading.Thread):
                 self.reaper.tick()
             except Exception:
                 log.exception("reaper failed; trying again next interval")
+
+
+@functools.lru_cache(maxsize=1)
+def _store(location: str) -> ArtifactStore:
+    return open_artifact_store(location)
+
+
+def _discard(location: str, artifact_id: str) -> None:
+    try:
+        discard_checkpoint(_store(location), artifact_id)
+    except Exception as error:
+        # A store the service cannot open leaves the checkpoint behind, never the sweep undone.
+        log.warning("checkpoint %s not deleted: %s", artifact_id, error)

@@ -7,13 +7,12 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from studies.artifacts import ArtifactStore
-from studies.checkpoints import discard_checkpoint
 from studies.lifecycle import COPIED_WHILE_RUNNING
 from studies.records import Claim, WorkerIdentity
 from studies.repository import StudyRepository
@@ -63,11 +62,13 @@ class WorkerRow:
 class Fleet:
     """Registers workers, records their heartbeats and current trials, and lists them."""
 
-    def __init__(self, repository: StudyRepository, artifact_store: ArtifactStore | None = None) -> None:
+    def __init__(
+        self, repository: StudyRepository, discard_checkpoint: Callable[[str], None] | None = None
+    ) -> None:
         self.repository = repository
         self.engine = repository.engine
-        # Where the reaper deletes the checkpoints of paused trials it ends; None leaves them in place.
-        self.artifact_store = artifact_store
+        # Deletes, by artifact id, the checkpoint of a paused trial the reaper ends; None leaves it in place.
+        self.discard_checkpoint = discard_checkpoint
         self._unheld_since: dict[int, float] = {}
 
     def register(self, identity: WorkerIdentity, grace_s: float | None = None) -> None:
@@ -220,8 +221,8 @@ class Fleet:
         # Paused trials that nothing can promote any more (their study stopped, or its deadline passed while no
         # trial of it ran) end here; a worker's own trials settle theirs as they end.
         for checkpoint in self.repository.settle_all_paused():
-            if self.artifact_store is not None:
-                discard_checkpoint(self.artifact_store, checkpoint.artifact_id)
+            if self.discard_checkpoint is not None:
+                self.discard_checkpoint(checkpoint.artifact_id)
 
     def _forget_old_workers(self, now: datetime) -> None:
         # Every worker process leaves a row: a fleet restarted daily would grow the table (and each

@@ -18,6 +18,7 @@ from types import FrameType
 
 from studies import StudyRepository, WorkerIdentity, open_storage
 from studies.artifacts import ArtifactStore, open_artifact_store
+from studies.checkpoints import discard_checkpoint
 from studies.errors import StudyNotFound, WorkerDeclaredLost
 from studies.fleet import Fleet, Reaper, new_worker_id
 from studies.resilience import GaveUp, is_transient, with_retry
@@ -156,7 +157,11 @@ def run_loop(
     runner: TrialRunner, identity: WorkerIdentity, options: LoopOptions, settings: WorkerSettings
 ) -> int:
     """Pull and run trials until stopped, idle with exit_when_idle, or max_trials done; returns trials run."""
-    fleet = Fleet(runner.repository, runner.artifact_store)
+    store = runner.artifact_store
+    fleet = Fleet(
+        runner.repository,
+        discard_checkpoint=None if store is None else partial(discard_checkpoint, store),
+    )
     stop = runner.stopping
     with_retry(partial(fleet.register, identity, settings.grace_period_s), what="register", stop=stop)
     heartbeat = Heartbeat(fleet, runner, identity, settings)

@@ -4,6 +4,7 @@ training on a tiny BERT, real store (SQLite and PostgreSQL); the budget stays ex
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -13,6 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from studies import StudyRepository, StudySpec, WorkerIdentity
 from studies.artifacts import open_artifact_store
+from studies.checkpoints import discard_checkpoint
+from studies.fleet import Fleet
 from studies.promotion import PAUSED_ATTR, PROMOTED_ATTR
 from studies.states import StudyState
 from tests.finetune_spec import CPU_WORKER, run_next
@@ -158,8 +161,10 @@ def test_a_study_stopped_with_paused_trials_ends_them_and_reads_stopped(
     assert len(checkpoint_files(tmp_path)) == 1
 
     repository.set_state(study_name, StudyState.STOPPED, "stopped by user")
-    leftover = repository.settle_all_paused()
-    assert [c.epoch for c in leftover] == [1]
+    # The reaper's sweep (a worker's or the service's) ends the paused trial and deletes its checkpoint.
+    store = open_artifact_store(str(tmp_path / "artifacts"))
+    Fleet(repository, partial(discard_checkpoint, store)).reap(grace_s=60)
+    assert checkpoint_files(tmp_path) == []
     ended = repository.trial(repository.get(study_name), first.number)
     assert ended.state == TrialState.PRUNED and ended.user_attrs["fail_reason"] == "study stopped"
     assert math.isclose(ended.value or math.nan, first.intermediate_values[1])
