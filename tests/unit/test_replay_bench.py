@@ -19,6 +19,7 @@ from bench.replay.run import Clock, run_method
 from bench.replay.surrogate import Surrogate, fidelity
 from bench.text_task import load_preset
 from studies import open_storage
+from studies.promotion import PROMOTED_ATTR
 
 TASK = "bbc-news-minilm"
 
@@ -114,6 +115,27 @@ def test_replayed_trials_report_every_epoch_and_take_their_seconds_from_the_simu
             # The trial's seconds are the replayed epochs' recorded CPU seconds, not the microseconds it took.
             assert trial.user_attrs["trial_s"] == pytest.approx(sum(replayed.cpu_s[: len(steps)]), abs=2e-3)
             simulated += sum(replayed.cpu_s[: len(steps)])
+        assert simulated == pytest.approx(run.compute[-1])
+    finally:
+        storage.engine.dispose()
+
+
+def test_a_replayed_trial_promoted_after_a_pause_goes_on_from_its_checkpoint_and_pays_each_epoch_once(
+    tmp_path: Path,
+) -> None:
+    recording = load(data_file(TASK))
+    surrogate = Surrogate(record.spec_of(TASK), recording.fitted()[:300])
+    cost = statistics.mean(sum(c.cpu_s[: c.epochs]) for c in recording.curves[:300])
+    run = run_method(load_preset(TASK), "tpe-asha", 0, 15 * cost, surrogate, tmp_path)
+    storage = open_storage(f"sqlite:///{tmp_path / 'tpe-asha-0.db'}")
+    try:
+        trials = optuna.load_study(study_name="replay-tpe-asha-0", storage=storage).trials
+        promoted = [t for t in trials if PROMOTED_ATTR in t.system_attrs]
+        assert promoted and any(t.state == TrialState.WAITING for t in trials)
+        for trial in promoted:
+            assert trial.user_attrs["resumed_from_epoch"] == trial.system_attrs[PROMOTED_ATTR]
+        # Every epoch any trial reported was replayed once: a promotion goes on, it does not start again.
+        simulated = sum(sum(surrogate.replay(t.params).cpu_s[: len(t.intermediate_values)]) for t in trials)
         assert simulated == pytest.approx(run.compute[-1])
     finally:
         storage.engine.dispose()
