@@ -24,6 +24,8 @@ OnTrial = Callable[[str, Callable[[], T]], T]
 # The user attributes a trial records about its checkpoints.
 RESUMED_FROM_EPOCH = "resumed_from_epoch"
 CHECKPOINT_ERROR = "checkpoint_error"
+# What a checkpoint also holds: the trial's seconds up to it, over all its runs.
+SECONDS_KEY = "trial_s"
 
 
 def to_bytes(state: dict[str, Any]) -> bytes:
@@ -63,8 +65,10 @@ class TrialCheckpoints:
         self.on_trial = on_trial
         self.note = note
         self.current: CheckpointRef | None = None
-        self.last_saved = clock()
+        self.started = self.last_saved = clock()
         self.failed = False
+        # The trial's seconds before this run, by its checkpoint: a resumed trial's trial_s counts every run of it.
+        self.seconds_before = 0.0
 
     def _name(self) -> str:
         return f"trial {self.claim.trial.number} of {self.claim.study_name}"
@@ -86,8 +90,13 @@ class TrialCheckpoints:
             self.note(CHECKPOINT_ERROR, reason[:500])
             return None
         self.note(RESUMED_FROM_EPOCH, int(state["epoch"]))
+        self.seconds_before = float(state.get(SECONDS_KEY, 0.0))
         self.last_saved = self.clock()
         return state
+
+    def seconds(self) -> float:
+        """The trial's seconds so far, over every run of it since its first epoch."""
+        return self.seconds_before + self.clock() - self.started
 
     def save(self, epoch: int, state: Callable[[], dict[str, Any]], *, force: bool = False) -> None:
         """Write a checkpoint after the epoch when interval_s has passed since the last one (or the start), or
@@ -95,7 +104,7 @@ class TrialCheckpoints:
         if self.failed or (not force and self.clock() - self.last_saved < self.interval_s):
             return
         try:
-            artifact_id = write_checkpoint(self.store, to_bytes(state()))
+            artifact_id = write_checkpoint(self.store, to_bytes({**state(), SECONDS_KEY: self.seconds()}))
         except Exception as error:
             # A full disk or an unreachable bucket must not cost the trial: it trains on without checkpoints.
             self.failed = True

@@ -567,9 +567,12 @@ class TrialRunner:
                 raise PauseTraining(StopReason.PAUSED)
 
         def attrs(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+            # A trial resumed from a checkpoint counts the seconds of its earlier runs too: the cost TPE weighs is
+            # seconds per epoch run, and its epochs count from the first.
+            seconds = checkpoints.seconds() if checkpoints is not None else self.clock() - started
             base: dict[str, Any] = {
                 **notes,
-                "trial_s": round(self.clock() - started, 3),
+                "trial_s": round(seconds, 3),
                 "claim_s": round(claim.claim_s, 4),
             }
             if last:

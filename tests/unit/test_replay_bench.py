@@ -134,6 +134,11 @@ def test_a_replayed_trial_promoted_after_a_pause_goes_on_from_its_checkpoint_and
         assert promoted and any(t.state == TrialState.WAITING for t in trials)
         for trial in promoted:
             assert trial.user_attrs["resumed_from_epoch"] == trial.system_attrs[PROMOTED_ATTR]
+            # Its seconds count every run of it, as its epochs do: what the cost-aware sampler divides.
+            epochs = trial.user_attrs["epochs_run"]
+            assert epochs == len(trial.intermediate_values)
+            cpu_s = surrogate.replay(trial.params).cpu_s
+            assert trial.user_attrs["trial_s"] == pytest.approx(sum(cpu_s[:epochs]), abs=2e-3)
         # Every epoch any trial reported was replayed once: a promotion goes on, it does not start again.
         simulated = sum(sum(surrogate.replay(t.params).cpu_s[: len(t.intermediate_values)]) for t in trials)
         assert simulated == pytest.approx(run.compute[-1])
