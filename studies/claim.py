@@ -51,15 +51,7 @@ class ClaimTransaction(TrialLifecycle):
     ) -> list[tuple[str, int]]:
         c = studies_table.c
         # A study whose trials are all claimed still runs its paused trials when a rung promotes them.
-        paused = (
-            sa.exists()
-            .where(
-                trial_rows.trials.c.study_id == c.optuna_study_id,
-                trial_rows.trials.c.state == TrialState.WAITING,
-                promotion.is_paused(),
-            )
-            .correlate(studies_table)
-        )
+        paused = promotion.has_paused_trials(c.optuna_study_id, correlate=studies_table)
         query = sa.select(c.study_name, c.optuna_study_id).where(
             c.state == StudyState.RUNNING,
             sa.or_(c.n_claimed < c.n_trials, paused),

@@ -182,13 +182,7 @@ class TrialLifecycle(StudyCatalog):
         with self._begin() as connection:
             names = connection.execute(
                 sa.select(c.study_name).where(
-                    sa.exists()
-                    .where(
-                        trial_rows.trials.c.study_id == c.optuna_study_id,
-                        trial_rows.trials.c.state == TrialState.WAITING,
-                        promotion.is_paused(),
-                    )
-                    .correlate(studies_table)
+                    promotion.has_paused_trials(c.optuna_study_id, correlate=studies_table)
                 )
             ).scalars()
             studies = list(names)

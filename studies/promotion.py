@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from optuna.trial import TrialState
@@ -84,6 +85,15 @@ def paused_trials(connection: sa.Connection, study_id: int) -> list[Paused]:
     return [Paused(int(row.trial_id), int(row.number), int(json.loads(row.value_json))) for row in rows]
 
 
+def has_paused_trials(study_id: sa.ColumnElement[Any], *, correlate: sa.FromClause) -> sa.ColumnElement[bool]:
+    """Whether the study of that id column (of a table in the enclosing query) has paused trials."""
+    return (
+        sa.exists()
+        .where(trials.c.study_id == study_id, trials.c.state == TrialState.WAITING, is_paused())
+        .correlate(correlate)
+    )
+
+
 def is_paused() -> sa.ColumnElement[bool]:
     """Whether the trial row of `trials` in the enclosing query is paused (for WHERE clauses)."""
     return (
@@ -138,21 +148,28 @@ def promotable(
     return found
 
 
+def _unpause(connection: sa.Connection, paused: Paused, **values: Any) -> bool:
+    """Move a paused trial out of WAITING (to the state and times in values), no longer paused; False if another
+    claim or the end of the study moved it first."""
+    moved = connection.execute(
+        trials.update()
+        .where(trials.c.trial_id == paused.trial_id, trials.c.state == TrialState.WAITING)
+        .values(**values)
+    ).rowcount
+    if moved:
+        connection.execute(
+            system_attrs.delete().where(
+                system_attrs.c.trial_id == paused.trial_id, system_attrs.c.key == PAUSED_ATTR
+            )
+        )
+    return bool(moved)
+
+
 def take_paused(connection: sa.Connection, paused: Paused) -> bool:
     """Make a paused trial RUNNING again, promoted from its rung; False if another claim (or the end of the study)
     took it first. Its start time stays the first run's, so its duration spans the pause."""
-    taken = connection.execute(
-        trials.update()
-        .where(trials.c.trial_id == paused.trial_id, trials.c.state == TrialState.WAITING)
-        .values(state=TrialState.RUNNING)
-    ).rowcount
-    if not taken:
+    if not _unpause(connection, paused, state=TrialState.RUNNING):
         return False
-    connection.execute(
-        system_attrs.delete().where(
-            system_attrs.c.trial_id == paused.trial_id, system_attrs.c.key == PAUSED_ATTR
-        )
-    )
     set_system_attrs(connection, paused.trial_id, {PROMOTED_ATTR: paused.epoch})
     return True
 
@@ -183,18 +200,8 @@ def active_trials(connection: sa.Connection, study_id: int) -> int:
 def end_paused(connection: sa.Connection, paused: Paused, now: datetime) -> float | None:
     """End a paused trial PRUNED, its value its last reported one when finite (as a pruned trial's is): that
     last value (NaN when there is none), or None when a claim promoted the trial first."""
-    ended = connection.execute(
-        trials.update()
-        .where(trials.c.trial_id == paused.trial_id, trials.c.state == TrialState.WAITING)
-        .values(state=TrialState.PRUNED, datetime_complete=now)
-    ).rowcount
-    if not ended:
+    if not _unpause(connection, paused, state=TrialState.PRUNED, datetime_complete=now):
         return None
-    connection.execute(
-        system_attrs.delete().where(
-            system_attrs.c.trial_id == paused.trial_id, system_attrs.c.key == PAUSED_ATTR
-        )
-    )
     last = connection.execute(
         sa.select(intermediate_values.c.intermediate_value, intermediate_values.c.intermediate_value_type)
         .where(intermediate_values.c.trial_id == paused.trial_id)

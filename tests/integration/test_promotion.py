@@ -177,7 +177,6 @@ def test_a_promoted_trial_handed_back_resumes_past_its_rungs_without_pausing_aga
     data_files: dict[str, str],
     tmp_path: Path,
     study_name: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     repository.create(asha_spec(study_name, tiny_model, data_files, n_trials=4))
     # The first trial runs to its end; the second pauses at epoch 1, and is promoted when the fourth arrives.
