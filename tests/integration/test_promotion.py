@@ -4,6 +4,7 @@ training on a tiny BERT, real store (SQLite and PostgreSQL); the budget stays ex
 from __future__ import annotations
 
 import math
+import threading
 from functools import partial
 from pathlib import Path
 
@@ -12,12 +13,13 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from studies import StudyRepository, StudySpec, WorkerIdentity
+from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies.artifacts import open_artifact_store
 from studies.checkpoints import discard_checkpoint
 from studies.fleet import Fleet
 from studies.promotion import PAUSED_ATTR, PROMOTED_ATTR
 from studies.states import StudyState
+from tests.conftest import tiny_spec
 from tests.finetune_spec import CPU_WORKER, run_next
 from tests.finetune_spec import finetune_spec as spec
 from worker.runner import TrialRunner
@@ -234,3 +236,42 @@ def test_the_retry_of_a_promoted_trial_whose_worker_was_lost_resumes_past_the_ru
     assert copy.intermediate_values.keys() == {1, 2}
     assert repository.progress(repository.get(study_name)).state == StudyState.COMPLETED
     assert checkpoint_files(tmp_path) == []
+
+
+def test_racing_claims_promote_a_paused_trial_once_and_take_no_budget_for_it(
+    store_url: str, study_name: str
+) -> None:
+    spec = tiny_spec(study_name, budget={"n_trials": 1}, sampler={"name": "random"}, pruner={"name": "asha"})
+    first = StudyRepository(open_storage(store_url))
+    first.create(StudySpec.model_validate(spec))
+    claim = first.claim(CPU_WORKER, study_names=[study_name])
+    assert claim is not None and claim.spec.rungs() == [1]
+    first.report(claim, 0.5, 1)
+    first.pause(claim, 1, {})
+    # Alone at its rung it is its best share: promotable, though the study's only budget slot is taken.
+    assert first.settle_paused(study_name) == []
+    promoted: list[int] = []
+    errors: list[BaseException] = []
+
+    def claim_once(n: int) -> None:
+        repository = StudyRepository(open_storage(store_url))
+        try:
+            taken = repository.claim(
+                WorkerIdentity(host="race", pid=n, device="cpu"), study_names=[study_name]
+            )
+            if taken is not None:
+                promoted.append(taken.trial.number)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            repository.engine.dispose()
+
+    threads = [threading.Thread(target=claim_once, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and promoted == [claim.trial.number]
+    record = first.get(study_name)
+    assert record.n_claimed == 1 and first.trial_counts(record)["running"] == 1
+    first.engine.dispose()
