@@ -68,7 +68,7 @@ class Worker:
         return self.log.read_text(errors="replace")
 
     def wait(self) -> int:
-        return self.process.wait(timeout=90)
+        return self.process.wait(timeout=120)
 
 
 @pytest.fixture
@@ -78,8 +78,10 @@ def doomed(
     """A worker well into a trial of a slow study (`study_name`), with a quick study (`-next`) waiting, and
     the service on the same store: its dashboard, and its reaper."""
     repository = StudyRepository(open_storage(store_url))
-    # Half a minute of epochs: on a loaded machine `optuna delete-study` alone may take seconds to start.
-    repository.create(synthetic_spec(study_name, 1, epochs=60, sleep_s=0.5, priority=10))
+    # A minute of epochs: on a loaded machine `optuna delete-study` alone may take many seconds (the trial once
+    # ended, after half a minute, before the CLI's delete landed). The worker drops the trial at its next report
+    # after the delete, so a longer trial costs a passing test nothing.
+    repository.create(synthetic_spec(study_name, 1, epochs=120, sleep_s=0.5, priority=10))
     repository.create(synthetic_spec(f"{study_name}-next", 2, epochs=1, sleep_s=0.01))
     worker = Worker(
         store_url, tmp_path, "--study", study_name, "--study", f"{study_name}-next", "--exit-when-idle"
