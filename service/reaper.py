@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from functools import partial
 
+from service.artifact_stores import artifact_store
 from studies import StudyRepository
-from studies.artifacts import ArtifactStore, open_artifact_store
 from studies.checkpoints import discard_checkpoint
 from studies.fleet import Fleet, Reaper
 
@@ -41,14 +40,9 @@ class ReaperThread(threading.Thread):
                 log.exception("reaper failed; trying again next interval")
 
 
-@functools.lru_cache(maxsize=1)
-def _store(location: str) -> ArtifactStore:
-    return open_artifact_store(location)
-
-
 def _discard(location: str, artifact_id: str) -> None:
     try:
-        discard_checkpoint(_store(location), artifact_id)
+        discard_checkpoint(artifact_store(location), artifact_id)
     except Exception as error:
         # A store the service cannot open leaves the checkpoint behind, never the sweep undone.
         log.warning("checkpoint %s not deleted: %s", artifact_id, error)

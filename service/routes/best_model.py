@@ -3,7 +3,6 @@ as one zip archive."""
 
 from __future__ import annotations
 
-import functools
 import math
 import uuid
 from collections.abc import Iterator, Mapping
@@ -16,10 +15,11 @@ from fastapi.responses import StreamingResponse
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
+from service.artifact_stores import artifact_store
 from service.dependencies import Repository
 from service.schemas import ErrorRead, StudyName
 from studies import StudyRecord, StudyRepository
-from studies.artifacts import ARCHIVE_MIMETYPE, MODEL_ARTIFACT_ATTR, ArtifactStore, open_artifact_store
+from studies.artifacts import ARCHIVE_MIMETYPE, MODEL_ARTIFACT_ATTR
 from studies.errors import BestModelNotFound, NotOnParetoFront
 from studies.names import OBJECTIVE_METRICS
 from studies.pareto import Bound, Direction, available_metrics, metric_direction, preferred
@@ -53,12 +53,6 @@ class MetricName(StrEnum):
 
 
 assert tuple(MetricName) == OBJECTIVE_METRICS
-
-
-@functools.lru_cache(maxsize=4)
-def _artifact_store(location: str) -> ArtifactStore:
-    # One store object per location for the life of the process (an S3 client is worth reusing).
-    return open_artifact_store(location)
 
 
 def _chunks(reader: BinaryIO) -> Iterator[bytes]:
@@ -201,7 +195,7 @@ def download_best_model(
         raise BestModelNotFound(
             study_name, f"its trial {best.number} records a malformed {MODEL_ARTIFACT_ATTR}"
         ) from None
-    store = _artifact_store(request.app.state.settings.artifact_dir)
+    store = artifact_store(request.app.state.settings.artifact_dir)
     try:
         reader = store.open_reader(artifact_id)
     except ArtifactNotFound as error:
