@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.replay.benchmark import budget_cpu_s
 from bench.replay.curves import DATA_DIR, data_file, load
+from bench.replay.forest import BEST_SO_FAR, SURROGATES
 from bench.replay.record import TASKS, spec_of
 from bench.replay.surrogate import Surrogate, export
 
@@ -22,12 +23,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--budget-trials", type=float, default=50, help="the budget: this many random trials' compute"
     )
     parser.add_argument("--out", type=Path, help="default: .peers/TASK.npz")
+    parser.add_argument(
+        "--surrogate",
+        choices=SURROGATES,
+        default=BEST_SO_FAR,
+        help="the model that replays the recorded task",
+    )
     args = parser.parse_args(argv)
     recording = load(data_file(args.task, args.data_dir))
     spec = spec_of(args.task)
     assert not isinstance(spec.space, dict)
     # The surrogate bench.replay.benchmark fits: the same curves, the same seed, so the same forest.
-    surrogate = Surrogate(spec, recording.fitted())
+    surrogate = Surrogate(spec, recording.fitted(), model=args.surrogate)
     out = args.out or Path(".peers") / f"{args.task}.npz"
     meta = {
         "task": args.task,

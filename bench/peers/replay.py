@@ -32,6 +32,7 @@ class Replay:
             self.meta: dict[str, Any] = json.loads(str(data["meta"]))
         self.space: list[dict[str, Any]] = self.meta["encoder"]
         self.max_epochs = int(self.meta["max_epochs"])
+        self.model = str(self.meta["model"])
         self._cache: dict[tuple[Any, ...], Replayed] = {}
 
     def row(self, params: Mapping[str, Any]) -> list[float]:
@@ -59,6 +60,6 @@ class Replay:
         if cached is not None:
             return cached
         row = np.asarray(self.row(params))
-        curve = replay_row(self.forest, self.features, self.failures, self.max_epochs, row)
+        curve = replay_row(self.forest, self.features, self.failures, self.max_epochs, row, self.model)
         self._cache[key] = curve
         return curve

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.replay.curves import DATA_DIR, Recording, data_file, load, repeat_file
+from bench.replay.forest import BEST_SO_FAR, SURROGATES
 from bench.replay.plot import anytime_svg
 from bench.replay.record import TASKS, spec_of
 from bench.replay.run import DEFAULT_METHODS, METHODS, Run, run_seed
@@ -35,10 +36,10 @@ GRID = [0.02 * (50 ** (i / 39)) for i in range(40)]
 _SURROGATE: Surrogate | None = None
 
 
-def _start(task: str, folder: str) -> None:
+def _start(task: str, folder: str, model: str) -> None:
     global _SURROGATE
     recording = load(data_file(task, Path(folder)))
-    _SURROGATE = Surrogate(spec_of(task), recording.fitted())
+    _SURROGATE = Surrogate(spec_of(task), recording.fitted(), model=model)
 
 
 def _seed(task: str, methods: list[str], seed: int, budget_s: float) -> list[Run]:
@@ -171,10 +172,15 @@ def markdown(summary: dict[str, Any], fid: dict[str, Any]) -> str:
         [[r["method"], *(f"{r['best_at'][str(f)]:.4f}" for f in FRACTIONS)] for r in summary["rows"]],
     )
     surrogate = (
-        f"Surrogate fidelity on {fid['held_out']} held-out configurations (fitted on {fid['fitted']}): Spearman"
+        f"Surrogate `{fid.get('model', 'curves')}`, its fidelity on {fid['held_out']} held-out configurations (fitted on {fid['fitted']}): Spearman"
         f" {fid['value_spearman']:.3f} for the trial value (best loss within the configuration's own epochs),"
-        f" {fid['last_epoch_spearman']:.3f} for the last epoch's loss, {fid['cost_spearman']:.3f} for CPU seconds"
-        " per epoch."
+        f" {fid['last_epoch_spearman']:.3f} for the last epoch's loss,"
+        + (
+            f" {fid['epoch_spearman']:.3f} for each epoch's loss (mean over epochs),"
+            if "epoch_spearman" in fid
+            else ""
+        )
+        + f" {fid['cost_spearman']:.3f} for CPU seconds per epoch."
     )
     if "seed_value_spearman" in fid:
         surrogate += (
@@ -198,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--svg", type=Path, help="write the anytime plot here")
     parser.add_argument(
+        "--surrogate",
+        choices=SURROGATES,
+        default=BEST_SO_FAR,
+        help="the model that replays the recorded task",
+    )
+    parser.add_argument(
         "--runs-from",
         type=Path,
         help="take the methods' runs from this results file instead of running them again",
@@ -213,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     recording = load(data_file(args.task, args.data_dir))
     spec = spec_of(args.task)
     repeat = repeat_file(data_file(args.task, args.data_dir))
-    fid = fidelity(spec, recording, load(repeat) if repeat.exists() else None)
+    fid = fidelity(spec, recording, load(repeat) if repeat.exists() else None, model=args.surrogate)
     budget_s = budget_cpu_s(recording, budget_trials)
     reference = statistics.median(c.value() for c in recording.curves if c.failed is None)
     started = time.perf_counter()
@@ -231,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         load_after = earlier["config"]["load_average"]["after"]
     else:
         with ProcessPoolExecutor(
-            args.jobs, initializer=_start, initargs=(args.task, str(args.data_dir))
+            args.jobs, initializer=_start, initargs=(args.task, str(args.data_dir), args.surrogate)
         ) as pool:
             futures = [pool.submit(_seed, args.task, methods, seed, budget_s) for seed in range(seeds)]
             runs = [run for f in futures for run in f.result()]
@@ -269,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "command": command_line("bench.replay.benchmark", argv),
             "config": {
                 "task": args.task,
+                "surrogate": args.surrogate,
                 "size": size,
                 "seeds": seeds,
                 "budget_trials": budget_trials,

@@ -8,6 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# The surrogate's models (bench/replay/surrogate.py says what each is); a forest's leaves hold, per epoch, the
+# log loss, then (best-so-far only) the best-so-far log loss, the accuracy, and last the log seconds per epoch.
+BEST_SO_FAR = "best-so-far"
+CURVES = "curves"
+SURROGATES = (BEST_SO_FAR, CURVES)
+
 # The arrays a FlatForest is made of, by name: what bench.peers.export writes and bench/peers/replay.py reads.
 ARRAYS = ("roots", "feature", "threshold", "left", "right", "value")
 
@@ -71,17 +77,33 @@ class Replayed:
         return float(sum(self.cpu_s[after:epochs]))
 
 
+def with_best_so_far(curve: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """The curve lowered, epoch by epoch, by how far its own running minimum sits above the best-so-far curve:
+    at each epoch where it reaches a new low it equals `best`, it never drops below `best`, it keeps its rises
+    (overfitting a pruner should see), and a curve given its own running minimum is left as it is."""
+    return np.asarray(curve - (np.minimum.accumulate(curve) - best))
+
+
 def replay_row(
-    forest: FlatForest, features: np.ndarray, failures: Sequence[int | None], max_epochs: int, row: np.ndarray
+    forest: FlatForest,
+    features: np.ndarray,
+    failures: Sequence[int | None],
+    max_epochs: int,
+    row: np.ndarray,
+    model: str = BEST_SO_FAR,
 ) -> Replayed:
     """The curve of an encoded configuration: the forest's log losses, accuracies and log seconds per epoch, and
     the failure (if any) of the nearest fitted configuration."""
     predicted = forest.predict(row)
     n = max_epochs
     nearest = int(np.argmin(((features - row) ** 2).sum(axis=1)))
+    log_loss = predicted[:n]
+    if model == BEST_SO_FAR:
+        log_loss = with_best_so_far(log_loss, predicted[n : 2 * n])
+        predicted = predicted[n:]
     seconds = math.exp(predicted[2 * n])
     return Replayed(
-        val_loss=[math.exp(v) for v in predicted[:n]],
+        val_loss=[math.exp(v) for v in log_loss],
         val_accuracy=[float(v) for v in predicted[n : 2 * n]],
         cpu_s=[seconds] * n,
         fails_after=failures[nearest],

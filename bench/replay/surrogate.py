@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,10 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from scipy.stats import spearmanr
-from sklearn.ensemble import RandomForestRegressor
+from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 
 from bench.replay.curves import Curve, Recording
-from bench.replay.forest import FlatForest, Replayed, replay_row
+from bench.replay.forest import BEST_SO_FAR, CURVES, SURROGATES, FlatForest, Replayed, replay_row
 from studies import StudySpec
 from studies.space import distributions
 
@@ -65,8 +66,11 @@ class Encoder:
         return np.asarray([self.row(p) for p in configurations], dtype=np.float64)
 
 
-def flat_forest(forest: RandomForestRegressor) -> FlatForest:
-    """A fitted sklearn forest's trees as one FlatForest."""
+def flat_forest(
+    forest: RandomForestRegressor | ExtraTreesRegressor, values: list[np.ndarray] | None = None
+) -> FlatForest:
+    """A fitted sklearn forest's trees as one FlatForest; `values` (one array per tree, a row per node) replaces
+    what the trees predict."""
     trees = [estimator.tree_ for estimator in forest.estimators_]
     sizes = [tree.node_count for tree in trees]
     offsets = np.cumsum([0, *sizes[:-1]])
@@ -76,8 +80,24 @@ def flat_forest(forest: RandomForestRegressor) -> FlatForest:
         threshold=np.concatenate([tree.threshold for tree in trees]),
         left=np.concatenate([tree.children_left + o for tree, o in zip(trees, offsets, strict=True)]),
         right=np.concatenate([tree.children_right + o for tree, o in zip(trees, offsets, strict=True)]),
-        value=np.concatenate([tree.value[:, :, 0] for tree in trees]),
+        value=np.concatenate(values if values is not None else [tree.value[:, :, 0] for tree in trees]),
     )
+
+
+def leaf_means(forest: ExtraTreesRegressor, features: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
+    """Each tree's nodes valued by the mean of other targets over the fitted rows in each leaf (every row is in
+    every tree: extremely randomized trees draw no bootstrap sample)."""
+    values = []
+    for estimator, leaves in zip(forest.estimators_, forest.apply(features).T, strict=True):
+        sums = np.zeros((estimator.tree_.node_count, targets.shape[1]))
+        np.add.at(sums, leaves, targets)
+        counts = np.bincount(leaves, minlength=estimator.tree_.node_count)[:, None]
+        values.append(np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0))
+    return values
+
+
+def _standardized(columns: np.ndarray) -> np.ndarray:
+    return (columns - columns.mean(axis=0)) / np.maximum(columns.std(axis=0), 1e-9)
 
 
 def _padded(values: list[float], n: int) -> list[float]:
@@ -87,10 +107,21 @@ def _padded(values: list[float], n: int) -> list[float]:
 
 
 class Surrogate:
-    """A random forest from configuration to its whole curve (log loss, accuracy) and log CPU seconds per epoch,
-    fitted on a recording's curves; a replayed trial fails where the nearest recorded configuration failed."""
+    """A forest from configuration to its whole curve (log loss, accuracy) and log CPU seconds per epoch, fitted
+    on a recording's curves; a replayed trial fails where the nearest recorded configuration failed.
 
-    def __init__(self, spec: StudySpec, curves: Sequence[Curve], *, seed: int = 0) -> None:
+    Model `best-so-far` (the default): extremely randomized trees split on the best-so-far log loss of each epoch
+    and the log seconds, standardized, and their leaves carry the curve as well. A forest that averages raw curves
+    (model `curves`, a random forest on loss, accuracy and seconds together) ranks configurations by the minimum of
+    an averaged curve: where curves overfit at different epochs (tweets) that minimum sits well above each curve's
+    own, and the accuracy and seconds columns steer its splits more than the losses do."""
+
+    def __init__(
+        self, spec: StudySpec, curves: Sequence[Curve], *, seed: int = 0, model: str = BEST_SO_FAR
+    ) -> None:
+        if model not in SURROGATES:
+            raise ValueError(f"surrogate model {model!r}: one of {', '.join(SURROGATES)}")
+        self.model = model
         self.encoder = Encoder.of(spec)
         most = spec.space.max_epochs()
         assert most is not None, "a replayed space has an epochs range"
@@ -99,18 +130,22 @@ class Surrogate:
         self.features = self.encoder.rows([c.params for c in usable])
         self.failures = [None if c.failed is None else len(c.val_loss) for c in usable]
         n = self.max_epochs
-        targets = np.asarray(
-            [
-                [math.log(v) for v in _padded(c.val_loss, n)]
-                + _padded(c.val_accuracy, n)
-                + [math.log(max(sum(c.cpu_s) / len(c.cpu_s), 1e-6))]
-                for c in usable
-            ]
-        )
-        self.forest = RandomForestRegressor(
-            n_estimators=TREES, min_samples_leaf=2, max_features=0.6, random_state=seed, n_jobs=1
-        ).fit(self.features, targets)
-        self.fast = flat_forest(self.forest)
+        log_loss = np.log([_padded(c.val_loss, n) for c in usable])
+        accuracy = np.asarray([_padded(c.val_accuracy, n) for c in usable])
+        log_seconds = np.log([[max(sum(c.cpu_s) / len(c.cpu_s), 1e-6)] for c in usable])
+        self.forest: RandomForestRegressor | ExtraTreesRegressor
+        if model == CURVES:
+            self.forest = RandomForestRegressor(
+                n_estimators=TREES, min_samples_leaf=2, max_features=0.6, random_state=seed, n_jobs=1
+            ).fit(self.features, np.hstack([log_loss, accuracy, log_seconds]))
+            self.fast = flat_forest(self.forest)
+        else:
+            best = np.minimum.accumulate(log_loss, axis=1)
+            self.forest = ExtraTreesRegressor(
+                n_estimators=TREES, min_samples_leaf=1, max_features=1.0, random_state=seed, n_jobs=1
+            ).fit(self.features, np.hstack([_standardized(best), _standardized(log_seconds)]))
+            carried = np.hstack([log_loss, best, accuracy, log_seconds])
+            self.fast = flat_forest(self.forest, leaf_means(self.forest, self.features, carried))
         self._cache: dict[tuple[Any, ...], Replayed] = {}
 
     def _key(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -123,7 +158,7 @@ class Surrogate:
         if cached is not None:
             return cached
         row = np.asarray(self.encoder.row(params))
-        replayed = replay_row(self.fast, self.features, self.failures, self.max_epochs, row)
+        replayed = replay_row(self.fast, self.features, self.failures, self.max_epochs, row, self.model)
         self._cache[key] = replayed
         return replayed
 
@@ -146,6 +181,7 @@ def export(surrogate: Surrogate, path: Path, meta: Mapping[str, Any]) -> None:
     fast = surrogate.fast
     description = {
         **meta,
+        "model": surrogate.model,
         "max_epochs": surrogate.max_epochs,
         "encoder": [{"name": n, **_encoded(d)} for n, d in surrogate.encoder.space.items()],
     }
@@ -163,14 +199,17 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def fidelity(spec: StudySpec, recording: Recording, repeat: Recording | None = None) -> dict[str, Any]:
+def fidelity(
+    spec: StudySpec, recording: Recording, repeat: Recording | None = None, *, model: str = BEST_SO_FAR
+) -> dict[str, Any]:
     """How well the surrogate fitted on the recording's curves predicts the held-out configurations' training:
     the rank correlation of their values (best loss within their own epochs), final-epoch losses and costs."""
-    surrogate = Surrogate(spec, recording.fitted())
+    surrogate = Surrogate(spec, recording.fitted(), model=model)
     held = [c for c in recording.held_out() if c.failed is None]
     replayed = [surrogate.replay(c.params) for c in held]
     n = recording.max_epochs
     return {
+        "model": model,
         "fitted": len(recording.fitted()),
         "held_out": len(held),
         "value_spearman": spearman(
@@ -178,6 +217,10 @@ def fidelity(spec: StudySpec, recording: Recording, repeat: Recording | None = N
         ),
         "last_epoch_spearman": spearman(
             [c.val_loss[n - 1] for c in held], [r.val_loss[n - 1] for r in replayed]
+        ),
+        # What a pruner compares: each epoch's loss across the configurations, averaged over the epochs.
+        "epoch_spearman": statistics.mean(
+            spearman([c.val_loss[e] for c in held], [r.val_loss[e] for r in replayed]) for e in range(n)
         ),
         "cost_spearman": spearman(
             [sum(c.cpu_s) / len(c.cpu_s) for c in held], [r.cpu_s[0] for r in replayed]

@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.replay.benchmark import budget_cpu_s, summarize
 from bench.replay.curves import DATA_DIR, data_file, load
+from bench.replay.forest import BEST_SO_FAR, SURROGATES
 from bench.replay.record import TASKS, spec_of
 from bench.replay.run import WARM, WARM_PRIOR, Run, Source, run_seed, source_of
 from bench.replay.surrogate import Surrogate
@@ -24,9 +25,9 @@ _SURROGATE: Surrogate | None = None
 _SOURCES: tuple[Source, ...] = ()
 
 
-def _start(task: str, sources: list[str], folder: str) -> None:
+def _start(task: str, sources: list[str], folder: str, model: str) -> None:
     global _SURROGATE, _SOURCES
-    _SURROGATE = Surrogate(spec_of(task), load(data_file(task, Path(folder))).fitted())
+    _SURROGATE = Surrogate(spec_of(task), load(data_file(task, Path(folder))).fitted(), model=model)
     _SOURCES = tuple(
         source_of(other, load_preset(other), load(data_file(other, Path(folder))).curves) for other in sources
     )
@@ -82,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--budget-trials", type=float, default=50)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    parser.add_argument(
+        "--surrogate",
+        choices=SURROGATES,
+        default=BEST_SO_FAR,
+        help="the model that replays the recorded task",
+    )
     args = parser.parse_args(argv)
     size = size_of(args)
     seeds = 2 if size == "smoke" else 10 if size == "quick" else args.seeds
@@ -98,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     load_before = load_average()
     with ProcessPoolExecutor(
-        args.jobs, initializer=_start, initargs=(args.task, sources, str(args.data_dir))
+        args.jobs, initializer=_start, initargs=(args.task, sources, str(args.data_dir), args.surrogate)
     ) as pool:
         futures = [pool.submit(_seed, args.task, seed, budget_s) for seed in range(seeds)]
         runs = [run for f in futures for run in f.result()]
@@ -111,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "command": command_line("bench.replay.warm_start", argv),
             "config": {
                 "task": args.task,
+                "surrogate": args.surrogate,
                 "sources": sources,
                 "source_configurations": n_source_trials,
                 "size": size,

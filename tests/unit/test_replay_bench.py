@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from bench.replay import benchmark, record
 from bench.replay.curves import Curve, append, data_file, load, repeat_file
+from bench.replay.forest import BEST_SO_FAR, SURROGATES, with_best_so_far
 from bench.replay.run import Clock, run_method
 from bench.replay.surrogate import Surrogate, fidelity
 from bench.text_task import load_preset
@@ -67,27 +68,67 @@ def test_a_curve_values_its_own_epochs_and_fails_where_its_loss_did(tmp_path: Pa
     assert [c.index for c in recording.fitted()] == [1, 2]
 
 
-def test_the_surrogates_forest_walk_predicts_what_sklearn_predicts() -> None:
+@pytest.mark.parametrize("model", SURROGATES)
+def test_the_surrogates_forest_walk_predicts_what_its_trees_predict(model: str) -> None:
     recording = load(data_file(TASK))
     spec = record.spec_of(TASK)
-    surrogate = Surrogate(spec, recording.fitted()[:200])
+    fitted = recording.fitted()[:200]
+    surrogate = Surrogate(spec, fitted, model=model)
     rng = np.random.default_rng(0)
+    if model == BEST_SO_FAR:
+        # The leaves carry each epoch's loss, best-so-far loss, accuracy and the seconds of the fitted rows in them.
+        usable = [c for c in fitted if c.val_loss]
+        assert all(len(c.val_loss) == surrogate.max_epochs for c in usable), "these curves all ran to the end"
+        log_loss = np.log([c.val_loss for c in usable])
+        carried = np.hstack(
+            [
+                log_loss,
+                np.minimum.accumulate(log_loss, axis=1),
+                [c.val_accuracy for c in usable],
+                np.log([[sum(c.cpu_s) / len(c.cpu_s)] for c in usable]),
+            ]
+        )
+        leaves = surrogate.forest.apply(surrogate.features)
     for i in range(40):
         params = record.configuration(spec, 99, i)
         row = np.asarray(surrogate.encoder.row(params))
-        assert np.allclose(surrogate.fast.predict(row), surrogate.forest.predict(row[None, :])[0])
+        if model == BEST_SO_FAR:
+            own = surrogate.forest.apply(row[None, :])[0]
+            expected = np.mean(
+                [carried[leaves[:, t] == leaf].mean(axis=0) for t, leaf in enumerate(own)], axis=0
+            )
+        else:
+            expected = surrogate.forest.predict(row[None, :])[0]
+        assert np.allclose(surrogate.fast.predict(row), expected)
         nudged = {**params, "learning_rate": params["learning_rate"] * float(rng.uniform(0.9, 1.1))}
         replayed = surrogate.replay(nudged)
         assert len(replayed.val_loss) == 20 and all(v > 0 for v in replayed.val_loss)
 
 
-def test_the_recording_is_large_enough_and_the_surrogate_ranks_held_out_configurations_well() -> None:
-    recording = load(data_file(TASK))
+def test_a_replayed_curve_keeps_its_rises_and_reaches_each_best_so_far_value_where_it_drops() -> None:
+    best = np.log([0.9, 0.7, 0.6, 0.6, 0.55])
+    # An averaged curve whose own low (0.65 at the third epoch) sits above the averaged best-so-far curve.
+    curve = np.log([0.95, 0.7, 0.65, 0.8, 0.9])
+    replayed = with_best_so_far(curve, best)
+    assert np.allclose(replayed[:3], best[:3]), "each new low of the curve is the best-so-far value there"
+    assert np.all(replayed >= best - 1e-12)
+    assert replayed[3] > replayed[2] and replayed[4] > replayed[3], "it still rises where the curve overfits"
+    # A curve given its own running minimum is left as it is: the `curves` model replays its raw prediction.
+    assert np.allclose(with_best_so_far(curve, np.minimum.accumulate(curve)), curve)
+
+
+@pytest.mark.parametrize("task", ["bbc-news-minilm", "tweets-sentiment-minilm"])
+def test_the_recording_is_large_enough_and_the_surrogate_ranks_held_out_configurations_as_training_does(
+    task: str,
+) -> None:
+    recording = load(data_file(task))
     assert len(recording.fitted()) >= 1000 and len(recording.held_out()) >= 50
-    figures = fidelity(record.spec_of(TASK), recording)
-    assert figures["held_out"] >= 50
-    # Far above chance: a surrogate that had the configurations mixed up would rank near 0.
-    assert figures["value_spearman"] > 0.7
+    figures = fidelity(record.spec_of(task), recording)
+    assert figures["held_out"] >= 50 and figures["model"] == BEST_SO_FAR
+    # The issue's bar for a surrogate. A forest averaging raw curves ranked the tweets' held-out
+    # configurations at 0.76: where curves overfit at different epochs, an averaged curve's minimum misleads.
+    assert figures["value_spearman"] >= 0.9
+    assert figures["epoch_spearman"] > 0.8 and figures["cost_spearman"] > 0.8
 
 
 def test_replayed_trials_report_every_epoch_and_take_their_seconds_from_the_simulated_clock(

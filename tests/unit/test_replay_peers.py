@@ -16,21 +16,22 @@ from bench.peers.methods import Trace, evaluate
 from bench.peers.replay import Replay
 from bench.replay import benchmark, record
 from bench.replay.curves import data_file, load
+from bench.replay.forest import SURROGATES
 from bench.replay.surrogate import Surrogate, export
 
 TASK = "bbc-news-minilm"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def surrogate() -> Surrogate:
+@pytest.fixture(scope="module", params=SURROGATES)
+def surrogate(request: pytest.FixtureRequest) -> Surrogate:
     # A few curves made to fail (a NaN loss after epoch 5), so the nearest failure travels through the export too.
     curves = load(data_file(TASK)).fitted()[:200]
     failing = [
         dataclasses.replace(c, val_loss=c.val_loss[:5], val_accuracy=c.val_accuracy[:5], failed="NaN")
         for c in curves[:20]
     ]
-    return Surrogate(record.spec_of(TASK), failing + curves[20:])
+    return Surrogate(record.spec_of(TASK), failing + curves[20:], model=request.param)
 
 
 @pytest.fixture(scope="module")
