@@ -22,6 +22,7 @@ from studies._optuna.trial_reads import trials_by_id
 from studies.errors import InvalidStudyState, StudyAlreadyExists, StudyNotFound, TrialNotFound
 from studies.records import (
     DATA_WARNINGS_ATTR,
+    PAUSED,
     TRIAL_STATE_NAMES,
     FinishedFacts,
     StudyProgress,
@@ -251,7 +252,7 @@ class StudyCatalog:
 
     @staticmethod
     def _derived_state(record: StudyRecord, counts: dict[str, int]) -> StudyState:
-        active = counts["running"] + counts["waiting"]
+        active = counts["running"] + counts["waiting"] + counts[PAUSED]
         if record.state == StudyState.RUNNING:
             budget_spent = record.n_claimed >= record.n_trials or (
                 record.deadline_at is not None and record.deadline_at <= utcnow()
@@ -363,10 +364,12 @@ class StudyCatalog:
             return  # already gone (deleted through the dashboard or the optuna CLI)
 
 
-def _named_counts(stored: dict[TrialState, int]) -> dict[str, int]:
-    counts = dict.fromkeys(TRIAL_STATE_NAMES.values(), 0)
-    for state, count in stored.items():
+def _named_counts(stored: study_page.TrialCounts) -> dict[str, int]:
+    # "waiting" is the queue; a paused trial (pruner asha) waits for a promotion and is counted as "paused".
+    counts = dict.fromkeys([*TRIAL_STATE_NAMES.values(), PAUSED], 0)
+    for state, count in stored.by_state.items():
         counts[TRIAL_STATE_NAMES[state]] = count
+    counts[PAUSED] = stored.paused
     return counts
 
 

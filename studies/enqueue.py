@@ -10,8 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from studies._optuna import trial_rows
-from studies._optuna.models import TrialModel, TrialSystemAttributeModel
+from studies._optuna import study_page, trial_rows
+from studies._optuna.models import TrialSystemAttributeModel
 from studies.catalog import StudyCatalog
 from studies.errors import (
     BudgetExceeded,
@@ -182,29 +182,24 @@ class TrialQueue(StudyCatalog):
                     " point's place; enqueue into a study with another sampler"
                 )
             checked = check_param_sets(record.spec.space, param_sets)
-            waiting, running = self._queue_counts(connection, record)
-            self._check_open(record, waiting, running)
-            slots_left = record.n_trials - record.n_claimed - waiting
+            queued, unfinished = self._queue_counts(connection, record)
+            self._check_open(record, queued, unfinished)
+            slots_left = record.n_trials - record.n_claimed - queued
             if len(checked) > slots_left:
-                raise BudgetExceeded(study_name, max(slots_left, 0), len(checked), record, waiting)
+                raise BudgetExceeded(study_name, max(slots_left, 0), len(checked), record, queued)
             numbers = self._insert_waiting(connection, record, checked, user_attrs)
         return Enqueued(numbers=numbers, slots_left=slots_left - len(checked))
 
     @staticmethod
     def _queue_counts(connection: sa.Connection, record: StudyRecord) -> tuple[int, int]:
-        rows = connection.execute(
-            sa.select(TrialModel.state, sa.func.count())
-            .where(
-                TrialModel.study_id == record.optuna_study_id,
-                TrialModel.state.in_([TrialState.WAITING, TrialState.RUNNING]),
-            )
-            .group_by(TrialModel.state)
-        ).all()
-        counts = {TrialState(state) if not isinstance(state, TrialState) else state: n for state, n in rows}
-        return counts.get(TrialState.WAITING, 0), counts.get(TrialState.RUNNING, 0)
+        """The study's queued trials (a paused one holds its slot already, in n_claimed) and its trials that
+        are running or paused: those that may still run."""
+        counts = study_page.trial_counts(connection, [record.optuna_study_id])[record.optuna_study_id]
+        queued = counts.by_state.get(TrialState.WAITING, 0)
+        return queued, counts.by_state.get(TrialState.RUNNING, 0) + counts.paused
 
     @staticmethod
-    def _check_open(record: StudyRecord, waiting: int, running: int) -> None:
+    def _check_open(record: StudyRecord, queued: int, unfinished: int) -> None:
         name = record.name
         if record.state == StudyState.FAILED:
             raise StudyFinished(
@@ -217,7 +212,7 @@ class TrialQueue(StudyCatalog):
         if (
             record.state == StudyState.RUNNING
             and record.n_claimed >= record.n_trials
-            and not waiting + running
+            and not queued + unfinished
         ):
             raise StudyFinished(
                 f"study {name!r} is completed: its budget of {record.n_trials} trials is spent"

@@ -16,6 +16,7 @@ from studies.states import StudyState
 
 __all__ = [
     "DATA_WARNINGS_ATTR",
+    "PAUSED",
     "TRIAL_STATE_NAMES",
     "Claim",
     "ClaimedTrial",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 TRIAL_STATE_NAMES = {s: s.name.lower() for s in TrialState}
+# Beside the trial states in a study's counts: WAITING trials paused by pruner asha, apart from the queued ones.
+PAUSED = "paused"
 # The trial user attribute where a worker lists what it found wrong with a study's data (readable strings).
 DATA_WARNINGS_ATTR = "data_warnings"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from studies._optuna.models import StudyUserAttributeModel, TrialValueModel
 from studies._optuna.trial_reads import _stored_float, system_attrs
-from studies._optuna.trial_rows import trial_values, trials, user_attrs
+from studies._optuna.trial_rows import PAUSED_ATTR, trial_values, trials, user_attrs
 
 study_user_attrs = StudyUserAttributeModel.__table__
 
@@ -35,18 +36,39 @@ def _state(value: Any) -> TrialState:
     return value if isinstance(value, TrialState) else TrialState(value)
 
 
-def trial_counts(connection: sa.Connection, study_ids: Sequence[int]) -> dict[int, dict[TrialState, int]]:
+@dataclass(frozen=True)
+class TrialCounts:
+    """A study's trials by state, with the paused ones (WAITING, holding their budget slot until promoted)
+    counted apart from the queued ones."""
+
+    by_state: dict[TrialState, int] = field(default_factory=dict)
+    paused: int = 0
+
+
+def trial_counts(connection: sa.Connection, study_ids: Sequence[int]) -> dict[int, TrialCounts]:
     """How many trials each study has in each state it has trials in: one GROUP BY for them all."""
-    counts: dict[int, dict[TrialState, int]] = {study_id: {} for study_id in study_ids}
+    counts: dict[int, TrialCounts] = {study_id: TrialCounts() for study_id in study_ids}
     if not study_ids:
         return counts
+    # A trial has at most one attribute of a key (Optuna's unique constraint): the outer join adds no rows.
+    paused = system_attrs.c.trial_id.is_not(None)
     rows = connection.execute(
-        sa.select(trials.c.study_id, trials.c.state, sa.func.count())
+        sa.select(trials.c.study_id, trials.c.state, paused, sa.func.count())
+        .select_from(
+            trials.outerjoin(
+                system_attrs,
+                sa.and_(system_attrs.c.trial_id == trials.c.trial_id, system_attrs.c.key == PAUSED_ATTR),
+            )
+        )
         .where(trials.c.study_id.in_(list(study_ids)))
-        .group_by(trials.c.study_id, trials.c.state)
+        .group_by(trials.c.study_id, trials.c.state, paused)
     ).all()
-    for study_id, state, count in rows:
-        counts[study_id][_state(state)] = int(count)
+    for study_id, state, is_paused, count in rows:
+        if is_paused and _state(state) == TrialState.WAITING:
+            counts[study_id] = replace(counts[study_id], paused=int(count))
+        else:
+            by_state = counts[study_id].by_state
+            by_state[_state(state)] = by_state.get(_state(state), 0) + int(count)
     return counts
 
 

@@ -173,6 +173,29 @@ def test_a_study_stopped_with_paused_trials_ends_them_and_reads_stopped(
     assert repository.progress(repository.get(study_name)).state == StudyState.STOPPED
 
 
+def test_a_paused_trial_counts_as_paused_not_queued_and_leaves_the_queue_its_free_slots(
+    repository: StudyRepository,
+    tiny_model: Path,
+    data_files: dict[str, str],
+    tmp_path: Path,
+    study_name: str,
+) -> None:
+    repository.create(asha_spec(study_name, tiny_model, data_files))
+    enqueue(repository, study_name, [0.05, 1e-4])
+    assert run_next(runner_for(repository, tmp_path), repository, study_name)[0] == "complete"
+    assert run_next(runner_for(repository, tmp_path), repository, study_name)[0] == "paused"
+    counts = repository.progress(repository.get(study_name)).trial_counts
+    assert (counts["paused"], counts["waiting"], counts["complete"]) == (1, 0, 1)
+    # Two of the five slots are claimed, the paused trial's among them: three are free, not two.
+    queued = repository.enqueue(
+        study_name, [{"learning_rate": 0.01}, {"learning_rate": 0.02}, {"learning_rate": 0.03}]
+    )
+    assert queued.slots_left == 0
+    counts = repository.progress(repository.get(study_name)).trial_counts
+    assert (counts["paused"], counts["waiting"]) == (1, 3)
+    assert repository.progress(repository.get(study_name)).state == StudyState.RUNNING
+
+
 def test_a_promoted_trial_handed_back_resumes_past_its_rungs_without_pausing_again(
     repository: StudyRepository,
     tiny_model: Path,

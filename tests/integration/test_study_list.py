@@ -118,6 +118,13 @@ def test_each_listed_study_reads_as_its_own_get(
     assert None in best.values() and len({v for v in best.values() if v is not None}) > 1
     by_name = {s["name"]: s for s in items}
     first = by_name[twenty_studies[-1]]
-    assert first["trial_counts"] == {"running": 1, "complete": 0, "pruned": 0, "fail": 1, "waiting": 0}
+    assert first["trial_counts"] == {
+        "running": 1,
+        "complete": 0,
+        "pruned": 0,
+        "fail": 1,
+        "waiting": 0,
+        "paused": 0,
+    }
     # Index 3: three complete trials, each with its warnings, the second's first seen on the second trial.
     assert by_name[twenty_studies[-4]]["warnings"] == ["3 duplicate rows dropped", "labels never validated"]
