@@ -78,6 +78,11 @@ def runs_json(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
+def runs_command(earlier: dict[str, Any]) -> str | None:
+    """The command that ran a results file's runs: a merged file's own command only merged them."""
+    return earlier["config"].get("runs_from", {}).get("command") or earlier.get("command")
+
+
 def runs_of(rows: list[dict[str, Any]]) -> list[Run]:
     """Runs back from runs_json's rows (a results file of this benchmark or of bench/peers)."""
     return [
@@ -293,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "load_average": {"before": load_before, "after": load_after},
                 **versions(),
                 **(
-                    {"runs_from": {"file": str(args.runs_from), "command": earlier.get("command")}}
+                    {"runs_from": {"file": str(args.runs_from), "command": runs_command(earlier)}}
                     if args.runs_from
                     else {}
                 ),

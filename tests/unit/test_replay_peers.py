@@ -114,6 +114,7 @@ def test_peers_on_another_budget_are_refused() -> None:
 @pytest.mark.slow
 def test_a_peers_results_file_merges_into_the_report_beside_earlier_runs(tmp_path: Path) -> None:
     earlier = {
+        "command": "python -m bench.replay.benchmark --seeds 2",
         "config": {
             "budget_cpu_s": 10.0,
             "budget_trials": 10,
@@ -161,6 +162,11 @@ def test_a_peers_results_file_merges_into_the_report_beside_earlier_runs(tmp_pat
     # The file keeps its own runs only: merging again gives the same report.
     assert {r["method"] for r in result["runs"]} == {"random", "tunefleet"}
     assert "asha" in svg.read_text() and "| asha | 1/2 |" in result["markdown"]
+    # Merged again from the merged file, the report still names the command that ran the runs.
+    benchmark.main(["--runs-from", str(out), "--peers", str(tmp_path / "peers.json"), "--out", str(out)])
+    again = json.loads(out.read_text())
+    assert again["config"]["runs_from"]["command"] == "python -m bench.replay.benchmark --seeds 2"
+    assert again["summary"] == result["summary"]
 
 
 def test_a_peer_run_on_fewer_seeds_is_summarized_over_its_own() -> None:
