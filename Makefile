@@ -82,11 +82,15 @@ $(PEERS_VENV)/.installed: bench/peers/requirements.txt
 	$(PEERS_VENV)/bin/pip install --quiet -r bench/peers/requirements.txt
 	touch $@
 
+REPLAY_TASKS = bbc-news-minilm tweets-sentiment-minilm
+
 bench-peers: install peers-venv
-	$(BIN)/python -m bench.peers.export --task bbc-news-minilm
-	$(PEERS_VENV)/bin/python -m bench.peers.run --model .peers/bbc-news-minilm.npz
-	$(BIN)/python -m bench.replay.benchmark --runs-from bench/results/replay-bbc-news-minilm.json \
-		--peers bench/results/replay-peers-bbc-news-minilm.json --svg docs/images/replay-bbc-news-minilm.svg
+	for task in $(REPLAY_TASKS); do \
+		$(BIN)/python -m bench.peers.export --task $$task \
+		&& $(PEERS_VENV)/bin/python -m bench.peers.run --model .peers/$$task.npz \
+		&& $(BIN)/python -m bench.replay.benchmark --task $$task --runs-from bench/results/replay-$$task.json \
+			--peers bench/results/replay-peers-$$task.json --svg docs/images/replay-$$task.svg || exit 1; \
+	done
 	$(BIN)/python -m bench.write_report
 
 # On a GPU node: fine-tuning throughput on the GPU (head, last-k, and full with bf16 autocast and MFU),
