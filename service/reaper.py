@@ -6,9 +6,8 @@ import logging
 import threading
 from functools import partial
 
-from service.artifact_stores import artifact_store
+from service import artifact_stores
 from studies import StudyRepository
-from studies.checkpoints import discard_checkpoint
 from studies.fleet import Fleet, Reaper
 
 log = logging.getLogger("tunefleet.service")
@@ -27,7 +26,7 @@ class ReaperThread(threading.Thread):
     ) -> None:
         super().__init__(name="tunefleet-reaper", daemon=True)
         # The checkpoints of paused trials the reaper ends go from the workers' artifact store, opened when needed.
-        discard = None if artifact_dir is None else partial(_discard, artifact_dir)
+        discard = None if artifact_dir is None else partial(artifact_stores.discard, artifact_dir)
         self.reaper = Reaper(Fleet(repository, discard), grace_s=grace_s, interval_s=interval_s)
         self.interval_s = interval_s
         self.done = threading.Event()
@@ -38,11 +37,3 @@ class ReaperThread(threading.Thread):
                 self.reaper.tick()
             except Exception:
                 log.exception("reaper failed; trying again next interval")
-
-
-def _discard(location: str, artifact_id: str) -> None:
-    try:
-        discard_checkpoint(artifact_store(location), artifact_id)
-    except Exception as error:
-        # A store the service cannot open leaves the checkpoint behind, never the sweep undone.
-        log.warning("checkpoint %s not deleted: %s", artifact_id, error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from collections import Counter
@@ -19,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from studies._optuna import study_page
 from studies._optuna.models import StudyModel, TrialModel
 from studies._optuna.trial_reads import trials_by_id
+from studies.checkpoints import CheckpointRef, held_checkpoints
 from studies.errors import InvalidStudyState, StudyAlreadyExists, StudyNotFound, TrialNotFound
 from studies.records import (
     DATA_WARNINGS_ATTR,
@@ -331,8 +333,10 @@ class StudyCatalog:
         """Drop this thread's Optuna session: after a dropped connection it can be stuck mid-rollback."""
         self.storage.scoped_session.remove()
 
-    def delete(self, study_name: str) -> None:
+    def delete(self, study_name: str) -> list[CheckpointRef]:
         """Delete a study that is not running (stopped, failed or completed): its row, then its Optuna study.
+        Returns the checkpoints its trials still held (a paused trial's, before the reaper's sweep ended it),
+        which nothing resumes from any more: the caller deletes them from the artifact store.
 
         StudyNotFound if there is none; InvalidStudyState while it runs or any of its trials runs.
         """
@@ -348,6 +352,7 @@ class StudyCatalog:
             )
         c = studies_table.c
         with self._begin() as connection:
+            checkpoints = held_checkpoints(connection, record.optuna_study_id)
             # Only if nothing changed since we looked (a resume, a claim): never pull a trial from under a worker.
             deleted = connection.execute(
                 studies_table.delete().where(
@@ -358,10 +363,10 @@ class StudyCatalog:
             self.get(study_name)  # StudyNotFound when another request deleted it first
             raise InvalidStudyState(f"study {study_name!r} changed while being deleted; try again")
         self._studies.pop(study_name, None)
-        try:
+        # Already gone when deleted through the dashboard or the optuna CLI.
+        with contextlib.suppress(KeyError):
             self.storage.delete_study(record.optuna_study_id)
-        except KeyError:
-            return  # already gone (deleted through the dashboard or the optuna CLI)
+        return checkpoints
 
 
 def _named_counts(stored: study_page.TrialCounts) -> dict[str, int]:

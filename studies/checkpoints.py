@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
+from studies._optuna.trial_rows import system_attrs, trials
 from studies.artifacts import ArtifactStore
 
 # The system attribute of a trial that names its latest checkpoint; a retried copy of the trial inherits it.
@@ -55,3 +59,15 @@ def discard_checkpoint(store: ArtifactStore, artifact_id: str) -> None:
     # An artifact already removed, or a store that cannot remove it, must not cost the trial its result.
     except Exception:
         return
+
+
+def held_checkpoints(connection: sa.Connection, study_id: int) -> list[CheckpointRef]:
+    """The checkpoints the study's trials hold (each trial's latest), by trial number."""
+    rows = connection.execute(
+        sa.select(system_attrs.c.value_json)
+        .join(trials, trials.c.trial_id == system_attrs.c.trial_id)
+        .where(trials.c.study_id == study_id, system_attrs.c.key == CHECKPOINT_ATTR)
+        .order_by(trials.c.number)
+    ).all()
+    refs = (CheckpointRef.of(json.loads(row.value_json)) for row in rows)
+    return [ref for ref in refs if ref is not None]

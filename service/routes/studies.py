@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from optuna.trial import TrialState
 
+from service.artifact_stores import discard
 from service.dependencies import Repository
 from service.report import render_report
 from service.schemas import (
@@ -126,9 +127,11 @@ def get_study(study_name: StudyName, repository: Repository) -> StudyRead:
         },
     },
 )
-def delete_study(study_name: StudyName, repository: Repository) -> Response:
-    """Delete a stopped, failed or completed study with its trials; 409 while it or a trial of it runs."""
-    repository.delete(study_name)
+def delete_study(study_name: StudyName, repository: Repository, request: Request) -> Response:
+    """Delete a stopped, failed or completed study with its trials and the checkpoints they held; 409 while it or
+    a trial of it runs."""
+    for checkpoint in repository.delete(study_name):
+        discard(request.app.state.settings.artifact_dir, checkpoint.artifact_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

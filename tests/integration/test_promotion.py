@@ -11,8 +11,11 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from optuna.trial import FrozenTrial, TrialState
 
+from service.app import create_app
+from service.settings import ServiceSettings
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies.artifacts import open_artifact_store
 from studies.checkpoints import discard_checkpoint
@@ -173,7 +176,7 @@ def test_a_study_stopped_with_paused_trials_ends_them_and_reads_stopped(
     assert repository.progress(repository.get(study_name)).state == StudyState.STOPPED
 
 
-def test_a_paused_trial_counts_as_paused_not_queued_and_leaves_the_queue_its_free_slots(
+def test_a_paused_trial_counts_as_paused_leaves_the_queue_its_free_slots_and_goes_with_its_study(
     repository: StudyRepository,
     tiny_model: Path,
     data_files: dict[str, str],
@@ -194,6 +197,16 @@ def test_a_paused_trial_counts_as_paused_not_queued_and_leaves_the_queue_its_fre
     counts = repository.progress(repository.get(study_name)).trial_counts
     assert (counts["paused"], counts["waiting"]) == (1, 3)
     assert repository.progress(repository.get(study_name)).state == StudyState.RUNNING
+
+    # Deleted before any reaper's sweep has ended it, the paused trial's checkpoint is deleted with the study.
+    assert len(checkpoint_files(tmp_path)) == 1
+    repository.set_state(study_name, StudyState.STOPPED, "stopped by user")
+    settings = ServiceSettings(
+        database_url="unused://", artifact_dir=str(tmp_path / "artifacts"), mount_dashboard=False
+    )
+    with TestClient(create_app(settings, repository=repository)) as client:
+        assert client.delete(f"/v1/studies/{study_name}").status_code == 204
+    assert checkpoint_files(tmp_path) == []
 
 
 def test_a_promoted_trial_handed_back_resumes_past_its_rungs_without_pausing_again(
