@@ -35,7 +35,8 @@ EXTRA = {
     "time_to_good_model_conditional_head": "1f. Width and activation only for hidden layers",
     "time_to_good_model_conditional_head_full": "1f. Width and activation only for hidden layers (whole data set)",
     "replay-bbc-news-minilm": "1g. The replay benchmark on bbc-news-minilm",
-    "replay-warm-bbc-news-minilm": "1h. Warm start on the replay benchmark, bbc-news-minilm held out",
+    "replay-warm-bbc-news-minilm": "1h. Warm start on the replay benchmark, each head task held out in turn",
+    "replay-warm-tweets-sentiment-minilm": "1h. Warm start on the replay benchmark, tweets-sentiment-minilm held out",
     "replay-tweets-sentiment-minilm": "1i. The replay benchmark on tweets-sentiment-minilm",
     "lora_vs_last_k": "3c. LoRA against last-k on the same encoder and data",
 }
