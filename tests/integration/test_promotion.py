@@ -77,6 +77,18 @@ def enqueue(repository: StudyRepository, name: str, learning_rates: list[float])
         study.enqueue_trial({"learning_rate": learning_rate}, user_attrs={"seed": 7})
 
 
+def one_paused(
+    repository: StudyRepository, tmp_path: Path, name: str, model: Path, data: dict[str, str]
+) -> FrozenTrial:
+    """An asha study whose first trial completes and whose second, worse at the first rung, pauses there."""
+    repository.create(asha_spec(name, model, data))
+    enqueue(repository, name, [0.05, 1e-4])
+    assert run_next(runner_for(repository, tmp_path), repository, name)[0] == "complete"
+    outcome, paused = run_next(runner_for(repository, tmp_path), repository, name)
+    assert outcome == "paused" and paused.state == TrialState.WAITING
+    return paused
+
+
 def uninterrupted(
     repository: StudyRepository,
     tmp_path: Path,
@@ -156,12 +168,7 @@ def test_a_study_stopped_with_paused_trials_ends_them_and_reads_stopped(
     tmp_path: Path,
     study_name: str,
 ) -> None:
-    repository.create(asha_spec(study_name, tiny_model, data_files))
-    enqueue(repository, study_name, [0.05, 1e-4])
-    assert run_next(runner_for(repository, tmp_path), repository, study_name)[0] == "complete"
-    outcome, first = run_next(runner_for(repository, tmp_path), repository, study_name)
-    # Worse than the first trial at the first rung, the second pauses there, its checkpoint kept.
-    assert outcome == "paused" and first.state == TrialState.WAITING
+    first = one_paused(repository, tmp_path, study_name, tiny_model, data_files)
     assert first.system_attrs[PAUSED_ATTR] == 1 and first.intermediate_values.keys() == {1}
     assert len(checkpoint_files(tmp_path)) == 1
 
@@ -183,10 +190,7 @@ def test_a_paused_trial_counts_as_paused_leaves_the_queue_its_free_slots_and_goe
     tmp_path: Path,
     study_name: str,
 ) -> None:
-    repository.create(asha_spec(study_name, tiny_model, data_files))
-    enqueue(repository, study_name, [0.05, 1e-4])
-    assert run_next(runner_for(repository, tmp_path), repository, study_name)[0] == "complete"
-    assert run_next(runner_for(repository, tmp_path), repository, study_name)[0] == "paused"
+    one_paused(repository, tmp_path, study_name, tiny_model, data_files)
     counts = repository.progress(repository.get(study_name)).trial_counts
     assert (counts["paused"], counts["waiting"], counts["complete"]) == (1, 0, 1)
     # Two of the five slots are claimed, the paused trial's among them: three are free, not two.
