@@ -177,15 +177,11 @@ def markdown(summary: dict[str, Any], fid: dict[str, Any]) -> str:
         [[r["method"], *(f"{r['best_at'][str(f)]:.4f}" for f in FRACTIONS)] for r in summary["rows"]],
     )
     surrogate = (
-        f"Surrogate `{fid.get('model', 'curves')}`, its fidelity on {fid['held_out']} held-out configurations (fitted on {fid['fitted']}): Spearman"
-        f" {fid['value_spearman']:.3f} for the trial value (best loss within the configuration's own epochs),"
-        f" {fid['last_epoch_spearman']:.3f} for the last epoch's loss,"
-        + (
-            f" {fid['epoch_spearman']:.3f} for each epoch's loss (mean over epochs),"
-            if "epoch_spearman" in fid
-            else ""
-        )
-        + f" {fid['cost_spearman']:.3f} for CPU seconds per epoch."
+        f"Surrogate `{fid['model']}`, its fidelity on {fid['held_out']} held-out configurations (fitted on"
+        f" {fid['fitted']}): Spearman {fid['value_spearman']:.3f} for the trial value (best loss within the"
+        f" configuration's own epochs), {fid['last_epoch_spearman']:.3f} for the last epoch's loss,"
+        f" {fid['epoch_spearman']:.3f} for each epoch's loss (mean over epochs), {fid['cost_spearman']:.3f} for CPU"
+        " seconds per epoch."
     )
     if "seed_value_spearman" in fid:
         surrogate += (

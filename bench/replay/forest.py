@@ -97,14 +97,13 @@ def replay_row(
     predicted = forest.predict(row)
     n = max_epochs
     nearest = int(np.argmin(((features - row) ** 2).sum(axis=1)))
-    log_loss = predicted[:n]
+    log_loss, rest = predicted[:n], predicted[n:]
     if model == BEST_SO_FAR:
-        log_loss = with_best_so_far(log_loss, predicted[n : 2 * n])
-        predicted = predicted[n:]
-    seconds = math.exp(predicted[2 * n])
+        log_loss, rest = with_best_so_far(log_loss, rest[:n]), rest[n:]
+    accuracy, seconds = rest[:n], math.exp(rest[n])
     return Replayed(
         val_loss=[math.exp(v) for v in log_loss],
-        val_accuracy=[float(v) for v in predicted[n : 2 * n]],
+        val_accuracy=[float(v) for v in accuracy],
         cpu_s=[seconds] * n,
         fails_after=failures[nearest],
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -41,15 +41,16 @@ class TrialCounts:
     """A study's trials by state, with the paused ones (WAITING, holding their budget slot until promoted)
     counted apart from the queued ones."""
 
-    by_state: dict[TrialState, int] = field(default_factory=dict)
-    paused: int = 0
+    by_state: dict[TrialState, int]
+    paused: int
 
 
 def trial_counts(connection: sa.Connection, study_ids: Sequence[int]) -> dict[int, TrialCounts]:
     """How many trials each study has in each state it has trials in: one GROUP BY for them all."""
-    counts: dict[int, TrialCounts] = {study_id: TrialCounts() for study_id in study_ids}
     if not study_ids:
-        return counts
+        return {}
+    by_state: dict[int, dict[TrialState, int]] = {study_id: {} for study_id in study_ids}
+    paused_counts = dict.fromkeys(study_ids, 0)
     # A trial has at most one attribute of a key (Optuna's unique constraint): the outer join adds no rows.
     paused = system_attrs.c.trial_id.is_not(None)
     rows = connection.execute(
@@ -65,11 +66,11 @@ def trial_counts(connection: sa.Connection, study_ids: Sequence[int]) -> dict[in
     ).all()
     for study_id, state, is_paused, count in rows:
         if is_paused and _state(state) == TrialState.WAITING:
-            counts[study_id] = replace(counts[study_id], paused=int(count))
+            paused_counts[study_id] = int(count)
         else:
-            by_state = counts[study_id].by_state
-            by_state[_state(state)] = by_state.get(_state(state), 0) + int(count)
-    return counts
+            states = by_state[study_id]
+            states[_state(state)] = states.get(_state(state), 0) + int(count)
+    return {study_id: TrialCounts(by_state[study_id], paused_counts[study_id]) for study_id in study_ids}
 
 
 def finished_durations(
