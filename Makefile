@@ -82,7 +82,7 @@ $(PEERS_VENV)/.installed: bench/peers/requirements.txt
 	$(PEERS_VENV)/bin/pip install --quiet -r bench/peers/requirements.txt
 	touch $@
 
-REPLAY_TASKS = bbc-news-minilm tweets-sentiment-minilm
+REPLAY_TASKS = bbc-news-minilm tweets-sentiment-minilm mlp-bbc-news rotten-tomatoes-minilm
 
 bench-peers: install peers-venv
 	for task in $(REPLAY_TASKS); do \

@@ -28,9 +28,10 @@ PRESETS = ("bbc-news-minilm", "tweets-sentiment-minilm")
 Trainer = Callable[[dict[str, Any], int, Callable[[EpochResult], None]], list[EpochResult]]
 
 
-def load_preset(preset: str, *, smoke: bool = False) -> dict[str, Any]:
-    """A built-in preset's spec as a mapping; at smoke size, on a tiny subset (of short texts, for an encoder)."""
-    raw = load_spec_file(preset_path(preset))
+def load_preset(preset: str, *, smoke: bool = False, path: Path | None = None) -> dict[str, Any]:
+    """A built-in preset's spec (or the spec file at path) as a mapping; at smoke size, on a tiny subset (of short
+    texts, for an encoder)."""
+    raw = load_spec_file(path or preset_path(preset))
     if smoke:
         task = raw.get("task", {})
         short = {"max_length": 32} if task.get("kind", "text-classification") == "text-classification" else {}

@@ -38,6 +38,8 @@ EXTRA = {
     "replay-warm-bbc-news-minilm": "1h. Warm start on the replay benchmark, each head task held out in turn",
     "replay-warm-tweets-sentiment-minilm": "1h. Warm start on the replay benchmark, tweets-sentiment-minilm held out",
     "replay-tweets-sentiment-minilm": "1i. The replay benchmark on tweets-sentiment-minilm",
+    "replay-mlp-bbc-news": "1j. The replay benchmark on mlp-bbc-news (a pretrained MLP, fine-tuned whole)",
+    "replay-rotten-tomatoes-minilm": "1k. The replay benchmark on rotten-tomatoes-minilm (a data set from PyPI)",
     "lora_vs_last_k": "3c. LoRA against last-k on the same encoder and data",
 }
 # A section written by hand (prose beside its tables): bench/sections/NAME.md stands for NAME's generated section,

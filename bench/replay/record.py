@@ -17,14 +17,19 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from bench.replay.curves import DATA_DIR, HELD_OUT_EVERY, Curve, append, data_file, read_rows, repeat_file
+from bench.replay.pypi_data import DATA_DIR as PYPI_DATA_DIR
+from bench.replay.pypi_data import prepare
 from bench.reporting import load_average
 from bench.text_task import feature_cache_dir, load_preset, plain_trainer, versions
 from studies import StudySpec
 from studies.space import conditions, distributions
+from studies.spec import LocalData
 from worker.epochs import EpochResult, NonFiniteLoss
 
-# The presets a recording can be made of (their spaces and data, as `tunefleet demo --preset` runs them).
-TASKS = ("bbc-news-minilm", "tweets-sentiment-minilm", "mlp-bbc-news")
+# The presets a recording can be made of (their spaces and data, as `tunefleet demo --preset` runs them), and the
+# benchmark's own tasks on data sets from PyPI packages (bench/replay/tasks/).
+TASKS = ("bbc-news-minilm", "tweets-sentiment-minilm", "mlp-bbc-news", "rotten-tomatoes-minilm")
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 SAVE_EVERY = 10
 # The seed of a held-out configuration's second training: far from every first training's seed (its index).
 REPEAT_SEED_OFFSET = 1_000_003
@@ -58,8 +63,17 @@ def draw(
 
 
 def spec_of(task: str, *, smoke: bool = False) -> StudySpec:
-    """The preset's spec a recording is made of; at smoke size on a few dozen short texts."""
-    return StudySpec.model_validate({**load_preset(task, smoke=smoke), "name": f"replay-{task}"})
+    """The preset's (or benchmark task's) spec a recording is made of; at smoke size on a few dozen short texts."""
+    own = TASKS_DIR / f"{task}.yaml"
+    raw = load_preset(task, smoke=smoke, path=own if own.exists() else None)
+    return StudySpec.model_validate({**raw, "name": f"replay-{task}"})
+
+
+def prepare_data(spec: StudySpec) -> None:
+    """Write the task's data file from its PyPI package first, where it is one of the benchmark's own."""
+    data = spec.task.data
+    if isinstance(data, LocalData) and Path(data.train).parent == PYPI_DATA_DIR:
+        prepare(Path(data.train).stem)
 
 
 def configuration(spec: StudySpec, seed: int, index: int) -> dict[str, Any]:
@@ -149,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     spec = spec_of(args.task, smoke=args.smoke)
+    prepare_data(spec)
     path = data_file(args.task, args.out_dir)
     head = header(args.task, spec, args.seed)
     if args.repeat_held_out:
