@@ -34,6 +34,8 @@ def port_number(value: str) -> int:
     return port
 
 
+# The same as studies.startup.positive_int, kept apart on purpose: importing anything from studies loads
+# SQLAlchemy and Optuna, and `tunefleet --help` or a usage error should answer without them.
 def positive_int(value: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:
