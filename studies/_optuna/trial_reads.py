@@ -110,6 +110,16 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
                 self._paused.pop(row.trial_id, None)
         return [kept.get(row.trial_id) or built[row.trial_id] for row in rows]
 
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        # Every pruner decision reads its running trial's system attributes through this (Optuna's cache keeps
+        # only finished trials): Optuna's ORM read of one trial, lazy-loading each child table, cost a worker
+        # about 4.6 ms of CPU an epoch on SQLite; the same six queries as plain rows, about 2.9 ms.
+        with self.engine.connect() as connection:
+            found = trials_by_id(connection, [trial_id])
+        if trial_id not in found:
+            raise KeyError(NOT_FOUND_MSG)
+        return found[trial_id]
+
 
 def trials_by_id(connection: sa.Connection, trial_ids: Sequence[int]) -> dict[int, FrozenTrial]:
     """The trials of those ids, of any studies, by id, as Optuna's reader builds them: six queries for up to

@@ -86,12 +86,35 @@ def test_the_bulk_reader_builds_what_optunas_reader_builds(
         storage.engine.dispose()
 
 
-def test_a_missing_study_is_a_key_error_as_with_optunas_reader(store_url: str) -> None:
+def test_a_missing_study_or_trial_is_a_key_error_as_with_optunas_reader(store_url: str) -> None:
     storage = open_storage(store_url)
     try:
         with pytest.raises(KeyError):
             read_trials(storage, 10_000_000, None, set(), -1)
+        with pytest.raises(KeyError):
+            storage.get_trial(10_000_000)
     finally:
+        storage.engine.dispose()
+
+
+def test_one_trial_read_by_id_is_what_optunas_reader_builds(store_url: str, study_name: str) -> None:
+    storage = open_storage(store_url)
+    optunas = optuna.storages.RDBStorage(storage.url, skip_compatibility_check=True)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=optunas)
+        fill(study)
+        for trial in study.get_trials(deepcopy=False):
+            got = storage.get_trial(trial._trial_id)
+            assert comparable(got) == comparable(optunas.get_trial(trial._trial_id))
+        # What a pruner reads of a running trial each epoch: its system attributes, through Optuna's cache.
+        running = study.ask()
+        storage.set_trial_system_attr(running._trial_id, "completed_rung_0", 0.5)
+        cached = optuna.load_study(study_name=study_name, storage=storage)._storage
+        attrs = cached.get_trial_system_attrs(running._trial_id)
+        assert attrs["completed_rung_0"] == 0.5
+        assert attrs == optunas.get_trial_system_attrs(running._trial_id)
+    finally:
+        optunas.engine.dispose()
         storage.engine.dispose()
 
 
