@@ -15,7 +15,7 @@ from typing import Any
 from bench.replay.curves import DATA_DIR, Recording, data_file, load, repeat_file
 from bench.replay.forest import BEST_SO_FAR, SURROGATES
 from bench.replay.plot import anytime_svg
-from bench.replay.record import TASKS, spec_of
+from bench.replay.record import TASKS, spec_of, task_preset
 from bench.replay.run import DEFAULT_METHODS, METHODS, Run, run_seed
 from bench.replay.surrogate import Surrogate, fidelity
 from bench.reporting import (
@@ -27,7 +27,7 @@ from bench.reporting import (
     publish,
     size_of,
 )
-from bench.text_task import load_preset, versions
+from bench.text_task import versions
 
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 # The anytime curve's compute points: from 2% to all of the budget, evenly on a log scale.
@@ -44,7 +44,7 @@ def _start(task: str, folder: str, model: str) -> None:
 
 def _seed(task: str, methods: list[str], seed: int, budget_s: float) -> list[Run]:
     assert _SURROGATE is not None
-    runs = run_seed(load_preset(task), methods, seed, budget_s, _SURROGATE)
+    runs = run_seed(task_preset(task), methods, seed, budget_s, _SURROGATE)
     print(
         f"seed {seed}: " + ", ".join(f"{r.method} {r.best[-1]:.4f} ({r.trials} trials)" for r in runs),
         flush=True,

@@ -62,11 +62,15 @@ def draw(
     return params
 
 
-def spec_of(task: str, *, smoke: bool = False) -> StudySpec:
-    """The preset's (or benchmark task's) spec a recording is made of; at smoke size on a few dozen short texts."""
+def task_preset(task: str, *, smoke: bool = False) -> dict[str, Any]:
+    """The task's spec as a mapping: a built-in preset, or one of the benchmark's own tasks (bench/replay/tasks/)."""
     own = TASKS_DIR / f"{task}.yaml"
-    raw = load_preset(task, smoke=smoke, path=own if own.exists() else None)
-    return StudySpec.model_validate({**raw, "name": f"replay-{task}"})
+    return load_preset(task, smoke=smoke, path=own if own.exists() else None)
+
+
+def spec_of(task: str, *, smoke: bool = False) -> StudySpec:
+    """The task's spec a recording is made of; at smoke size on a few dozen short texts."""
+    return StudySpec.model_validate({**task_preset(task, smoke=smoke), "name": f"replay-{task}"})
 
 
 def prepare_data(spec: StudySpec) -> None:

@@ -13,11 +13,11 @@ from typing import Any
 from bench.replay.benchmark import budget_cpu_s, summarize
 from bench.replay.curves import DATA_DIR, data_file, load
 from bench.replay.forest import BEST_SO_FAR, SURROGATES
-from bench.replay.record import TASKS, spec_of
+from bench.replay.record import TASKS, spec_of, task_preset
 from bench.replay.run import WARM, WARM_PRIOR, Run, Source, run_seed, source_of
 from bench.replay.surrogate import Surrogate
 from bench.reporting import benchmark_parser, command_line, load_average, markdown_table, publish, size_of
-from bench.text_task import load_preset, versions
+from bench.text_task import versions
 
 METHODS = ["random", "tunefleet", WARM, WARM_PRIOR]
 
@@ -29,13 +29,13 @@ def _start(task: str, sources: list[str], folder: str, model: str) -> None:
     global _SURROGATE, _SOURCES
     _SURROGATE = Surrogate(spec_of(task), load(data_file(task, Path(folder))).fitted(), model=model)
     _SOURCES = tuple(
-        source_of(other, load_preset(other), load(data_file(other, Path(folder))).curves) for other in sources
+        source_of(other, task_preset(other), load(data_file(other, Path(folder))).curves) for other in sources
     )
 
 
 def _seed(task: str, seed: int, budget_s: float) -> list[Run]:
     assert _SURROGATE is not None
-    runs = run_seed(load_preset(task), METHODS, seed, budget_s, _SURROGATE, _SOURCES)
+    runs = run_seed(task_preset(task), METHODS, seed, budget_s, _SURROGATE, _SOURCES)
     print(f"seed {seed}: " + ", ".join(f"{r.method} {r.best[-1]:.4f}" for r in runs), flush=True)
     return runs
 
