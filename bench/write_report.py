@@ -41,6 +41,10 @@ EXTRA = {
     "replay-tweets-sentiment-minilm": "1i. The replay benchmark on tweets-sentiment-minilm",
     "replay-mlp-bbc-news": "1j. The replay benchmark on mlp-bbc-news (a pretrained MLP, fine-tuned whole)",
     "replay-rotten-tomatoes-minilm": "1k. The replay benchmark on rotten-tomatoes-minilm (a data set from PyPI)",
+    "replay-startup-bbc-news-minilm": "1l. Five random start-up trials instead of ten, on the four recorded tasks",
+    "replay-startup-mlp-bbc-news": "1l. Five random start-up trials, mlp-bbc-news",
+    "replay-startup-rotten-tomatoes-minilm": "1l. Five random start-up trials, rotten-tomatoes-minilm",
+    "replay-startup-tweets-sentiment-minilm": "1l. Five random start-up trials, tweets-sentiment-minilm",
     "lora_vs_last_k": "3c. LoRA against last-k on the same encoder and data",
 }
 # A section written by hand (prose beside its tables): bench/sections/NAME.md stands for NAME's generated section,
