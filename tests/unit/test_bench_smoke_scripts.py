@@ -6,6 +6,7 @@ import datetime
 import json
 import math
 import shutil
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,9 @@ from worker.tasks.interface import TaskHost
 from worker.tasks.torch_module import TorchModule
 
 pytestmark = pytest.mark.slow
+
+# How this run handles SIGTERM, read at collection, before any test has run.
+RUN_SIGTERM = signal.getsignal(signal.SIGTERM)
 
 
 def test_time_to_good_model_runs_at_a_tiny_size(tmp_path: Path) -> None:
@@ -276,3 +280,15 @@ def test_tunefleet_claims_are_read_from_each_trials_worker_and_timestamps() -> N
     (claimed,) = coordination_overhead.tunefleet_claims([row, unclaimed])
     assert claimed.worker == "w-1" and claimed.claim_s == 0.25
     assert claimed.end_s - claimed.start_s == pytest.approx(1.5)
+
+
+def test_a_benchmark_turns_sigterm_into_an_exit_for_its_clean_up() -> None:
+    from bench.processes import clean_up_on_sigterm
+
+    clean_up_on_sigterm()
+    assert signal.getsignal(signal.SIGTERM) != RUN_SIGTERM
+
+
+def test_the_next_test_finds_sigterm_as_the_run_had_it() -> None:
+    # Runs after the one above (file order): the handler a benchmark set in this process does not outlive its test.
+    assert signal.getsignal(signal.SIGTERM) == RUN_SIGTERM
