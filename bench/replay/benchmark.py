@@ -177,7 +177,7 @@ def markdown(summary: dict[str, Any], fid: dict[str, Any]) -> str:
         [[r["method"], *(f"{r['best_at'][str(f)]:.4f}" for f in FRACTIONS)] for r in summary["rows"]],
     )
     surrogate = (
-        f"Surrogate `{fid['model']}`, its fidelity on {fid['held_out']} held-out configurations (fitted on"
+        f"Surrogate `{fid['model']}` (fit `{fid['fingerprint']}`), its fidelity on {fid['held_out']} held-out configurations (fitted on"
         f" {fid['fitted']}): Spearman {fid['value_spearman']:.3f} for the trial value (best loss within the"
         f" configuration's own epochs), {fid['last_epoch_spearman']:.3f} for the last epoch's loss,"
         f" {fid['epoch_spearman']:.3f} for each epoch's loss (mean over epochs), {fid['cost_spearman']:.3f} for CPU"

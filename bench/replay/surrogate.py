@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -96,6 +97,13 @@ def leaf_means(forest: ExtraTreesRegressor, features: np.ndarray, targets: np.nd
     return values
 
 
+def _log(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    """Natural logs from the C library, not numpy: numpy picks its vector code for `log` by the CPU, and its AVX-512
+    code differs from the others in the last bit of a few values in a thousand, enough to move a split of the
+    forest, so that the same recording replayed differently on another machine."""
+    return np.asarray([[math.log(v) for v in row] for row in rows], dtype=np.float64)
+
+
 def _standardized(columns: np.ndarray) -> np.ndarray:
     return (columns - columns.mean(axis=0)) / np.maximum(columns.std(axis=0), 1e-9)
 
@@ -130,9 +138,9 @@ class Surrogate:
         self.features = self.encoder.rows([c.params for c in usable])
         self.failures = [None if c.failed is None else len(c.val_loss) for c in usable]
         n = self.max_epochs
-        log_loss = np.log([_padded(c.val_loss, n) for c in usable])
+        log_loss = _log([_padded(c.val_loss, n) for c in usable])
         accuracy = np.asarray([_padded(c.val_accuracy, n) for c in usable])
-        log_seconds = np.log([[max(sum(c.cpu_s) / len(c.cpu_s), 1e-6)] for c in usable])
+        log_seconds = _log([[max(sum(c.cpu_s) / len(c.cpu_s), 1e-6)] for c in usable])
         self.forest: RandomForestRegressor | ExtraTreesRegressor
         if model == CURVES:
             self.forest = RandomForestRegressor(
@@ -147,6 +155,13 @@ class Surrogate:
             carried = np.hstack([log_loss, best, accuracy, log_seconds])
             self.fast = flat_forest(self.forest, leaf_means(self.forest, self.features, carried))
         self._cache: dict[tuple[Any, ...], Replayed] = {}
+
+    def fingerprint(self) -> str:
+        """A short hash of the fitted forest and rows: two runs replayed the same task alike only if theirs agree."""
+        digest = hashlib.sha256()
+        for array in (*self.fast.arrays().values(), self.features):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:12]
 
     def _key(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(sorted((k, v) for k, v in params.items() if k not in NOT_FEATURES))
@@ -210,6 +225,7 @@ def fidelity(
     n = recording.max_epochs
     return {
         "model": model,
+        "fingerprint": surrogate.fingerprint(),
         "fitted": len(recording.fitted()),
         "held_out": len(held),
         "value_spearman": spearman(
