@@ -48,8 +48,10 @@ EXTRA = {
     "lora_vs_last_k": "3c. LoRA against last-k on the same encoder and data",
 }
 # A section written by hand (prose beside its tables): bench/sections/NAME.md stands for NAME's generated section,
-# and an empty file says another section already covers NAME's results.
+# and an empty file says another section already covers NAME's results. A line TABLES in it stands for the tables
+# of NAME's results file, so that a rerun's figures reach the report without being copied by hand.
 SECTIONS = Path("bench/sections")
+TABLES = "{tables}"
 
 
 def cpu_model() -> str:
@@ -91,7 +93,11 @@ def verdict(met: Any) -> str:
 def section(name: str, result: dict[str, Any]) -> str:
     written = SECTIONS / f"{name}.md"
     if written.exists():
-        return written.read_text().rstrip("\n") + "\n" if written.read_text().strip() else ""
+        text = written.read_text()
+        if not text.strip():
+            return ""
+        lines = [result["tables"] if line == TABLES else line for line in text.rstrip("\n").split("\n")]
+        return "\n".join(lines) + "\n"
     config = result.get("config", {})
     lines = [f"## {ORDER.get(name, EXTRA.get(name, name))}", ""]
     command = config.get("command")

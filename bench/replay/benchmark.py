@@ -156,7 +156,9 @@ def summarize(runs: list[Run], budget_s: float, reference: float) -> dict[str, A
     return {"rows": rows, "curves": curves, "floor": floor, "seeds": len(seeds)}
 
 
-def markdown(summary: dict[str, Any], fid: dict[str, Any]) -> str:
+def tables(summary: dict[str, Any]) -> str:
+    """The two tables: compute to reach random search's best, and the best at shares of its compute."""
+
     def ratio(value: float) -> str:
         return "never" if math.isinf(value) else f"{value:.2f}"
 
@@ -176,6 +178,10 @@ def markdown(summary: dict[str, Any], fid: dict[str, Any]) -> str:
         ["method", *(f"best at {int(f * 100)}% of random's compute" for f in FRACTIONS)],
         [[r["method"], *(f"{r['best_at'][str(f)]:.4f}" for f in FRACTIONS)] for r in summary["rows"]],
     )
+    return f"{first}\n\n{second}"
+
+
+def markdown(summary: dict[str, Any], fid: dict[str, Any]) -> str:
     surrogate = (
         f"Surrogate `{fid['model']}` (fit `{fid['fingerprint']}`), its fidelity on {fid['held_out']} held-out configurations (fitted on"
         f" {fid['fitted']}): Spearman {fid['value_spearman']:.3f} for the trial value (best loss within the"
@@ -188,7 +194,7 @@ def markdown(summary: dict[str, Any], fid: dict[str, Any]) -> str:
             f" Two trainings of the same {fid['repeated']} configurations with different seeds rank at Spearman"
             f" {fid['seed_value_spearman']:.3f}: what the surrogate could reach at most."
         )
-    return f"{first}\n\n{second}\n\n{surrogate}"
+    return f"{tables(summary)}\n\n{surrogate}"
 
 
 def targets(rows: list[dict[str, Any]], fid: dict[str, Any]) -> list[dict[str, Any]]:
@@ -328,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "fidelity": fid,
             "summary": {"rows": summary["rows"], "floor": summary["floor"]},
             "markdown": markdown(summary, fid),
+            # What a section written by hand (bench/sections/) takes in place of its `{tables}` line.
+            "tables": tables(summary),
             # This benchmark's own runs (the peers' stay in their file): another report can merge without rerunning.
             "runs": runs_json(own),
             "targets": targets(summary["rows"], fid),
