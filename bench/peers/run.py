@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.peers.methods import METHODS, Trace, run
 from bench.peers.replay import Replay
+from bench.replay.numpy_cpu import numpy_cpu, rerun_without_avx512
 
 PACKAGES = ("smac", "dehb", "syne-tune", "ConfigSpace", "numpy")
 
@@ -137,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
             "cores": os.cpu_count(),
             "python": platform.python_version(),
+            "numpy_cpu": numpy_cpu(),
             **{name: metadata.version(name) for name in PACKAGES},
         },
         "runs": runs,
@@ -148,4 +150,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    rerun_without_avx512("bench.peers.run")
     main(sys.argv[1:])

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.replay.curves import DATA_DIR, Recording, data_file, load, repeat_file
 from bench.replay.forest import BEST_SO_FAR, SURROGATES
+from bench.replay.numpy_cpu import numpy_cpu, rerun_without_avx512
 from bench.replay.plot import anytime_svg
 from bench.replay.record import TASKS, spec_of, task_preset
 from bench.replay.run import DEFAULT_METHODS, METHODS, Run, run_seed
@@ -320,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "wall_s": round(wall, 1),
                 "load_average": {"before": load_before, "after": load_after},
                 **versions(),
+                # The runs' numpy, not a merge's: a merge (--runs-from) runs nothing numpy's CPU code could move.
+                "numpy_cpu": earlier["config"].get("numpy_cpu") if args.runs_from else numpy_cpu(),
                 **(
                     {"runs_from": {"file": str(args.runs_from), "command": runs_command(earlier)}}
                     if args.runs_from
@@ -345,4 +348,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    rerun_without_avx512("bench.replay.benchmark")
     main(sys.argv[1:])

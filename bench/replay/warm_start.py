@@ -13,6 +13,7 @@ from typing import Any
 from bench.replay.benchmark import budget_cpu_s, summarize
 from bench.replay.curves import DATA_DIR, data_file, load
 from bench.replay.forest import BEST_SO_FAR, SURROGATES
+from bench.replay.numpy_cpu import numpy_cpu, rerun_without_avx512
 from bench.replay.record import TASKS, spec_of, task_preset
 from bench.replay.run import WARM, WARM_PRIOR, Run, Source, run_seed, source_of
 from bench.replay.surrogate import Surrogate
@@ -128,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "wall_s": round(time.perf_counter() - started, 1),
                 "load_average": {"before": load_before, "after": load_average()},
                 **versions(),
+                "numpy_cpu": numpy_cpu(),
             },
             "summary": {"rows": summary["rows"], "floor": summary["floor"]},
             "markdown": markdown(summary, args.task, sources, n_source_trials),
@@ -147,4 +149,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    rerun_without_avx512("bench.replay.warm_start")
     main(sys.argv[1:])

@@ -291,6 +291,8 @@ def test_the_benchmark_runs_on_its_own_task_from_a_pypi_data_set(tmp_path: Path)
     )
     result = json.loads(out.read_text())
     assert result["config"]["task"] == "rotten-tomatoes-minilm"
+    # Which numpy code the runs used goes with them (python -m reruns itself without AVX-512: test_replay_numpy_cpu).
+    assert set(result["config"]["numpy_cpu"]) == {"numpy_avx512", "NPY_DISABLE_CPU_FEATURES"}
     assert {r["method"] for r in result["summary"]["rows"]} == {"random", "tunefleet"}
     assert [t["target"].split()[0] for t in result["targets"]] == ["tunefleet", "the"]
 
