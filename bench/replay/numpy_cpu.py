@@ -9,8 +9,8 @@ from typing import Any
 
 # numpy picks its vector code for log, exp and the like by the CPU, and its AVX-512 code (from Intel's SVML, which
 # allows up to 4 ULP of error) returns other last bits than its AVX2 code for a few values in a thousand. TPE's
-# densities, SMAC3's forest and the others read them: the same seed replayed on an AVX-512 machine and on one without
-# drew other configurations after a few dozen trials. With that code off, both run numpy's AVX2 code.
+# densities and the peers' models read them: the same seed replayed on an AVX-512 machine and on one without drew
+# other configurations partway through a run. With that code off, both run numpy's AVX2 code.
 DISABLE = "NPY_DISABLE_CPU_FEATURES"
 
 
