@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from bench.replay import benchmark, record
 from bench.replay.curves import Curve, append, data_file, load, repeat_file
 from bench.replay.forest import BEST_SO_FAR, SURROGATES, with_best_so_far
+from bench.replay.numpy_cpu import DISABLE, avx512_in_use
 from bench.replay.run import Clock, run_method
 from bench.replay.surrogate import Surrogate, fidelity
 from bench.text_task import load_preset
@@ -157,12 +158,7 @@ def test_the_surrogate_is_the_same_whatever_numpys_log_returns_in_its_last_bit(
     assert Surrogate(spec, curves).fingerprint() == fitted
 
 
-def _numpy_has_avx512_code() -> bool:
-    features = getattr(np._core._multiarray_umath, "__cpu_features__", {})  # type: ignore[attr-defined]
-    return bool(features.get("AVX512F"))
-
-
-@pytest.mark.skipif(not _numpy_has_avx512_code(), reason="the CPU has no AVX-512 for numpy to turn off")
+@pytest.mark.skipif(not avx512_in_use(), reason="the CPU has no AVX-512 for numpy to turn off")
 def test_a_process_with_numpys_avx512_code_turned_off_fits_the_same_surrogate() -> None:
     fit = (
         "from bench.replay import record; from bench.replay.curves import data_file, load;"
@@ -171,7 +167,7 @@ def test_a_process_with_numpys_avx512_code_turned_off_fits_the_same_surrogate() 
     )
     without = subprocess.run(
         [sys.executable, "-c", fit],
-        env={**os.environ, "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"},
+        env={**os.environ, DISABLE: " ".join(avx512_in_use())},
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
