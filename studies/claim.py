@@ -332,7 +332,7 @@ class ClaimTransaction(TrialLifecycle):
             study_name=record.name,
             spec=spec,
             study=study,
-            trial=ClaimedTrial(study, frozen),
+            trial=ClaimedTrial(study, frozen, self.storage),
             claim_index=record.n_claimed - 1,
             seed=int(tags["seed"]),
             params=dict(frozen.params),

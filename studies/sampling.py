@@ -12,6 +12,7 @@ from optuna.distributions import BaseDistribution, check_distribution_compatibil
 from optuna.trial import FrozenTrial
 
 from studies._optuna.cost_aware import CostAwareTPESampler
+from studies._optuna.hyperband import HyperbandPruner as OptunaHyperband
 from studies._optuna.internals import filter_study, forget_cached_trials, single_value
 from studies.space import Condition, grid_combinations
 from studies.spec import (
@@ -128,7 +129,7 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
             min_resource=p.min_resource or "auto", reduction_factor=p.reduction_factor
         )
     if isinstance(p, HyperbandPruner):
-        return optuna.pruners.HyperbandPruner(
+        return OptunaHyperband(
             min_resource=p.min_resource,
             # A kind python space may have no epochs parameter: Optuna then finds the largest step reported.
             max_resource=spec.space.max_epochs() or "auto",

@@ -98,6 +98,11 @@ fewer passes (a third of a claim at 5,000 trials), so they read Optuna's mixture
 - ``optuna.samplers._tpe._truncnorm._log_ndtr``: log_ndtr.py swaps in SciPy's ufunc (TPE's hottest loop); reference.py.
 - ``optuna.samplers._tpe._truncnorm._log_ndtr_single``: reference.py; Optuna's own values, to compare SciPy's with.
 
+Hyperband's brackets (hyperband.py). Optuna builds a Study for a trial's bracket at each pruner
+decision, and each Study looks its id up by name in the store; there is no public way to keep one:
+
+- ``optuna.pruners.HyperbandPruner._create_bracket_study``: hyperband.py overrides it (one per study and bracket).
+
 Contract tests only (reference.py names Optuna's private computations the tests compare with):
 
 - ``optuna.pruners.HyperbandPruner._get_bracket_id``: reference.py; which bracket a trial is in.

@@ -120,6 +120,29 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
             raise KeyError(NOT_FOUND_MSG)
         return found[trial_id]
 
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        # What Hyperband and successive halving read of the running trial at each pruner decision. Optuna's
+        # storages answer it with the whole trial, six queries; the trial's row and its system attributes
+        # are one.
+        query = (
+            sa.select(
+                trials.c.trial_id,
+                system_attrs.c.trial_system_attribute_id,
+                system_attrs.c.key,
+                system_attrs.c.value_json,
+            )
+            .select_from(trials.outerjoin(system_attrs, system_attrs.c.trial_id == trials.c.trial_id))
+            .where(trials.c.trial_id == trial_id)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        if not rows:
+            raise KeyError(NOT_FOUND_MSG)
+        found = sorted(
+            (row for row in rows if row.key is not None), key=attrgetter("trial_system_attribute_id")
+        )
+        return {row.key: json.loads(row.value_json) for row in found}
+
 
 def trials_by_id(connection: sa.Connection, trial_ids: Sequence[int]) -> dict[int, FrozenTrial]:
     """The trials of those ids, of any studies, by id, as Optuna's reader builds them: six queries for up to

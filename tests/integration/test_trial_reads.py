@@ -93,6 +93,8 @@ def test_a_missing_study_or_trial_is_a_key_error_as_with_optunas_reader(store_ur
             read_trials(storage, 10_000_000, None, set(), -1)
         with pytest.raises(KeyError):
             storage.get_trial(10_000_000)
+        with pytest.raises(KeyError):
+            storage.get_trial_system_attrs(10_000_000)
     finally:
         storage.engine.dispose()
 
@@ -103,9 +105,14 @@ def test_one_trial_read_by_id_is_what_optunas_reader_builds(store_url: str, stud
     try:
         study = optuna.create_study(study_name=study_name, storage=optunas)
         fill(study)
+        study.add_trial(optuna.trial.create_trial(value=1.0))  # a trial without system attributes
         for trial in study.get_trials(deepcopy=False):
             got = storage.get_trial(trial._trial_id)
             assert comparable(got) == comparable(optunas.get_trial(trial._trial_id))
+            # The one-query read of a trial's system attributes, in Optuna's order too.
+            attrs = storage.get_trial_system_attrs(trial._trial_id)
+            assert list(attrs.items()) == list(optunas.get_trial_system_attrs(trial._trial_id).items())
+        assert storage.get_trial_system_attrs(study.trials[-1]._trial_id) == {}
         # What a pruner reads of a running trial each epoch: its system attributes, through Optuna's cache.
         running = study.ask()
         storage.set_trial_system_attr(running._trial_id, "completed_rung_0", 0.5)

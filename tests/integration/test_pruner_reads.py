@@ -1,0 +1,101 @@
+"""A claimed trial's pruner decisions are Optuna's own, read from the store with fewer queries."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from studies import open_storage
+from studies._optuna.claimed_trial import ClaimedTrial
+from studies._optuna.hyperband import HyperbandPruner
+from studies._optuna.internals import frozen_trial_of
+
+EPOCHS = 9
+HYPERBAND = {"min_resource": 1, "max_resource": EPOCHS, "reduction_factor": 3}
+
+
+@contextmanager
+def statements(engine: sa.Engine) -> Iterator[list[str]]:
+    """The SQL the engine runs meanwhile."""
+    seen: list[str] = []
+
+    def record(*args: object) -> None:
+        seen.append(str(args[2]))
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def run_trials(
+    study: optuna.Study, engine: sa.Engine, should_prune: Callable[[optuna.Trial], bool]
+) -> tuple[list[bool], list[list[str]]]:
+    """The same 40 trials of random per-epoch values, each asked to be pruned after every epoch: its decisions
+    and the SQL each decision ran."""
+    rng = random.Random(3)
+    decisions: list[bool] = []
+    queries: list[list[str]] = []
+    for _ in range(40):
+        trial = study.ask()
+        level = rng.random()
+        state = TrialState.COMPLETE
+        for epoch in range(1, EPOCHS + 1):
+            trial.report(level + rng.random() / epoch, epoch)
+            with statements(engine) as seen:
+                pruned = should_prune(trial)
+            decisions.append(pruned)
+            queries.append(seen)
+            if pruned:
+                state = TrialState.PRUNED
+                break
+        study.tell(trial, level if state == TrialState.COMPLETE else None, state=state)
+    return decisions, queries
+
+
+def test_a_claimed_trials_hyperband_decisions_are_optunas_without_reading_the_whole_trial(
+    store_url: str, study_name: str, tmp_path: Path
+) -> None:
+    # Optuna's own path, in a store of its own: the stock pruner and Trial.should_prune.
+    stock_storage = open_storage(f"sqlite:///{tmp_path / 'stock.db'}")
+    storage = open_storage(store_url)
+    try:
+        stock = optuna.create_study(
+            study_name=study_name, storage=stock_storage, pruner=optuna.pruners.HyperbandPruner(**HYPERBAND)
+        )
+        expected, stock_queries = run_trials(stock, stock_storage.engine, lambda trial: trial.should_prune())
+        ours = optuna.create_study(
+            study_name=study_name, storage=storage, pruner=HyperbandPruner(**HYPERBAND)
+        )
+
+        def claimed(trial: optuna.Trial) -> bool:
+            return ClaimedTrial(ours, frozen_trial_of(trial), storage).should_prune()
+
+        decisions, queries = run_trials(ours, storage.engine, claimed)
+        assert decisions == expected
+        assert True in decisions and False in decisions, "the case prunes nothing, or everything"
+        # Brackets (completed rungs) are the same too.
+        assert [t.system_attrs for t in ours.trials] == [t.system_attrs for t in stock.trials]
+
+        def whole_trial_reads(seen: list[str]) -> int:
+            # Optuna's read of one trial by id (the study's cache refresh reads by study).
+            return sum("FROM trials WHERE trials.trial_id IN" in " ".join(q.split()) for q in seen)
+
+        def study_lookups(seen: list[str]) -> int:
+            return sum("studies.study_name =" in q for q in seen)
+
+        # Optuna's path reads the whole trial and looks its study up by name at each decision; a claimed trial
+        # reads its system attributes in one query, and its pruner looks the study up once for each bracket.
+        assert all(whole_trial_reads(seen) >= 1 and study_lookups(seen) >= 1 for seen in stock_queries)
+        assert sum(whole_trial_reads(seen) for seen in queries) == 0
+        assert sum(study_lookups(seen) for seen in queries) <= 3  # Hyperband's brackets for 9 epochs
+    finally:
+        stock_storage.engine.dispose()
+        storage.engine.dispose()
