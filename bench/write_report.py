@@ -90,13 +90,23 @@ def verdict(met: Any) -> str:
     return {True: "met", False: "**not met**", None: "not applicable at this size"}[met]
 
 
+class MissingTables(Exception):
+    """A hand-written section asks for tables that its results file does not hold."""
+
+
 def section(name: str, result: dict[str, Any]) -> str:
     written = SECTIONS / f"{name}.md"
     if written.exists():
         text = written.read_text()
         if not text.strip():
             return ""
-        lines = [result["tables"] if line == TABLES else line for line in text.rstrip("\n").split("\n")]
+        lines = text.rstrip("\n").split("\n")
+        if TABLES in lines and "tables" not in result:
+            raise MissingTables(
+                f"{written} stands {TABLES} for the tables of bench/results/{name}.json, which has none (it was"
+                " made before results kept their tables): run its benchmark again"
+            )
+        lines = [result["tables"] if line == TABLES else line for line in lines]
         return "\n".join(lines) + "\n"
     config = result.get("config", {})
     lines = [f"## {ORDER.get(name, EXTRA.get(name, name))}", ""]
@@ -132,10 +142,13 @@ def main() -> int:
         f"- Versions: {versions()}",
         "",
     ]
-    body = [section(name, results[name]) for name in ORDER if name in results]
     # Extra runs after the four, in the order of their titles ("1b" before "4b").
     extras = sorted((name for name in results if name not in ORDER), key=lambda name: EXTRA.get(name, name))
-    body += [section(name, results[name]) for name in extras]
+    try:
+        body = [section(name, results[name]) for name in [*(n for n in ORDER if n in results), *extras]]
+    except MissingTables as error:
+        print(error, file=sys.stderr)
+        return 2
     body = [text for text in body if text]
     missing = [title for name, title in ORDER.items() if name not in results]
     if missing:

@@ -199,7 +199,7 @@ def test_the_report_gathers_results_into_benchmarks_md(
 
 
 def test_the_report_keeps_a_section_written_by_hand_and_skips_one_another_covers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = tmp_path / "bench" / "results"
     results.mkdir(parents=True)
@@ -217,6 +217,10 @@ def test_the_report_keeps_a_section_written_by_hand_and_skips_one_another_covers
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## 1z. Written by hand\n\nProse.\n\n| rerun's table |\n\n| kept |\n" in text
     assert "generated" not in text and "{tables}" not in text
+    # A results file made before results kept their tables: one line saying so, not a KeyError.
+    (results / "replay-x.json").write_text(json.dumps({"markdown": "| old |", "targets": []}))
+    assert write_report.main() == 2
+    assert "bench/results/replay-x.json, which has none" in capsys.readouterr().err
 
 
 def test_every_section_of_benchmarks_md_survives_its_regeneration(
