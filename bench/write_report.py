@@ -29,6 +29,7 @@ EXTRA = {
     "early_stopping": "1c. Early stopping: the CPU random trials spend after their validation loss stalls",
     "early_stopping_tweets": "1d. Early stopping on the tweets preset",
     "time_to_good_model_mlp": "1e. Time to a good model on the mlp-bbc-news preset (kind torch-module: a pretrained MLP, fine-tuned)",
+    "pruner_decision": "2d. What a Hyperband pruner decision costs a worker after each epoch, tunefleet's against Optuna's",
     "trial_api_overhead": "2c. What a kind python trial (the Trial API) costs per trial, against the built-in synthetic task",
     "store_scale_paced_256": "4b. Scale of the store: the paced 256-worker fleet behind PgBouncer, longer windows",
     "latency_spread": "3d. How far to trust latency_ms: the measurement's own spread, run to run",

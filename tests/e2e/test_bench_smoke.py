@@ -1,4 +1,4 @@
-"""Benchmarks 2, 2b, 2c and 4 still run: each at a tiny size on the test PostgreSQL, writing the JSON they report from."""
+"""Benchmarks 2, 2b, 2c, 2d and 4 still run: each at a tiny size on the test PostgreSQL, writing the JSON they report from."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from bench import claim_phases, coordination_overhead, pgbouncer, store_scale, trial_api_overhead
+from bench import (
+    claim_phases,
+    coordination_overhead,
+    pgbouncer,
+    pruner_decision,
+    store_scale,
+    trial_api_overhead,
+)
 from studies.storage import normalize_url
 from studies.tables import studies_table
 
@@ -156,3 +163,23 @@ def test_trial_api_overhead_runs_both_kinds_on_the_same_workers_and_cleans_up(
     )
     assert "| kind python |" in result["markdown"]
     assert leftover_studies(postgres_url, result["studies_created_and_deleted"]) == []
+
+
+def test_pruner_decision_runs_at_a_tiny_size_and_drops_its_schemas(tmp_path: Path, postgres_url: str) -> None:
+    out = tmp_path / "pruner.json"
+    assert pruner_decision.main(["--smoke", "--url", postgres_url, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert_describes_its_run(result)
+    for row in result["rows"]:
+        # Both paths made the same decisions on the same trials (the benchmark checks it), each fewer queries.
+        assert row["decisions"]["optuna"] == row["decisions"]["tunefleet"] > 0
+        assert row["statements"]["tunefleet"] < row["statements"]["optuna"]
+    engine = sa.create_engine(normalize_url(postgres_url), poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        left = connection.execute(
+            sa.text(
+                "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'bench_pruner_%'"
+            )
+        ).all()
+    engine.dispose()
+    assert left == []
