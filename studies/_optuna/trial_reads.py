@@ -45,6 +45,19 @@ def _stored_float(value: float | None, kind: Any) -> float:
     return float("inf") if kind.name == _INF_POS.name else float("-inf")
 
 
+# A trial's row and its system attributes (a row of NULLs for none), built once: every pruner decision reads them.
+_SYSTEM_ATTRS = (
+    sa.select(
+        trials.c.trial_id,
+        system_attrs.c.trial_system_attribute_id,
+        system_attrs.c.key,
+        system_attrs.c.value_json,
+    )
+    .select_from(trials.outerjoin(system_attrs, system_attrs.c.trial_id == trials.c.trial_id))
+    .where(trials.c.trial_id == sa.bindparam("trial_id"))
+)
+
+
 class BulkReadRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage whose trial reads (what Optuna's cache calls to fill and refresh) skip the ORM.
 
@@ -124,18 +137,8 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
         # What Hyperband and successive halving read of the running trial at each pruner decision. Optuna's
         # storages answer it with the whole trial, six queries; the trial's row and its system attributes
         # are one.
-        query = (
-            sa.select(
-                trials.c.trial_id,
-                system_attrs.c.trial_system_attribute_id,
-                system_attrs.c.key,
-                system_attrs.c.value_json,
-            )
-            .select_from(trials.outerjoin(system_attrs, system_attrs.c.trial_id == trials.c.trial_id))
-            .where(trials.c.trial_id == trial_id)
-        )
         with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
+            rows = connection.execute(_SYSTEM_ATTRS, {"trial_id": trial_id}).all()
         if not rows:
             raise KeyError(NOT_FOUND_MSG)
         found = sorted(
