@@ -70,18 +70,35 @@ class Paused:
     epoch: int
 
 
+# Built once, as every claim of an asha study runs them.
+_PAUSED = (
+    sa.select(trials.c.trial_id, trials.c.number, system_attrs.c.value_json)
+    .join(system_attrs, system_attrs.c.trial_id == trials.c.trial_id)
+    .where(
+        trials.c.study_id == sa.bindparam("study_id"),
+        trials.c.state == TrialState.WAITING,
+        system_attrs.c.key == PAUSED_ATTR,
+    )
+    .order_by(trials.c.number)
+)
+_RUNG_VALUES = (
+    sa.select(
+        trials.c.number,
+        intermediate_values.c.intermediate_value,
+        intermediate_values.c.intermediate_value_type,
+    )
+    .join(intermediate_values, intermediate_values.c.trial_id == trials.c.trial_id)
+    .where(
+        trials.c.study_id == sa.bindparam("study_id"),
+        trials.c.state != TrialState.FAIL,
+        intermediate_values.c.step == sa.bindparam("epoch"),
+    )
+)
+
+
 def paused_trials(connection: sa.Connection, study_id: int) -> list[Paused]:
     """The study's paused trials (WAITING with a paused rung), by number."""
-    rows = connection.execute(
-        sa.select(trials.c.trial_id, trials.c.number, system_attrs.c.value_json)
-        .join(system_attrs, system_attrs.c.trial_id == trials.c.trial_id)
-        .where(
-            trials.c.study_id == study_id,
-            trials.c.state == TrialState.WAITING,
-            system_attrs.c.key == PAUSED_ATTR,
-        )
-        .order_by(trials.c.number)
-    ).all()
+    rows = connection.execute(_PAUSED, {"study_id": study_id}).all()
     return [Paused(int(row.trial_id), int(row.number), int(json.loads(row.value_json))) for row in rows]
 
 
@@ -105,19 +122,7 @@ def is_paused() -> sa.ColumnElement[bool]:
 
 def rung_values(connection: sa.Connection, study_id: int, epoch: int) -> list[tuple[int, float]]:
     """(number, value) of every trial of the study that reported a value at the epoch and has not failed."""
-    rows = connection.execute(
-        sa.select(
-            trials.c.number,
-            intermediate_values.c.intermediate_value,
-            intermediate_values.c.intermediate_value_type,
-        )
-        .join(intermediate_values, intermediate_values.c.trial_id == trials.c.trial_id)
-        .where(
-            trials.c.study_id == study_id,
-            trials.c.state != TrialState.FAIL,
-            intermediate_values.c.step == epoch,
-        )
-    ).all()
+    rows = connection.execute(_RUNG_VALUES, {"study_id": study_id, "epoch": epoch}).all()
     return [
         (
             int(row.number),

@@ -58,6 +58,27 @@ _SYSTEM_ATTRS = (
 )
 
 
+# A table's rows of some trials, by id, built once: the cache's refresh and a pruner's read run them all the time.
+_BY_ID = {
+    table.name: sa.select(table).where(table.c.trial_id.in_(sa.bindparam("ids", expanding=True)))
+    for table in (trials, params, trial_values, user_attrs, system_attrs, intermediate_values)
+}
+
+
+_PAUSED_MARKS = sa.select(
+    system_attrs.c.trial_id,
+    system_attrs.c.value_json,
+    *(
+        sa.select(aggregate)
+        .where(intermediate_values.c.trial_id == system_attrs.c.trial_id)
+        .correlate(system_attrs)
+        .scalar_subquery()
+        for aggregate in (sa.func.count(), sa.func.max(intermediate_values.c.step))
+    ),
+).where(system_attrs.c.trial_id.in_(sa.bindparam("ids", expanding=True)), system_attrs.c.key == PAUSED_ATTR)
+_STUDY = sa.select(optuna_studies.c.study_id).where(optuna_studies.c.study_id == sa.bindparam("study_id"))
+
+
 class BulkReadRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage whose trial reads (what Optuna's cache calls to fill and refresh) skip the ORM.
 
@@ -94,9 +115,7 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
         elif trial_id_greater_than > -1:
             where = sa.and_(where, trials.c.trial_id > trial_id_greater_than)
         with self.engine.connect() as connection:
-            found = connection.execute(
-                sa.select(optuna_studies.c.study_id).where(optuna_studies.c.study_id == study_id)
-            ).first()
+            found = connection.execute(_STUDY, {"study_id": study_id}).first()
             if found is None:
                 raise KeyError(NOT_FOUND_MSG)
             rows = connection.execute(sa.select(trials).where(where).order_by(trials.c.trial_id)).all()
@@ -154,9 +173,7 @@ def trials_by_id(connection: sa.Connection, trial_ids: Sequence[int]) -> dict[in
     rows = [
         row
         for start in range(0, len(ids), CHUNK)
-        for row in connection.execute(
-            sa.select(trials).where(trials.c.trial_id.in_(ids[start : start + CHUNK]))
-        )
+        for row in connection.execute(_BY_ID[trials.name], {"ids": ids[start : start + CHUNK]})
     ]
     rows.sort(key=attrgetter("trial_id"))
     built = _frozen_trials(rows, _children(connection, [row.trial_id for row in rows]))
@@ -170,19 +187,7 @@ def _paused_marks(connection: sa.Connection, ids: list[int]) -> dict[int, tuple[
     marks: dict[int, tuple[Any, ...]] = {}
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        rows = connection.execute(
-            sa.select(
-                system_attrs.c.trial_id,
-                system_attrs.c.value_json,
-                *(
-                    sa.select(aggregate)
-                    .where(intermediate_values.c.trial_id == system_attrs.c.trial_id)
-                    .correlate(system_attrs)
-                    .scalar_subquery()
-                    for aggregate in (sa.func.count(), sa.func.max(intermediate_values.c.step))
-                ),
-            ).where(system_attrs.c.trial_id.in_(chunk), system_attrs.c.key == PAUSED_ATTR)
-        ).all()
+        rows = connection.execute(_PAUSED_MARKS, {"ids": chunk}).all()
         marks.update({row[0]: tuple(row[1:]) for row in rows})
     return marks
 
@@ -205,9 +210,7 @@ def _children(connection: sa.Connection, ids: list[int]) -> dict[str, list[Any]]
         rows_of_table = [
             child
             for start in range(0, len(ids), CHUNK)
-            for child in connection.execute(
-                sa.select(table).where(table.c.trial_id.in_(ids[start : start + CHUNK]))
-            )
+            for child in connection.execute(_BY_ID[table.name], {"ids": ids[start : start + CHUNK]})
         ]
         rows_of_table.sort(key=attrgetter(key))
         children[table.name] = rows_of_table
