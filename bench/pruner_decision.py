@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             "rows": rows,
             "markdown": f"{markdown(rows)}\n\n{setting}\n\n{invocation.markdown()}",
+            "tables": markdown(rows),
             "targets": [],
         },
         args.out,
