@@ -1,4 +1,4 @@
-"""Optuna's RDBStorage, reading a study's trials for Optuna's trial cache in six bulk queries without the ORM."""
+"""Optuna's RDBStorage without the ORM where workers use it most: the trial cache's reads, a pruner's attribute read and write."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from studies._optuna.trial_rows import (
     intermediate_values,
     optuna_studies,
     params,
+    set_system_attrs,
     trial_values,
     trials,
     user_attrs,
@@ -77,6 +78,7 @@ _PAUSED_MARKS = sa.select(
     ),
 ).where(system_attrs.c.trial_id.in_(sa.bindparam("ids", expanding=True)), system_attrs.c.key == PAUSED_ATTR)
 _STUDY = sa.select(optuna_studies.c.study_id).where(optuna_studies.c.study_id == sa.bindparam("study_id"))
+_STATE = sa.select(trials.c.state).where(trials.c.trial_id == sa.bindparam("trial_id"))
 
 
 class BulkReadRDBStorage(optuna.storages.RDBStorage):
@@ -164,6 +166,17 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
             (row for row in rows if row.key is not None), key=attrgetter("trial_system_attribute_id")
         )
         return {row.key: json.loads(row.value_json) for row in found}
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        # What successive halving (and so Hyperband) writes at each rung a trial passes. Optuna's goes through
+        # its ORM session, about 1.9 ms of a worker's CPU each; the same check (KeyError for no trial,
+        # UpdateFinishedTrialError for a finished one) and upsert as two plain statements.
+        with self.engine.begin() as connection:
+            state = connection.execute(_STATE, {"trial_id": trial_id}).scalar()
+            if state is None:
+                raise KeyError(NOT_FOUND_MSG)
+            self.check_trial_is_updatable(trial_id, state)
+            set_system_attrs(connection, trial_id, {key: value})
 
 
 def trials_by_id(connection: sa.Connection, trial_ids: Sequence[int]) -> dict[int, FrozenTrial]:

@@ -86,6 +86,33 @@ def test_the_bulk_reader_builds_what_optunas_reader_builds(
         storage.engine.dispose()
 
 
+def test_a_system_attribute_is_written_as_optunas_storage_writes_it(store_url: str, study_name: str) -> None:
+    storage = open_storage(store_url)
+    optunas = optuna.storages.RDBStorage(storage.url, skip_compatibility_check=True)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=optunas)
+        running, waiting, done = study.ask(), study.ask(), study.ask()
+        optunas.set_trial_state_values(waiting._trial_id, TrialState.WAITING)
+        study.tell(done, 1.0)
+        for trial in (running, waiting):
+            storage.set_trial_system_attr(trial._trial_id, "completed_rung_0", 0.5)
+            storage.set_trial_system_attr(
+                trial._trial_id, "completed_rung_0", 0.25
+            )  # replaced, as Optuna does
+            storage.set_trial_system_attr(trial._trial_id, "nested", {"a": [1, None]})
+            attrs = optunas.get_trial_system_attrs(trial._trial_id)
+            assert attrs["completed_rung_0"] == 0.25 and attrs["nested"] == {"a": [1, None]}
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_system_attr(done._trial_id, "completed_rung_0", 0.5)
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            optunas.set_trial_system_attr(done._trial_id, "completed_rung_0", 0.5)
+        with pytest.raises(KeyError):
+            storage.set_trial_system_attr(10_000_000, "completed_rung_0", 0.5)
+    finally:
+        optunas.engine.dispose()
+        storage.engine.dispose()
+
+
 def test_a_missing_study_or_trial_is_a_key_error_as_with_optunas_reader(store_url: str) -> None:
     storage = open_storage(store_url)
     try:
