@@ -21,7 +21,13 @@ from studies.errors import TrialVanished, WorkerDeclaredLost
 from studies.lifecycle import Held, TrialLifecycle, lock_held
 from studies.records import Claim, ClaimedTrial, StudyRecord, WorkerIdentity, record_from_row
 from studies.resilience import GaveUp, is_transient, with_retry
-from studies.sampling import build_pruner, build_sampler, derived_seed, sample_params
+from studies.sampling import (
+    build_pruner,
+    build_sampler,
+    derived_seed,
+    pruner_reads_its_resources,
+    sample_params,
+)
 from studies.space import conditions, distributions
 from studies.spec import AshaPruner, StudySpec
 from studies.states import WORKER_ALIVE, StudyState, WorkerState
@@ -39,9 +45,10 @@ class ClaimTransaction(TrialLifecycle):
 
     def __init__(self, storage: RDBStorage) -> None:
         super().__init__(storage)
-        # Parsed specs and samplers per (study name, Optuna study id), for the life of the process.
+        # Parsed specs, samplers and pruners per (study name, Optuna study id), for the life of the process.
         self._specs: dict[tuple[str, int], StudySpec] = {}
         self._samplers: dict[tuple[str, int], optuna.samplers.BaseSampler] = {}
+        self._pruners: dict[tuple[str, int], optuna.pruners.BasePruner] = {}
 
     def _runnable(
         self,
@@ -228,10 +235,22 @@ class ClaimTransaction(TrialLifecycle):
             sampler = self._samplers[key] = build_sampler(record.spec, claim_index=claim_index, prior=prior)
         return sampler
 
+    def _pruner(self, record: StudyRecord) -> optuna.pruners.BasePruner:
+        # One pruner per study, as Optuna's optimize keeps one: Hyperband builds a study for each
+        # bracket (a lookup by name) once, not at every claim. One that finds its resources from the
+        # finished trials when it first decides is built per claim, to see the trials as they are now.
+        if pruner_reads_its_resources(record.spec):
+            return build_pruner(record.spec)
+        key = (record.name, record.optuna_study_id)
+        pruner = self._pruners.get(key)
+        if pruner is None:
+            pruner = self._pruners[key] = build_pruner(record.spec)
+        return pruner
+
     def _sample(self, record: StudyRecord, frozen: FrozenTrial) -> optuna.Study:
         study = self._study(record)
         study.sampler = self._sampler(record, claim_index=record.n_claimed - 1)
-        study.pruner = build_pruner(record.spec)
+        study.pruner = self._pruner(record)
         sample_params(study, frozen, distributions(record.spec.space), conditions(record.spec.space))
         return study
 

@@ -141,6 +141,15 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     raise ValueError(f"unknown pruner {p!r}")
 
 
+def pruner_reads_its_resources(spec: StudySpec) -> bool:
+    """Whether the spec's pruner finds a resource from the study's finished trials when it first decides
+    (Optuna's "auto"): successive halving without min_resource, Hyperband over a space without epochs."""
+    p = spec.pruner
+    if isinstance(p, SuccessiveHalvingPruner):
+        return not p.min_resource
+    return isinstance(p, HyperbandPruner) and not spec.space.max_epochs()
+
+
 def sample_params(
     study: optuna.Study,
     trial: FrozenTrial,

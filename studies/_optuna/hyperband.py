@@ -14,9 +14,8 @@ class HyperbandPruner(optuna.pruners.HyperbandPruner):
 
     Optuna builds a new Study for the trial's bracket at each pruner decision and each filtered sample,
     and a Study's constructor looks its id up by name in the store: a query every time. Kept by study id
-    and bracket, each is built once. tunefleet builds a pruner for each claim (claim.py), so a kept study
-    lives no longer than the trial it prunes, and each is handed out as a new one would be, with no
-    snapshot of the study's trials.
+    and bracket, each is built once for as long as the pruner lives (a worker keeps one per study,
+    claim.py), and each is handed out as a new one would be, with no snapshot of the study's trials.
     """
 
     def __init__(self, **kwargs: Any) -> None:

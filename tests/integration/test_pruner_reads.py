@@ -6,15 +6,18 @@ import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import optuna
+import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from studies import open_storage
+from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
 from studies._optuna.claimed_trial import ClaimedTrial
 from studies._optuna.hyperband import HyperbandPruner
 from studies._optuna.internals import frozen_trial_of
+from tests.conftest import tiny_spec
 
 EPOCHS = 9
 HYPERBAND = {"min_resource": 1, "max_resource": EPOCHS, "reduction_factor": 3}
@@ -99,3 +102,45 @@ def test_a_claimed_trials_hyperband_decisions_are_optunas_without_reading_the_wh
     finally:
         stock_storage.engine.dispose()
         storage.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("pruner", "kept"),
+    [
+        ({"name": "hyperband", "min_resource": 1, "reduction_factor": 3}, True),
+        ({"name": "successive_halving", "min_resource": 1}, True),
+        # "auto": Optuna finds min_resource from the finished trials at its first decision.
+        ({"name": "successive_halving"}, False),
+    ],
+)
+def test_a_worker_keeps_one_pruner_a_study_unless_it_finds_its_resources_from_the_trials(
+    repository: StudyRepository, study_name: str, pruner: dict[str, Any], kept: bool
+) -> None:
+    space = {
+        "epochs": {"type": "int", "low": EPOCHS, "high": EPOCHS},
+        "width": {"type": "int", "low": 8, "high": 64},
+    }
+    repository.create(
+        StudySpec.model_validate(tiny_spec(study_name, space=space, pruner=pruner, budget={"n_trials": 12}))
+    )
+    worker = WorkerIdentity(host="test", pid=1, device="cpu")
+    rng = random.Random(5)
+    pruners: list[optuna.pruners.BasePruner] = []
+    with statements(repository.engine) as seen:
+        while (claim := repository.claim(worker, study_names=[study_name])) is not None:
+            pruners.append(claim.study.pruner)
+            level = rng.random()
+            for epoch in range(1, EPOCHS + 1):
+                repository.report(claim, level + rng.random() / epoch, epoch)
+                if claim.trial.should_prune():
+                    repository.prune(claim, {})
+                    break
+            else:
+                repository.complete(claim, level, {})
+    assert len(pruners) == 12
+    assert all(p is pruners[0] for p in pruners) == kept
+    assert all(p is not pruners[0] for p in pruners[1:]) == (not kept)
+    if pruner["name"] == "hyperband":
+        # Optuna's study, and each of Hyperband's three brackets (9 epochs), looked up by name once: not at each
+        # claim (18 lookups when each claim built its pruner).
+        assert sum("FROM studies WHERE studies.study_name =" in " ".join(q.split()) for q in seen) <= 4
