@@ -24,6 +24,7 @@ from bench.module_task import MODULE_PRESETS
 from bench.reporting import benchmark_parser, command_line, markdown_table, median_interval, publish
 from bench.text_task import PRESETS, Trainer, feature_cache_dir, load_preset, plain_trainer, versions
 from studies import StudyRepository, StudySpec, WorkerIdentity, open_storage
+from studies.artifacts import open_artifact_store
 from studies.space import conditions, distributions
 from studies.spec import DEFAULT_COST_WEIGHT, DEFAULT_PATIENCE, Space
 from worker.device import configure_threads
@@ -33,7 +34,11 @@ from worker.runner import TrialRunner
 WORKER = WorkerIdentity(host=platform.node(), pid=os.getpid(), device="cpu", worker_id="bench")
 # tunefleet on the unconditional head space: width and activation drawn at every depth, a linear head's included.
 UNCONDITIONAL = "tunefleet-unconditional"
-METHODS = ("tunefleet", UNCONDITIONAL, "optuna-tpe", "random")
+# tunefleet's defaults with pause and promote: a trial behind at a rung (epochs 1, 3, 9) pauses with a checkpoint and
+# goes on from it when promoted (replay benchmark's tunefleet-asha).
+ASHA = "tunefleet-asha"
+ASHA_PRUNER = {"name": "asha", "min_resource": 1, "reduction_factor": 3}
+METHODS = ("tunefleet", ASHA, UNCONDITIONAL, "optuna-tpe", "random")
 # A condition that holds at every depth: width and activation drawn for a linear head too.
 EVERY_DEPTH = {"depth": {"ge": 0}}
 
@@ -125,12 +130,25 @@ def run_tunefleet(
     storage = open_storage(f"sqlite:///{workdir / f'{method}-{seed}.db'}")
     repository = StudyRepository(storage)
     repository.create(spec)
-    runner = TrialRunner(repository=repository, device=torch.device("cpu"), cache_dir=cache_dir)
+    runner = TrialRunner(
+        repository=repository,
+        device=torch.device("cpu"),
+        cache_dir=cache_dir,
+        # A pruner that pauses trials needs their checkpoints to promote them (written only at a pause); with a
+        # store, the runner also keeps each new best trial's model, as a worker does.
+        artifact_store=open_artifact_store(str(workdir / f"{method}-{seed}-artifacts"))
+        if spec.rungs()
+        else None,
+        checkpoint_interval_s=math.inf,
+    )
     # The baselines get the task's features loaded before their clocks start; so does tunefleet's
     # worker, which otherwise read them from the cache inside its first trial (a second of CPU here).
     runner.prepare(spec.task)
     run = Run(method=method, seed=seed, points=[])
     epochs_used = 0
+    # Epochs each trial has reported so far: a promoted trial goes on from its checkpoint, and only its new
+    # epochs are counted.
+    counted: dict[int, int] = {}
     best = float("inf")
     started = time.process_time()
     while epochs_used < epoch_budget:
@@ -141,7 +159,8 @@ def run_tunefleet(
         # The benchmark's own bookkeeping: one read of the trial, the best kept here as Study.best_value
         # keeps it (COMPLETE trials only), so the measurement costs tunefleet no more than the baselines.
         trial = repository.storage.get_trial(claim.trial._trial_id)
-        epochs_used += len(trial.intermediate_values)
+        epochs_used += len(trial.intermediate_values) - counted.get(trial._trial_id, 0)
+        counted[trial._trial_id] = len(trial.intermediate_values)
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
             best = min(best, trial.value)
         run.points.append(Point(cpu_s=time.process_time() - started, epochs=epochs_used, best=best))
@@ -162,12 +181,18 @@ def seed_spec(raw: dict[str, Any], seed: int) -> StudySpec:
 
 
 def run_seed(
-    raw: dict[str, Any], seed: int, epoch_budget: int, cache_dir: Path, unconditional: bool = False
+    raw: dict[str, Any],
+    seed: int,
+    epoch_budget: int,
+    cache_dir: Path,
+    unconditional: bool = False,
+    asha: bool = False,
 ) -> list[Run]:
     """The methods on one seed, one after another in this process (one CPU thread).
 
     With unconditional, tunefleet also searches the unconditional space (width and activation drawn at depth 0
-    too), against the same random search: both ratios come from one run.
+    too), and with asha it also runs with pause and promote (ASHA), against the same random search: every ratio
+    comes from one run.
     """
     # One thread per run, as tunefleet's CPU workers use (measured faster for small heads on 2 cores).
     configure_threads(1)
@@ -179,6 +204,9 @@ def run_seed(
         if unconditional:
             old = seed_spec(unconditional_head(raw), seed)
             runs.append(run_tunefleet(old, seed, epoch_budget, cache_dir, Path(workdir), UNCONDITIONAL))
+        if asha:
+            paused = seed_spec({**raw, "pruner": ASHA_PRUNER}, seed)
+            runs.append(run_tunefleet(paused, seed, epoch_budget, cache_dir, Path(workdir), ASHA))
         runs += [
             run_plain_optuna("optuna-tpe", spec, train, seed, epoch_budget),
             run_plain_optuna("random", spec, train, seed, epoch_budget),
@@ -361,6 +389,13 @@ def report(runs: list[Run], config: dict[str, Any]) -> dict[str, Any]:
             f"\n\n{UNCONDITIONAL}: tunefleet on the same space with width and activation drawn at every depth,"
             " a linear head's included, rather than only at depth >= 1; against the same random search."
         )
+    if ASHA in summary:
+        result["markdown"] += (
+            f"\n\n{ASHA}: tunefleet's defaults with pruner `{json.dumps(ASHA_PRUNER)}` instead of Hyperband: a trial"
+            " behind at a rung (epochs 1, 3, 9) pauses with a checkpoint and goes on from it when a later claim"
+            " promotes it; only its new epochs count. It keeps each new best trial's model in an artifact store"
+            " (its checkpoints need one), which the other methods here do not; its compute includes that."
+        )
     if "cpu" in config:
         result["markdown"] += (
             f"\n\nMachine: {config['cores']} cores, {config['cpu']}; Python {config['python']}, "
@@ -416,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rescore", type=Path, help="only recompute this results file's figures from its runs"
     )
     parser.add_argument(
+        "--asha",
+        action="store_true",
+        help=f"also run tunefleet with pause and promote, pruner {json.dumps(ASHA_PRUNER)} ({ASHA})",
+    )
+    parser.add_argument(
         "--unconditional-head",
         action="store_true",
         help=f"also run tunefleet with width and activation drawn at depth 0 too ({UNCONDITIONAL})",
@@ -434,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     # The features (or the built-in pretrained model) built once here, so parallel seeds only read the cache.
     plain_trainer(StudySpec.model_validate({**raw, "name": "probe"}).task, cache)
     runs: list[Run] = []
-    jobs = [(raw, seed, budget, cache, args.unconditional_head) for seed in range(seeds)]
+    jobs = [(raw, seed, budget, cache, args.unconditional_head, args.asha) for seed in range(seeds)]
     if args.jobs > 1:
         # Each seed in its own single-threaded process: compute is each process's own CPU time,
         # so running seeds side by side changes the wall time, not what is measured.
@@ -453,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         **versions(),
         "jobs": args.jobs,
         "unconditional_head": args.unconditional_head,
+        "asha": args.asha,
         "wall_s": round(time.monotonic() - started, 1),
     }
     result = report(runs, config)
