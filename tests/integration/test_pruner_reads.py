@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +17,10 @@ from studies._optuna.claimed_trial import ClaimedTrial
 from studies._optuna.hyperband import HyperbandPruner
 from studies._optuna.internals import frozen_trial_of
 from tests.conftest import tiny_spec
+from tests.sql_statements import statements
 
 EPOCHS = 9
 HYPERBAND = {"min_resource": 1, "max_resource": EPOCHS, "reduction_factor": 3}
-
-
-@contextmanager
-def statements(engine: sa.Engine) -> Iterator[list[str]]:
-    """The SQL the engine runs meanwhile."""
-    seen: list[str] = []
-
-    def record(*args: object) -> None:
-        seen.append(str(args[2]))
-
-    sa.event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
 
 
 def run_trials(

@@ -18,6 +18,7 @@ from studies import StudyRepository, open_storage
 from studies.schema import VERSION_TABLE, current_revision, head_revision, upgrade_store
 from studies.storage import normalize_url
 from studies.tables import metadata, studies_table, workers_table
+from tests.sql_statements import statements
 
 NOW = datetime(2026, 11, 1, 12, 0, 0)
 
@@ -82,21 +83,6 @@ def make_store_before_migrations(url: str, *, grace_s: bool, leases: bool) -> sa
     return engine
 
 
-def statements_of(engine: sa.Engine, run: Any) -> list[str]:
-    """The SQL statements `run()` sends to the store."""
-    sent: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", record)
-    try:
-        run()
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", record)
-    return sent
-
-
 def test_a_fresh_store_gets_tunefleets_tables_at_the_newest_revision_in_its_own_version_table(
     empty_store_url: str,
 ) -> None:
@@ -149,7 +135,8 @@ def test_upgrading_an_upgraded_store_sends_no_ddl_and_leaves_it_at_the_newest_re
     engine = open_storage(empty_store_url).engine
     try:
         upgrade_store(engine)
-        sent = statements_of(engine, lambda: upgrade_store(engine))
+        with statements(engine) as sent:
+            upgrade_store(engine)
         assert not [s for s in sent if s.lstrip().upper().startswith(("CREATE", "ALTER", "DROP", "INSERT"))]
         with engine.connect() as connection:
             assert current_revision(connection) == head_revision()

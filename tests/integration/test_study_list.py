@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from studies import StudyRepository, StudySpec, WorkerIdentity
 from studies.records import DATA_WARNINGS_ATTR
 from tests.conftest import tiny_spec
+from tests.sql_statements import statements as sql_statements
 
 WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
 SEVERAL = {
@@ -71,15 +71,10 @@ def twenty_studies(repository: StudyRepository, study_name: str) -> list[str]:
 @pytest.fixture
 def statements(repository: StudyRepository) -> Iterator[list[str]]:
     """The SQL statements the service runs on the repository's engine, save the reaper's on its own thread."""
-    seen: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if threading.current_thread().name != "tunefleet-reaper":
-            seen.append(statement)
-
-    sa.event.listen(repository.engine, "before_cursor_execute", count)
-    yield seen
-    sa.event.remove(repository.engine, "before_cursor_execute", count)
+    with sql_statements(
+        repository.engine, lambda: threading.current_thread().name != "tunefleet-reaper"
+    ) as seen:
+        yield seen
 
 
 def listed(client: TestClient, statements: list[str], limit: int) -> tuple[list[dict[str, Any]], int]:

@@ -7,7 +7,6 @@ from typing import Any
 
 import optuna
 import pytest
-import sqlalchemy as sa
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
@@ -16,6 +15,7 @@ from studies._optuna import trial_rows
 from studies._optuna.reference import read_trials
 from studies._optuna.trial_reads import BulkReadRDBStorage
 from studies.promotion import PAUSED_ATTR, pause_trial
+from tests.sql_statements import statements as sql_statements
 
 SPACE = {
     "learning_rate": FloatDistribution(1e-4, 1e-1, log=True),
@@ -170,18 +170,12 @@ def test_child_rows_are_sorted_here_not_by_the_database(store_url: str, study_na
     # PostgreSQL plan a parallel scan for every claim's cache refresh (benchmark 2 at 8 workers:
     # claims twice as slow). The reader sorts those rows itself; only the trials query orders.
     storage = open_storage(store_url)
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
     try:
         study = optuna.create_study(study_name=study_name, storage=storage)
         fill(study)
         first_id = study.trials[0]._trial_id
-        sa.event.listen(storage.engine, "before_cursor_execute", record)
-        got = read_trials(storage, study._study_id, None, {first_id + 1}, first_id + 8)
-        sa.event.remove(storage.engine, "before_cursor_execute", record)
+        with sql_statements(storage.engine) as statements:
+            got = read_trials(storage, study._study_id, None, {first_id + 1}, first_id + 8)
         assert [t.number for t in got] == [1, 9, 10, 11, 12]
         ordered = [s for s in statements if "ORDER BY" in s.upper()]
         assert len(ordered) == 1 and "FROM trials" in ordered[0], ordered
