@@ -94,19 +94,16 @@ def environment(url: str) -> dict[str, Any]:
     }
 
 
-def environment_markdown(env: Mapping[str, Any], command: str) -> str:
-    """The machine, versions and command, as Markdown lines under a table."""
+def environment_markdown(env: Mapping[str, Any]) -> str:
+    """The machine and versions, as a Markdown line under a table (the report puts the command atop it)."""
     v = env["versions"]
     busy = env.get("load_average_at_start"), env.get("load_average_at_end")
-    return "\n".join(
-        [
-            f"Machine: {env['cores']} cores, {env['cpu']}; load average (1 min) {busy[0][0] if busy[0] else '?'} "
-            f"at start, {busy[1][0] if busy[1] else '?'} at end (other work shares this machine). "
-            f"Python {v.get('python')}, optuna {v.get('optuna')}, SQLAlchemy {v.get('sqlalchemy')}, "
-            f"psycopg {v.get('psycopg')}, PostgreSQL {v.get('postgresql')} "
-            f"(max_connections={env['max_connections']}).",
-            f"Command: `{command}`",
-        ]
+    return (
+        f"Machine: {env['cores']} cores, {env['cpu']}; load average (1 min) {busy[0][0] if busy[0] else '?'} "
+        f"at start, {busy[1][0] if busy[1] else '?'} at end (other work shares this machine). "
+        f"Python {v.get('python')}, optuna {v.get('optuna')}, SQLAlchemy {v.get('sqlalchemy')}, "
+        f"psycopg {v.get('psycopg')}, PostgreSQL {v.get('postgresql')} "
+        f"(max_connections={env['max_connections']})."
     )
 
 
@@ -133,7 +130,7 @@ class StoreRun:
         }
 
     def markdown(self) -> str:
-        return environment_markdown(self.env, self.command)
+        return environment_markdown(self.env)
 
 
 # -- statistics -------------------------------------------------------------------------------------

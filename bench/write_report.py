@@ -112,9 +112,13 @@ def section(name: str, result: dict[str, Any]) -> str:
     config = result.get("config", {})
     lines = [f"## {ORDER.get(name, EXTRA.get(name, name))}", ""]
     command = config.get("command")
+    markdown = result.get("markdown", "(no table)")
     if command:
-        lines += [f"Command: `{command}`", ""]
-    lines += [result.get("markdown", "(no table)"), ""]
+        said = f"Command: `{command}`"
+        lines += [said, ""]
+        # Said once, atop the section: the store benchmarks' results made before now repeat it under their tables.
+        markdown = "\n".join(line for line in markdown.split("\n") if line != said)
+    lines += [markdown, ""]
     targets = result.get("targets", [])
     if targets:
         lines += ["| target | figure | verdict |", "| --- | --- | --- |"]

@@ -191,11 +191,18 @@ def test_the_report_gathers_results_into_benchmarks_md(
     (results / "finetune_throughput.json").write_text(
         json.dumps({"markdown": "| a |", "config": {"command": "python -m x"}, "targets": []})
     )
+    # A store benchmark's results made before now say their command under the table too: said once, atop.
+    (results / "claim_phases.json").write_text(
+        json.dumps(
+            {"markdown": "| b |\n\nMachine: m.\nCommand: `python -m y`", "config": {"command": "python -m y"}}
+        )
+    )
     monkeypatch.chdir(tmp_path)
     assert write_report.main() == 0
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "3. Fine-tuning throughput" in text and "`python -m x`" in text
     assert "1. Time to a good model" in text  # listed as not measured
+    assert text.count("`python -m y`") == 1 and "Command: `python -m y`\n\n| b |\n\nMachine: m.\n" in text
 
 
 def test_the_report_keeps_a_section_written_by_hand_and_skips_one_another_covers(
