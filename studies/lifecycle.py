@@ -114,10 +114,16 @@ class TrialLifecycle(StudyCatalog):
         1/reduction_factor of the trials that reached that rung, and so goes on without pausing."""
         pruner = claim.spec.pruner
         assert isinstance(pruner, AshaPruner)
-        with self._begin() as connection:
-            values = promotion.rung_values(connection, claim.study._study_id, epoch)
         minimize = claim.spec.objective.epoch_direction == "minimize"
-        return claim.trial.number in promotion.best_share(values, pruner.reduction_factor, minimize=minimize)
+        with self._begin() as connection:
+            return promotion.passes_rung(
+                connection,
+                claim.study._study_id,
+                epoch,
+                claim.trial.number,
+                pruner.reduction_factor,
+                minimize=minimize,
+            )
 
     def pause(self, claim: Claim, epoch: int, attrs: dict[str, Any]) -> None:
         """Pause the claim's trial after a rung's epoch: WAITING, its per-epoch values and checkpoint kept and its
@@ -147,14 +153,15 @@ class TrialLifecycle(StudyCatalog):
             return []
         study_id = record.optuna_study_id
         reason: str | None = None
+        late = record.deadline_at is not None and record.deadline_at <= utcnow()
+        # Called after every trial of an asha study: while its budget lasts, without reading its paused trials.
+        if record.state == StudyState.RUNNING and not late and record.n_claimed < record.n_trials:
+            return []
         with self._begin() as connection:
             paused = promotion.paused_trials(connection, study_id)
             if not paused:
                 return []
             if record.state == StudyState.RUNNING:
-                late = record.deadline_at is not None and record.deadline_at <= utcnow()
-                if not late and record.n_claimed < record.n_trials:
-                    return []
                 if promotion.active_trials(connection, study_id):
                     return []
                 minimize = record.spec.objective.epoch_direction == "minimize"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,37 +30,6 @@ __all__ = ["PAUSED_ATTR", "PROMOTED_ATTR"]
 PROMOTED_ATTR = "tunefleet:promoted_from"
 
 
-def best_share(values: Iterable[tuple[int, float]], reduction_factor: int, *, minimize: bool) -> set[int]:
-    """The trial numbers in the best 1/reduction_factor (rounded down, but at least the best one) of (number,
-    value) pairs at one rung, as Optuna's SuccessiveHalvingPruner counts them: the first trial to reach a rung
-    goes on, so a study's first trials run to their end and a small budget still trains some trial fully.
-
-    Ties go to the lower number (the earlier trial); a value that is not a number ranks last.
-    """
-    ranked = _ranked(values, minimize=minimize)
-    return set(ranked[: share(len(ranked), reduction_factor)])
-
-
-def share(n: int, reduction_factor: int) -> int:
-    """How many of n trials at a rung go on: n // reduction_factor, and at least one."""
-    return max(1, n // reduction_factor) if n else 0
-
-
-def _ranked(values: Iterable[tuple[int, float]], *, minimize: bool) -> list[int]:
-    """Trial numbers from best to worst value; ties to the lower number, a value that is not a number last."""
-    return [
-        number
-        for number, value in sorted(
-            values,
-            key=lambda pair: (
-                math.isnan(pair[1]),
-                0.0 if math.isnan(pair[1]) else pair[1] if minimize else -pair[1],
-                pair[0],
-            ),
-        )
-    ]
-
-
 @dataclass(frozen=True)
 class Paused:
     """A paused trial: its id, number and the rung it waits at."""
@@ -81,19 +50,90 @@ _PAUSED = (
     )
     .order_by(trials.c.number)
 )
-_RUNG_VALUES = (
-    sa.select(
-        trials.c.number,
-        intermediate_values.c.intermediate_value,
-        intermediate_values.c.intermediate_value_type,
-    )
-    .join(intermediate_values, intermediate_values.c.trial_id == trials.c.trial_id)
+_TYPE = TrialIntermediateValueModel.TrialIntermediateValueType
+_PAUSED_RUNGS = (
+    sa.select(system_attrs.c.value_json)
+    .distinct()
+    .join(trials, system_attrs.c.trial_id == trials.c.trial_id)
     .where(
         trials.c.study_id == sa.bindparam("study_id"),
-        trials.c.state != TrialState.FAIL,
-        intermediate_values.c.step == sa.bindparam("epoch"),
+        trials.c.state == TrialState.WAITING,
+        system_attrs.c.key == PAUSED_ATTR,
     )
 )
+
+
+@functools.cache
+def _best_share(minimize: bool) -> sa.Subquery:
+    """The trials in the best share of a rung (bound: study_id, epoch, reduction_factor), each with its place.
+
+    Ranked in the store, so that a claim does not carry every value at the rung into Python (a study of thousands
+    of trials has thousands at its first rung): by value in the direction, ties to the lower number (the earlier
+    trial), NaN last; of the n trials that reported at the rung and have not failed, the best n // reduction_factor
+    go on, and at least the best one, as Optuna's SuccessiveHalvingPruner counts them (the first trial to reach a
+    rung goes on, so a small budget still trains some trial fully).
+    """
+    t, v = trials.c, intermediate_values.c
+    kind = v.intermediate_value_type
+    # Non-finite values are stored as NULL with their kind: order the kinds, then the finite values.
+    first, last = (_TYPE.INF_NEG, _TYPE.INF_POS) if minimize else (_TYPE.INF_POS, _TYPE.INF_NEG)
+    kinds = sa.case((kind == first, 0), (kind == _TYPE.FINITE, 1), (kind == last, 2), else_=3)
+    value = v.intermediate_value.asc() if minimize else v.intermediate_value.desc()
+    ranked = (
+        sa.select(
+            t.trial_id,
+            t.number,
+            t.state,
+            sa.func.row_number().over(order_by=(kinds, value, t.number)).label("place"),
+            sa.func.count().over().label("reached"),
+        )
+        .join(intermediate_values, v.trial_id == t.trial_id)
+        .where(
+            t.study_id == sa.bindparam("study_id"),
+            t.state != TrialState.FAIL,
+            v.step == sa.bindparam("epoch"),
+        )
+        .subquery()
+    )
+    factor = sa.bindparam("reduction_factor", type_=sa.Integer)
+    # place <= n // factor, for positive integers, without a division each dialect rounds its own way.
+    return (
+        sa.select(ranked)
+        .where(sa.or_(ranked.c.place == 1, ranked.c.place * factor <= ranked.c.reached))
+        .subquery()
+    )
+
+
+@functools.cache
+def _passes(minimize: bool) -> sa.Select[Any]:
+    best = _best_share(minimize)
+    return sa.select(best.c.place).where(best.c.number == sa.bindparam("number"))
+
+
+@functools.cache
+def _promotable_at(minimize: bool) -> sa.Select[Any]:
+    """The paused trials in a rung's best share, best first, with the rung each waits at."""
+    best = _best_share(minimize)
+    return (
+        sa.select(best.c.trial_id, best.c.number, system_attrs.c.value_json)
+        .join(system_attrs, system_attrs.c.trial_id == best.c.trial_id)
+        .where(best.c.state == TrialState.WAITING, system_attrs.c.key == PAUSED_ATTR)
+        .order_by(best.c.place)
+    )
+
+
+def passes_rung(
+    connection: sa.Connection,
+    study_id: int,
+    epoch: int,
+    number: int,
+    reduction_factor: int,
+    *,
+    minimize: bool,
+) -> bool:
+    """Whether the study's trial of that number, having reported at the rung, is in the rung's best share."""
+    bound = {"study_id": study_id, "epoch": epoch, "reduction_factor": reduction_factor, "number": number}
+    return connection.execute(_passes(minimize), bound).first() is not None
 
 
 def paused_trials(connection: sa.Connection, study_id: int) -> list[Paused]:
@@ -120,35 +160,27 @@ def is_paused() -> sa.ColumnElement[bool]:
     )
 
 
-def rung_values(connection: sa.Connection, study_id: int, epoch: int) -> list[tuple[int, float]]:
-    """(number, value) of every trial of the study that reported a value at the epoch and has not failed."""
-    rows = connection.execute(_RUNG_VALUES, {"study_id": study_id, "epoch": epoch}).all()
-    return [
-        (
-            int(row.number),
-            float(
-                TrialIntermediateValueModel.stored_repr_to_intermediate_value(
-                    row.intermediate_value, row.intermediate_value_type
-                )
-            ),
-        )
-        for row in rows
-    ]
-
-
 def promotable(
     connection: sa.Connection, study_id: int, reduction_factor: int, *, minimize: bool
 ) -> list[Paused]:
     """The study's paused trials that are now in the best share of their rung: the highest rung first, then the
     best value (as ASHA promotes: the trials nearest the full budget go on first)."""
-    paused = paused_trials(connection, study_id)
+    rungs = sorted(
+        (
+            int(json.loads(value))
+            for value in connection.execute(_PAUSED_RUNGS, {"study_id": study_id}).scalars()
+        ),
+        reverse=True,
+    )
     found: list[Paused] = []
-    for epoch in sorted({p.epoch for p in paused}, reverse=True):
-        values = rung_values(connection, study_id, epoch)
-        ranked = _ranked(values, minimize=minimize)
-        rank = {number: i for i, number in enumerate(ranked[: share(len(ranked), reduction_factor)])}
+    for epoch in rungs:
+        bound = {"study_id": study_id, "epoch": epoch, "reduction_factor": reduction_factor}
+        rows = connection.execute(_promotable_at(minimize), bound).all()
+        # A trial paused at a higher rung reported at this one too: it waits at that one, not here.
         found.extend(
-            sorted((p for p in paused if p.epoch == epoch and p.number in rank), key=lambda p: rank[p.number])
+            Paused(int(row.trial_id), int(row.number), epoch)
+            for row in rows
+            if json.loads(row.value_json) == epoch
         )
     return found
 

@@ -96,8 +96,9 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Paused trials as last built, by id, with what would change if they had run since (_paused_marks).
-        self._paused: dict[int, tuple[tuple[Any, ...], FrozenTrial]] = {}
+        # Paused trials as last built, by id: their study, what would change if they had run since
+        # (_paused_marks), and the trial.
+        self._paused: dict[int, tuple[int, tuple[Any, ...], FrozenTrial]] = {}
 
     def _get_trials(
         self,
@@ -107,44 +108,50 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
         trial_id_greater_than: int,
     ) -> list[FrozenTrial]:
         included = {i for i in included_trial_ids if i <= trial_id_greater_than}
-        where = trials.c.study_id == study_id
-        if states is not None:
-            assert isinstance(states, Iterable)
-            where = sa.and_(where, trials.c.state.in_(list(states)))
-        if included and trial_id_greater_than > -1:
-            where = sa.and_(
-                where,
-                sa.or_(trials.c.trial_id.in_(sorted(included)), trials.c.trial_id > trial_id_greater_than),
-            )
-        elif trial_id_greater_than > -1:
-            where = sa.and_(where, trials.c.trial_id > trial_id_greater_than)
         with self.engine.connect() as connection:
             found = connection.execute(_STUDY, {"study_id": study_id}).first()
             if found is None:
                 raise KeyError(NOT_FOUND_MSG)
-            rows = connection.execute(sa.select(trials).where(where).order_by(trials.c.trial_id)).all()
             # Optuna's cache reads every unfinished trial again at each refresh, and under an asha pruner most of
-            # a study's trials wait paused: a paused trial that has not run since it was last built is reused.
+            # a study's trials wait paused: a paused trial that has not run since it was last built is reused,
+            # its row not read again.
+            kept: dict[int, FrozenTrial] = {}
+            if states is None or TrialState.WAITING in states:
+                built_before = [
+                    trial_id
+                    for trial_id, (of_study, _, _) in self._paused.items()
+                    if of_study == study_id and (trial_id in included or trial_id > trial_id_greater_than)
+                ]
+                kept = {
+                    trial_id: memo[2]
+                    for trial_id, mark in _paused_marks(connection, built_before).items()
+                    if (memo := self._paused[trial_id])[1] == mark
+                }
+                for trial_id in built_before:
+                    if trial_id not in kept:
+                        del self._paused[trial_id]
+            where = trials.c.study_id == study_id
+            if states is not None:
+                assert isinstance(states, Iterable)
+                where = sa.and_(where, trials.c.state.in_(list(states)))
+            if trial_id_greater_than > -1:
+                after: sa.ColumnElement[bool] = trials.c.trial_id > trial_id_greater_than
+                to_read = included.difference(kept)
+                if to_read:
+                    after = sa.or_(trials.c.trial_id.in_(sorted(to_read)), after)
+                where = sa.and_(where, after)
+            kept_after = sorted(i for i in kept if i > trial_id_greater_than)
+            if kept_after:
+                where = sa.and_(where, trials.c.trial_id.not_in(kept_after))
+            rows = connection.execute(sa.select(trials).where(where).order_by(trials.c.trial_id)).all()
             marks = _paused_marks(
                 connection, [row.trial_id for row in rows if row.state == TrialState.WAITING]
             )
-            kept = {
-                trial_id: memo[1]
-                for trial_id, mark in marks.items()
-                if (memo := self._paused.get(trial_id)) is not None and memo[0] == mark
-            }
-            fresh = [row for row in rows if row.trial_id not in kept]
-            children = _children(connection, [row.trial_id for row in fresh])
-        built = dict(zip((row.trial_id for row in fresh), _frozen_trials(fresh, children), strict=True))
-        for row in rows:
-            if row.trial_id in marks:
-                self._paused[row.trial_id] = (
-                    marks[row.trial_id],
-                    kept.get(row.trial_id) or built[row.trial_id],
-                )
-            else:
-                self._paused.pop(row.trial_id, None)
-        return [kept.get(row.trial_id) or built[row.trial_id] for row in rows]
+            children = _children(connection, [row.trial_id for row in rows])
+        built = dict(zip((row.trial_id for row in rows), _frozen_trials(rows, children), strict=True))
+        for trial_id, mark in marks.items():
+            self._paused[trial_id] = (study_id, mark, built[trial_id])
+        return [trial for _, trial in sorted({**kept, **built}.items())]
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         # Every pruner decision reads its running trial's system attributes through this (Optuna's cache keeps

@@ -1,14 +1,13 @@
-"""The asha pruner's rules: its rungs, how many trials a rung lets on, and which spaces it can run."""
+"""The asha pruner's rules: its rungs and which spaces it can run (which trials a rung lets on is ranked in the
+store: tests/integration/test_rung_ranking.py)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from studies.promotion import best_share, share
 from studies.spec import StudySpec
 
 
@@ -38,19 +37,6 @@ def test_rungs_are_min_resource_times_powers_of_the_factor_below_the_largest_epo
 def test_other_pruners_have_no_rungs() -> None:
     spec = StudySpec.model_validate({"name": "s", "pruner": {"name": "hyperband"}})
     assert spec.rungs() == []
-
-
-@pytest.mark.parametrize(("n", "expected"), [(0, 0), (1, 1), (2, 1), (3, 1), (5, 1), (6, 2), (9, 3)])
-def test_a_rung_lets_a_third_on_and_at_least_the_best(n: int, expected: int) -> None:
-    assert share(n, 3) == expected
-
-
-def test_the_best_share_ranks_by_direction_ties_to_the_earlier_trial_and_nan_last() -> None:
-    values = [(0, 0.5), (1, math.nan), (2, 0.2), (3, 0.2), (4, 0.9), (5, 0.1)]
-    assert best_share(values, 3, minimize=True) == {5, 2}
-    assert best_share(values, 3, minimize=False) == {4, 0}
-    assert best_share([(0, math.nan), (1, 0.3)], 2, minimize=True) == {1}
-    assert best_share([], 3, minimize=True) == set()
 
 
 def test_kind_python_without_numeric_epochs_cannot_use_asha() -> None:
