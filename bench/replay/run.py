@@ -56,6 +56,11 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     # The defaults with half of TPE's random start-up trials: a candidate default, measured beside them.
     "tunefleet-startup5": {"sampler": {"name": "tpe", "n_startup_trials": 5}},
+    # Both candidates at once: pause and promote, and five random start-up trials.
+    "tunefleet-asha-startup5": {
+        "sampler": {"name": "tpe", "n_startup_trials": 5},
+        "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 3},
+    },
 }
 # What the benchmark runs unless told otherwise; the others are there to be named with --methods.
 DEFAULT_METHODS = ("random", "tpe", "tpe-hyperband", "tunefleet")
