@@ -44,7 +44,9 @@ def assert_describes_its_run(result: dict[str, Any]) -> None:
     assert {"python", "optuna", "sqlalchemy", "psycopg", "postgresql"} <= set(config["versions"])
     assert config["command"].startswith("python -m bench.")
     assert config["wall_s"] > 0
-    assert "| --- |" in result["markdown"] and "Command: `python -m bench." in result["markdown"]
+    # The machine under the table; the command once, atop the report's section (write_report), not here again.
+    assert "| --- |" in result["markdown"] and "Machine: " in result["markdown"]
+    assert "Command:" not in result["markdown"]
     assert all({"target", "figure", "met"} <= set(t) for t in result["targets"])
 
 
@@ -125,7 +127,9 @@ def test_claim_phases_times_every_phase_of_real_workers_and_cleans_up(
     out = tmp_path / "phases.json"
     assert claim_phases.main(["--smoke", "--url", postgres_url, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert "| --- |" in result["markdown"] and "Command: `python -m bench.claim_phases" in result["markdown"]
+    assert "| --- |" in result["markdown"] and result["config"]["command"].startswith(
+        "python -m bench.claim_phases"
+    )
     [fleet] = result["fleets"]
     phases = fleet["phases"]
     # Every wrapped method was called: a renamed one would leave its phase out of the table.
