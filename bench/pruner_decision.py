@@ -57,7 +57,7 @@ class Decisions:
 def run(urls: dict[str, str], n_trials: int) -> dict[str, Decisions]:
     """The same study in two stores, one per path, fed the same per-epoch values trial by trial in turn, each
     asked to prune after every epoch: Optuna's Trial.should_prune with its HyperbandPruner on its RDBStorage, as a
-    script would, and a claimed trial's on tunefleet's storage, with the pruner tunefleet builds for each claim.
+    script would, and a claimed trial's on tunefleet's storage, with tunefleet's Hyperband pruner.
     The same name puts each trial in the same bracket in both, so both make the same decisions (checked)."""
     # Optuna's own storage for Optuna's path: what a script on plain Optuna reads and writes through.
     storages: dict[str, optuna.storages.RDBStorage] = {

@@ -28,6 +28,8 @@ from worker.tasks.interface import ModelFiles, Progress, TrialContext
 WORKER = WorkerIdentity(host=platform.node(), pid=os.getpid(), device="cpu", worker_id="replay")
 # Every method runs every trial to its own `epochs` unless its pruner (or tunefleet's patience) stops it.
 NO_PATIENCE = {"patience": 0}
+# ASHA with promotion: trials pause at rungs (epochs 1, 3, 9) and resume from their checkpoints when promoted.
+ASHA = {"name": "asha", "min_resource": 1, "reduction_factor": 3}
 # The Optuna-based methods, as spec overrides of the task's preset: the same space, seeds and budget.
 METHODS: dict[str, dict[str, Any]] = {
     "random": {"sampler": {"name": "random"}, "pruner": {"name": "none"}, "objective": NO_PATIENCE},
@@ -44,22 +46,21 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     # tunefleet's defaults: cost-aware TPE, the preset's pruner, early stopping on a plateau.
     "tunefleet": {"sampler": {"name": "tpe"}},
-    # ASHA with promotion: trials pause at rungs and resume from their checkpoints when promoted.
     "tpe-asha": {
         "sampler": {"name": "tpe", "cost_weight": 0},
-        "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 3},
+        "pruner": ASHA,
         "objective": NO_PATIENCE,
     },
     "tunefleet-asha": {
         "sampler": {"name": "tpe"},
-        "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 3},
+        "pruner": ASHA,
     },
     # The defaults with half of TPE's random start-up trials: a candidate default, measured beside them.
     "tunefleet-startup5": {"sampler": {"name": "tpe", "n_startup_trials": 5}},
     # Both candidates at once: pause and promote, and five random start-up trials.
     "tunefleet-asha-startup5": {
         "sampler": {"name": "tpe", "n_startup_trials": 5},
-        "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 3},
+        "pruner": ASHA,
     },
 }
 # What the benchmark runs unless told otherwise; the others are there to be named with --methods.
