@@ -71,7 +71,10 @@ of trials, or its per-trial work; tunefleet overrides or calls these methods and
 - ``optuna.samplers.TPESampler._constant_liar``, ``optuna.samplers.TPESampler._gamma``,
   ``optuna.samplers.TPESampler._group``, ``optuna.samplers.TPESampler._rng``,
   ``optuna.samplers.TPESampler._n_ei_candidates``: cost_aware.py; the settings TPESampler was built with.
-- ``optuna.study.Study._get_trials``: cost_aware.py; the cached snapshot of trials TPE itself reads.
+- ``optuna.samplers.TPESampler._search_space``: cost_aware.py puts intersection.py's in its place: the multivariate
+  TPE's joint space, updated from the trials finished since (Optuna's walks all after the oldest unfinished one);
+  reference.py.
+- ``optuna.study.Study._get_trials``: cost_aware.py, intersection.py; the cached snapshot of trials TPE itself reads.
 - ``optuna.samplers._tpe.sampler._get_infeasible_trial_score``: cost_aware.py; a trial's constraint violation.
 - ``optuna.samplers._tpe.sampler._split_trials``: cost_aware.py gives its split faster (a stable numpy sort, cached scores).
 - ``optuna.samplers._tpe.sampler._split_complete_trials``: cost_aware.py (multi-objective), reference.py.

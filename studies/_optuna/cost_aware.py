@@ -17,6 +17,7 @@ from optuna.samplers._tpe.sampler import default_gamma, default_gamma_multiobjec
 from optuna.trial import FrozenTrial, TrialState
 
 from studies._optuna import mixture_density
+from studies._optuna.intersection import FinishedTrialsIntersection
 from studies._optuna.log_ndtr import use_scipy_log_ndtr
 
 # Recorded by the worker on every finished trial (completed or pruned): wall seconds and epochs trained.
@@ -162,6 +163,9 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
     ) -> None:
         super().__init__(**kwargs)
         use_scipy_log_ndtr()
+        # The multivariate TPE's joint space, from the trials finished since the last sample: Optuna's rescans
+        # every trial after the oldest unfinished one, and an asha study keeps paused trials unfinished.
+        self._search_space = FinishedTrialsIntersection(include_pruned=True)
         self.cost_weight = cost_weight
         # Configurations earlier studies found good, in this study's space; see prior_strength.
         self.prior = [dict(p) for p in prior] if prior_weight > 0 else []

@@ -12,10 +12,16 @@ from optuna.samplers._tpe import _truncnorm
 from optuna.samplers._tpe import sampler as _tpe
 from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
 from optuna.samplers._tpe.probability_distributions import _MixtureOfProductDistribution, _unique_inverse_2d
+from optuna.search_space import IntersectionSearchSpace
 from optuna.trial import FrozenTrial, TrialState
 
 ParzenEstimator = _ParzenEstimator
 MixtureOfProductDistribution = _MixtureOfProductDistribution
+
+
+def joint_search_space(sampler: optuna.samplers.TPESampler) -> IntersectionSearchSpace:
+    """What a multivariate TPE computes its joint search space with."""
+    return sampler._search_space
 
 
 def split_complete_trials(

@@ -66,17 +66,16 @@ _BY_ID = {
 }
 
 
-_PAUSED_MARKS = sa.select(
-    system_attrs.c.trial_id,
-    system_attrs.c.value_json,
-    *(
-        sa.select(aggregate)
-        .where(intermediate_values.c.trial_id == system_attrs.c.trial_id)
-        .correlate(system_attrs)
-        .scalar_subquery()
-        for aggregate in (sa.func.count(), sa.func.max(intermediate_values.c.step))
-    ),
-).where(system_attrs.c.trial_id.in_(sa.bindparam("ids", expanding=True)), system_attrs.c.key == PAUSED_ATTR)
+# Every paused trial of a study and its PAUSED_ATTR row: the row's id and the rung it holds (see _paused_marks).
+_PAUSED_MARKS = (
+    sa.select(system_attrs.c.trial_id, system_attrs.c.trial_system_attribute_id, system_attrs.c.value_json)
+    .select_from(trials.join(system_attrs, system_attrs.c.trial_id == trials.c.trial_id))
+    .where(
+        trials.c.study_id == sa.bindparam("study_id"),
+        trials.c.state == TrialState.WAITING,
+        system_attrs.c.key == PAUSED_ATTR,
+    )
+)
 _STUDY = sa.select(optuna_studies.c.study_id).where(optuna_studies.c.study_id == sa.bindparam("study_id"))
 _STATE = sa.select(trials.c.state).where(trials.c.trial_id == sa.bindparam("trial_id"))
 
@@ -96,9 +95,9 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Paused trials as last built, by id: their study, what would change if they had run since
+        # Paused trials as last built, by study and trial id: what would change if they had run since
         # (_paused_marks), and the trial.
-        self._paused: dict[int, tuple[int, tuple[Any, ...], FrozenTrial]] = {}
+        self._paused: dict[int, dict[int, tuple[tuple[Any, ...], FrozenTrial]]] = {}
 
     def _get_trials(
         self,
@@ -111,25 +110,23 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
         with self.engine.connect() as connection:
             found = connection.execute(_STUDY, {"study_id": study_id}).first()
             if found is None:
+                self._paused.pop(study_id, None)
                 raise KeyError(NOT_FOUND_MSG)
             # Optuna's cache reads every unfinished trial again at each refresh, and under an asha pruner most of
             # a study's trials wait paused: a paused trial that has not run since it was last built is reused,
             # its row not read again.
             kept: dict[int, FrozenTrial] = {}
+            marks: dict[int, tuple[Any, ...]] = {}
+            memo: dict[int, tuple[tuple[Any, ...], FrozenTrial]] = {}
             if states is None or TrialState.WAITING in states:
-                built_before = [
-                    trial_id
-                    for trial_id, (of_study, _, _) in self._paused.items()
-                    if of_study == study_id and (trial_id in included or trial_id > trial_id_greater_than)
-                ]
-                kept = {
-                    trial_id: memo[2]
-                    for trial_id, mark in _paused_marks(connection, built_before).items()
-                    if (memo := self._paused[trial_id])[1] == mark
-                }
-                for trial_id in built_before:
-                    if trial_id not in kept:
-                        del self._paused[trial_id]
+                marks = _paused_marks(connection, study_id)
+                memo = self._paused.setdefault(study_id, {})
+                for trial_id in [i for i in memo if i in included or i > trial_id_greater_than]:
+                    mark, trial = memo[trial_id]
+                    if marks.get(trial_id) == mark:
+                        kept[trial_id] = trial
+                    else:
+                        del memo[trial_id]
             where = trials.c.study_id == study_id
             if states is not None:
                 assert isinstance(states, Iterable)
@@ -144,14 +141,19 @@ class BulkReadRDBStorage(optuna.storages.RDBStorage):
             if kept_after:
                 where = sa.and_(where, trials.c.trial_id.not_in(kept_after))
             rows = connection.execute(sa.select(trials).where(where).order_by(trials.c.trial_id)).all()
-            marks = _paused_marks(
-                connection, [row.trial_id for row in rows if row.state == TrialState.WAITING]
-            )
             children = _children(connection, [row.trial_id for row in rows])
         built = dict(zip((row.trial_id for row in rows), _frozen_trials(rows, children), strict=True))
-        for trial_id, mark in marks.items():
-            self._paused[trial_id] = (study_id, mark, built[trial_id])
+        # A trial paused after the marks were read has none yet: it is kept from the next refresh on.
+        for row in rows:
+            if row.state == TrialState.WAITING and row.trial_id in marks:
+                memo[row.trial_id] = (marks[row.trial_id], built[row.trial_id])
         return [trial for _, trial in sorted({**kept, **built}.items())]
+
+    def forget_paused_all_but(self, study_ids: Container[int]) -> None:
+        """Drop the paused trials kept of every study but those (a worker's runnable ones)."""
+        for study_id in list(self._paused):
+            if study_id not in study_ids:
+                self._paused.pop(study_id, None)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         # Every pruner decision reads its running trial's system attributes through this (Optuna's cache keeps
@@ -202,16 +204,13 @@ def trials_by_id(connection: sa.Connection, trial_ids: Sequence[int]) -> dict[in
     return {row.trial_id: trial for row, trial in zip(rows, built, strict=True)}
 
 
-def _paused_marks(connection: sa.Connection, ids: list[int]) -> dict[int, tuple[Any, ...]]:
-    """For the paused ones of those (WAITING) trials: the rung they wait at, and how many per-epoch values they
-    have and their last step. A paused trial changes nothing while it waits; promoted and paused again, it has run
-    at least one more epoch and waits at a higher rung."""
-    marks: dict[int, tuple[Any, ...]] = {}
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
-        rows = connection.execute(_PAUSED_MARKS, {"ids": chunk}).all()
-        marks.update({row[0]: tuple(row[1:]) for row in rows})
-    return marks
+def _paused_marks(connection: sa.Connection, study_id: int) -> dict[int, tuple[Any, ...]]:
+    """The study's paused trials, each with its PAUSED_ATTR row's id and value (the rung it waits at), in one query.
+
+    A paused trial changes nothing while it waits. It changes only once promoted (its PAUSED_ATTR row deleted,
+    tunefleet:promoted_from written), and if it is paused again that is at a higher rung, in a new row: a trial
+    whose mark is the one it was built with has not run since."""
+    return {row[0]: tuple(row[1:]) for row in connection.execute(_PAUSED_MARKS, {"study_id": study_id})}
 
 
 def _children(connection: sa.Connection, ids: list[int]) -> dict[str, list[Any]]:

@@ -14,7 +14,7 @@ from studies import open_storage
 from studies._optuna import trial_rows
 from studies._optuna.reference import read_trials
 from studies._optuna.trial_reads import BulkReadRDBStorage
-from studies.promotion import PAUSED_ATTR, pause_trial
+from studies.promotion import PAUSED_ATTR, Paused, pause_trial, take_paused
 from tests.sql_statements import statements as sql_statements
 
 SPACE = {
@@ -198,21 +198,25 @@ def test_a_paused_trial_is_built_once_while_it_waits_and_again_once_it_has_run(
         again = read_trials(storage, study._study_id, None, set(), -1)
         assert again[0] is first[0], "a paused trial that has not run since is not read again"
 
-        # Promoted, it runs an epoch and pauses at the next rung: the reader sees it anew.
+        # Promoted, it runs to the next rung and pauses there: the reader sees it anew.
         with storage.engine.begin() as connection:
-            connection.execute(
-                trial_rows.trials.update()
-                .where(trial_rows.trials.c.trial_id == trial._trial_id)
-                .values(state=TrialState.RUNNING)
-            )
+            assert take_paused(connection, Paused(trial._trial_id, trial.number, 1))
+        assert read_trials(storage, study._study_id, None, set(), -1)[0].state == TrialState.RUNNING
+        storage.set_trial_intermediate_value(trial._trial_id, 2, 0.3)
         storage.set_trial_intermediate_value(trial._trial_id, 3, 0.25)
         with storage.engine.begin() as connection:
             pause_trial(connection, trial._trial_id, 3)
         later = read_trials(storage, study._study_id, None, set(), -1)
         expected = read_trials(optunas, study._study_id, None, set(), -1)
         assert [comparable(t) for t in later] == [comparable(t) for t in expected]
-        assert later[0].intermediate_values == {1: 0.5, 3: 0.25}
+        assert later[0].intermediate_values == {1: 0.5, 2: 0.3, 3: 0.25}
         assert later[0].system_attrs[PAUSED_ATTR] == 3
+
+        # Its study deleted, the reader lets go of the trials it kept.
+        storage.delete_study(study._study_id)
+        with pytest.raises(KeyError):
+            read_trials(storage, study._study_id, None, set(), -1)
+        assert study._study_id not in storage._paused
     finally:
         optunas.engine.dispose()
         storage.engine.dispose()
