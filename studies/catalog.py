@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -38,6 +38,11 @@ from studies.spec import StudySpec
 from studies.states import SETTABLE_STUDY_STATES, StudyState
 from studies.tables import studies_table, utcnow
 
+# Loaded Optuna studies a process keeps at most (StudyCatalog._study), the least recently used let go first. A
+# worker lets go of those it can no longer claim from (claim.py) and claims from the runnable ones in turn, so the
+# bound is far above the studies a fleet runs at once.
+KEPT_STUDIES = 256
+
 # The states a trial ends in; /metrics reports these trials' seconds.
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -49,8 +54,10 @@ class StudyCatalog:
         self.storage = storage
         self.engine: sa.Engine = storage.engine
         upgrade_store(self.engine)
-        # Loaded Optuna studies by name, for the life of the process (a claim needs one each time).
-        self._studies: dict[str, optuna.Study] = {}
+        # Loaded Optuna studies by name, the most recently used last (a claim needs one each time, and each holds
+        # Optuna's cache of its trials): at most KEPT_STUDIES, so a process that lives through many studies
+        # (a service, a long-lived worker) does not hold them all.
+        self._studies: OrderedDict[str, optuna.Study] = OrderedDict()
 
     @contextmanager
     def _begin(self) -> Iterator[sa.Connection]:
@@ -326,7 +333,11 @@ class StudyCatalog:
         # A study deleted and created again under the same name has a new id: drop the stale one.
         if study is None or study._study_id != record.optuna_study_id:
             study = optuna.load_study(study_name=record.name, storage=self.storage)
-            self._studies[record.name] = study
+        # Last, as the most recently used (a pop and a set: another thread's claim may let it go meanwhile).
+        self._studies.pop(record.name, None)
+        self._studies[record.name] = study
+        while len(self._studies) > KEPT_STUDIES:
+            self._studies.popitem(last=False)
         return study
 
     def reset_session(self) -> None:

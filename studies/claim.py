@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from studies import promotion
 from studies._optuna import trial_rows
+from studies._optuna.trial_reads import BulkReadRDBStorage
 from studies._optuna.trial_rows import NewTrial
 from studies.errors import TrialVanished, WorkerDeclaredLost
 from studies.lifecycle import Held, TrialLifecycle, lock_held
@@ -68,11 +69,26 @@ class ClaimTransaction(TrialLifecycle):
         if study_names is not None:
             query = query.where(c.study_name.in_(list(study_names)))
         rows = connection.execute(query.order_by(c.priority.desc(), c.n_claimed, c.created_at)).all()
-        return [
-            (row.study_name, row.optuna_study_id)
-            for row in rows
-            if can_run is None or can_run(self._spec_of(connection, row.study_name, row.optuna_study_id))
-        ]
+        listed = [(row.study_name, row.optuna_study_id) for row in rows]
+        # A spec is kept while its study is listed, whether or not this worker may run it (it is asked each time).
+        for key in set(list(self._specs)) - set(listed):
+            self._specs.pop(key, None)
+        return [key for key in listed if can_run is None or can_run(self._spec_of(connection, *key))]
+
+    def _forget_all_but(self, runnable: Sequence[tuple[str, int]]) -> None:
+        # What this worker keeps per study (its sampler, pruner, loaded study and the store's paused trials) only
+        # for the studies it may still claim from: one that ended, was deleted or spent its budget is not
+        # claimed from again, and a fleet that lives through thousands of studies would otherwise hold them all.
+        # A study that becomes runnable again (a trial retried, a paused one promoted) builds them anew.
+        # list(dict) copies the keys at once, as another thread of the process may claim meanwhile.
+        live = set(runnable)
+        for kept in (self._samplers, self._pruners):
+            for key in set(list(kept)) - live:
+                kept.pop(key, None)
+        for name in set(list(self._studies)) - {name for name, _ in live}:
+            self._studies.pop(name, None)
+        if isinstance(self.storage, BulkReadRDBStorage):
+            self.storage.forget_paused_all_but({study_id for _, study_id in live})
 
     def _take_promoted(
         self, connection: sa.Connection, study_name: str, optuna_study_id: int
@@ -140,7 +156,9 @@ class ClaimTransaction(TrialLifecycle):
         # a dropped connection; a retry after a commit whose answer was lost leaves the first trial
         # held by no registry row, which the reaper's sweep for unheld trials retries.
         with self._begin() as connection:
-            for name, optuna_study_id in self._runnable(connection, study_names, can_run):
+            runnable = self._runnable(connection, study_names, can_run)
+            self._forget_all_but(runnable)
+            for name, optuna_study_id in runnable:
                 promoted = self._take_promoted(connection, name, optuna_study_id)
                 if promoted is not None:
                     record, new = promoted

@@ -100,13 +100,15 @@ def test_a_rung_lets_a_third_on_and_at_least_the_best_and_a_failed_trial_is_not_
 
 
 @pytest.mark.parametrize("minimize", [True, False])
+# 80 trials to tell an order; small studies, where one place decides whether a rung has a trial to promote.
+@pytest.mark.parametrize(("seed", "n"), [(11, 80), *((seed, 7 + seed) for seed in range(8))])
 def test_the_promotable_trials_are_the_paused_ones_in_their_rungs_best_share_highest_rung_and_best_first(
-    storage: optuna.storages.RDBStorage, study: optuna.Study, minimize: bool
+    storage: optuna.storages.RDBStorage, study: optuna.Study, minimize: bool, seed: int, n: int
 ) -> None:
-    rng = random.Random(11)
+    rng = random.Random(seed)
     states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING]
     paused: list[Paused] = []
-    for number in range(80):
+    for number in range(n):
         # Ties, infinities and NaN among the values at each of the rungs 1, 3 and 9.
         epochs = rng.choice([1, 3, 9])
         values = {
@@ -131,7 +133,7 @@ def test_the_promotable_trials_are_the_paused_ones_in_their_rungs_best_share_hig
         waiting = {p.number for p in paused if p.epoch == epoch}
         expected += [number for number in rule(counted, 3, minimize=minimize) if number in waiting]
     assert [p.number for p in found] == expected
-    assert len(expected) >= 3, "the case promotes too few to tell an order"
+    assert n < 80 or len(expected) >= 3, "the case promotes too few to tell an order"
     by_number = {t.number: t for t in trials}
     assert all(
         p.trial_id == by_number[p.number]._trial_id

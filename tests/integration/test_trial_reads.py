@@ -11,7 +11,6 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from studies import open_storage
-from studies._optuna import trial_rows
 from studies._optuna.reference import read_trials
 from studies._optuna.trial_reads import BulkReadRDBStorage
 from studies.promotion import PAUSED_ATTR, Paused, pause_trial, take_paused
