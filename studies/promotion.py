@@ -16,6 +16,7 @@ from studies._optuna.models import TrialIntermediateValueModel, TrialValueModel
 from studies._optuna.trial_rows import (
     PAUSED_ATTR,
     intermediate_values,
+    of_paused_trials,
     set_system_attrs,
     system_attrs,
     trial_values,
@@ -40,27 +41,11 @@ class Paused:
 
 
 # Built once, as every claim of an asha study runs them.
-_PAUSED = (
-    sa.select(trials.c.trial_id, trials.c.number, system_attrs.c.value_json)
-    .join(system_attrs, system_attrs.c.trial_id == trials.c.trial_id)
-    .where(
-        trials.c.study_id == sa.bindparam("study_id"),
-        trials.c.state == TrialState.WAITING,
-        system_attrs.c.key == PAUSED_ATTR,
-    )
-    .order_by(trials.c.number)
+_PAUSED = of_paused_trials(trials.c.trial_id, trials.c.number, system_attrs.c.value_json).order_by(
+    trials.c.number
 )
 _TYPE = TrialIntermediateValueModel.TrialIntermediateValueType
-_PAUSED_RUNGS = (
-    sa.select(system_attrs.c.value_json)
-    .distinct()
-    .join(trials, system_attrs.c.trial_id == trials.c.trial_id)
-    .where(
-        trials.c.study_id == sa.bindparam("study_id"),
-        trials.c.state == TrialState.WAITING,
-        system_attrs.c.key == PAUSED_ATTR,
-    )
-)
+_PAUSED_RUNGS = of_paused_trials(system_attrs.c.value_json).distinct()
 
 
 @functools.cache

@@ -18,8 +18,8 @@ from optuna.storages._rdb.models import (
 from optuna.trial import FrozenTrial, TrialState
 
 from studies._optuna.trial_rows import (
-    PAUSED_ATTR,
     intermediate_values,
+    of_paused_trials,
     optuna_studies,
     params,
     set_system_attrs,
@@ -67,14 +67,8 @@ _BY_ID = {
 
 
 # Every paused trial of a study and its PAUSED_ATTR row: the row's id and the rung it holds (see _paused_marks).
-_PAUSED_MARKS = (
-    sa.select(system_attrs.c.trial_id, system_attrs.c.trial_system_attribute_id, system_attrs.c.value_json)
-    .select_from(trials.join(system_attrs, system_attrs.c.trial_id == trials.c.trial_id))
-    .where(
-        trials.c.study_id == sa.bindparam("study_id"),
-        trials.c.state == TrialState.WAITING,
-        system_attrs.c.key == PAUSED_ATTR,
-    )
+_PAUSED_MARKS = of_paused_trials(
+    system_attrs.c.trial_id, system_attrs.c.trial_system_attribute_id, system_attrs.c.value_json
 )
 _STUDY = sa.select(optuna_studies.c.study_id).where(optuna_studies.c.study_id == sa.bindparam("study_id"))
 _STATE = sa.select(trials.c.state).where(trials.c.trial_id == sa.bindparam("trial_id"))

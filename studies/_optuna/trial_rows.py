@@ -42,6 +42,19 @@ optuna_studies = StudyModel.__table__
 PAUSED_ATTR = "tunefleet:paused_at"
 
 
+def of_paused_trials(*columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    """Those columns of a study's paused trials (bound: study_id), each joined to its PAUSED_ATTR row."""
+    return (
+        sa.select(*columns)
+        .select_from(trials.join(system_attrs, system_attrs.c.trial_id == trials.c.trial_id))
+        .where(
+            trials.c.study_id == sa.bindparam("study_id"),
+            trials.c.state == TrialState.WAITING,
+            system_attrs.c.key == PAUSED_ATTR,
+        )
+    )
+
+
 @dataclass(frozen=True)
 class NewTrial:
     """A trial row just made RUNNING: a new one, or one taken from the study's queue."""
