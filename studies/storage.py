@@ -1,4 +1,4 @@
-"""Opens the shared SQL store: Optuna's RDBStorage on SQLite (WAL) or PostgreSQL, with a small bounded pool."""
+"""Opens the shared SQL store: Optuna's RDBStorage on SQLite (WAL) or PostgreSQL, a small bounded pool, a locked delete."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from studies._optuna import trial_rows
 from studies._optuna.trial_reads import BulkReadRDBStorage
 
 DEFAULT_DATABASE_URL = "sqlite:///tunefleet.db"
@@ -157,6 +158,36 @@ def engine_kwargs(url: str, *, pool_size: int, application_name: str = "tuneflee
     }
 
 
+class SharedStore(BulkReadRDBStorage):
+    """The store as tunefleet opens it: BulkReadRDBStorage whose delete_study deletes under running trials."""
+
+    def delete_study(self, study_id: int) -> None:
+        """Delete the study and everything under it; KeyError if there is none.
+
+        Optuna's delete_study reads a study's rows through the ORM, deletes them and, on an integrity error, rolls
+        back and returns as if done. On PostgreSQL a worker's write that lands between that read and the trial's
+        delete (an epoch's value, a heartbeat) is one, and the whole study stays: a delete through optuna-dashboard
+        answered 204 and deleted nothing, about one time in three under a running trial. Here the study's and its
+        trials' rows are locked first, in the session Optuna's delete then runs in (the thread's scoped session),
+        so such a write waits for the delete and then finds its trial gone.
+        """
+        session = self.scoped_session()
+        try:
+            trial_rows.lock_study(session.connection(), study_id)
+        except BaseException:
+            session.rollback()
+            session.close()
+            raise
+        super().delete_study(study_id)  # commits and closes the session, releasing the locks
+        try:
+            self.get_study_name_from_id(study_id)
+        except KeyError:
+            return
+        raise optuna.exceptions.StorageInternalError(
+            f"study {study_id} is still in the store after its delete"
+        )
+
+
 def open_storage(url: str, *, pool_size: int = 2) -> optuna.storages.RDBStorage:
     """Open (and create if needed) the shared store at `url`."""
     url = normalize_url(url)
@@ -165,7 +196,7 @@ def open_storage(url: str, *, pool_size: int = 2) -> optuna.storages.RDBStorage:
     # Optuna's schema check reads the alembic revision on a second connection while its session
     # holds a transaction open: behind PgBouncer in transaction mode, N workers starting at once can
     # hold all N server sessions, each waiting for another. The same check, one connection at a time.
-    storage = BulkReadRDBStorage(
+    storage = SharedStore(
         url, engine_kwargs=engine_kwargs(url, pool_size=pool_size), skip_compatibility_check=True
     )
     check_schema(storage)

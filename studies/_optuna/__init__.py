@@ -14,7 +14,7 @@ count, page or bulk read; tunefleet issues that SQL against Optuna's own tables:
 
 - ``optuna.storages._rdb.models.BaseModel``: models.py, every Optuna table (bench grants and cleans them).
 - ``optuna.storages._rdb.models.StudyModel``: models.py, trial_rows.py, catalog.py and lifecycle.py through models.py;
-  a study's row (alive check, numbering lock, the reaper's look for running trials of studies tunefleet does not know).
+  a study's row (alive check, numbering lock, the lock before a delete, the reaper's look for running trials of studies tunefleet does not know).
 - ``optuna.storages._rdb.models.TrialModel``: trial_rows.py, catalog.py and lifecycle.py through models.py; counts, pages, claims;
   study_page.py through trial_rows.py, a page of studies' counts, best trials and fronts.
 - ``optuna.storages._rdb.models.TrialParamModel``: trial_rows.py; a claim's parameters in one insert.

@@ -223,6 +223,20 @@ _LOCK_RUNNING = (
 )
 
 
+def lock_study(connection: sa.Connection, study_id: int) -> None:
+    """Lock the study's row and its trials' rows for this transaction: a write that would add a row under any of
+    them (a trial, an epoch's value, a heartbeat) waits for the transaction's end."""
+    connection.execute(
+        sa.select(optuna_studies.c.study_id).where(optuna_studies.c.study_id == study_id).with_for_update()
+    )
+    connection.execute(
+        sa.select(trials.c.trial_id)
+        .where(trials.c.study_id == study_id)
+        .order_by(trials.c.trial_id)
+        .with_for_update()
+    )
+
+
 def lock(connection: sa.Connection, trial_id: int) -> LockedTrial | None:
     """Lock the trial's row for this transaction and say whose it is; None when there is no such row."""
     row = connection.execute(_LOCK, {"trial_id": trial_id}).first()

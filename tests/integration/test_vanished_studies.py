@@ -137,13 +137,19 @@ def test_a_study_deleted_with_the_optuna_cli_under_a_running_worker(
     doomed: tuple[StudyRepository, Worker, TestClient], store_url: str, study_name: str
 ) -> None:
     repository, worker, _ = doomed
-    deleted = subprocess.run(
-        [str(OPTUNA), "delete-study", "--storage", store_url, "--study-name", study_name],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    # Optuna's delete ignores the integrity error of a row written under the study meanwhile (on PostgreSQL, an
+    # epoch's value of the running trial, about one run in three here) and exits 0 with the study in place: a user
+    # sees it still listed and runs the command again, as here. tunefleet's own deletes lock the rows first.
+    for _ in range(10):
+        deleted = subprocess.run(
+            [str(OPTUNA), "delete-study", "--storage", store_url, "--study-name", study_name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+        if study_name not in optuna.get_all_study_names(repository.storage):
+            break
     assert_worker_dropped_it_and_went_on(repository, worker, study_name)
     assert study_name not in optuna.get_all_study_names(repository.storage)
 
