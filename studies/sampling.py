@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.distributions import BaseDistribution, check_distribution_compatibility
@@ -126,13 +126,12 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         )
     if isinstance(p, SuccessiveHalvingPruner):
         return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=p.min_resource or "auto", reduction_factor=p.reduction_factor
+            min_resource=_halving_min_resource(p), reduction_factor=p.reduction_factor
         )
     if isinstance(p, HyperbandPruner):
         return OptunaHyperband(
             min_resource=p.min_resource,
-            # A kind python space may have no epochs parameter: Optuna then finds the largest step reported.
-            max_resource=spec.space.max_epochs() or "auto",
+            max_resource=_hyperband_max_resource(spec),
             reduction_factor=p.reduction_factor,
         )
     if isinstance(p, AshaPruner):
@@ -141,13 +140,23 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     raise ValueError(f"unknown pruner {p!r}")
 
 
+def _halving_min_resource(p: SuccessiveHalvingPruner) -> int | Literal["auto"]:
+    return p.min_resource or "auto"
+
+
+def _hyperband_max_resource(spec: StudySpec) -> int | Literal["auto"]:
+    # A kind python space may have no epochs parameter: Optuna then finds the largest step reported.
+    return spec.space.max_epochs() or "auto"
+
+
 def pruner_reads_its_resources(spec: StudySpec) -> bool:
     """Whether the spec's pruner finds a resource from the study's finished trials when it first decides
-    (Optuna's "auto"): successive halving without min_resource, Hyperband over a space without epochs."""
+    (Optuna's "auto", as build_pruner sets it): successive halving without min_resource, Hyperband over a space
+    without epochs."""
     p = spec.pruner
     if isinstance(p, SuccessiveHalvingPruner):
-        return not p.min_resource
-    return isinstance(p, HyperbandPruner) and not spec.space.max_epochs()
+        return _halving_min_resource(p) == "auto"
+    return isinstance(p, HyperbandPruner) and _hyperband_max_resource(spec) == "auto"
 
 
 def sample_params(
