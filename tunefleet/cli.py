@@ -86,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service import ServiceSettings, create_app
     from service.auth import AuthConfigError, load_tokens
+    from service.serving import AnnouncingServer
     from studies.startup import build_settings, check_store, store_problem
     from studies.storage import describe_store
 
@@ -117,8 +118,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except Exception as error:
         sock.close()
         raise store_problem(error, settings.database_url) from None
-    log.info("serving on http://%s:%d (store %s)", settings.host, port, describe_store(settings.database_url))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = AnnouncingServer(
+        uvicorn.Config(app, log_level="warning"),
+        f"serving on http://{settings.host}:{port} (store {describe_store(settings.database_url)})",
+        log,
+    )
     server.run(sockets=[sock])
     return 0 if server.started else 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -189,6 +190,32 @@ def test_serve_on_a_taken_port_is_one_line_and_never_says_it_serves(
         assert main(["serve", "--port", str(port)]) == 2
     assert one_error_line(capsys) == f"cannot listen on 127.0.0.1:{port}: Address already in use"
     assert not [r for r in caplog.records if "serving on" in r.getMessage()]
+
+
+def test_serve_stops_on_a_ctrl_c_sent_as_soon_as_it_says_it_serves(tmp_path: Path) -> None:
+    # "serving on" was logged before uvicorn took SIGINT over: where the shell left SIGINT ignored (a background
+    # job, which uvicorn still stops on), a Ctrl-C sent on that line was lost and the service ran on.
+    env = {**os.environ, "TUNEFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}
+    service = subprocess.Popen(
+        [sys.executable, "-m", "tunefleet", "serve", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert service.stderr is not None
+        for line in service.stderr:
+            if "serving on" in line:
+                break
+        else:
+            pytest.fail("the service never said it serves")
+        service.send_signal(signal.SIGINT)
+        assert service.wait(timeout=20) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
 
 
 def test_serve_on_port_0_says_the_port_it_got_and_serves_there(tmp_path: Path) -> None:
