@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -192,24 +191,29 @@ def test_serve_on_a_taken_port_is_one_line_and_never_says_it_serves(
     assert not [r for r in caplog.records if "serving on" in r.getMessage()]
 
 
+def serving(tmp_path: Path, *, sigint_ignored: bool = False) -> tuple[subprocess.Popen[str], str]:
+    """`tunefleet serve --port 0` on a SQLite store, and its "serving on" line once it has said it."""
+    service = subprocess.Popen(
+        [sys.executable, "-m", "tunefleet", "serve", "--port", "0"],
+        env={**os.environ, "TUNEFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"},
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
+    )
+    assert service.stderr is not None
+    for line in service.stderr:
+        if "serving on" in line:
+            return service, line
+    service.kill()
+    service.wait()
+    pytest.fail("the service never said where it serves")
+
+
 def test_serve_stops_on_a_ctrl_c_sent_as_soon_as_it_says_it_serves(tmp_path: Path) -> None:
     # "serving on" was logged before uvicorn took SIGINT over: where the shell left SIGINT ignored (a background
     # job, which uvicorn still stops on), a Ctrl-C sent on that line was lost and the service ran on.
-    env = {**os.environ, "TUNEFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}
-    service = subprocess.Popen(
-        [sys.executable, "-m", "tunefleet", "serve", "--port", "0"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
+    service, _ = serving(tmp_path, sigint_ignored=True)
     try:
-        assert service.stderr is not None
-        for line in service.stderr:
-            if "serving on" in line:
-                break
-        else:
-            pytest.fail("the service never said it serves")
         service.send_signal(signal.SIGINT)
         assert service.wait(timeout=20) == 0
     finally:
@@ -219,30 +223,14 @@ def test_serve_stops_on_a_ctrl_c_sent_as_soon_as_it_says_it_serves(tmp_path: Pat
 
 
 def test_serve_on_port_0_says_the_port_it_got_and_serves_there(tmp_path: Path) -> None:
-    env = {**os.environ, "TUNEFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}
-    service = subprocess.Popen(
-        [sys.executable, "-m", "tunefleet", "serve", "--port", "0"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    service, line = serving(tmp_path)
     try:
-        assert service.stderr is not None
-        for line in service.stderr:
-            if served := re.search(r"serving on http://127\.0\.0\.1:(\d+) ", line):
-                break
-        else:
-            pytest.fail("the service never said where it serves")
+        served = re.search(r"serving on http://127\.0\.0\.1:(\d+) ", line)
+        assert served is not None, line
         port = int(served.group(1))
         assert port != 0
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "nothing answers at the port it named"
-                time.sleep(0.2)
+        # Said once it serves: the port answers at once.
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
     finally:
         service.terminate()
         service.wait(timeout=20)
