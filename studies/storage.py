@@ -166,10 +166,11 @@ class SharedStore(BulkReadRDBStorage):
 
         Optuna's delete_study reads a study's rows through the ORM, deletes them and, on an integrity error, rolls
         back and returns as if done. On PostgreSQL a worker's write that lands between that read and the trial's
-        delete (an epoch's value, a heartbeat) is one, and the whole study stays: a delete through optuna-dashboard
-        answered 204 and deleted nothing, about one time in three under a running trial. Here the study's and its
-        trials' rows are locked first, in the session Optuna's delete then runs in (the thread's scoped session),
-        so such a write waits for the delete and then finds its trial gone.
+        delete (an epoch's value, a heartbeat) is one, and the whole study stays: `optuna delete-study` exited 0
+        and deleted nothing in 3 of 8 runs under a trial reporting every half second, and optuna-dashboard's delete
+        makes the same call. Here the study's and its trials' rows are locked first, in the session Optuna's delete
+        then runs in (the thread's scoped session), so such a write waits for the delete and then finds its trial
+        gone.
         """
         session = self.scoped_session()
         try:
