@@ -96,13 +96,18 @@ def take_queued_trial(
             return NewTrial(int(waiting.trial_id), int(waiting.number), now, from_queue=True)
 
 
+_LOCK_STUDY = (
+    sa.select(optuna_studies.c.study_id)
+    .where(optuna_studies.c.study_id == sa.bindparam("study_id"))
+    .with_for_update()
+)
+
+
 def insert_running_trial(connection: sa.Connection, study_id: int, now: datetime) -> NewTrial:
     """A new RUNNING trial numbered as Optuna numbers it: by the study's trials made before it."""
     # Optuna locks the study row while it numbers a trial; so do we, so that trials made through
     # Optuna (the dashboard, enqueue_trial) and by claims never share a number.
-    connection.execute(
-        sa.select(optuna_studies.c.study_id).where(optuna_studies.c.study_id == study_id).with_for_update()
-    )
+    connection.execute(_LOCK_STUDY, {"study_id": study_id})
     trial_id = connection.execute(
         trials.insert()
         .values(study_id=study_id, number=None, state=TrialState.RUNNING, datetime_start=now)
@@ -226,9 +231,7 @@ _LOCK_RUNNING = (
 def lock_study(connection: sa.Connection, study_id: int) -> None:
     """Lock the study's row and its trials' rows for this transaction: a write that would add a row under any of
     them (a trial, an epoch's value, a heartbeat) waits for the transaction's end."""
-    connection.execute(
-        sa.select(optuna_studies.c.study_id).where(optuna_studies.c.study_id == study_id).with_for_update()
-    )
+    connection.execute(_LOCK_STUDY, {"study_id": study_id})
     connection.execute(
         sa.select(trials.c.trial_id)
         .where(trials.c.study_id == study_id)

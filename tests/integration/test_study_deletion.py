@@ -12,7 +12,7 @@ from studies import open_storage
 from studies.storage import SharedStore
 
 # Each round deletes a study under a writer that reports as fast as the store takes it: on PostgreSQL, Optuna's own
-# delete_study left the study in place in most rounds (it ignores the integrity error of a row written meanwhile).
+# delete_study left the study in place at the first round (it ignores the integrity error of a row written meanwhile).
 ROUNDS = 6
 
 
