@@ -47,6 +47,7 @@ EXTRA = {
     "replay-startup-rotten-tomatoes-minilm": "1l. Five random start-up trials, rotten-tomatoes-minilm",
     "replay-startup-tweets-sentiment-minilm": "1l. Five random start-up trials, tweets-sentiment-minilm",
     "replay-asha5-bbc-news-minilm": "1m. Pause and promote with five start-up trials, on bbc-news-minilm",
+    "replay-fidelity-size": "1n. The surrogate's fidelity against the configurations it is fitted on",
     "lora_vs_last_k": "3c. LoRA against last-k on the same encoder and data",
 }
 # A section written by hand (prose beside its tables): bench/sections/NAME.md stands for NAME's generated section,

@@ -33,6 +33,14 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 SAVE_EVERY = 10
 # The seed of a held-out configuration's second training: far from every first training's seed (its index).
 REPEAT_SEED_OFFSET = 1_000_003
+# A recording resumes only where training gives what it gave before: a few of its configurations are trained
+# again first. CPU seconds depend on the machine (on one 2-core machine they came out 1.6 to 14 times, a median of
+# 2.9 times, those recorded on another of the same name, for the same losses), and a recording that mixes two
+# machines replays its costs in two units. A sum of seconds under MIN_CHECKED_CPU_S is too short to compare.
+RESUME_CHECKS = 4
+CPU_TOLERANCE = 1.5
+MIN_CHECKED_CPU_S = 2.0
+LOSS_TOLERANCE = 1e-5
 
 
 def draw(
@@ -149,6 +157,42 @@ def recorded_indices(path: Path, expected: dict[str, Any]) -> set[int]:
     return {int(r["index"]) for r in rows if r.get("kind") != "header"}
 
 
+def mismatch(recorded: Sequence[Curve], again: Sequence[Curve]) -> str | None:
+    """Why the same configurations trained again do not match their recorded curves (losses, or CPU seconds
+    beyond CPU_TOLERANCE times either way), or None if they match."""
+    for before, now in zip(recorded, again, strict=True):
+        if len(before.val_loss) != len(now.val_loss) or any(
+            abs(a - b) > LOSS_TOLERANCE for a, b in zip(before.val_loss, now.val_loss, strict=True)
+        ):
+            return (
+                f"configuration {before.index} trained again gives other losses ({now.val_loss[-1:]} at its last"
+                f" epoch, recorded {before.val_loss[-1:]}): another torch build or CPU instruction set"
+            )
+    then = sum(sum(c.cpu_s) for c in recorded)
+    now_s = sum(sum(c.cpu_s) for c in again)
+    if min(then, now_s) >= MIN_CHECKED_CPU_S and not 1 / CPU_TOLERANCE <= now_s / then <= CPU_TOLERANCE:
+        return (
+            f"configurations {', '.join(str(c.index) for c in recorded)} trained again took {now_s:.1f} CPU seconds,"
+            f" recorded {then:.1f}: this machine's seconds are not the recording's"
+        )
+    return None
+
+
+def check_resumable(
+    pool: ProcessPoolExecutor, path: Path, spec: StudySpec, seed: int, max_epochs: int
+) -> None:
+    """SystemExit unless a few recorded configurations, trained again, give their recorded curves and costs."""
+    recorded = (Curve.from_json(r) for r in read_rows(path) if r.get("kind") != "header")
+    checked = sorted(recorded, key=lambda c: c.index)[:RESUME_CHECKS]
+    futures = [pool.submit(train, c.index, configuration(spec, seed, c.index), max_epochs) for c in checked]
+    why = mismatch(checked, [Curve.from_json(f.result()) for f in futures])
+    if why is not None:
+        raise SystemExit(
+            f"{path} cannot be resumed here: {why}. Record it afresh on this machine (move the file away), or resume"
+            " it on the machine that made it"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", choices=TASKS, required=True)
@@ -183,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, initializer=_start, initargs=(args.task, args.smoke)) as pool:
+        if done and todo:
+            check_resumable(pool, path, spec, args.seed, max_epochs)
         for start in range(0, len(todo), SAVE_EVERY):
             chunk = todo[start : start + SAVE_EVERY]
             futures = [pool.submit(train, i, configuration(spec, args.seed, i), max_epochs) for i in chunk]

@@ -9,6 +9,7 @@ import os
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench.replay import benchmark, record
-from bench.replay.curves import Curve, append, data_file, load, repeat_file
+from bench.replay import benchmark, fidelity_size, record
+from bench.replay.curves import Curve, append, data_file, load, read_rows, repeat_file
 from bench.replay.forest import BEST_SO_FAR, SURROGATES, with_best_so_far
 from bench.replay.numpy_cpu import DISABLE, avx512_in_use
 from bench.replay.run import Clock, run_method
@@ -146,6 +147,25 @@ def test_the_recording_is_large_enough_and_the_surrogate_ranks_held_out_configur
     assert figures["epoch_spearman"] > 0.8 and figures["cost_spearman"] > 0.75
 
 
+def test_fidelity_by_size_fits_on_subsets_and_at_full_size_gives_the_benchmarks_figure(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "size.json"
+    fidelity_size.main(["--tasks", TASK, "--draws", "2", "--sizes", "125", "--out", str(out)])
+    result = json.loads(out.read_text())
+    small, full = result["results"][TASK]
+    assert (
+        small["fitted"] == 125
+        and len(small["spearman"]) == 2
+        and small["spearman"][0] != small["spearman"][1]
+    )
+    recording = load(data_file(TASK))
+    assert full["fitted"] == len(recording.fitted()) and full["held_out"] >= 50
+    # Fitted on every configuration it is the surrogate the benchmark replays, with the fidelity it reports.
+    assert full["spearman"] == [fidelity(record.spec_of(TASK), recording)["value_spearman"]]
+    assert f"| {TASK} | {small['spearman_mean']:.3f} | {full['spearman_mean']:.3f}" in result["tables"]
+
+
 def test_the_surrogate_is_the_same_whatever_numpys_log_returns_in_its_last_bit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -267,6 +287,40 @@ def test_a_recording_resumes_and_the_benchmark_runs_on_it_at_a_tiny_size(tmp_pat
     assert rows["random"]["reached"] == 2 and rows["random"]["ratio_median"] == 1.0
     assert result["fidelity"]["repeated"] == 3
     assert svg.read_text().startswith("<svg") and "tunefleet" in svg.read_text()
+
+
+def test_a_configuration_trained_again_matches_its_recording_only_with_the_same_losses_and_like_cpu_seconds() -> (
+    None
+):
+    recorded = [curve(i, [0.9, 0.8, 0.7]) for i in range(4)]
+    again = [curve(i, [0.9, 0.8, 0.7]) for i in range(4)]
+    assert record.mismatch(recorded, again) is None
+    other_bits = [*again[:3], curve(3, [0.9, 0.8, 0.70002])]
+    assert "configuration 3 trained again gives other losses" in (record.mismatch(recorded, other_bits) or "")
+    # Seconds are compared only where there are enough of them to compare: a smoke recording's are milliseconds.
+    slower = [replace(c, cpu_s=[s * 3 for s in c.cpu_s]) for c in again]
+    assert record.mismatch(recorded, slower) is None
+    long = [replace(c, cpu_s=[1.0] * 3) for c in recorded]
+    assert record.mismatch(long, [replace(c, cpu_s=[1.2] * 3) for c in again]) is None
+    assert "this machine's seconds are not the recording's" in (
+        record.mismatch(long, [replace(c, cpu_s=[2.9] * 3) for c in again]) or ""
+    )
+
+
+@pytest.mark.slow
+def test_a_recording_refuses_to_resume_where_training_no_longer_gives_its_curves(tmp_path: Path) -> None:
+    record.main(["--task", TASK, "--smoke", "--configurations", "4", "--out-dir", str(tmp_path)])
+    path = data_file(TASK, tmp_path)
+    rows = list(read_rows(path))
+    # As a recording made where other kernels round otherwise: one loss moved in its fifth decimal.
+    rows[1]["val_loss"][-1] += 1e-4
+    path.unlink()
+    append(path, rows)
+    with pytest.raises(
+        SystemExit, match="cannot be resumed here: configuration 0 trained again gives other losses"
+    ):
+        record.main(["--task", TASK, "--smoke", "--configurations", "6", "--out-dir", str(tmp_path)])
+    assert [c.index for c in load(path).curves] == [0, 1, 2, 3], "nothing was added"
 
 
 def test_the_benchmark_runs_on_its_own_task_from_a_pypi_data_set(tmp_path: Path) -> None:
