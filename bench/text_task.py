@@ -82,6 +82,8 @@ def versions() -> dict[str, Any]:
     return {
         "cores": os.cpu_count(),
         "cpu": cpu_model(),
+        # Machines that report the same CPU name can differ in the vector code torch runs (and in its results' bits).
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "optuna": optuna.__version__,
         "torch": torch.__version__,
