@@ -289,9 +289,7 @@ def test_a_recording_resumes_and_the_benchmark_runs_on_it_at_a_tiny_size(tmp_pat
     assert svg.read_text().startswith("<svg") and "tunefleet" in svg.read_text()
 
 
-def test_a_configuration_trained_again_matches_its_recording_only_with_the_same_losses_and_like_cpu_seconds() -> (
-    None
-):
+def test_configurations_trained_again_match_only_with_the_same_losses_and_like_cpu_seconds() -> None:
     recorded = [curve(i, [0.9, 0.8, 0.7]) for i in range(4)]
     again = [curve(i, [0.9, 0.8, 0.7]) for i in range(4)]
     assert record.mismatch(recorded, again) is None
@@ -312,7 +310,7 @@ def test_a_recording_refuses_to_resume_where_training_no_longer_gives_its_curves
     record.main(["--task", TASK, "--smoke", "--configurations", "4", "--out-dir", str(tmp_path)])
     path = data_file(TASK, tmp_path)
     rows = list(read_rows(path))
-    # As a recording made where other kernels round otherwise: one loss moved in its fifth decimal.
+    # As a recording made where other kernels round otherwise: one loss moved in its fourth decimal.
     rows[1]["val_loss"][-1] += 1e-4
     path.unlink()
     append(path, rows)
