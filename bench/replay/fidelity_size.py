@@ -16,7 +16,7 @@ import numpy as np
 from bench.replay.curves import DATA_DIR, Recording, data_file, load
 from bench.replay.numpy_cpu import numpy_cpu, rerun_without_avx512
 from bench.replay.record import TASKS, spec_of
-from bench.replay.surrogate import Surrogate, spearman
+from bench.replay.surrogate import fidelity
 from bench.reporting import load_average
 from bench.text_task import versions
 from studies import StudySpec
@@ -27,12 +27,9 @@ SIZES = (125, 250, 500, 750, 1000, 1500)
 def held_out_spearman(spec: StudySpec, recording: Recording, fitted_on: Sequence[int]) -> float:
     """The trial value's rank correlation on the held-out configurations, for a surrogate fitted on only some."""
     fitted = recording.fitted()
-    surrogate = Surrogate(spec, [fitted[i] for i in fitted_on])
-    held = [c for c in recording.held_out() if c.failed is None]
-    replayed = [surrogate.replay(c.params) for c in held]
-    return spearman(
-        [c.value() for c in held], [r.value(c.epochs) for c, r in zip(held, replayed, strict=True)]
-    )
+    subset = Recording(recording.header, [*(fitted[i] for i in fitted_on), *recording.held_out()])
+    value_spearman: float = fidelity(spec, subset)["value_spearman"]
+    return value_spearman
 
 
 def by_size(task: str, data_dir: Path, draws: int, sizes: Sequence[int] = SIZES) -> list[dict[str, Any]]:
