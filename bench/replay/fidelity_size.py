@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -17,7 +16,7 @@ from bench.replay.curves import DATA_DIR, Recording, data_file, load
 from bench.replay.numpy_cpu import numpy_cpu, rerun_without_avx512
 from bench.replay.record import TASKS, spec_of
 from bench.replay.surrogate import fidelity
-from bench.reporting import load_average
+from bench.reporting import command_line, load_average, markdown_table, write_result
 from bench.text_task import versions
 from studies import StudySpec
 
@@ -59,20 +58,15 @@ def by_size(task: str, data_dir: Path, draws: int, sizes: Sequence[int] = SIZES)
 
 def markdown(results: dict[str, list[dict[str, Any]]], sizes: Sequence[int] = SIZES) -> str:
     shown = sorted({r["fitted"] for rows in results.values() for r in rows[:-1] if r["fitted"] in sizes})
-    lines = [
-        "| task | " + " | ".join(f"fitted on {s}" for s in shown) + " | fitted on all |",
-        "| --- |" + " --- |" * (len(shown) + 1),
-    ]
-    for task, rows in results.items():
-        of = {r["fitted"]: r for r in rows[:-1]}
+    rows = []
+    for task, fitted in results.items():
+        of = {r["fitted"]: r for r in fitted[:-1]}
+        last = fitted[-1]
         cells = [f"{of[s]['spearman_mean']:.3f}" if s in of else "" for s in shown]
-        last = rows[-1]
-        lines.append(
-            f"| {task} | "
-            + " | ".join(cells)
-            + f" | {last['spearman_mean']:.3f} ({last['fitted']}; {last['held_out']} held out) |"
+        rows.append(
+            [task, *cells, f"{last['spearman_mean']:.3f} ({last['fitted']}; {last['held_out']} held out)"]
         )
-    return "\n".join(lines)
+    return markdown_table(["task", *(f"fitted on {s}" for s in shown), "fitted on all"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -88,27 +82,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = {task: by_size(task, args.data_dir, args.draws, args.sizes) for task in args.tasks}
     table = markdown(results, args.sizes)
     print(table)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "replay-fidelity-size",
-                "command": " ".join(["python -m bench.replay.fidelity_size", *(argv or sys.argv[1:])]),
-                "config": {
-                    "draws": args.draws,
-                    "sizes": args.sizes,
-                    "wall_s": round(time.perf_counter() - started, 1),
-                    "load_average": {"before": before, "after": load_average()},
-                    **versions(),
-                    "numpy_cpu": numpy_cpu(),
-                },
-                "results": results,
-                "markdown": table,
-                "tables": table,
+    write_result(
+        {
+            "benchmark": "replay-fidelity-size",
+            "command": command_line("bench.replay.fidelity_size", argv),
+            "config": {
+                "draws": args.draws,
+                "sizes": args.sizes,
+                "wall_s": round(time.perf_counter() - started, 1),
+                "load_average": {"before": before, "after": load_average()},
+                **versions(),
+                "numpy_cpu": numpy_cpu(),
             },
-            indent=1,
-        )
-        + "\n",
-        encoding="utf-8",
+            "results": results,
+            "markdown": table,
+            "tables": table,
+        },
+        args.out,
     )
 
 
