@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 # The CPU wheel keeps CI and laptops light; on a GPU node: make install TORCH_SPEC='torch>=2.3'
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; 0: one). Most tests wait on the services, workers and browsers they start, so
+# one process keeps about one core busy; two keep both of a 2-core machine busy. Each has a PostgreSQL database
+# of its own (tests/conftest.py).
+TEST_PROCESSES ?= 2
+TEST_SPREAD := --numprocesses $(TEST_PROCESSES) --dist worksteal
 # Every dependency but torch at the version the suite passed with; `make lock` rewrites it.
 LOCK := requirements.lock
 # The peer optimizers of the replay benchmark (SMAC3, DEHB, syne-tune) need numpy 1.26: a venv of their own.
@@ -37,7 +42,7 @@ run: install
 	$(BIN)/tunefleet demo $(DEMO_ARGS)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(TEST_SPREAD) $(PYTEST_ARGS)
 
 # The same suite against the newest releases the ranges in pyproject.toml allow: a new Optuna (or transformers,
 # SQLAlchemy, ...) shows up here as a failing test, before it reaches a user or the lock. It lists what is newer
@@ -51,7 +56,7 @@ test-latest:
 	@grep '==' $(LOCK) | sed -E "$(PIN_NAMES)" | LC_ALL=C sort -t= -k1,1 >$(LATEST_VENV)/locked.txt
 	@echo "newer than $(LOCK):"; LC_ALL=C join -t= -o 1.1,1.3,2.3 $(LATEST_VENV)/locked.txt $(LATEST_VENV)/newest.txt \
 		| awk -F= '$$2 != $$3 {print "  " $$1 " " $$2 " -> " $$3; n++} END {if (!n) print "  nothing"}'
-	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(LATEST_VENV)/bin/python -m pytest $(TEST_SPREAD) $(PYTEST_ARGS)
 
 # Rewrite the lock from pyproject.toml's ranges (the newest releases they allow), then run `make test` against it.
 # torch and its CUDA-only dependencies stay out: TORCH_SPEC picks the build (the CPU wheel here, CUDA on GPU nodes).

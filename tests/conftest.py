@@ -20,8 +20,21 @@ from service import ServiceSettings, create_app
 from studies import StudyRepository, open_storage
 from studies.storage import normalize_url
 
-POSTGRES_URL = os.environ.get(
+SHARED_POSTGRES_URL = os.environ.get(
     "TUNEFLEET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+# `make test` runs the suite in two processes (pytest-xdist). Each has a database of its own on that server,
+# named for the process ("test_gw0", ...), made afresh when the process first needs it and dropped when it ends:
+# a test that lists every study of its store then sees only its own process's.
+_TEST_PROCESS = os.environ.get("PYTEST_XDIST_WORKER")
+POSTGRES_URL = (
+    SHARED_POSTGRES_URL
+    if _TEST_PROCESS is None
+    else (
+        (url := sa.engine.make_url(SHARED_POSTGRES_URL))
+        .set(database=f"{url.database}_{_TEST_PROCESS}")
+        .render_as_string(hide_password=False)
+    )
 )
 
 
@@ -74,14 +87,28 @@ def _data_roots_for_the_tests_files(tmp_path_factory: pytest.TempPathFactory) ->
         os.environ["TUNEFLEET_DATA_ROOTS"] = saved
 
 
+def _in_the_test_processes_database(statement: str) -> None:
+    """Run CREATE or DROP DATABASE for this test process's own database, on the shared one's server."""
+    admin = sa.create_engine(normalize_url(SHARED_POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(statement.format(sa.engine.make_url(POSTGRES_URL).database)))
+    finally:
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """The test PostgreSQL; CI must have it, a laptop without it skips these tests."""
-    problem = _postgres_reachable(POSTGRES_URL)
+    problem = _postgres_reachable(SHARED_POSTGRES_URL)
     if problem is not None:
         if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required in CI: {problem}")
-        pytest.skip(f"PostgreSQL at {POSTGRES_URL} unreachable: {problem}")
+            pytest.fail(f"PostgreSQL at {SHARED_POSTGRES_URL} is required in CI: {problem}")
+        pytest.skip(f"PostgreSQL at {SHARED_POSTGRES_URL} unreachable: {problem}")
+    if _TEST_PROCESS is not None:
+        # A run stopped with Ctrl-C leaves its databases behind: start from an empty one.
+        _in_the_test_processes_database('DROP DATABASE IF EXISTS "{}" WITH (FORCE)')
+        _in_the_test_processes_database('CREATE DATABASE "{}"')
     return POSTGRES_URL
 
 
@@ -136,10 +163,15 @@ def _sigterm_as_the_test_found_it() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _delete_the_studies_tests_made() -> Iterator[None]:
-    """The shared PostgreSQL database outlives every run: leave it as the run found it. At the end of the
-    run, not after each test, so no worker process a test started still runs against a study deleted under
-    it."""
+    """The shared PostgreSQL database outlives every run: leave it as the run found it (a test process's own
+    database goes whole). At the end of the run, not after each test, so no worker process a test started still
+    runs against a study deleted under it."""
     yield
+    if _TEST_PROCESS is not None:
+        # The process's own database, there when a test of this process used PostgreSQL.
+        if _postgres_reachable(POSTGRES_URL) is None:
+            _in_the_test_processes_database('DROP DATABASE "{}" WITH (FORCE)')
+        return
     if not _NAMES_TO_DELETE or _postgres_reachable(POSTGRES_URL) is not None:
         return
     storage = optuna.storages.RDBStorage(

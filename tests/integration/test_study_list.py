@@ -3,16 +3,19 @@ GET does: counts, best trial, data warnings and Pareto front size."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from studies import StudyRepository, StudySpec, WorkerIdentity
 from studies.records import DATA_WARNINGS_ATTR
-from tests.conftest import tiny_spec
+from studies.storage import normalize_url
+from tests.conftest import SHARED_POSTGRES_URL, tiny_spec
 from tests.sql_statements import statements as sql_statements
 
 WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
@@ -123,3 +126,19 @@ def test_each_listed_study_reads_as_its_own_get(
     }
     # Index 3: three complete trials, each with its warnings, the second's first seen on the second trial.
     assert by_name[twenty_studies[-4]]["warnings"] == ["3 duplicate rows dropped", "labels never validated"]
+
+
+@pytest.mark.postgres
+def test_each_test_process_lists_the_studies_of_its_own_postgresql_database(postgres_url: str) -> None:
+    """The lists above read every study of the store: under `make test`, two test processes, each process's
+    PostgreSQL tests use a database of their own, so one process's studies never show in the other's lists."""
+    process = os.environ.get("PYTEST_XDIST_WORKER")
+    database = sa.engine.make_url(postgres_url).database
+    if process is None:
+        assert postgres_url == SHARED_POSTGRES_URL
+    else:
+        assert database == f"{sa.engine.make_url(SHARED_POSTGRES_URL).database}_{process}"
+        engine = sa.create_engine(normalize_url(postgres_url), poolclass=sa.pool.NullPool)
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT current_database()")).scalar() == database
+        engine.dispose()
