@@ -23,6 +23,8 @@ from studies.storage import normalize_url
 SHARED_POSTGRES_URL = os.environ.get(
     "TUNEFLEET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+# As messages show it: a password, if the URL holds one, masked.
+_SHOWN_POSTGRES_URL = sa.engine.make_url(SHARED_POSTGRES_URL).render_as_string(hide_password=True)
 # `make test` runs the suite in two processes (pytest-xdist). Each has a database of its own on that server,
 # named for the process ("test_gw0", ...), made afresh when the process first needs it and dropped when it ends:
 # a test that lists every study of its store then sees only its own process's.
@@ -103,12 +105,18 @@ def postgres_url() -> str:
     problem = _postgres_reachable(SHARED_POSTGRES_URL)
     if problem is not None:
         if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {SHARED_POSTGRES_URL} is required in CI: {problem}")
-        pytest.skip(f"PostgreSQL at {SHARED_POSTGRES_URL} unreachable: {problem}")
+            pytest.fail(f"PostgreSQL at {_SHOWN_POSTGRES_URL} is required in CI: {problem}")
+        pytest.skip(f"PostgreSQL at {_SHOWN_POSTGRES_URL} unreachable: {problem}")
     if _TEST_PROCESS is not None:
-        # A run stopped with Ctrl-C leaves its databases behind: start from an empty one.
-        _in_the_test_processes_database('DROP DATABASE IF EXISTS "{}" WITH (FORCE)')
-        _in_the_test_processes_database('CREATE DATABASE "{}"')
+        try:
+            # A run stopped with Ctrl-C leaves its databases behind: start from an empty one.
+            _in_the_test_processes_database('DROP DATABASE IF EXISTS "{}" WITH (FORCE)')
+            _in_the_test_processes_database('CREATE DATABASE "{}"')
+        except sa.exc.DBAPIError as error:
+            pytest.fail(
+                f"cannot make this test process's database on {_SHOWN_POSTGRES_URL}: {error.orig}; let its role"
+                " create databases, or run the tests in one process (make test TEST_PROCESSES=0)"
+            )
     return POSTGRES_URL
 
 
