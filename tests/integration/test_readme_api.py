@@ -1,5 +1,5 @@
-"""README.md's REST API examples (the block of study requests, and enqueueing trials), run with curl as written
-against a real service: each request is one the service knows, and answers as the README says."""
+"""README.md's REST API examples (the block of study requests, enqueueing trials, warm start), run with curl as
+written against a real service: each request is one the service knows, and answers as the README says."""
 
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ README_ADDRESS = "http://127.0.0.1:8000"
 WORKER = WorkerIdentity(host="test", pid=1, device="cpu")
 
 
-def readme_block(first_line: str) -> list[str]:
-    """README.md's bash block that starts with first_line, line by line as a shell reads it: a command continued
+def readme_block(holding: str) -> list[str]:
+    """README.md's bash block that holds the text `holding`, line by line as a shell reads it: a command continued
     with a backslash, or over a newline inside quotes, is one line."""
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    found = [block for block in blocks if block.startswith(first_line)]
-    assert len(found) == 1, f"README.md has {len(found)} bash blocks starting {first_line!r}"
+    found = [block for block in blocks if holding in block]
+    assert len(found) == 1, f"README.md has {len(found)} bash blocks holding {holding!r}"
     lines: list[str] = []
     pending = ""
     for line in found[0].replace("\\\n", " ").splitlines():
@@ -40,7 +40,7 @@ def readme_block(first_line: str) -> list[str]:
             continue
         lines.append(pending)
         pending = ""
-    assert not pending, f"an unclosed quote in README.md's block starting {first_line!r}"
+    assert not pending, f"an unclosed quote in README.md's block holding {holding!r}"
     return lines
 
 
@@ -70,7 +70,7 @@ def test_the_api_examples_answer_as_the_readme_says(
     service: tuple[str, StudyRepository], tmp_path: Path
 ) -> None:
     address, repository = service
-    lines = [line for line in readme_block("# create a study") if line.startswith("curl ")]
+    lines = [line for line in readme_block("# create a study (201") if line.startswith("curl ")]
     created = curl(lines[0], address, tmp_path)
     assert created[1] == 201, created
     # What a worker does before anyone asks for trial 0: claim it and finish it.
@@ -98,8 +98,33 @@ def test_the_enqueue_example_queues_its_sets_and_answers_what_the_readme_shows(
         "budget": {"n_trials": 30},
     }
     assert httpx.post(f"{address}/v1/studies", json=spec, timeout=60).status_code == 201
-    lines = readme_block("curl -s -X POST http://127.0.0.1:8000/v1/studies/bbc-30/trials")
+    lines = readme_block("/v1/studies/bbc-30/trials")
     _, status, body = curl(lines[0], address, tmp_path)
     assert status == 201, body
     shown = lines[1].removeprefix("# ")
     assert json.loads(body) == json.loads(shown)
+
+
+def test_the_warm_start_example_learns_from_the_finished_studies_of_the_same_model(
+    service: tuple[str, StudyRepository], tmp_path: Path
+) -> None:
+    address, repository = service
+    # Two finished studies of the built-in model before it, as the README's bbc-april and bbc-may.
+    for name in ("bbc-april", "bbc-may"):
+        spec = {"name": name, "sampler": {"name": "random", "seed": len(name)}, "budget": {"n_trials": 4}}
+        assert httpx.post(f"{address}/v1/studies", json=spec, timeout=60).status_code == 201
+        for number in range(4):
+            claim = repository.claim(WORKER, study_names=[name])
+            assert claim is not None
+            repository.complete(claim, 0.5 + 0.1 * number, {})
+    lines = readme_block('"name": "bbc-june"')
+    command = lines[0].replace(README_ADDRESS, address)
+    assert command.endswith("| jq .warm_start"), command
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=True)
+    warm_start = json.loads(done.stdout)
+    shown = lines[1].removeprefix("# ") + lines[2].removeprefix("# ")
+    # The README elides the trials' params ({...}): compare the keys, the sources and where each trial came from.
+    assert set(warm_start) == set(re.findall(r'"(\w+)": ', shown)) - {"number", "from", "params"}
+    assert warm_start["sources"] == ["bbc-may", "bbc-april"] and warm_start["warnings"] == []
+    assert [t["number"] for t in warm_start["trials"]] == [0, 1, 2]
+    assert all(re.fullmatch(r"bbc-(may|april)#[0-3]", t["from"]) for t in warm_start["trials"])
