@@ -32,6 +32,10 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		|| echo "chromium is not installed: the dashboard browser test will skip (apt-get install chromium)"
+	@# The README's API examples are run as written, with curl and jq.
+	command -v curl >/dev/null && command -v jq >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl jq; } \
+		|| echo "curl or jq is not installed: the README example tests will skip (apt-get install curl jq)"
 	@# The PgBouncer test (a fleet behind transaction pooling) and benchmark 4 run Debian's PgBouncer.
 	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; } \

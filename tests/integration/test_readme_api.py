@@ -4,8 +4,10 @@ written against a real service: each request is one the service knows, and answe
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +46,15 @@ def readme_block(holding: str) -> list[str]:
     return lines
 
 
+def needs(program: str) -> None:
+    """The README's commands use curl and jq; `make install` installs them where missing, and CI must have them."""
+    if shutil.which(program) is None:
+        message = f"{program} not found: install Debian's {program} package (make install does, as root)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[str, StudyRepository]]:
     """The service on a fresh SQLite store, on a free port: its address, and the store's repository."""
@@ -69,6 +80,7 @@ def curl(line: str, address: str, tmp_path: Path) -> tuple[str, int, str]:
 def test_the_api_examples_answer_as_the_readme_says(
     service: tuple[str, StudyRepository], tmp_path: Path
 ) -> None:
+    needs("curl")
     address, repository = service
     lines = [line for line in readme_block("# create a study (201") if line.startswith("curl ")]
     created = curl(lines[0], address, tmp_path)
@@ -90,6 +102,7 @@ def test_the_api_examples_answer_as_the_readme_says(
 def test_the_enqueue_example_queues_its_sets_and_answers_what_the_readme_shows(
     service: tuple[str, StudyRepository], tmp_path: Path
 ) -> None:
+    needs("curl")
     address, _ = service
     # The study the README's `tunefleet study create ... --set budget.n_trials=30 --set name=bbc-30` makes.
     spec = {
@@ -108,6 +121,8 @@ def test_the_enqueue_example_queues_its_sets_and_answers_what_the_readme_shows(
 def test_the_warm_start_example_learns_from_the_finished_studies_of_the_same_model(
     service: tuple[str, StudyRepository], tmp_path: Path
 ) -> None:
+    needs("curl")
+    needs("jq")
     address, repository = service
     # Two finished studies of the built-in model before it, as the README's bbc-april and bbc-may.
     for name in ("bbc-april", "bbc-may"):
