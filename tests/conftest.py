@@ -112,6 +112,9 @@ def postgres_url() -> str:
             # A run stopped with Ctrl-C leaves its databases behind: start from an empty one.
             _in_the_test_processes_database('DROP DATABASE IF EXISTS "{}" WITH (FORCE)')
             _in_the_test_processes_database('CREATE DATABASE "{}"')
+            # With the store's tables, as the shared database has them after its first run: a test that opens the
+            # store (through a one-session PgBouncer, say) must not be the first to create it.
+            StudyRepository(open_storage(POSTGRES_URL)).engine.dispose()
         except sa.exc.DBAPIError as error:
             pytest.fail(
                 f"cannot make this test process's database on {_SHOWN_POSTGRES_URL}: {error.orig}; let its role"

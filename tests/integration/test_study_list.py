@@ -141,4 +141,6 @@ def test_each_test_process_lists_the_studies_of_its_own_postgresql_database(post
         engine = sa.create_engine(normalize_url(postgres_url), poolclass=sa.pool.NullPool)
         with engine.connect() as connection:
             assert connection.execute(sa.text("SELECT current_database()")).scalar() == database
+        # Made with the store in it, as the shared database is, whichever test of the process came first.
+        assert {"studies", "tunefleet_studies"} <= set(sa.inspect(engine).get_table_names())
         engine.dispose()
