@@ -9,7 +9,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 import pytest
@@ -38,6 +38,14 @@ POSTGRES_URL = (
         .render_as_string(hide_password=False)
     )
 )
+
+
+def required_in_ci(message: str) -> NoReturn:
+    """A test without something it needs (a server, a program): it fails in CI (`CI` set), which must have
+    everything, and skips elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def _postgres_reachable(url: str) -> str | None:
@@ -104,9 +112,7 @@ def postgres_url() -> str:
     """The test PostgreSQL; CI must have it, a laptop without it skips these tests."""
     problem = _postgres_reachable(SHARED_POSTGRES_URL)
     if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {_SHOWN_POSTGRES_URL} is required in CI: {problem}")
-        pytest.skip(f"PostgreSQL at {_SHOWN_POSTGRES_URL} unreachable: {problem}")
+        required_in_ci(f"PostgreSQL at {_SHOWN_POSTGRES_URL} unreachable: {problem}")
     if _TEST_PROCESS is not None:
         try:
             # A run stopped with Ctrl-C leaves its databases behind: start from an empty one.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from bench import (
 )
 from studies.storage import normalize_url
 from studies.tables import studies_table
+from tests.conftest import required_in_ci
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -101,10 +101,7 @@ def test_a_fleet_runs_through_pgbouncer_in_transaction_mode(tmp_path: Path, post
     # Transaction pooling hands each transaction any server session: a statement prepared on one would be
     # missing on the next. More than five runs of each query per connection would fail if psycopg prepared.
     if pgbouncer.available() is None:
-        message = f"pgbouncer is needed for this test: {pgbouncer.INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        required_in_ci(f"pgbouncer is needed for this test: {pgbouncer.INSTALL_HINT}")
     out = tmp_path / "scale.json"
     assert (
         store_scale.main(["--smoke", "--variants", "pgbouncer", "--url", postgres_url, "--out", str(out)])

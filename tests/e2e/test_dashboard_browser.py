@@ -18,7 +18,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from playwright.sync_api import ConsoleMessage, Error, Page, Response, expect, sync_playwright
 
-from tests.conftest import tiny_spec
+from tests.conftest import required_in_ci, tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +55,9 @@ def free_port() -> int:
 def chromium() -> str:
     """The system Chromium; `make install` puts it there, and CI must have it."""
     if shutil.which(CHROMIUM) is None:
-        message = f"{CHROMIUM} not found: install Debian's chromium package (make install does, as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        required_in_ci(
+            f"{CHROMIUM} not found: install Debian's chromium package (make install does, as root)"
+        )
     return CHROMIUM
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from optuna.trial import TrialState
 
 from bench import pgbouncer
 from studies import StudyRepository, StudySpec, open_storage
+from tests.conftest import required_in_ci
 from worker.loop import LoopOptions, build_runner, run_loop
 from worker.settings import WorkerSettings
 
@@ -23,10 +23,7 @@ def one_session(postgres_url: str) -> Iterator[str]:
     """A PgBouncer with one PostgreSQL session and a short wait: any client that holds the session in a
     transaction while it asks for a second one is cut off after 3 s instead of hanging."""
     if pgbouncer.available() is None:
-        message = f"pgbouncer is needed for this test: {pgbouncer.INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        required_in_ci(f"pgbouncer is needed for this test: {pgbouncer.INSTALL_HINT}")
     with pgbouncer.pgbouncer(postgres_url, server_pool_size=1, query_wait_timeout_s=3) as url:
         yield url
 

@@ -4,7 +4,6 @@ written against a real service: each request is one the service knows, and answe
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -18,6 +17,7 @@ import yaml
 
 from service import ServiceSettings, create_app
 from studies import StudyRepository, WorkerIdentity, open_storage
+from tests.conftest import required_in_ci
 from tests.live import serving
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -49,10 +49,9 @@ def readme_block(holding: str) -> list[str]:
 def needs(program: str) -> None:
     """The README's commands use curl and jq; `make install` installs them where missing, and CI must have them."""
     if shutil.which(program) is None:
-        message = f"{program} not found: install Debian's {program} package (make install does, as root)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        required_in_ci(
+            f"{program} not found: install Debian's {program} package (make install does, as root)"
+        )
 
 
 @pytest.fixture
