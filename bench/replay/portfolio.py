@@ -14,7 +14,7 @@ from bench.replay.record import spec_of
 from studies.warm_start import BUILTIN_PORTFOLIO_FILE, MAX_PRIOR_PER_STUDY
 
 # The recorded tasks of the built-in model's head: what `builtin` learns from.
-HEAD_TASKS = ("bbc-news-minilm", "tweets-sentiment-minilm")
+HEAD_TASKS = ("bbc-news-minilm", "tweets-sentiment-minilm", "rotten-tomatoes-minilm")
 # A portfolio of at most 50 and a prior of at most MAX_PRIOR_PER_STUDY (a study's best quarter) read no further
 # than each task's best few; the rest only stretches the values' spread, which warm start scales to 0..1.
 KEPT_PER_TASK = 300

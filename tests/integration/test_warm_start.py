@@ -246,7 +246,11 @@ def test_a_first_study_of_the_builtin_model_starts_from_tunefleets_recorded_stud
     response = client.post("/v1/studies", json=builtin_head_spec(study_name, warm_start=warm_start))
     assert response.status_code == 201, response.text
     warm = response.json()["warm_start"]
-    assert warm["sources"] == ["builtin:bbc-news-minilm", "builtin:tweets-sentiment-minilm"]
+    assert warm["sources"] == [
+        "builtin:bbc-news-minilm",
+        "builtin:tweets-sentiment-minilm",
+        "builtin:rotten-tomatoes-minilm",
+    ]
     assert len(warm["trials"]) == 5 and warm["warnings"] == []
     assert {t["from"].split("#")[0] for t in warm["trials"]} == set(warm["sources"])
     assert warm["prior_configurations"] > 20

@@ -25,6 +25,7 @@ def test_each_recorded_study_teaches_the_builtin_study_its_best_configurations_f
     for source in sources:
         values = [t.value for t in source.trials]
         assert values == sorted(values) and len(values) >= 50
-        # The tweets study also searched batches of 256, which this space lacks: those configurations drop.
+        # The tweets and Rotten Tomatoes studies also searched batches of 256, which this space lacks: those
+        # configurations drop.
         fitting = [t for t in source.trials[:20] if fit_to_space(spec.space, t.params) is not None]
         assert len(fitting) >= 10
