@@ -48,6 +48,10 @@ EXTRA = {
     "replay-startup-tweets-sentiment-minilm": "1l. Five random start-up trials, tweets-sentiment-minilm",
     "replay-asha5-bbc-news-minilm": "1m. Pause and promote with five start-up trials, on bbc-news-minilm",
     "replay-fidelity-size": "1n. The surrogate's fidelity against the configurations it is fitted on",
+    "time_to_good_model_tweets_20": "1o. Real training and the replay at the same budget",
+    "replay-budget-bbc-news-minilm": "1o.1 The replay at section 1's budget, bbc-news-minilm",
+    "replay-budget-tweets-sentiment-minilm": "1o.2 The replay at section 1o's budget, tweets-sentiment-minilm",
+    "replay-budget-mlp-bbc-news": "1o.3 The replay at section 1e's budget, mlp-bbc-news",
     "lora_vs_last_k": "3c. LoRA against last-k on the same encoder and data",
 }
 # A section written by hand (prose beside its tables): bench/sections/NAME.md stands for NAME's generated section,

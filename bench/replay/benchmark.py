@@ -43,9 +43,9 @@ def _start(task: str, folder: str, model: str) -> None:
     _SURROGATE = Surrogate(spec_of(task), recording.fitted(), model=model)
 
 
-def _seed(task: str, methods: list[str], seed: int, budget_s: float) -> list[Run]:
+def _seed(task: str, methods: list[str], seed: int, budget_s: float, epoch_budget: int | None) -> list[Run]:
     assert _SURROGATE is not None
-    runs = run_seed(task_preset(task), methods, seed, budget_s, _SURROGATE)
+    runs = run_seed(task_preset(task), methods, seed, budget_s, _SURROGATE, epoch_budget=epoch_budget)
     print(
         f"seed {seed}: " + ", ".join(f"{r.method} {r.best[-1]:.4f} ({r.trials} trials)" for r in runs),
         flush=True,
@@ -109,9 +109,10 @@ def merge_peers(runs: list[Run], budget_s: float, peers: dict[str, Any]) -> list
     return [r for r in [*runs, *theirs] if r.seed in seeds]
 
 
-def summarize(runs: list[Run], budget_s: float, reference: float) -> dict[str, Any]:
+def summarize(runs: list[Run], budget_s: float | None, reference: float) -> dict[str, Any]:
     """Per seed, random search's final best is the target; how much compute each method took to reach it, its
-    best at shares of random's compute, and its regret over compute normalized by the recording's median value."""
+    best at shares of random's compute, and its regret over compute normalized by the recording's median value.
+    Random's compute is the budget, or without one (a budget in trial-epochs) the seed's random run's own."""
     methods = list(dict.fromkeys(r.method for r in runs))
     seeds = sorted({r.seed for r in runs})
     by = {(r.method, r.seed): r for r in runs}
@@ -122,6 +123,7 @@ def summarize(runs: list[Run], budget_s: float, reference: float) -> dict[str, A
     regret: dict[str, list[list[float]]] = {m: [] for m in methods}
     for seed in seeds:
         random_run = by[("random", seed)]
+        whole = random_run.compute[-1] if budget_s is None else budget_s
         target = random_run.best[-1]
         base = random_run.to_reach(target)
         assert base is not None
@@ -132,8 +134,8 @@ def summarize(runs: list[Run], budget_s: float, reference: float) -> dict[str, A
             ratios[m].append(math.inf if spent is None else spent / base)
             reached[m] += spent is not None
             for f in FRACTIONS:
-                at[m][f].append(run.best_at(f * budget_s))
-            regret[m].append([(run.best_at(g * budget_s) - floor) / (reference - floor) for g in GRID])
+                at[m][f].append(run.best_at(f * whole))
+            regret[m].append([(run.best_at(g * whole) - floor) / (reference - floor) for g in GRID])
     rows = []
     for m in methods:
         low, high = median_interval(ratios[m])
@@ -229,6 +231,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--budget-trials", type=float, default=50, help="the budget: this many random trials' compute"
     )
+    parser.add_argument(
+        "--epoch-budget",
+        type=int,
+        help="the budget in trial-epochs, as bench.time_to_good_model's, instead of --budget-trials",
+    )
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(DEFAULT_METHODS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
@@ -256,7 +263,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     spec = spec_of(args.task)
     repeat = repeat_file(data_file(args.task, args.data_dir))
     fid = fidelity(spec, recording, load(repeat) if repeat.exists() else None, model=args.surrogate)
-    budget_s = budget_cpu_s(recording, budget_trials)
+    epoch_budget: int | None = args.epoch_budget
+    if epoch_budget is not None and (epoch_budget < 1 or args.peers or size == "smoke"):
+        parser.error("--epoch-budget: a positive number of trial-epochs, without --peers or --smoke")
+    budget_s: float | None = None if epoch_budget else budget_cpu_s(recording, budget_trials)
     reference = statistics.median(c.value() for c in recording.curves if c.failed is None)
     started = time.perf_counter()
     load_before = load_average()
@@ -265,8 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = runs_of(earlier["runs"])
         methods = list(dict.fromkeys(r.method for r in runs))
         seeds = len({r.seed for r in runs})
-        budget_s = float(earlier["config"]["budget_cpu_s"])
-        budget_trials = earlier["config"]["budget_trials"]
+        epoch_budget = earlier["config"].get("epoch_budget")
+        budget_s = None if epoch_budget else float(earlier["config"]["budget_cpu_s"])
+        budget_trials = None if epoch_budget else earlier["config"]["budget_trials"]
         # The runs' own wall time and load, not this merge's.
         wall = float(earlier["config"]["wall_s"])
         load_before = earlier["config"]["load_average"]["before"]
@@ -275,7 +286,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         with ProcessPoolExecutor(
             args.jobs, initializer=_start, initargs=(args.task, str(args.data_dir), args.surrogate)
         ) as pool:
-            futures = [pool.submit(_seed, args.task, methods, seed, budget_s) for seed in range(seeds)]
+            futures = [
+                pool.submit(
+                    _seed, args.task, methods, seed, math.inf if budget_s is None else budget_s, epoch_budget
+                )
+                for seed in range(seeds)
+            ]
             runs = [run for f in futures for run in f.result()]
         wall = time.perf_counter() - started
         load_after = load_average()
@@ -283,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     peers: dict[str, Any] = {}
     if args.peers:
         peers = json.loads(args.peers.read_text())
+        if budget_s is None:
+            raise SystemExit(f"{args.runs_from} ran on a budget of trial-epochs: the peers' is compute")
         runs = merge_peers(runs, budget_s, peers)
         seeds = len({r.seed for r in runs})
     summary = summarize(runs, budget_s, reference)
@@ -313,8 +331,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "surrogate": args.surrogate,
                 "size": size,
                 "seeds": seeds,
-                "budget_trials": budget_trials,
+                "budget_trials": None if epoch_budget else budget_trials,
                 "budget_cpu_s": budget_s,
+                **({"epoch_budget": epoch_budget} if epoch_budget else {}),
                 "methods": [r["method"] for r in summary["rows"]],
                 "recorded_configurations": len(recording.curves),
                 "reference_value": reference,

@@ -244,8 +244,11 @@ def run_method(
     surrogate: Surrogate,
     workdir: Path,
     sources: tuple[Source, ...] = (),
+    epoch_budget: int | None = None,
 ) -> Run:
-    """The method's study, claimed and run trial by trial until the simulated compute passes budget_s."""
+    """The method's study, claimed and run trial by trial until the simulated compute passes budget_s, or, given
+    epoch_budget, until its trials have run that many epochs (bench.time_to_good_model's budget: a promoted
+    trial's epochs before its pause counted once)."""
     spec = method_spec(preset, method, seed, sources)
     storage = open_storage(f"sqlite:///{workdir / f'{method}-{seed}.db'}")
     repository = StudyRepository(storage)
@@ -268,13 +271,17 @@ def run_method(
     )
     run = Run(method=method, seed=seed)
     best = math.inf
+    epochs = 0
+    counted: dict[int, int] = {}
     try:
-        while clock.now < budget_s:
+        while clock.now < budget_s if epoch_budget is None else epochs < epoch_budget:
             claim = repository.claim(WORKER, study_names=[spec.name])
             if claim is None:
                 break
             runner.run(claim)
             trial = repository.storage.get_trial(claim.trial._trial_id)
+            epochs += len(trial.intermediate_values) - counted.get(trial._trial_id, 0)
+            counted[trial._trial_id] = len(trial.intermediate_values)
             if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
                 best = min(best, trial.value)
             run.compute.append(clock.now)
@@ -292,6 +299,7 @@ def run_seed(
     budget_s: float,
     surrogate: Surrogate,
     sources: tuple[Source, ...] = (),
+    epoch_budget: int | None = None,
 ) -> list[Run]:
     """Every method on one seed, one after another in this process."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -300,4 +308,7 @@ def run_seed(
     with tempfile.TemporaryDirectory(
         prefix="tunefleet-replay-", dir=shm if shm.is_dir() else None
     ) as workdir:
-        return [run_method(preset, m, seed, budget_s, surrogate, Path(workdir), sources) for m in methods]
+        return [
+            run_method(preset, m, seed, budget_s, surrogate, Path(workdir), sources, epoch_budget)
+            for m in methods
+        ]

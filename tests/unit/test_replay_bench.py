@@ -255,6 +255,44 @@ def test_a_replayed_trial_promoted_after_a_pause_goes_on_from_its_checkpoint_and
         storage.engine.dispose()
 
 
+def test_a_budget_in_trial_epochs_ends_a_run_at_the_first_trial_past_it_counting_a_promoted_trials_once(
+    tmp_path: Path,
+) -> None:
+    # bench.time_to_good_model's budget: the replay run to the same number of trial-epochs, not of CPU seconds.
+    recording = load(data_file(TASK))
+    surrogate = Surrogate(record.spec_of(TASK), recording.fitted()[:300])
+    run = run_method(load_preset(TASK), "tpe-asha", 0, math.inf, surrogate, tmp_path, epoch_budget=60)
+    storage = open_storage(f"sqlite:///{tmp_path / 'tpe-asha-0.db'}")
+    try:
+        trials = optuna.load_study(study_name="replay-tpe-asha-0", storage=storage).trials
+        assert any(PROMOTED_ATTR in t.system_attrs for t in trials)
+        ended = [t for t in trials if t.state != TrialState.RUNNING]
+        epochs = sum(len(t.intermediate_values) for t in ended)
+        # The run stopped claiming once the epochs reached the budget, not a trial before.
+        last = max(ended, key=lambda t: t.datetime_complete or t.datetime_start)
+        assert epochs >= 60 and epochs - len(last.intermediate_values) < 60
+        assert run.compute[-1] == pytest.approx(
+            sum(sum(surrogate.replay(t.params).cpu_s[: len(t.intermediate_values)]) for t in trials)
+        )
+    finally:
+        storage.engine.dispose()
+
+
+def test_without_a_compute_budget_the_shares_of_randoms_compute_are_each_seeds_own() -> None:
+    runs = [
+        benchmark.Run("random", 0, compute=[1.0, 10.0], best=[0.5, 0.4], trials=2),
+        benchmark.Run("random", 1, compute=[2.0, 20.0], best=[0.5, 0.3], trials=2),
+        benchmark.Run("tunefleet", 0, compute=[2.0, 5.0], best=[0.45, 0.4], trials=2),
+        benchmark.Run("tunefleet", 1, compute=[2.0, 5.0], best=[0.45, 0.3], trials=2),
+    ]
+    rows = {r["method"]: r for r in benchmark.summarize(runs, None, reference=1.0)["rows"]}
+    # A quarter of seed 0's random compute is 2.5, of seed 1's 5.0: tunefleet is at 0.45, then at 0.3.
+    assert rows["tunefleet"]["best_at"]["0.25"] == pytest.approx(statistics.median([0.45, 0.3]))
+    assert rows["tunefleet"]["ratio_median"] == pytest.approx(statistics.median([5.0 / 10.0, 5.0 / 20.0]))
+    fixed = {r["method"]: r for r in benchmark.summarize(runs, 10.0, reference=1.0)["rows"]}
+    assert fixed["tunefleet"]["best_at"]["0.25"] == pytest.approx(0.45)
+
+
 def test_the_simulated_clock_only_moves_when_told() -> None:
     clock = Clock()
     assert clock() == 0.0
