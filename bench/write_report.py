@@ -52,6 +52,11 @@ EXTRA = {
     "replay-budget-bbc-news-minilm": "1o.1 The replay at section 1's budget, bbc-news-minilm",
     "replay-budget-tweets-sentiment-minilm": "1o.2 The replay at section 1o's budget, tweets-sentiment-minilm",
     "replay-budget-mlp-bbc-news": "1o.3 The replay at section 1e's budget, mlp-bbc-news",
+    "replay-budget100-bbc-news-minilm": "1p. The replay's figure against the budget",
+    "replay-budget100-tweets-sentiment-minilm": "1p.1 100 random trials' compute, tweets-sentiment-minilm",
+    "replay-budget100-mlp-bbc-news": "1p.2 100 random trials' compute, mlp-bbc-news",
+    "replay-budget100-rotten-tomatoes-minilm": "1p.3 100 random trials' compute, rotten-tomatoes-minilm",
+    "replay-budget200-mlp-bbc-news": "1p.4 200 random trials' compute, mlp-bbc-news",
     "lora_vs_last_k": "3c. LoRA against last-k on the same encoder and data",
 }
 # A section written by hand (prose beside its tables): bench/sections/NAME.md stands for NAME's generated section,
