@@ -372,6 +372,13 @@ def report(runs: list[Run], config: dict[str, Any]) -> dict[str, Any]:
         },
     ]
     task, loaded = task_text(config)
+    # The two tables alone, for a section written by hand (bench/sections/) to take in place of its `{tables}` line.
+    checkpoint_table = (
+        "Best validation loss (median over seeds) within a share of random search's whole compute for the same"
+        " seed, and in brackets the seeds that had reached random search's final best by then:\n\n"
+        + checkpoint_markdown(result["checkpoints"])
+    )
+    result["tables"] = f"{markdown(result)}\n\n{checkpoint_table}"
     result["markdown"] = (
         markdown(result)
         + f"\n\nTask: {task}. {config['seeds']} seeds, {config['epoch_budget']} trial-epochs per run, one "
@@ -379,10 +386,7 @@ def report(runs: list[Run], config: dict[str, Any]) -> dict[str, Any]:
         f"cost_weight {DEFAULT_COST_WEIGHT}, Hyperband, early stopping after {DEFAULT_PATIENCE} epochs without a "
         f"better loss); compute = process CPU seconds, after each method has {loaded} in memory, to the first "
         "trial whose best reached random search's final best; a seed that never reached it counts as needing "
-        "more than any that did."
-        "\n\nBest validation loss (median over seeds) within a share of random search's whole compute for "
-        "the same seed, and in brackets the seeds that had reached random search's final best by then:\n\n"
-        + checkpoint_markdown(result["checkpoints"])
+        "more than any that did.\n\n" + checkpoint_table
     )
     if UNCONDITIONAL in summary:
         result["markdown"] += (
